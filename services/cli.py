@@ -1,0 +1,173 @@
+"""The ``colecionador`` command.
+
+Bad arguments (an unknown or ill-typed ``--set`` key, a missing local dataset, an
+unreadable config file) exit with code 2 and one line saying why, before anything is
+written. A job that fails at a later step exits 1, with the reason recorded on the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.config import Settings
+from training.hyperparams import Hyperparameters, parse_assignment, validation_message
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {path}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - every parser has its own error
+        raise ValueError(f"cannot parse {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of hyperparameters")
+    return data.get("hyperparameters", data)
+
+
+def hyperparameters_from_args(config: str | None, assignments: list[str]) -> Hyperparameters:
+    """``--config FILE`` then each ``--set key=value`` on top; ValueError on any problem."""
+    values: dict[str, Any] = _load_config(config) if config else {}
+    for a in assignments:
+        key, value = parse_assignment(a)
+        values[key] = value
+    try:
+        return Hyperparameters(**values)
+    except ValidationError as e:
+        raise ValueError(validation_message(e)) from None
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from services.jobs import create_job, run_job
+    from services.messages import TrainingRequest
+    from services.storage import local_path
+    try:
+        hp = hyperparameters_from_args(args.config, args.set or [])
+    except ValueError as e:
+        parser.error(str(e))
+    path = local_path(args.dataset)
+    if path is not None and not path.is_dir():
+        parser.error(f"dataset not found: {args.dataset}")
+    settings = Settings()
+    if args.gpu:
+        settings.use_gpu = True
+    request = TrainingRequest(batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
+                              dataset_uri=str(path.resolve()) if path else args.dataset,
+                              model_name=args.model_name, hyperparameters=hp)
+    job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
+    if not created:
+        print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
+        return 0 if job.status != "failed" else 1
+    print(f"job {job.id} queued: {request.dataset_uri} -> model {request.model_name}", flush=True)
+    outcome = run_job(job.id, settings)
+    from services.demo import _report
+    _report(outcome, print)
+    return 0 if outcome.status == "success" else 1
+
+
+def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
+    from services.demo import run_demo
+    _, outcome = run_demo(Settings(), workers=args.workers)
+    return 0 if outcome.status == "success" else 1
+
+
+def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from services.db import repo
+    from services.db.session import session_factory
+    from services.jobs import prepare_database
+    settings = Settings()
+    prepare_database(settings)
+    with session_factory(settings.db_url)() as s:
+        if args.job_id is None:
+            jobs = repo.list_jobs(s, limit=args.limit)
+            print(f"{'id':>4}  {'status':<10} {'mode':<5} {'model':<16} {'accuracy':>8}  batch")
+            for j in jobs:
+                acc = f"{j.accuracy:.4f}" if j.accuracy is not None else "-"
+                print(f"{j.id:>4}  {j.status:<10} {j.mode:<5} {j.model_name:<16} {acc:>8}  "
+                      f"{j.batch_id}")
+            return 0
+        job = repo.get_job(s, args.job_id)
+        if job is None:
+            parser.error(f"no job {args.job_id}")
+        print(f"job {job.id}  {job.status}  batch {job.batch_id}  model {job.model_name}")
+        print(f"  dataset {job.dataset_uri}  workers {job.num_workers}  gpu {job.use_gpu}")
+        print(f"  created {job.created_at}  started {job.started_at}  finished {job.finished_at}")
+        if job.error:
+            print(f"  error: {job.error}")
+        for r in repo.epoch_rows(s, job.id):
+            print(f"  epoch {r['epoch']:3d} phase {r['phase']} loss {r['loss']:.4f} "
+                  f"acc {r['accuracy']:.4f} val_loss {r['val_loss']:.4f} "
+                  f"val_acc {r['val_accuracy']:.4f} lr {r['lr']:.2g}")
+        for mv in repo.job_versions(s, job.id):
+            print(f"  model {mv.model_name} v{mv.version}: {mv.status}  accuracy {mv.accuracy:.4f}"
+                  f"  precision {mv.precision:.4f}  recall {mv.recall:.4f}  {mv.model_path}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
+    from services.db.session import upgrade
+    settings = Settings()
+    upgrade(settings.db_url, args.revision)
+    print(f"database at {args.revision}: {settings.db_url.split('@')[-1]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="colecionador",
+                                description="Train, tune, judge and version image classifiers on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits")
+    demo.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train, evaluate, gate and version a model")
+    train.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
+    train.add_argument("--config", help="hyperparameters file (.json, .yaml, .toml)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a hyperparameter (repeatable); see DESIGN.md for names")
+    train.add_argument("--workers", type=int, default=None)
+    train.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    train.add_argument("--batch-id", help="idempotency key (default: a new one)")
+    train.add_argument("--model-name", default="classifier")
+    train.set_defaults(func=cmd_train)
+
+    status = sub.add_parser("status", help="jobs, or one job in detail")
+    status.add_argument("job_id", type=int, nargs="?")
+    status.add_argument("--limit", type=int, default=20)
+    status.set_defaults(func=cmd_status)
+
+    db = sub.add_parser("db", help="database schema")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply the Alembic migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=cmd_db)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args.func(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""One Settings object, read from the environment (prefix ``COLECIONADOR_``).
+
+The embedded defaults put everything under ``home``: the SQLite file, the local object
+store, Ray's run storage and the caches, so a new user needs no server at all.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLECIONADOR_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".colecionador")
+    database_url: str | None = None
+    auto_migrate: bool = True
+
+    store_url: str | None = None  # a folder, file://..., or s3://bucket[/prefix]
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    requests_queue: str = "training.requests"
+    events_queue: str = "ModelEvaluation"
+    publish_events: bool = True
+
+    ray_address: str | None = None
+    ray_dashboard_url: str | None = None  # for job submission, e.g. http://head:8265
+    ray_auth_token_path: Path | None = None
+
+    api_token: SecretStr | None = None
+    api_read_token: SecretStr | None = None
+
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    max_failures: int = Field(1, ge=-1)
+
+    @cached_property
+    def resolved_home(self) -> Path:
+        home = self.home.expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home / 'colecionador.db'}"
+
+    @property
+    def store(self) -> str:
+        return self.store_url or str(self.resolved_home / "store")
+
+    @property
+    def cache_dir(self) -> Path:
+        path = self.resolved_home / "cache"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def get_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,109 @@
+"""SQLAlchemy 2.0 models of the four tables of DESIGN.md (PostgreSQL; SQLite embedded).
+
+Beyond DESIGN.md, training_jobs carries model_name (a job versions a model, so it must know
+which), the scaling it ran with (num_workers, use_gpu: batch_size is per worker, so the
+effective batch depends on them) and the request as received.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+JOB_STATUSES = ("queued", "training", "evaluating", "success", "failed", "cancelled")
+FINAL_STATUSES = ("success", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TrainingJob(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    mode: Mapped[str] = mapped_column(String(10), default="train")
+    model_name: Mapped[str] = mapped_column(String(200))
+    dataset_uri: Mapped[str] = mapped_column(Text)
+    total_images: Mapped[int | None] = mapped_column(Integer)
+    ray_job_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    training_time_s: Mapped[float | None] = mapped_column(Float)
+    num_workers: Mapped[int | None] = mapped_column(Integer)
+    use_gpu: Mapped[bool | None] = mapped_column(Boolean)
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    metrics: Mapped[list["TrainingMetric"]] = relationship(
+        back_populates="job", order_by="TrainingMetric.epoch", cascade="all, delete-orphan")
+    hyperparameters: Mapped[list["Hyperparameter"]] = relationship(
+        back_populates="job", cascade="all, delete-orphan")
+
+
+class TrainingMetric(Base):
+    __tablename__ = "training_metrics"
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_training_metrics_job_epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
+                                        index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    epoch_time_s: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    job: Mapped[TrainingJob] = relationship(back_populates="metrics")
+
+
+class Hyperparameter(Base):
+    """One row per effective hyperparameter of a job (defaults included); value is JSON."""
+
+    __tablename__ = "hyperparameters"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONType, nullable=True)
+
+    job: Mapped[TrainingJob] = relationship(back_populates="hyperparameters")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_name", "version",
+                                       name="uq_model_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id"), index=True)
+    accuracy: Mapped[float] = mapped_column(Float)
+    precision: Mapped[float] = mapped_column(Float)
+    recall: Mapped[float] = mapped_column(Float)
+    f1: Mapped[float] = mapped_column(Float)
+    roc_auc: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20))  # approved | rejected
+    gate: Mapped[dict[str, Any]] = mapped_column(JSONType)  # every rule's outcome
+    model_path: Mapped[str] = mapped_column(Text)
+    trained_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

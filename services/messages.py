@@ -1,0 +1,93 @@
+"""Wire formats: the training request (queue ``training.requests``, POST /jobs) and the
+event on ``ModelEvaluation``. camelCase names from the source system are accepted."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator)
+
+from training.hyperparams import Hyperparameters, validation_message
+
+
+class TuningSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    k_folds: int = Field(5, ge=2, le=20, validation_alias=AliasChoices("k_folds", "kFolds"))
+    num_samples: int = Field(1, ge=1, validation_alias=AliasChoices("num_samples", "numSamples"))
+
+    @field_validator("grid")
+    @classmethod
+    def _known_names(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        unknown = sorted(set(grid) - set(Hyperparameters.model_fields))
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) in grid: {', '.join(unknown)}")
+        for name, values in grid.items():
+            if not values:
+                raise ValueError(f"grid for {name} is empty")
+            for v in values:  # each value must be valid on its own
+                Hyperparameters(**{name: v})
+        return grid
+
+
+class TrainingRequest(BaseModel):
+    """A request to train (or tune) on one batch of images."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    batch_id: str = Field(min_length=1, max_length=200,
+                          validation_alias=AliasChoices("batch_id", "batchId"))
+    dataset_uri: str = Field(min_length=1, validation_alias=AliasChoices("dataset_uri", "datasetUri"))
+    total_images: int | None = Field(None, ge=0,
+                                     validation_alias=AliasChoices("total_images", "totalImages"))
+    model_name: str = Field("classifier", min_length=1, max_length=200, pattern=r"^[\w.\-]+$",
+                            validation_alias=AliasChoices("model_name", "modelName"))
+    mode: Literal["train", "tune"] = "train"
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    tuning: TuningSpec | None = None
+
+    @field_validator("batch_id")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if not v.isprintable() or "/" in v:
+            raise ValueError("batch_id must be printable and contain no '/'")
+        return v
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["hyperparameters"] = self.hyperparameters.model_dump(mode="json",
+                                                                 exclude_unset=True)
+        return data
+
+
+def parse_request(body: bytes | str | dict[str, Any]) -> TrainingRequest:
+    """Validate a request; raises ValueError with a one-line reason."""
+    try:
+        if isinstance(body, dict):
+            return TrainingRequest.model_validate(body)
+        return TrainingRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise ValueError(validation_message(e)) from None
+
+
+class EventMetrics(BaseModel):
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+
+
+class ModelEvaluationEvent(BaseModel):
+    job_id: int
+    batch_id: str
+    model_name: str
+    version: int | None = None
+    status: Literal["approved", "rejected", "failed"]
+    metrics: EventMetrics | None = None
+    gate: dict[str, bool] = Field(default_factory=dict)
+    artifact_uri: str | None = None
+    finished_at: datetime
+    error: str | None = None

@@ -1,0 +1,175 @@
+"""Dataset discovery, decoding and the stratified, seeded train / val / test split.
+
+A dataset is a local folder in ImageFolder layout (``<root>/<class>/<image>``) or a folder
+with a ``manifest.csv`` (``path,label`` rows, paths relative to the folder). Images are
+decoded once, resized to the training size and kept as one uint8 array (N, 3, H, W), which
+is what the workers share: decoding JPEGs every epoch is the usual bottleneck.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MANIFEST = "manifest.csv"
+
+
+class DataError(ValueError):
+    """The dataset cannot be trained on; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    root: Path
+    paths: list[Path]
+    labels: np.ndarray  # int64 class index per path
+    classes: list[str]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(self.labels.tolist())
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+@dataclass
+class DecodedDataset:
+    images: np.ndarray  # uint8 (N, 3, H, W)
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def discover(root: str | Path) -> DatasetIndex:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset not found: {root} is not a folder")
+    if (root / MANIFEST).is_file():
+        return _from_manifest(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for i, name in enumerate(classes):
+        for p in sorted((root / name).rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(p)
+                labels.append(i)
+    if not paths:
+        raise DataError(
+            f"dataset {root} has no images: expected <class>/<image> folders or {MANIFEST}"
+        )
+    if len(classes) < 2:
+        raise DataError(f"dataset {root} has {len(classes)} class; at least 2 are needed")
+    return DatasetIndex(root, paths, np.asarray(labels, dtype=np.int64), classes)
+
+
+def _from_manifest(root: Path) -> DatasetIndex:
+    with open(root / MANIFEST, newline="") as f:
+        rows = [r for r in csv.DictReader(f)]
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"{root / MANIFEST} must have 'path' and 'label' columns")
+    classes = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [root / r["path"] for r in rows]
+    labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
+    if len(classes) < 2:
+        raise DataError(f"dataset {root} has {len(classes)} class; at least 2 are needed")
+    return DatasetIndex(root, paths, labels, classes)
+
+
+def _decode_one(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
+           threads: int = 4) -> DecodedDataset:
+    """Decode every image to uint8 (3, S, S). Unreadable files fail or are skipped."""
+
+    def work(p: Path) -> np.ndarray | str:
+        try:
+            return _decode_one(p, image_size)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(work, index.paths))
+    bad = [(str(p.relative_to(index.root)), r) for p, r in zip(index.paths, results)
+           if isinstance(r, str)]
+    if bad and on_bad_image == "fail":
+        first = ", ".join(b[0] for b in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DataError(f"{len(bad)} unreadable image(s): {first}{more} "
+                        "(set on_bad_image=skip to train without them)")
+    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    images = (np.stack([results[i] for i in keep]) if keep
+              else np.zeros((0, 3, image_size, image_size), np.uint8))
+    return DecodedDataset(images, index.labels[keep], list(index.classes), bad)
+
+
+def check_min_per_class(labels: np.ndarray, classes: list[str], min_per_class: int) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    short = [f"{classes[i]} ({n})" for i, n in enumerate(counts) if n < min_per_class]
+    if short:
+        raise DataError(f"classes with fewer than {min_per_class} images: {', '.join(short)}")
+
+
+def _holdout_size(n: int, frac: float, cap: int | None, n_classes: int) -> int:
+    size = int(round(n * frac))
+    if cap is not None:
+        size = min(size, cap)
+    return max(size, n_classes)  # stratification needs one per class at least
+
+
+def split(labels: np.ndarray, val_frac: float = 0.1, test_frac: float = 0.1,
+          val_max: int | None = None, test_max: int | None = None, seed: int = 0) -> Split:
+    """Stratified, seeded split of indices into train / val / test.
+
+    Sizes are ``round(n * frac)``, capped by ``*_max``; every class appears in every part in
+    proportion to its size, and the same seed gives the same split.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    k = len(np.unique(labels))
+    idx = np.arange(n)
+    n_test = _holdout_size(n, test_frac, test_max, k)
+    rest, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed)
+    n_val = _holdout_size(n, val_frac, val_max, k)
+    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest],
+                                  random_state=seed + 1)
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def kfold(labels: np.ndarray, indices: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k folds over ``indices`` (positions into ``labels``): (train, val) pairs."""
+    indices = np.asarray(indices)
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(indices[a]), np.sort(indices[b]))
+            for a, b in skf.split(indices, np.asarray(labels)[indices])]
+
+
+def load(root: str | Path, image_size: int, on_bad_image: str, min_per_class: int) -> DecodedDataset:
+    """Discover, decode and check a dataset folder: what a job does before it splits."""
+    data = decode(discover(root), image_size, on_bad_image)
+    check_min_per_class(data.labels, data.classes, min_per_class)
+    return data

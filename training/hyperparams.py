@@ -1,0 +1,149 @@
+"""The hyperparameter contract: one model for ``--set``, ``--config``, the message and the DB.
+
+Every name and default comes from DESIGN.md (Hyperparameters). Unknown names are an error,
+never silently ignored, and every effective value (defaults included) is what gets stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal[
+    "plateau", "none", "step", "multistep", "exponential", "cosine", "cyclical", "onecycle"
+]
+
+
+class Hyperparameters(BaseModel):
+    """Effective training settings of one job (or one tuning trial)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # model
+    backbone: str = "mobilenet_v2"
+    weights: str | None = None
+    image_size: int = Field(224, ge=8, le=1024)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    # the two phases
+    batch_size: PositiveInt = 32
+    phase1_epochs: int = Field(10, ge=0)
+    phase1_lr: float = Field(1e-3, gt=0)
+    phase2_epochs: int = Field(20, ge=0)
+    phase2_lr: float = Field(1e-5, gt=0)
+    unfreeze_last: int = Field(50, ge=0)
+
+    # optimisation
+    optimizer: Optimizer = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Schedule = "plateau"
+    factor: float = Field(0.1, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+    step_size: PositiveInt = 5
+    gamma: float = Field(0.5, gt=0, le=1)
+    milestones: list[PositiveInt] = Field(default_factory=lambda: [5, 10])
+    lr_min: float = Field(1e-6, ge=0)
+    t_max: PositiveInt | None = None
+    cycle_half: PositiveInt = 2
+    warmup_epochs: int = Field(0, ge=0)
+
+    # callbacks
+    early_stopping_patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+    # loss
+    loss: str = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["balanced"] | None = None
+    sampler: Literal["weighted"] | None = None
+
+    # step mechanics
+    grad_clip: float | None = Field(None, gt=0)
+    grad_accum: PositiveInt = 1
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+
+    # augmentation (the source system's Keras ImageDataGenerator pipeline)
+    augment: Literal["default", "none"] = "default"
+    rotation: float = Field(20.0, ge=0, le=180)
+    shift: float = Field(0.2, ge=0, lt=1)
+    zoom: float = Field(0.2, ge=0, lt=1)
+    hflip: bool = True
+
+    # data
+    seed: int = 0
+    val_frac: float = Field(0.1, gt=0, lt=1)
+    test_frac: float = Field(0.1, gt=0, lt=1)
+    val_max: PositiveInt | None = None
+    test_max: PositiveInt | None = None
+    min_per_class: int = Field(10, ge=2)
+    on_bad_image: Literal["fail", "skip"] = "fail"
+
+    # the quality gate (strictly greater than)
+    gate_accuracy: float = Field(0.90, ge=0, le=1)
+    gate_precision: float = Field(0.88, ge=0, le=1)
+    gate_recall: float = Field(0.88, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Hyperparameters":
+        if self.phase1_epochs + self.phase2_epochs == 0:
+            raise ValueError("phase1_epochs + phase2_epochs must be at least 1")
+        if self.val_frac + self.test_frac >= 0.9:
+            raise ValueError("val_frac + test_frac must leave at least 10% for training")
+        if self.loss not in ("cross_entropy", "focal") and ":" not in self.loss:
+            raise ValueError(
+                "loss must be cross_entropy, focal, or an import path 'package.module:function'"
+            )
+        if sorted(self.milestones) != self.milestones:
+            raise ValueError("milestones must be increasing")
+        return self
+
+    def effective(self) -> dict[str, Any]:
+        """All values, defaults included, as JSON-compatible data."""
+        return self.model_dump(mode="json")
+
+
+def field_names() -> list[str]:
+    return list(Hyperparameters.model_fields)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` from the command line into a name and a JSON-ish value.
+
+    ``phase1_lr=3e-4`` gives a float, ``hflip=false`` a bool, ``milestones=[3,6]`` a list,
+    ``weights=none`` None; anything that is not JSON stays a string for pydantic to judge.
+    """
+    if "=" not in text:
+        raise ValueError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in Hyperparameters.model_fields:
+        raise ValueError(f"unknown hyperparameter {key!r}")
+    raw = raw.strip()
+    lowered = raw.lower()
+    if lowered in ("none", "null"):
+        return key, None
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        if "," in raw and Hyperparameters.model_fields[key].annotation is not str:
+            return key, [json.loads(p) for p in raw.split(",")]
+        return key, raw
+
+
+def validation_message(err: ValidationError) -> str:
+    """One line per problem, naming the field, for CLI errors and dead-letter reasons."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "hyperparameters"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown hyperparameter"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,455 @@
+"""The two-phase training recipe, one epoch at a time, and Ray Train's worker function.
+
+``TwoPhaseRun`` is the recipe: phase 1 trains a new head on a frozen backbone, phase 2
+unfreezes the last N backbone layers at a low lr with EarlyStopping (restore best) and the
+schedule (ReduceLROnPlateau by default). It is stepped with ``run_epoch()`` so the same code
+serves a Ray Train worker, a Tune trial (k folds in lockstep) and a plain process; its
+``state_dict`` holds everything a resumed run needs (phase, epoch, model, optimizer,
+schedule, callbacks, EMA, RNG).
+
+``train_loop_per_worker`` is what ``TorchTrainer`` runs: it resumes from
+``ray.train.get_checkpoint()``, reports every epoch with a checkpoint written by rank 0, and
+ends with one ``final`` report whose checkpoint holds model.pt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from training.augment import eval_transform, train_transform
+from training.callbacks import (Callback, CallbackList, EarlyStopping, ProgressLogger,
+                                TerminateOnNaN)
+from training.hyperparams import Hyperparameters
+from training.losses import build_loss
+from training.model import (build_model, export_model, load_backbone_weights, set_phase,
+                            train_mode, trainable_parameters)
+from training.schedules import EpochSchedule
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class TrainData:
+    """Decoded images shared by every part, and the indices this run trains / validates on."""
+
+    images: np.ndarray  # uint8 (N, 3, H, W)
+    labels: np.ndarray  # int64 (N,)
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class ArrayDataset(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images, self.labels, self.indices, self.transform = images, labels, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = self.indices[i]
+        return self.transform(torch.tensor(self.images[j])), int(self.labels[j])
+
+
+class DistributedWeightedSampler(Sampler[int]):
+    """Class-balanced sampling with replacement, the same draw on every rank, sharded by
+    rank: each epoch every rank sees its own slice of one seeded multinomial draw."""
+
+    def __init__(self, labels: np.ndarray, num_replicas: int, rank: int, seed: int):
+        counts = np.bincount(labels)
+        self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = math.ceil(len(labels) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas,
+                                 replacement=True, generator=g)
+        return iter(draw[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def make_optimizer(hp: Hyperparameters, params: Iterable[nn.Parameter],
+                   lr: float) -> torch.optim.Optimizer:
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=hp.weight_decay)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 (or fp16) autocast on a GPU; off on the CPU, where bf16 autocast is
+    slower than fp32 on most processors. ``bf16`` / ``fp16`` force it, ``off`` disables."""
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(values: list[float], device: torch.device, op=None) -> list[float]:
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+class TwoPhaseRun:
+    """The recipe as a stepper: ``while not run.done: logs = run.run_epoch()``."""
+
+    def __init__(self, hp: Hyperparameters, data: TrainData, *,
+                 worker: WorkerInfo | None = None,
+                 backbone_state: dict[str, torch.Tensor] | None = None,
+                 callbacks: Iterable[Callback] = (), quiet: bool = False):
+        self.hp, self.data = hp, data
+        worker = worker or WorkerInfo()
+        self.rank, self.world_size, self.device = worker.rank, worker.world_size, worker.device
+        self.quiet = quiet
+        torch.manual_seed(hp.seed)
+        self.num_classes = len(data.classes)
+        self.module = build_model(hp.backbone, self.num_classes, hp.dropout)
+        self.weights_info = (load_backbone_weights(self.module, backbone_state)
+                             if backbone_state is not None else None)
+        self.channels_last = self.device.type == "cuda"
+        self.module.to(self.device)
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.model: nn.Module = self.module
+        self.ema = (AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay),
+                                  use_buffers=True) if hp.ema_decay else None)
+        self.loss_fn = build_loss(hp, data.labels[data.train_idx], self.num_classes)
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(self.device)
+        self.amp_dtype = resolve_amp(hp.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.extra_callbacks = list(callbacks)
+        self.phases = [(p, e, lr) for p, e, lr in ((1, hp.phase1_epochs, hp.phase1_lr),
+                                                    (2, hp.phase2_epochs, hp.phase2_lr)) if e > 0]
+        self.epoch = 0  # epochs done, across phases
+        self.epoch_in_phase = 0
+        self.history: list[dict[str, Any]] = []
+        self.stop_training = False
+        self.failure: str | None = None
+        self.restored_epoch: int | None = None
+        self.finished = False
+        self._train_loader = self._make_train_loader()
+        self._val_idx = data.val_idx[self.rank::self.world_size]
+        self._begin_phase(0)
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def eval_module(self) -> nn.Module:
+        """The weights that are validated, restored and exported: the EMA's when kept."""
+        return self.ema.module if self.ema is not None else self.module
+
+    @property
+    def done(self) -> bool:
+        return self.finished
+
+    @property
+    def phase(self) -> int:
+        return self.phases[self.phase_pos][0]
+
+    def _make_train_loader(self) -> DataLoader:
+        d = self.data
+        ds = ArrayDataset(d.images, d.labels, d.train_idx, train_transform(self.hp))
+        if self.hp.sampler == "weighted":
+            sampler: Sampler = DistributedWeightedSampler(d.labels[d.train_idx],
+                                                          self.world_size, self.rank, self.hp.seed)
+        else:
+            sampler = DistributedSampler(ds, num_replicas=self.world_size, rank=self.rank,
+                                         shuffle=True, seed=self.hp.seed)
+        per_rank = len(sampler)
+        # A last batch of one breaks BatchNorm in train mode; timm drops it too.
+        return DataLoader(ds, batch_size=self.hp.batch_size, sampler=sampler,
+                          drop_last=per_rank > self.hp.batch_size,
+                          pin_memory=self.device.type == "cuda")
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not _distributed():
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def _phase_callbacks(self, phase: int) -> list[Callback]:
+        cbs: list[Callback] = [TerminateOnNaN()]
+        if phase == 2:
+            cbs.append(EarlyStopping("val_loss", "min", self.hp.early_stopping_patience,
+                                     self.hp.min_delta, restore_best_weights=True))
+        if not self.quiet:
+            cbs.append(ProgressLogger())
+        return cbs + self.extra_callbacks
+
+    def _begin_phase(self, pos: int) -> None:
+        phase, epochs, lr = self.phases[pos]
+        self.phase_pos, self.epoch_in_phase, self.stop_training = pos, 0, False
+        self.phase_info = set_phase(self.module, phase, self.hp.unfreeze_last)
+        self.model = None  # drop the previous DDP wrapper before making a new one
+        self.model = self._wrap(self.module)  # DDP must see the new trainable set
+        self.optimizer = make_optimizer(self.hp, trainable_parameters(self.module), lr)
+        self.schedule = EpochSchedule(self.optimizer, self.hp, epochs, lr)
+        self.callbacks = CallbackList(self._phase_callbacks(phase), self)
+        self.callbacks.on_phase_begin(phase)
+
+    # --------------------------------------------------------------- one epoch
+    def run_epoch(self) -> dict[str, Any]:
+        if self.finished:
+            raise RuntimeError("the run is finished")
+        phase, epochs, _ = self.phases[self.phase_pos]
+        self.epoch += 1
+        self.epoch_in_phase += 1
+        self.callbacks.on_epoch_begin(self.epoch)
+        lr = self.schedule.lr
+        t0 = time.perf_counter()
+        loss, acc, seen = self._train_one_epoch()
+        train_s = time.perf_counter() - t0
+        val_loss, val_acc = self.validate()
+        logs = {"epoch": self.epoch, "phase": phase, "epoch_in_phase": self.epoch_in_phase,
+                "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
+                "lr": lr, "epoch_time_s": time.perf_counter() - t0,
+                "images_per_s": seen / train_s if train_s > 0 else 0.0}
+        self.schedule.step(val_loss)
+        self.callbacks.on_epoch_end(self.epoch, logs)
+        self.stop_training = bool(_all_reduce([float(self.stop_training)], self.device,
+                                              dist.ReduceOp.MAX)[0])
+        self.history.append(logs)
+        if self.stop_training or self.epoch_in_phase >= epochs:
+            self.callbacks.on_phase_end(phase)
+            if self.failure or self.phase_pos + 1 >= len(self.phases):
+                self.finished = True
+            else:
+                self._begin_phase(self.phase_pos + 1)
+        return logs
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _train_one_epoch(self) -> tuple[float, float, int]:
+        hp, model, opt = self.hp, self.model, self.optimizer
+        train_mode(model)
+        self._train_loader.sampler.set_epoch(self.epoch)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        n_batches = len(self._train_loader)
+        opt.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(self._train_loader):
+            x, y = self._to_device(x, y)
+            step = (i + 1) % hp.grad_accum == 0 or i + 1 == n_batches
+            sync = contextlib.nullcontext()
+            if not step and isinstance(model, DistributedDataParallel):
+                sync = model.no_sync()
+            with sync:
+                with self._autocast():
+                    out = model(x)
+                    loss = self.loss_fn(out, y)
+                self.scaler.scale(loss / hp.grad_accum).backward()
+            if step:
+                if hp.grad_clip:
+                    self.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(trainable_parameters(self.module),
+                                                   hp.grad_clip)
+                self.scaler.step(opt)
+                self.scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.module)
+            total += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+        s, c, n = _all_reduce([total.item(), float(correct.item()), float(seen)], self.device)
+        return s / max(n, 1), c / max(n, 1), int(n)
+
+    @torch.inference_mode()
+    def validate(self) -> tuple[float, float]:
+        """Loss and accuracy on the whole validation split (each rank takes a slice)."""
+        module = self.eval_module
+        module.eval()
+        tf = eval_transform()
+        total, correct, n = 0.0, 0, 0
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        bs = max(self.hp.batch_size, 64)
+        for s in range(0, len(self._val_idx), bs):
+            idx = self._val_idx[s:s + bs]
+            x = tf(torch.from_numpy(self.data.images[idx]))
+            y = torch.from_numpy(self.data.labels[idx])
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                out = module(x)
+            total += loss_fn(out.float(), y).item()
+            correct += int((out.argmax(1) == y).sum().item())
+            n += len(idx)
+        total, correct, n = _all_reduce([total, float(correct), float(n)], self.device)
+        return total / max(n, 1), correct / max(n, 1)
+
+    # ------------------------------------------------------------ state, export
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1, "phase_pos": self.phase_pos, "epoch": self.epoch,
+            "epoch_in_phase": self.epoch_in_phase, "finished": self.finished,
+            "failure": self.failure, "restored_epoch": self.restored_epoch,
+            "history": self.history,
+            "model": self.module.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "callbacks": self.callbacks.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        if state["phase_pos"] != self.phase_pos:
+            self._begin_phase(state["phase_pos"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.callbacks.load_state_dict(state["callbacks"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.epoch_in_phase = state["epoch"], state["epoch_in_phase"]
+        self.finished, self.failure = state["finished"], state["failure"]
+        self.restored_epoch, self.history = state["restored_epoch"], list(state["history"])
+        torch.set_rng_state(state["rng"])
+
+    def summary(self) -> dict[str, Any]:
+        best = min(self.history, key=lambda r: r["val_loss"]) if self.history else None
+        return {"final": True, "epochs": self.epoch, "failure": self.failure,
+                "restored_epoch": self.restored_epoch,
+                "best_val_loss": best["val_loss"] if best else None,
+                "best_val_accuracy": max((r["val_accuracy"] for r in self.history),
+                                         default=None)}
+
+    def export(self) -> dict[str, Any]:
+        return export_model(self.eval_module, self.hp, self.data.classes)
+
+
+# ------------------------------------------------------------------ sessions
+class Session:
+    """Where a run reports to and resumes from: Ray Train, Ray Tune or nothing."""
+
+    def worker(self) -> WorkerInfo:
+        return WorkerInfo()
+
+    def latest_state(self) -> dict[str, Any] | None:
+        return None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None,
+               name: str) -> None:  # noqa: ARG002
+        return None
+
+
+class RayTrainSession(Session):
+    def __init__(self) -> None:
+        # Ray 2.60 names this logger by __file__, so LoggingConfig(log_level) misses its
+        # per-report INFO line ("Reporting training result ..."); quiet it here.
+        import logging
+
+        from ray.train.v2._internal.execution import context
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+    def worker(self) -> WorkerInfo:
+        import ray.train
+        import ray.train.torch
+        ctx = ray.train.get_context()
+        return WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(),
+                          ray.train.torch.get_device())
+
+    def latest_state(self) -> dict[str, Any] | None:
+        import ray.train
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str) -> None:
+        import ray.train
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
+
+
+def run_to_end(run: TwoPhaseRun, session: Session) -> dict[str, Any]:
+    """Step the run to its end, reporting every epoch with a checkpoint from rank 0, then
+    one final report whose checkpoint also holds the exported model."""
+    state = session.latest_state()
+    if state is not None:
+        run.load_state_dict(state)
+        if run.rank == 0 and not run.quiet:
+            print(f"resumed after epoch {run.epoch} (phase {run.phase})", flush=True)
+
+    def report(metrics: dict[str, Any], name: str, final: bool = False) -> None:
+        if run.rank != 0:
+            session.report(metrics, None, name)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(run.state_dict(), Path(d) / STATE_FILE)
+            if final:
+                torch.save(run.export(), Path(d) / MODEL_FILE)
+            session.report(metrics, d, name)
+
+    while not run.done:
+        logs = run.run_epoch()
+        report(logs, f"epoch-{logs['epoch']:04d}")
+    summary = run.summary()
+    report(summary, "final", final=True)
+    return summary
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """TorchTrainer's function. config: hyperparameters (dict), data (TrainData or an
+    ObjectRef to it), backbone_state (a state dict, an ObjectRef to one, or None)."""
+    import ray
+
+    def resolve(x: Any) -> Any:
+        return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+    session = RayTrainSession()
+    hp = Hyperparameters(**config["hyperparameters"])
+    run = TwoPhaseRun(hp, resolve(config["data"]), worker=session.worker(),
+                      backbone_state=resolve(config.get("backbone_state")))
+    run_to_end(run, session)

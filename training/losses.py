@@ -1,0 +1,66 @@
+"""Losses: cross-entropy (label smoothing, class weights), multi-class focal, or a custom
+callable named by import path (``loss=package.module:function``)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from training.hyperparams import Hyperparameters
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss (Lin et al. 2017): mean of -w_y (1 - p_y)^γ log p_y."""
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - logp.exp()) ** self.gamma) * logp
+        if self.weight is not None:
+            loss = loss * self.weight[target]
+        return loss.mean()
+
+
+def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
+    classes = np.arange(num_classes)
+    present = np.unique(labels)
+    w = np.ones(num_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def import_callable(path: str) -> Callable:
+    """``package.module:name`` to the object it names, with a clear error."""
+    module, _, name = path.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import {path!r}: {e}") from None
+    if not callable(obj):
+        raise ValueError(f"{path!r} is not callable")
+    return obj
+
+
+def build_loss(hp: Hyperparameters, train_labels: np.ndarray, num_classes: int) -> LossFn:
+    weight = balanced_weights(train_labels, num_classes) if hp.class_weights == "balanced" else None
+    if hp.loss == "cross_entropy":
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=hp.label_smoothing)
+    if hp.loss == "focal":
+        return FocalLoss(hp.focal_gamma, weight)
+    obj = import_callable(hp.loss)
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        return obj()
+    return obj

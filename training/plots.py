@@ -1,0 +1,61 @@
+"""Training curves and the confusion matrix as PNG bytes (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def curves_png(rows: Sequence[dict[str, Any]], title: str = "") -> bytes:
+    """Loss, accuracy and lr per epoch; a dotted line where phase 2 starts."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    epochs = [r["epoch"] for r in rows]
+    for ax, key in zip(axes[:2], ("loss", "accuracy")):
+        ax.plot(epochs, [r[key] for r in rows], "o-", label=f"train {key}")
+        ax.plot(epochs, [r[f"val_{key}"] for r in rows], "s-", label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    axes[2].plot(epochs, [r["lr"] for r in rows], "o-")
+    axes[2].set_yscale("log")
+    axes[2].set_title("learning rate")
+    axes[2].set_xlabel("epoch")
+    starts = [r["epoch"] for r in rows if r["phase"] == 2]
+    if starts and len(starts) < len(rows):
+        for ax in axes:
+            ax.axvline(min(starts) - 0.5, color="grey", linestyle=":")
+    if title:
+        fig.suptitle(title)
+    return _png(fig)
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str],
+                         title: str = "") -> bytes:
+    n = len(classes)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max((max(r) for r in matrix), default=0)
+    for i in range(n):
+        for j in range(n):
+            v = matrix[i][j]
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if v > peak / 2 else "black", fontsize=8)
+    ax.set_title(title or "confusion matrix")
+    return _png(fig)

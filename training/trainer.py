@@ -1,0 +1,35 @@
+"""Builds the Ray Train TorchTrainer for a job."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from training.loop import train_loop_per_worker
+
+
+def build_trainer(loop_config: dict[str, Any], *, num_workers: int, use_gpu: bool,
+                  storage_path: str, name: str, max_failures: int = 1,
+                  callbacks: Sequence[Any] = (), storage_filesystem: Any = None,
+                  keep_checkpoints: int = 2, log_level: str = "WARNING") -> TorchTrainer:
+    """A TorchTrainer running the two-phase loop on ``num_workers`` workers.
+
+    ``name`` must be unique per job: Ray resumes a run whose (storage_path, name) exists.
+    """
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=list(callbacks),
+            # Ray Train's INFO lines ("Reporting training result ...") drown the epoch
+            # lines, and its print patch sends every print to the console twice.
+            logging_config=LoggingConfig(log_level=log_level),
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        ),
+    )
