@@ -1,0 +1,140 @@
+"""Shared fixtures: real PostgreSQL (a fresh database per session), one local Ray cluster
+per session (stopped here), fresh RabbitMQ queue names, and small made-up datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PG_ADMIN_URL = os.environ.get("COLECIONADOR_TEST_PG_URL",
+                              "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+AMQP_URL = os.environ.get("COLECIONADOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+SESSION = uuid.uuid4().hex[:8]
+
+# A tiny, fast recipe: the smallest torchvision classifier, small images, 1 + 1 epochs.
+TINY = {"backbone": "mobilenet_v3_small", "image_size": 32, "batch_size": 8,
+        "phase1_epochs": 1, "phase2_epochs": 1, "unfreeze_last": 5, "min_per_class": 5,
+        "hflip": False, "gate_accuracy": 0.0, "gate_precision": 0.0, "gate_recall": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test reads the developer's ~/.colecionador or COLECIONADOR_* settings."""
+    for k in list(os.environ):
+        if k.startswith("COLECIONADOR_") and not k.startswith("COLECIONADOR_TEST_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("COLECIONADOR_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    from sqlalchemy import create_engine, text
+    name = f"colecionador_test_{SESSION}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    from services.db.session import get_engine
+    get_engine(url).dispose()
+    get_engine.cache_clear()
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """Each test that touches the database runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session, in its own temp dir; only it is stopped."""
+    import ray
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp,
+             logging_level="WARNING", configure_logging=True)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def events_queue():
+    """A fresh ModelEvaluation queue name, deleted afterwards."""
+    name = f"ModelEvaluation.test-{SESSION}-{uuid.uuid4().hex[:6]}"
+    yield name
+    import asyncio
+
+    import aio_pika
+
+    async def drop():
+        conn = await aio_pika.connect(AMQP_URL)
+        async with conn:
+            ch = await conn.channel()
+            await ch.queue_delete(name)
+    try:
+        asyncio.run(drop())
+    except Exception:  # noqa: BLE001 - the queue may never have been declared
+        pass
+
+
+@pytest.fixture
+def settings_for(tmp_path):
+    from services.config import Settings
+
+    def make(database_url: str | None = None, **kw) -> Settings:
+        kw.setdefault("publish_events", False)
+        return Settings(home=tmp_path / "home", database_url=database_url, workers=2,
+                        broker_url=AMQP_URL, **kw)
+    return make
+
+
+def _pattern(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Class 0: horizontal bars, 1: vertical bars, 2: a bright square, 3+: checkers."""
+    img = np.zeros((size, size), np.float32)
+    if kind == 0:
+        img[::4, :] = 1
+        img[1::4, :] = 1
+    elif kind == 1:
+        img[:, ::4] = 1
+        img[:, 1::4] = 1
+    elif kind == 2:
+        img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    else:
+        k = kind - 1
+        img[(np.add.outer(np.arange(size) // k, np.arange(size) // k) % 2) == 0] = 1
+    img = np.clip(img * 0.8 + rng.normal(0, 0.1, img.shape), 0, 1)
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def make_dataset(tmp_path) -> Callable[..., Path]:
+    """An ImageFolder of made-up, learnable grey images: ``make_dataset(per_class=...)``."""
+    def make(name: str = "data", classes: int = 3, per_class: int | list[int] = 12,
+             size: int = 16, corrupt: int = 0, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        root = tmp_path / name
+        counts = per_class if isinstance(per_class, list) else [per_class] * classes
+        for c, n in enumerate(counts):
+            folder = root / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(_pattern(c, size, rng)).save(folder / f"{i:03d}.png")
+        for i in range(corrupt):
+            (root / "class_0" / f"broken_{i}.png").write_bytes(b"\x89PNG not really")
+        return root
+    return make

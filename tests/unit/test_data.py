@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from training import data
+
+
+def labels_of(counts):
+    return np.concatenate([np.full(n, i) for i, n in enumerate(counts)])
+
+
+def test_split_is_stratified_disjoint_and_complete():
+    y = labels_of([100, 50, 30])
+    s = data.split(y, 0.1, 0.1, seed=0)
+    parts = [s.train, s.val, s.test]
+    assert sum(map(len, parts)) == len(y)
+    assert len(np.unique(np.concatenate(parts))) == len(y)
+    assert (len(s.val), len(s.test)) == (18, 18)
+    for part in (s.val, s.test):  # each class in proportion: 10 / 5 / 3
+        assert np.bincount(y[part]).tolist() == [10, 5, 3]
+
+
+def test_split_is_seeded():
+    y = labels_of([40, 40])
+    a, b, c = data.split(y, seed=1), data.split(y, seed=1), data.split(y, seed=2)
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
+    assert not np.array_equal(a.test, c.test)
+
+
+def test_split_caps():
+    y = labels_of([500, 500])
+    s = data.split(y, 0.1, 0.1, val_max=20, test_max=30)
+    assert (len(s.val), len(s.test), len(s.train)) == (20, 30, 950)
+    assert np.bincount(y[s.test]).tolist() == [15, 15]
+
+
+def test_kfold_is_stratified_disjoint_and_covers():
+    y = labels_of([30, 20])
+    idx = np.arange(0, 50, 1)
+    folds = data.kfold(y, idx, k=5, seed=0)
+    vals = np.concatenate([v for _, v in folds])
+    assert sorted(vals.tolist()) == idx.tolist()
+    for tr, va in folds:
+        assert not set(tr) & set(va)
+        assert np.bincount(y[va]).tolist() == [6, 4]
+
+
+def test_discover_and_decode(make_dataset):
+    root = make_dataset(classes=3, per_class=[12, 11, 10], size=16)
+    index = data.discover(root)
+    assert index.classes == ["class_0", "class_1", "class_2"]
+    assert index.counts() == {"class_0": 12, "class_1": 11, "class_2": 10}
+    d = data.decode(index, 24)
+    assert d.images.shape == (33, 3, 24, 24) and d.images.dtype == np.uint8
+    assert d.labels.tolist() == [0] * 12 + [1] * 11 + [2] * 10
+
+
+def test_unreadable_images_fail_or_are_skipped(make_dataset):
+    root = make_dataset(per_class=12, corrupt=2)
+    with pytest.raises(data.DataError, match=r"2 unreadable image\(s\): class_0/broken_0.png"):
+        data.decode(data.discover(root), 16, "fail")
+    d = data.decode(data.discover(root), 16, "skip")
+    assert len(d) == 36 and [b[0] for b in d.bad] == ["class_0/broken_0.png",
+                                                      "class_0/broken_1.png"]
+
+
+def test_small_class_and_missing_dataset(make_dataset, tmp_path):
+    root = make_dataset(per_class=[12, 12, 4])
+    with pytest.raises(data.DataError, match=r"fewer than 10 images: class_2 \(4\)"):
+        data.load(root, 16, "fail", 10)
+    with pytest.raises(data.DataError, match="dataset not found"):
+        data.discover(tmp_path / "nope")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(data.DataError, match="no images"):
+        data.discover(tmp_path / "empty")
+
+
+def test_manifest_layout(make_dataset):
+    root = make_dataset(per_class=10)
+    rows = ["path,label"] + [f"class_{c}/{i:03d}.png,{'abc'[c]}" for c in range(3) for i in range(10)]
+    (root / "manifest.csv").write_text("\n".join(rows))
+    index = data.discover(root)
+    assert index.classes == ["a", "b", "c"] and len(index.paths) == 30

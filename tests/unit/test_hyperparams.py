@@ -1,0 +1,70 @@
+import pytest
+from pydantic import ValidationError
+
+from services.messages import parse_request
+from training.hyperparams import Hyperparameters, parse_assignment, validation_message
+
+
+def test_defaults_are_the_design_table():
+    hp = Hyperparameters()
+    assert (hp.backbone, hp.image_size, hp.batch_size) == ("mobilenet_v2", 224, 32)
+    assert (hp.phase1_epochs, hp.phase1_lr, hp.phase2_epochs, hp.phase2_lr) == (10, 1e-3, 20, 1e-5)
+    assert (hp.unfreeze_last, hp.optimizer, hp.schedule, hp.factor) == (50, "adam", "plateau", 0.1)
+    assert (hp.plateau_patience, hp.early_stopping_patience, hp.dropout) == (2, 5, 0.2)
+    assert (hp.val_frac, hp.test_frac, hp.min_per_class, hp.on_bad_image) == (0.1, 0.1, 10, "fail")
+    assert (hp.gate_accuracy, hp.gate_precision, hp.gate_recall) == (0.90, 0.88, 0.88)
+    assert hp.weights is None and hp.amp == "auto" and hp.seed == 0
+
+
+def test_effective_holds_every_name_with_json_values():
+    eff = Hyperparameters(phase1_lr=3e-4).effective()
+    assert set(eff) == set(Hyperparameters.model_fields)
+    assert eff["phase1_lr"] == 3e-4 and eff["milestones"] == [5, 10]
+
+
+def test_unknown_name_is_an_error_not_ignored():
+    with pytest.raises(ValidationError) as e:
+        Hyperparameters(phase1_epoch=3)
+    assert "phase1_epoch: unknown hyperparameter" in validation_message(e.value)
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"phase1_lr": -1}, {"optimizer": "lion"},
+                                 {"schedule": "linear"}, {"dropout": 1.5},
+                                 {"phase1_epochs": 0, "phase2_epochs": 0},
+                                 {"val_frac": 0.5, "test_frac": 0.45}, {"loss": "hinge"},
+                                 {"image_size": "big"}])
+def test_ill_typed_or_out_of_range_values_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        Hyperparameters(**bad)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("phase1_lr=3e-4", ("phase1_lr", 3e-4)), ("hflip=false", ("hflip", False)),
+    ("weights=none", ("weights", None)), ("milestones=[3,6]", ("milestones", [3, 6])),
+    ("milestones=3,6", ("milestones", [3, 6])), ("backbone=resnet18", ("backbone", "resnet18")),
+    ("loss=pkg.mod:fn", ("loss", "pkg.mod:fn")),
+])
+def test_parse_assignment(text, expected):
+    assert parse_assignment(text) == expected
+
+
+def test_parse_assignment_rejects_unknown_and_malformed():
+    with pytest.raises(ValueError, match="unknown hyperparameter 'lr'"):
+        parse_assignment("lr=0.1")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_assignment("phase1_lr")
+
+
+def test_message_accepts_camel_case_and_requires_two_fields():
+    r = parse_request(b'{"batchId": "b1", "dataset_uri": "s3://d/b1/", "totalImages": 9000,'
+                      b' "hyperparameters": {"phase1_epochs": 3}}')
+    assert (r.batch_id, r.total_images, r.mode, r.hyperparameters.phase1_epochs) == ("b1", 9000, "train", 3)
+    with pytest.raises(ValueError, match="dataset_uri"):
+        parse_request({"batch_id": "b1"})
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        parse_request({"batch_id": "b", "dataset_uri": "x", "hyperparameters": {"lr": 1}})
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        parse_request({"batch_id": "b", "dataset_uri": "x", "mode": "tune",
+                       "tuning": {"grid": {"lr": [1, 2]}}})
+    with pytest.raises(ValueError):
+        parse_request(b"not json")
