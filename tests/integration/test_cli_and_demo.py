@@ -1,0 +1,76 @@
+"""The command line and the demo, run as a user runs them (in-process, the session's Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from services import demo
+from services.cli import main
+from services.config import Settings
+from services.db import repo
+from services.db.session import session_factory
+from services.storage import open_store
+from tests.conftest import TINY
+from training.model import build_model
+
+pytestmark = pytest.mark.integration
+
+
+def test_train_command_with_weights_from_a_file_and_skipped_images(
+        make_dataset, tmp_path, ray_cluster, capsys, monkeypatch):
+    monkeypatch.setenv("COLECIONADOR_PUBLISH_EVENTS", "false")
+    source = build_model("mobilenet_v3_small", 10)  # weights "the tests make"
+    torch.save(source.state_dict(), tmp_path / "backbone.pt")
+    root = make_dataset(per_class=12, corrupt=2)
+    sets = [f"{k}={v}" for k, v in TINY.items()] + [
+        f"weights={tmp_path / 'backbone.pt'}", "on_bad_image=skip"]
+    argv = ["train", "--dataset", str(root), "--model-name", "cli", "--batch-id", "cli-1"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "gate APPROVED -> version 1" in out and "skipped 2 unreadable image(s)" in out
+
+    settings = Settings()
+    with session_factory(settings.db_url)() as s:
+        job = repo.get_job_by_batch(s, "cli-1")
+        assert job.status == "success" and repo.hyperparameters(s, job.id)["on_bad_image"] == "skip"
+    store = open_store(settings)
+    metrics = json.loads(store.get_bytes("models/cli/v1/metrics.json"))
+    assert [b["path"] for b in metrics["skipped_images"]] == ["class_0/broken_0.png",
+                                                              "class_0/broken_1.png"]
+    # the first conv stays frozen in both phases (unfreeze_last=5): it is the file's tensor
+    pkg = torch.load(store.path("models/cli/v1/model.pt"), weights_only=True)
+    assert torch.equal(pkg["state_dict"]["features.0.0.weight"],
+                       source.state_dict()["features.0.0.weight"])
+
+    # the same batch id again starts nothing; status shows the job
+    assert main(argv) == 0
+    assert "not started again" in capsys.readouterr().out
+    assert main(["status", str(job.id)]) == 0
+    out = capsys.readouterr().out
+    assert "success" in out and "model cli v1: approved" in out and "epoch   2 phase 2" in out
+
+
+def test_demo_runs_both_jobs_and_the_second_starts_from_the_first(ray_cluster, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setenv("COLECIONADOR_PUBLISH_EVENTS", "false")
+    quick = {"image_size": 16, "batch_size": 64, "gate_accuracy": 0.0, "gate_precision": 0.0,
+             "gate_recall": 0.0}
+    monkeypatch.setattr(demo, "BACKBONE_RECIPE", {**demo.BACKBONE_RECIPE, **quick,
+                                                  "phase2_epochs": 1})
+    monkeypatch.setattr(demo, "TRANSFER_RECIPE", {**demo.TRANSFER_RECIPE, **quick,
+                                                  "phase1_epochs": 1, "phase2_epochs": 1})
+    backbone, outcome = demo.run_demo(Settings())
+    assert backbone.status == outcome.status == "success"
+    out = capsys.readouterr().out
+    assert "no pretrained weights can be downloaded here" in out
+    with session_factory(Settings().db_url)() as s:
+        second = repo.get_job(s, outcome.job_id)
+        assert repo.hyperparameters(s, second.id)["weights"] == backbone.artifacts["model.pt"]
+        assert [v.model_name for v in repo.job_versions(s, backbone.job_id)] == ["digits-backbone"]
+        assert [v.model_name for v in repo.job_versions(s, outcome.job_id)] == ["digits"]
+        assert second.total_images is None and len(repo.epoch_rows(s, second.id)) == 2

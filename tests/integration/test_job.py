@@ -1,0 +1,130 @@
+"""One job end to end through the real TorchTrainer (2 workers), on SQLite and PostgreSQL,
+with the event read back from a real RabbitMQ queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import aio_pika
+import pytest
+import torch
+
+from services.db import repo
+from services.db.models import ModelVersion, TrainingJob
+from services.db.session import session_factory
+from services.jobs import create_job, run_job
+from services.messages import TrainingRequest
+from services.storage import open_store
+from tests.conftest import AMQP_URL, TINY
+from training.hyperparams import Hyperparameters
+from training.model import build_model, load_model
+
+pytestmark = pytest.mark.integration
+
+
+def request(root, **hp) -> TrainingRequest:
+    return TrainingRequest(batch_id=f"batch-{uuid.uuid4().hex[:8]}", dataset_uri=str(root),
+                           model_name="tiny", total_images=36,
+                           hyperparameters=Hyperparameters(**{**TINY, **hp}))
+
+
+def take_event(queue: str) -> dict:
+    async def get():
+        conn = await aio_pika.connect(AMQP_URL)
+        async with conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue(queue, durable=True)
+            msg = await q.get(timeout=10, fail=True)
+            await msg.ack()
+            return json.loads(msg.body)
+    return asyncio.run(get())
+
+
+def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
+        db_url, settings_for, make_dataset, ray_cluster, events_queue):
+    settings = settings_for(db_url, publish_events=True, events_queue=events_queue)
+    req = request(make_dataset(per_class=12, size=16))
+    job, created = create_job(settings, req)
+    assert created and job.status == "queued"
+
+    outcome = run_job(job.id, settings)
+    assert outcome.status == "success", outcome.error
+    assert outcome.verdict == "approved" and outcome.version == 1
+
+    with session_factory(settings.db_url)() as s:
+        row = s.get(TrainingJob, job.id)
+        assert row.status == "success" and row.error is None and row.num_workers == 2
+        assert row.accuracy == pytest.approx(outcome.metrics["accuracy"])
+        assert row.training_time_s > 0 and row.started_at <= row.finished_at
+        epochs = repo.epoch_rows(s, job.id)
+        assert [(r["epoch"], r["phase"], r["lr"]) for r in epochs] == [(1, 1, 1e-3), (2, 2, 1e-5)]
+        assert all(r[k] is not None for r in epochs for k in
+                   ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s"))
+        hps = repo.hyperparameters(s, job.id)
+        assert hps == Hyperparameters(**TINY).effective()
+        (mv,) = s.query(ModelVersion).filter_by(job_id=job.id).all()
+        assert (mv.model_name, mv.version, mv.status) == ("tiny", 1, "approved")
+        assert [r["metric"] for r in mv.gate["rules"]] == ["accuracy", "precision", "recall"]
+        assert mv.accuracy == pytest.approx(row.accuracy)
+
+    store = open_store(settings)
+    prefix = "models/tiny/v1/"
+    assert sorted(store.list(prefix)) == [prefix + n for n in
+                                          ("confusion_matrix.png", "curves.png", "metrics.json",
+                                           "model.pt")]
+    assert mv.model_path == store.uri(prefix + "model.pt")
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert store.get_bytes(prefix + png)[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads(store.get_bytes(prefix + "metrics.json"))
+    assert metrics["split"] == {"train": 28, "val": 4, "test": 4}
+    assert metrics["test"]["n"] == 4 and len(metrics["history"]) == 2
+    model, pkg = load_model(torch.load(store.path(prefix + "model.pt"), weights_only=True))
+    assert pkg["classes"] == ["class_0", "class_1", "class_2"]
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+    event = take_event(events_queue)
+    assert set(event) >= {"job_id", "batch_id", "model_name", "version", "status", "metrics",
+                          "gate", "artifact_uri", "finished_at"}
+    assert (event["job_id"], event["batch_id"], event["version"], event["status"]) == (
+        job.id, req.batch_id, 1, "approved")
+    assert set(event["metrics"]) == {"accuracy", "precision", "recall", "f1"}
+    assert event["gate"] == {"accuracy": True, "precision": True, "recall": True}
+    assert event["artifact_uri"] == mv.model_path
+
+    # the same request again is the same job, and running it again does nothing
+    again, created = create_job(settings, req)
+    assert not created and again.id == job.id
+    assert run_job(job.id, settings).version == 1
+
+
+@pytest.mark.parametrize("case", ["small_class", "unreadable", "missing", "bad_weights"])
+def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
+        case, db_url, settings_for, make_dataset, tmp_path):
+    settings = settings_for(db_url)
+    hp: dict = {}
+    if case == "small_class":
+        root, reason = make_dataset(per_class=[12, 12, 3]), \
+            "dataset: classes with fewer than 5 images: class_2 (3)"
+    elif case == "unreadable":
+        root, reason = make_dataset(per_class=12, corrupt=1), \
+            "dataset: 1 unreadable image(s): class_0/broken_0.png"
+    elif case == "missing":
+        root, reason = tmp_path / "nowhere", "dataset: dataset not found"
+    else:
+        torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "resnet.pt")
+        root, reason = make_dataset(per_class=12), "weights: weights do not fit the backbone"
+        hp = {"weights": str(tmp_path / "resnet.pt")}
+    job, _ = create_job(settings, request(root, **hp))
+    outcome = run_job(job.id, settings)
+    assert outcome.status == "failed" and outcome.error.startswith(reason)
+    with session_factory(settings.db_url)() as s:
+        row = s.get(TrainingJob, job.id)
+        assert (row.status, row.error) == ("failed", outcome.error)
+        assert row.finished_at is not None
+        assert repo.job_versions(s, job.id) == [] and repo.epoch_rows(s, job.id) == []
+    store = open_store(settings)
+    assert store.list("models/") == []
+    stored = json.loads(store.get_bytes(f"events/job-{job.id}.json"))
+    assert stored["event"]["status"] == "failed" and stored["event"]["error"] == outcome.error
