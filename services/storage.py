@@ -8,9 +8,11 @@ are fetched into a local cache; Ray Train's run storage lives in the same store.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
-from pathlib import Path
+import uuid
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -72,10 +74,10 @@ class LocalStore:
     def list(self, prefix: str) -> list[str]:
         base = self.path(prefix) if prefix else self.root
         if base.is_file():
-            return [prefix]
+            return [base.relative_to(self.root).as_posix()]
         if not base.is_dir():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
     def delete_prefix(self, prefix: str) -> None:
         p = self.path(prefix)
@@ -99,17 +101,60 @@ def _s3_client(settings: Settings):
         aws_secret_access_key=(settings.s3_secret_key.get_secret_value()
                                if settings.s3_secret_key else None),
         config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                      connect_timeout=10, read_timeout=60,
                       retries={"max_attempts": 5, "mode": "standard"}),
     )
 
 
+_MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+
+
+def _code(e: BaseException) -> str | None:
+    response = getattr(e, "response", None)
+    return (response or {}).get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+def _missing(e: BaseException) -> bool:
+    return _code(e) in _MISSING
+
+
+def _reason(e: BaseException) -> str:
+    """A one-line reason for a botocore error: ``Code: message`` plus a hint for 403s."""
+    code = _code(e)
+    if code is not None:
+        response = getattr(e, "response", {})
+        message = response.get("Error", {}).get("Message") or ""
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        text = f"{code}: {message}" if message and message != code else str(code)
+        if code in _DENIED or status == 403:
+            text += " (access denied: check the S3 access key and secret key)"
+    else:
+        text = str(e).strip() or type(e).__name__
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
+    return first[:500]
+
+
+def _errors():
+    from botocore.exceptions import BotoCoreError, ClientError
+    return (BotoCoreError, ClientError)
+
+
 class S3Store:
-    """S3 or MinIO; uploads retry on transient errors (botocore standard retry mode)."""
+    """S3 or MinIO; uploads retry on transient errors (botocore standard retry mode).
+
+    Keys behave like paths, as in :class:`LocalStore`: ``list("a/b")`` and
+    ``delete_prefix("a/b")`` touch ``a/b`` and ``a/b/...`` but never ``a/bc``; folder
+    marker objects (keys ending in ``/``, which pyarrow and consoles create) are not listed.
+    """
 
     def __init__(self, url: str, settings: Settings):
         parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StoreError(f"not an S3 store URL: {url!r} (use s3://bucket[/prefix])")
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
-        self.url, self.settings = url.rstrip("/"), settings
+        self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self.settings = settings
         self.client = _s3_client(settings)
 
     def key(self, key: str) -> str:
@@ -119,47 +164,78 @@ class S3Store:
         return f"s3://{self.bucket}/{self.key(key)}"
 
     def ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
+        """Create the bucket if it does not exist; StoreError if it cannot be reached."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
+            return
+        except _errors() as e:
+            if not _missing(e):
+                raise StoreError(f"cannot open bucket {self.bucket!r} at "
+                                 f"{self.settings.s3_endpoint or 'AWS'}: {_reason(e)}") from None
+        try:
             self.client.create_bucket(Bucket=self.bucket)
+        except _errors() as e:
+            if _code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StoreError(f"cannot create bucket {self.bucket!r}: {_reason(e)}") from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
-        except (BotoCoreError, ClientError) as e:
-            raise StoreError(f"upload of {self.uri(key)} failed: {e}") from None
+        except _errors() as e:
+            raise StoreError(f"upload of {self.uri(key)} failed: {_reason(e)}") from None
         return self.uri(key)
 
     def put_file(self, key: str, path: Path) -> str:
         return self.put_bytes(key, Path(path).read_bytes())
 
     def get_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
-        except (BotoCoreError, ClientError) as e:
-            raise StoreError(f"cannot read {self.uri(key)}: {e}") from None
+        except _errors() as e:
+            if _missing(e):
+                raise StoreError(f"no object {key!r} in {self.url}") from None
+            raise StoreError(f"cannot read {self.uri(key)}: {_reason(e)}") from None
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(key))
             return True
-        except ClientError:
-            return False
+        except _errors() as e:
+            if _missing(e):
+                return False
+            raise StoreError(f"cannot check {self.uri(key)}: {_reason(e)}") from None
+
+    def _keys_under(self, prefix: str) -> list[str]:
+        """Full keys of the object named ``prefix`` and of everything below it."""
+        rel = prefix.strip("/")
+        base = self.key(rel)  # "" or "<store prefix>/" when rel is empty
+        try:
+            objects = _list_objects(self.client, self.bucket, base)
+        except _errors() as e:
+            raise StoreError(f"cannot list {self.uri(rel)}: {_reason(e)}") from None
+        keys = [o["Key"] for o in objects]
+        if rel:
+            keys = [k for k in keys if k == base or k.startswith(base + "/")]
+        return keys
 
     def list(self, prefix: str) -> list[str]:
-        return [k[len(self.prefix) + 1:] if self.prefix else k
-                for k in _list_keys(self.client, self.bucket, self.key(prefix))]
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[cut:] for k in self._keys_under(prefix) if not k.endswith("/"))
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = _list_keys(self.client, self.bucket, self.key(prefix))
+        keys = self._keys_under(prefix)  # folder markers too
         for i in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+            try:
+                response = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            except _errors() as e:
+                raise StoreError(f"cannot delete {self.uri(prefix)}: {_reason(e)}") from None
+            failed = response.get("Errors") or []
+            if failed:
+                first = failed[0]
+                raise StoreError(f"cannot delete {len(failed)} object(s) under "
+                                 f"{self.uri(prefix)}, e.g. {first.get('Key')}: "
+                                 f"{first.get('Code')}: {first.get('Message')}")
 
     def ray_storage(self, sub: str) -> tuple[str, Any]:
         """Ray Train's storage_path and a pyarrow S3 filesystem for this endpoint."""
@@ -173,14 +249,14 @@ class S3Store:
             endpoint_override=endpoint.netloc if endpoint else None,
             scheme=endpoint.scheme if endpoint else "https",
             force_virtual_addressing=False)
-        return f"{self.bucket}/{self.key(sub)}", filesystem
+        return f"{self.bucket}/{self.key(sub.strip('/'))}", filesystem
 
 
-def _list_keys(client, bucket: str, prefix: str) -> list[str]:
-    keys: list[str] = []
+def _list_objects(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(o["Key"] for o in page.get("Contents", []))
-    return keys
+        objects.extend(page.get("Contents", []))
+    return objects
 
 
 def open_store(settings: Settings) -> Store:
@@ -201,57 +277,122 @@ def local_path(uri: str) -> Path | None:
     return Path(uri).expanduser()
 
 
+def _cache_name(settings: Settings, what: str) -> str:
+    """The same object on another endpoint is another object."""
+    return hashlib.sha1(f"{settings.s3_endpoint or ''}|{what}".encode()).hexdigest()[:16]
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(path: Path, manifest: dict[str, str]) -> None:
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.write_text(json.dumps(manifest, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def fetch_dataset(uri: str, settings: Settings) -> Path:
     """A local folder holding the dataset: the folder itself for a local URI, else a copy
-    of ``s3://bucket/prefix/`` in the cache (files already there with the same size are
-    not fetched again)."""
+    of ``s3://bucket/prefix/`` in the cache. Files already there with the same size and
+    ETag are not fetched again; files no longer in the bucket are removed from the copy."""
     path = local_path(uri)
     if path is not None:
         if not path.is_dir():
             raise FileNotFoundError(f"dataset not found: {uri}")
         return path
     parsed = urlparse(uri)
-    if parsed.scheme != "s3":
+    if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"unsupported dataset URI {uri!r}: use a path or s3://bucket/prefix/")
-    client = _s3_client(settings)
-    prefix = parsed.path.lstrip("/")
-    if prefix and not prefix.endswith("/"):
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if prefix:
         prefix += "/"
-    dest = settings.cache_dir / "datasets" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    client = _s3_client(settings)
     try:
-        keys = _list_keys(client, parsed.netloc, prefix)
-    except Exception as e:  # noqa: BLE001 - botocore raises many kinds
-        raise StoreError(f"cannot list {uri}: {e}") from None
-    if not keys:
-        raise FileNotFoundError(f"dataset not found: no objects under {uri}")
-    for key in keys:
-        target = dest / key[len(prefix):]
-        head = None
-        if target.exists():
-            head = client.head_object(Bucket=parsed.netloc, Key=key)
-            if head["ContentLength"] == target.stat().st_size:
+        objects = _list_objects(client, bucket, prefix)
+    except _errors() as e:
+        if _code(e) == "NoSuchBucket":
+            raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} "
+                                    f"for {uri}") from None
+        raise StoreError(f"cannot list {uri}: {_reason(e)}") from None
+    objects = [o for o in objects if not o["Key"].endswith("/")]  # folder markers
+    if not objects:
+        raise FileNotFoundError(f"dataset not found: no objects under s3://{bucket}/{prefix}")
+
+    name = _cache_name(settings, f"{bucket}/{prefix}")
+    dest = settings.cache_dir / "datasets" / name
+    manifest_path = settings.cache_dir / "datasets" / f"{name}.json"
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    old = _read_manifest(manifest_path)
+    manifest: dict[str, str] = {}
+    wanted: set[Path] = set()
+    try:
+        for o in objects:
+            rel = o["Key"][len(prefix):]
+            target = (dest / rel).resolve()
+            if root not in target.parents:
+                raise StoreError(f"refusing object s3://{bucket}/{o['Key']}: "
+                                 "its key leaves the dataset folder")
+            wanted.add(target)
+            etag = str(o.get("ETag", ""))
+            if (target.is_file() and target.stat().st_size == o["Size"]
+                    and old.get(rel) == etag):
+                manifest[rel] = etag
                 continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(parsed.netloc, key, str(target))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                client.download_file(bucket, o["Key"], str(target))
+            except _errors() as e:
+                raise StoreError(f"cannot download s3://{bucket}/{o['Key']}: "
+                                 f"{_reason(e)}") from None
+            manifest[rel] = etag
+    finally:
+        _write_manifest(manifest_path, manifest)
+    for p in sorted(root.rglob("*"), reverse=True):  # the copy holds what the bucket holds
+        if p.is_file() and p not in wanted:
+            p.unlink(missing_ok=True)
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
     return dest
 
 
 def fetch_file(uri: str, settings: Settings) -> Path:
-    """A local path for one file named by a path, file:// or s3:// URI."""
+    """A local path for one file named by a path, file:// or s3:// URI (an S3 object is
+    cached and fetched again only when its ETag changes)."""
     path = local_path(uri)
     if path is not None:
         if not path.is_file():
             raise FileNotFoundError(f"file not found: {uri}")
         return path
     parsed = urlparse(uri)
-    if parsed.scheme != "s3":
-        raise ValueError(f"unsupported URI {uri!r}")
-    dest = settings.cache_dir / "files" / hashlib.sha1(uri.encode()).hexdigest()[:16]
-    dest = dest / Path(parsed.path).name
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _s3_client(settings).download_file(parsed.netloc, parsed.path.lstrip("/"), str(dest))
-        except Exception as e:  # noqa: BLE001
-            raise FileNotFoundError(f"cannot fetch {uri}: {e}") from None
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if parsed.scheme != "s3" or not bucket or not key or key.endswith("/"):
+        raise ValueError(f"unsupported URI {uri!r}: use a path or s3://bucket/key")
+    folder = settings.cache_dir / "files" / _cache_name(settings, f"{bucket}/{key}")
+    dest = folder / PurePosixPath(key).name
+    etag_file = folder / ".etag"
+    client = _s3_client(settings)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except _errors() as e:
+        if _missing(e):
+            raise FileNotFoundError(f"file not found: {uri}") from None
+        raise StoreError(f"cannot fetch {uri}: {_reason(e)}") from None
+    etag = str(head.get("ETag", ""))
+    if (dest.is_file() and dest.stat().st_size == head.get("ContentLength")
+            and etag_file.is_file() and etag_file.read_text() == etag):
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        client.download_file(bucket, key, str(dest))
+    except _errors() as e:
+        if _missing(e):
+            raise FileNotFoundError(f"file not found: {uri}") from None
+        raise StoreError(f"cannot fetch {uri}: {_reason(e)}") from None
+    etag_file.write_text(etag)
     return dest

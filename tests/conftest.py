@@ -138,3 +138,15 @@ def make_dataset(tmp_path) -> Callable[..., Path]:
             (root / "class_0" / f"broken_{i}.png").write_bytes(b"\x89PNG not really")
         return root
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real SeaweedFS S3 server for the session (tests/s3server.py), one admin identity.
+
+    Has ``endpoint``, ``access_key``, ``secret_key``, ``region``, ``client()`` (boto3) and
+    ``bucket_name(hint)``: a fresh bucket name, unique in this session (not yet created).
+    """
+    from tests.s3server import SeaweedS3
+    with SeaweedS3() as server:
+        yield server
