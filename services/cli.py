@@ -120,6 +120,52 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from services.ingress import publish_request
+    from services.messages import parse_request
+    try:
+        hp = hyperparameters_from_args(args.config, args.set or [])
+    except ValueError as e:
+        parser.error(str(e))
+    body = {"batch_id": args.batch_id, "dataset_uri": args.dataset,
+            "model_name": args.model_name, "mode": "train",
+            "hyperparameters": hp.model_dump(mode="json", exclude_unset=True)}
+    if args.total_images is not None:
+        body["total_images"] = args.total_images
+    try:
+        parse_request(body)  # the same validation the ingress applies
+    except ValueError as e:
+        parser.error(str(e))
+    settings = Settings()
+    publish_request(settings, body)
+    print(f"published batch {args.batch_id} on {settings.requests_queue}")
+    return 0
+
+
+def _connect_ray(settings: Settings) -> None:
+    import ray
+    ray.init(address=settings.ray_address or "auto", namespace="colecionador",
+             logging_level="WARNING")
+
+
+def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
+    from services import ingress
+    settings = Settings()
+    _connect_ray(settings)
+    if args.stop:
+        print(json.dumps(ingress.stop_ingress()))
+        return 0
+    if args.status:
+        import ray
+        print(json.dumps(ray.get(ingress.get_ingress().status.remote())))
+        return 0
+    actor = ingress.start_ingress(settings, prefetch=args.prefetch)
+    import ray
+    print(f"ingress {ingress.ACTOR_NAME} consuming {settings.requests_queue}: "
+          f"{json.dumps(ray.get(actor.status.remote()))}")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.db.session import upgrade
     settings = Settings()
@@ -152,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_id", type=int, nargs="?")
     status.add_argument("--limit", type=int, default=20)
     status.set_defaults(func=cmd_status)
+
+    submit = sub.add_parser("submit", help="publish a training request on the queue")
+    submit.add_argument("--dataset", required=True, help="s3:// URI or a path the cluster sees")
+    submit.add_argument("--batch-id", required=True)
+    submit.add_argument("--model-name", default="classifier")
+    submit.add_argument("--total-images", type=int)
+    submit.add_argument("--config")
+    submit.add_argument("--set", action="append", metavar="KEY=VALUE")
+    submit.set_defaults(func=cmd_submit)
+
+    ing = sub.add_parser("ingress", help="start the detached ingress actor on the Ray cluster")
+    ing.add_argument("--prefetch", type=int, default=4, help="unacked messages at a time")
+    ing.add_argument("--stop", action="store_true", help="stop and remove it")
+    ing.add_argument("--status", action="store_true", help="print its counters")
+    ing.set_defaults(func=cmd_ingress)
 
     db = sub.add_parser("db", help="database schema")
     dbsub = db.add_subparsers(dest="db_command", required=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -29,7 +30,7 @@ from services.db import repo
 from services.db.models import FINAL_STATUSES, TrainingJob
 from services.db.session import session_factory, upgrade
 from services.messages import EventMetrics, ModelEvaluationEvent, TrainingRequest
-from services.storage import Store, fetch_dataset, fetch_file, open_store
+from services.storage import Store, StoreError, fetch_dataset, fetch_file, open_store
 from training import data as datasets
 from training.evaluate import GateResult, evaluate, quality_gate
 from training.hyperparams import Hyperparameters
@@ -68,9 +69,30 @@ def one_line(e: BaseException) -> str:
     return first[:500]
 
 
+def current_submission_id() -> str | None:
+    """The Ray job submission id when this process is a Ray job's driver."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
 def prepare_database(settings: Settings) -> None:
-    if settings.auto_migrate:
-        upgrade(settings.db_url)
+    """Bring the schema to head once per process and database (Alembic's context is
+    module-global, so concurrent upgrades in threads would trample each other)."""
+    if not settings.auto_migrate or settings.db_url in _migrated:
+        return
+    with _migrate_lock:
+        if settings.db_url not in _migrated:
+            upgrade(settings.db_url)
+            _migrated.add(settings.db_url)
 
 
 def create_job(settings: Settings, request: TrainingRequest, *, num_workers: int | None = None,
@@ -119,7 +141,7 @@ def _load_weights(hp: Hyperparameters, n_classes: int,
     try:
         state = read_state_dict(fetch_file(hp.weights, settings))
         load_backbone_weights(build_model(hp.backbone, n_classes, hp.dropout), state)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, StoreError) as e:
         raise StepFailed("weights", one_line(e)) from None
     return state
 
@@ -204,7 +226,8 @@ def _store_version(settings: Settings, store: Store, job: TrainingJob,
     raise StepFailed("store", f"could not reserve a version of {job.model_name}")
 
 
-def _publish(settings: Settings, store: Store, event: ModelEvaluationEvent) -> dict[str, Any]:
+def _publish(settings: Settings, store: Store | None,
+             event: ModelEvaluationEvent) -> dict[str, Any]:
     """Keep the event in the store (events/job-<id>.json) and publish it on the queue."""
     body = json.loads(event.model_dump_json())
     published, reason = False, None
@@ -216,6 +239,8 @@ def _publish(settings: Settings, store: Store, event: ModelEvaluationEvent) -> d
         except Exception as e:  # noqa: BLE001 - the model is versioned either way
             reason = one_line(e)
             log.warning("event of job %s not published: %s", event.job_id, reason)
+    if store is None:
+        return body
     try:
         store.put_bytes(f"events/job-{event.job_id}.json", json.dumps(
             {"event": body, "published": published, "reason": reason}, indent=2).encode())
@@ -250,10 +275,14 @@ def run_job(job_id: int, settings: Settings,
         resume = job.status in ("training", "evaluating")
         hp = Hyperparameters(**repo.hyperparameters(s, job_id))
         repo.set_status(s, job_id, "training",
-                        ray_job_id=job.ray_job_id or os.environ.get("RAY_JOB_SUBMISSION_ID"))
-    store = open_store(settings)
+                        ray_job_id=job.ray_job_id or current_submission_id())
+    store: Store | None = None
     finished_at = datetime.now(timezone.utc)
     try:
+        try:
+            store = open_store(settings)
+        except Exception as e:  # noqa: BLE001 - any store error fails the job, recorded
+            raise StepFailed("store", one_line(e)) from e
         decoded, split = _load_data(job, hp, settings)
         if decoded.bad:
             say(f"skipped {len(decoded.bad)} unreadable image(s)")
@@ -334,14 +363,26 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dataset")
     p.add_argument("--batch-id")
     p.add_argument("--model-name", default="classifier")
+    p.add_argument("--config", help="hyperparameters file (with --dataset)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --dataset")
+    p.add_argument("--workers", type=int)
     args = p.parse_args(argv)
     settings = Settings()
     job_id = args.job_id
     if job_id is None:
+        from services.cli import hyperparameters_from_args
+        try:
+            hp = hyperparameters_from_args(args.config, args.set or [])
+        except ValueError as e:
+            p.error(str(e))
         request = TrainingRequest(batch_id=args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
-                                  dataset_uri=args.dataset, model_name=args.model_name)
-        job, _ = create_job(settings, request)
+                                  dataset_uri=args.dataset, model_name=args.model_name,
+                                  hyperparameters=hp)
+        job, created = create_job(settings, request, num_workers=args.workers)
         job_id = job.id
+        if created and current_submission_id():
+            with session_factory(settings.db_url)() as s:
+                repo.set_ray_job_id(s, job_id, current_submission_id())
     outcome = run_job(job_id, settings)
     print(json.dumps({"job_id": outcome.job_id, "status": outcome.status,
                       "verdict": outcome.verdict, "version": outcome.version,

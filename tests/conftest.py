@@ -4,8 +4,6 @@ per session (stopped here), fresh RabbitMQ queue names, and small made-up datase
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -62,14 +60,30 @@ def db_url(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for the session, in its own temp dir; only it is stopped."""
+    """One local Ray cluster for the session, started as a user starts one (``ray start
+    --head`` with token auth and the job server, tests/raycluster.py); this process joins
+    it as a driver with the token. Only this cluster is stopped at the end."""
     import ray
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp,
-             logging_level="WARNING", configure_logging=True)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+
+    from tests.raycluster import LocalRayCluster
+    cluster = LocalRayCluster(num_cpus=2)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+    # Ray caches its auth mode and token per process (a module imported at collection
+    # may have read them already): refresh both, as Ray's own test utilities do.
+    from ray._private.authentication_test_utils import reset_auth_token_state
+    reset_auth_token_state()
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING", configure_logging=True)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture

@@ -142,3 +142,12 @@ def latest_version(s: Session, model_name: str,
 
 def job_versions(s: Session, job_id: int) -> Sequence[ModelVersion]:
     return s.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).all()
+
+
+def set_ray_job_id(s: Session, job_id: int, ray_job_id: str) -> None:
+    """Record the Ray job that runs this job (only that column: the job may be running)."""
+    job = s.get(TrainingJob, job_id)
+    if job is None:
+        raise LookupError(f"no job {job_id}")
+    job.ray_job_id = ray_job_id
+    s.commit()

@@ -1,0 +1,135 @@
+"""The whole path: message -> ingress actor -> Ray job -> trained, gated, versioned model ->
+rows in PostgreSQL -> event on ModelEvaluation. The same message twice is one job; a
+malformed message goes to the dead-letter queue with its reason and writes nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import ray
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from services import ingress
+from services.db import repo
+from services.db.models import TrainingJob
+from services.db.session import session_factory
+from tests.amqp import delete_queues, message_count, next_message
+from tests.conftest import SESSION, TINY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def queues():
+    requests = f"training.requests.test-{SESSION}-{uuid.uuid4().hex[:6]}"
+    events = f"ModelEvaluation.test-{SESSION}-{uuid.uuid4().hex[:6]}"
+    yield requests, events
+    delete_queues(requests, requests + ".dead", events)
+
+
+def upload_tree(s3_server, root, bucket: str, prefix: str) -> str:
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(root.rglob("*.png")):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
+    return f"s3://{bucket}/{prefix}/"
+
+
+def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
+        pg_url, ray_cluster, settings_for, make_dataset, queues, s3_server):
+    requests, events = queues
+    store_bucket = s3_server.bucket_name("models")
+    settings = settings_for(pg_url, publish_events=True, requests_queue=requests,
+                            events_queue=events, ray_dashboard_url=ray_cluster.dashboard_url,
+                            ray_auth_token_path=ray_cluster.token_path,
+                            store_url=f"s3://{store_bucket}/colecionador",
+                            s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
+                            s3_secret_key=s3_server.secret_key)
+    batch = f"lote-{uuid.uuid4().hex[:8]}"
+    root = make_dataset(per_class=12)
+    dataset_uri = upload_tree(s3_server, root, s3_server.bucket_name("datasets"),
+                              f"datasets/{batch}")
+    body = {"batchId": batch, "dataset_uri": dataset_uri, "totalImages": 36,
+            "model_name": "ingressed", "hyperparameters": TINY}
+
+    actor = ingress.start_ingress(settings)
+    try:
+        ingress.publish_request(settings, {"batch_id": "bad", "dataset_uri": str(root),
+                                           "hyperparameters": {"learning_rate": 0.1}})
+        ingress.publish_request(settings, body)
+        ingress.publish_request(settings, body)  # a duplicate: the same batch
+
+        dead, headers = next_message(requests + ".dead", timeout=60)
+        assert dead["batch_id"] == "bad"
+        assert headers["x-reason"] == "hyperparameters.learning_rate: unknown hyperparameter"
+
+        event, _ = next_message(events, timeout=600)  # the job ran on the cluster
+        status = ray.get(actor.status.remote())
+    finally:
+        ingress.stop_ingress()
+
+    assert (event["batch_id"], event["status"], event["version"]) == (batch, "approved", 1)
+    assert status["received"] == 3 and status["created"] == 1
+    assert status["duplicates"] == 1 and status["dead_lettered"] == 1
+
+    with session_factory(pg_url)() as s:
+        jobs = s.query(TrainingJob).filter(TrainingJob.batch_id.in_([batch, "bad"])).all()
+        assert [j.batch_id for j in jobs] == [batch]  # one job; nothing for the bad one
+        job = jobs[0]
+        assert job.status == "success" and job.total_images == 36
+        assert job.ray_job_id == ingress.submission_id(job.id)
+        assert event["job_id"] == job.id
+        assert [v.version for v in repo.job_versions(s, job.id)] == [1]
+        assert len(repo.epoch_rows(s, job.id)) == 2
+    # the model, its pictures and the Ray Train checkpoints are in the S3 bucket
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=store_bucket, Prefix="colecionador/")["Contents"]]
+    for name in ("model.pt", "metrics.json", "curves.png", "confusion_matrix.png"):
+        assert f"colecionador/models/ingressed/v1/{name}" in keys
+    assert event["artifact_uri"] == f"s3://{store_bucket}/colecionador/models/ingressed/v1/model.pt"
+    assert any(k.startswith(f"colecionador/checkpoints/{job.id}/final/") for k in keys)
+    assert f"colecionador/events/job-{job.id}.json" in keys
+    client = JobSubmissionClient(ray_cluster.dashboard_url,
+                                 headers=ingress.ray_auth_headers(settings))
+    assert client.get_job_status(job.ray_job_id) == JobStatus.SUCCEEDED
+    assert message_count(events) == 0  # exactly one event
+
+
+def test_queued_jobs_without_a_ray_job_are_submitted_on_start(
+        pg_url, ray_cluster, settings_for, make_dataset, queues):
+    """The ingress died between commit and submit: on start it submits what is pending."""
+    from services.jobs import create_job
+    from services.messages import TrainingRequest
+    from training.hyperparams import Hyperparameters
+    requests, events = queues
+    settings = settings_for(pg_url, requests_queue=requests, events_queue=events,
+                            ray_dashboard_url=ray_cluster.dashboard_url,
+                            ray_auth_token_path=ray_cluster.token_path)
+    # a job that fails fast at the data step: we test submission, not training
+    job, _ = create_job(settings, TrainingRequest(
+        batch_id=f"orphan-{uuid.uuid4().hex[:6]}", dataset_uri=str(make_dataset(per_class=2)),
+        hyperparameters=Hyperparameters(**TINY)))
+    assert job.ray_job_id is None
+    submitter = ingress.JobSubmitter(settings)
+    assert job.id in submitter.submit_pending()
+    with session_factory(pg_url)() as s:
+        sid = repo.get_job(s, job.id).ray_job_id
+    assert sid == ingress.submission_id(job.id)
+    # submitting again finds the Ray job it already submitted instead of failing
+    assert submitter.submit(job.id) == sid
+    client = submitter.client
+    assert _wait_job(client, sid) == JobStatus.FAILED  # services.jobs exits 1 on failure
+    with session_factory(pg_url)() as s:
+        row = repo.get_job(s, job.id)
+        assert row.status == "failed" and row.error.startswith("dataset: classes with fewer")
+
+
+def _wait_job(client: JobSubmissionClient, sid: str, timeout: float = 300) -> JobStatus:
+    import asyncio
+
+    async def tail() -> None:
+        async for _ in client.tail_job_logs(sid):
+            pass
+    asyncio.run(asyncio.wait_for(tail(), timeout))  # ends when the job ends
+    return client.get_job_status(sid)

@@ -1,0 +1,98 @@
+"""A local Ray cluster for a test session, as a user runs one: ``ray start --head`` with
+token authentication and a dashboard (the job server), on free ports, in its own temp dir.
+
+``stop()`` ends only this cluster (``ray stop`` would kill every Ray process on the
+machine): ``ray start --block`` shuts its cluster down when it gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port(low: int = 20000, high: int = 60000) -> int:
+    """A free TCP port outside Ray's worker port range (10002-19999)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if low <= port < high:
+            return port
+    raise RuntimeError("no free port found")
+
+
+class LocalRayCluster:
+    def __init__(self, num_cpus: int = 2, startup_timeout: float = 120.0):
+        self.temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: socket paths
+        self.token = secrets.token_hex(32)
+        self.token_path = self.temp / "auth_token"
+        self.token_path.write_text(self.token)
+        self.token_path.chmod(0o600)
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        self.env.pop("RAY_ADDRESS", None)
+        ray_bin = Path(sys.executable).with_name("ray")
+        cmd = [str(ray_bin), "start", "--head", "--block", f"--port={self.gcs_port}",
+               f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--temp-dir={self.temp}", "--disable-usage-stats"]
+        self.log_path = self.temp / "ray-start.log"
+        self.log = open(self.log_path, "wb")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(startup_timeout)
+        except Exception:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        req = urllib.request.Request(f"{self.dashboard_url}/api/version",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"Ray dashboard not up after {timeout} s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        try:  # anything of this cluster still in its process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
