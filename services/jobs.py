@@ -32,6 +32,7 @@ from services.db.session import session_factory, upgrade
 from services.messages import EventMetrics, ModelEvaluationEvent, TrainingRequest
 from services.storage import Store, StoreError, fetch_dataset, fetch_file, open_store
 from training import data as datasets
+from training.callbacks import build_callbacks
 from training.evaluate import GateResult, evaluate, quality_gate
 from training.hyperparams import Hyperparameters
 from training.loop import MODEL_FILE, TrainData
@@ -288,6 +289,10 @@ def run_job(job_id: int, settings: Settings,
             say(f"skipped {len(decoded.bad)} unreadable image(s)")
         say(f"job {job_id}: {len(decoded)} images, {len(decoded.classes)} classes, "
             f"split {split.sizes()}")
+        try:
+            build_callbacks(hp.callbacks)  # a bad name fails here, not on every worker
+        except (ValueError, TypeError) as e:
+            raise StepFailed("callbacks", one_line(e)) from None
         backbone_state = _load_weights(hp, len(decoded.classes), settings)
         train_data = TrainData(decoded.images, decoded.labels, split.train, split.val,
                                decoded.classes)

@@ -9,9 +9,13 @@ alone.
 
 from __future__ import annotations
 
+import csv
 import math
+import shutil
 import sys
-from typing import TYPE_CHECKING, Any
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -29,9 +33,14 @@ class Callback:
 
     def on_epoch_begin(self, epoch: int) -> None: ...
 
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None: ...
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None: ...
 
     def on_phase_end(self, phase: int) -> None: ...
+
+    def on_checkpoint(self, directory: Path) -> None:
+        """Rank 0, before each report: write files into the epoch's checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -53,6 +62,11 @@ class CallbackList:
             for c in self.callbacks:
                 getattr(c, hook)(*args)
         return call
+
+    @property
+    def wants_batches(self) -> bool:
+        return any(type(c).on_train_batch_end is not Callback.on_train_batch_end
+                   for c in self.callbacks)
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [c.state_dict() for c in self.callbacks]
@@ -144,3 +158,196 @@ class ProgressLogger(Callback):
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stdout, flush=True)
+
+
+class ModelCheckpoint(Callback):
+    """Keep the best weights by ``monitor`` and write them into each reported checkpoint
+    as ``best.pt`` (a model.pt package); with ``every_epoch`` also the epoch's own
+    weights as ``epoch.pt``. (Every epoch's full training state is checkpointed anyway.)"""
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "min", save_best_only: bool = True,
+                 every_epoch: bool = False):
+        self.monitor, self.mode = monitor, mode
+        self.save_best_only, self.every_epoch = save_best_only, every_epoch
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        value = logs.get(self.monitor)
+        if value is None or math.isnan(value):
+            return
+        if (value < self.best) if self.mode == "min" else (value > self.best):
+            self.best, self.best_epoch = value, epoch
+            self.best_weights = {k: v.detach().cpu().clone()
+                                 for k, v in self.run.eval_module.state_dict().items()}
+
+    def on_checkpoint(self, directory: Path) -> None:
+        if self.best_weights is not None:
+            torch.save({**self.run.export(self.best_weights), "epoch": self.best_epoch,
+                        self.monitor: self.best}, directory / "best.pt")
+        if self.every_epoch or not self.save_best_only:
+            torch.save({**self.run.export(), "epoch": self.run.epoch}, directory / "epoch.pt")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_weights = state["best_weights"]
+
+
+class CSVLogger(Callback):
+    """One CSV row per epoch (Keras CSVLogger): written into every checkpoint as
+    ``filename`` and, on rank 0, to ``path`` when one is given."""
+
+    def __init__(self, filename: str = "history.csv", path: str | None = None,
+                 separator: str = ","):
+        self.filename, self.path, self.separator = filename, path, separator
+        self.rows: list[dict[str, Any]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        self.rows.append(dict(logs))
+        if self.path and self.run.rank == 0:
+            self._write(Path(self.path))
+
+    def _write(self, target: Path) -> None:
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, delimiter=self.separator)
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def on_checkpoint(self, directory: Path) -> None:
+        if self.rows:
+            self._write(directory / self.filename)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])
+
+
+class LearningRateScheduler(Callback):
+    """Keras LearningRateScheduler: ``schedule(epoch_in_phase, lr) -> lr`` (a callable or
+    an import path ``package.module:function``) sets the lr at the start of every epoch;
+    pair it with ``schedule=none``."""
+
+    def __init__(self, schedule: Callable[[int, float], float] | str):
+        if isinstance(schedule, str):
+            from training.losses import import_callable
+            schedule = import_callable(schedule)
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        opt = self.run.optimizer
+        lr = float(self.schedule(self.run.epoch_in_phase - 1, opt.param_groups[0]["lr"]))
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+
+class LearningRateMonitor(Callback):
+    """Lightning's LearningRateMonitor: the lr of every parameter group, each epoch or
+    each optimizer step, added to the epoch's logs (``lr-group<i>``, ``lr-steps``)."""
+
+    def __init__(self, logging_interval: str = "epoch"):
+        if logging_interval not in ("epoch", "step"):
+            raise ValueError("logging_interval must be 'epoch' or 'step'")
+        self.logging_interval = logging_interval
+        self.steps: list[float] = []
+        self.history: list[list[float]] = []
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.steps = []
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        if self.logging_interval == "step":
+            self.steps.append(self.run.optimizer.param_groups[0]["lr"])
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        groups = [g["lr"] for g in self.run.optimizer.param_groups]
+        self.history.append(groups)
+        for i, lr in enumerate(groups):
+            logs[f"lr-group{i}"] = lr
+        if self.logging_interval == "step":
+            logs["lr-steps"] = list(self.steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = state["history"]
+
+
+class TensorBoard(Callback):
+    """Scalars per epoch (loss, accuracy, val figures, lr) as TensorBoard event files
+    (tensorboardX), on rank 0, in ``log_dir`` and copied into every checkpoint under
+    ``tensorboard/``."""
+
+    def __init__(self, log_dir: str | None = None):
+        self.log_dir = log_dir
+        self._writer = None
+
+    def _open(self):
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+            self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="colecionador-tb-")
+            self._writer = SummaryWriter(self.log_dir)
+        return self._writer
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.run.rank != 0:
+            return
+        w = self._open()
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "phase"):
+                w.add_scalar(key, value, epoch)
+        w.flush()
+
+    def on_checkpoint(self, directory: Path) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            shutil.copytree(self.log_dir, directory / "tensorboard", dirs_exist_ok=True)
+
+
+class LambdaCallback(Callback):
+    """Keras LambdaCallback: any hook as a plain function (or an import path to one)."""
+
+    HOOKS = ("on_phase_begin", "on_epoch_begin", "on_train_batch_end", "on_epoch_end",
+             "on_phase_end", "on_checkpoint")
+
+    def __init__(self, **hooks: Callable[..., None] | str):
+        unknown = set(hooks) - set(self.HOOKS)
+        if unknown:
+            raise ValueError(f"unknown hook(s): {', '.join(sorted(unknown))}")
+        from training.losses import import_callable
+        for name, fn in hooks.items():
+            setattr(self, name, import_callable(fn) if isinstance(fn, str) else fn)
+
+
+BUILTIN = {c.__name__: c for c in (EarlyStopping, TerminateOnNaN, ProgressLogger,
+                                   ModelCheckpoint, CSVLogger, LearningRateScheduler,
+                                   LearningRateMonitor, TensorBoard, LambdaCallback)}
+
+
+def build_callbacks(specs: list[str | dict[str, Any]]) -> list[Callback]:
+    """Callbacks from the ``callbacks`` hyperparameter: a built-in name (``CSVLogger``)
+    or an import path (``package.module:Class``), alone or as ``{"name": ..., **kwargs}``."""
+    from training.losses import import_callable
+    out = []
+    for spec in specs:
+        name, kwargs = (spec, {}) if isinstance(spec, str) else (
+            spec["name"], {k: v for k, v in spec.items() if k != "name"})
+        cls = BUILTIN.get(name) or import_callable(name)
+        if not (isinstance(cls, type) and issubclass(cls, Callback)):
+            raise ValueError(f"callback {name} is not a training.callbacks.Callback")
+        try:
+            out.append(cls(**kwargs))
+        except TypeError as e:
+            raise ValueError(f"callback {name}: {e}") from None
+    return out

@@ -53,6 +53,7 @@ class Hyperparameters(BaseModel):
     # callbacks
     early_stopping_patience: int = Field(5, ge=0)
     min_delta: float = Field(0.0, ge=0)
+    callbacks: list[str | dict[str, Any]] = Field(default_factory=list)
 
     # loss
     loss: str = "cross_entropy"
@@ -98,6 +99,9 @@ class Hyperparameters(BaseModel):
             raise ValueError(
                 "loss must be cross_entropy, focal, or an import path 'package.module:function'"
             )
+        for spec in self.callbacks:
+            if isinstance(spec, dict) and not isinstance(spec.get("name"), str):
+                raise ValueError("each callback is a name or {\"name\": ..., **arguments}")
         if sorted(self.milestones) != self.milestones:
             raise ValueError("milestones must be increasing")
         return self

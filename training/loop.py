@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from training.augment import eval_transform, train_transform
 from training.callbacks import (Callback, CallbackList, EarlyStopping, ProgressLogger,
-                                TerminateOnNaN)
+                                TerminateOnNaN, build_callbacks)
 from training.hyperparams import Hyperparameters
 from training.losses import build_loss
 from training.model import (build_model, export_model, load_backbone_weights, set_phase,
@@ -41,6 +41,7 @@ from training.schedules import EpochSchedule
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
+RNG_FILE = "rng-{rank}.pt"  # every rank's own random state: exact resume on each worker
 
 
 @dataclass
@@ -159,7 +160,7 @@ class TwoPhaseRun:
         self.amp_dtype = resolve_amp(hp.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
-        self.extra_callbacks = list(callbacks)
+        self.extra_callbacks = list(callbacks) + build_callbacks(hp.callbacks)
         self.phases = [(p, e, lr) for p, e, lr in ((1, hp.phase1_epochs, hp.phase1_lr),
                                                     (2, hp.phase2_epochs, hp.phase2_lr)) if e > 0]
         self.epoch = 0  # epochs done, across phases
@@ -226,6 +227,7 @@ class TwoPhaseRun:
         self.optimizer = make_optimizer(self.hp, trainable_parameters(self.module), lr)
         self.schedule = EpochSchedule(self.optimizer, self.hp, epochs, lr)
         self.callbacks = CallbackList(self._phase_callbacks(phase), self)
+        self._batch_hooks = self.callbacks.wants_batches
         self.callbacks.on_phase_begin(phase)
 
     # --------------------------------------------------------------- one epoch
@@ -245,8 +247,8 @@ class TwoPhaseRun:
                 "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                 "lr": lr, "epoch_time_s": time.perf_counter() - t0,
                 "images_per_s": seen / train_s if train_s > 0 else 0.0}
+        self.callbacks.on_epoch_end(self.epoch, logs)  # callbacks see the epoch as it ran
         self.schedule.step(val_loss)
-        self.callbacks.on_epoch_end(self.epoch, logs)
         self.stop_training = bool(_all_reduce([float(self.stop_training)], self.device,
                                               dist.ReduceOp.MAX)[0])
         self.history.append(logs)
@@ -302,6 +304,9 @@ class TwoPhaseRun:
             total += loss.detach().double() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
+            if self._batch_hooks:  # only then pay for the host sync of .item()
+                self.callbacks.on_train_batch_end(i, {"batch": i, "size": len(y),
+                                                      "loss": loss.item()})
         s, c, n = _all_reduce([total.item(), float(correct.item()), float(seen)], self.device)
         return s / max(n, 1), c / max(n, 1), int(n)
 
@@ -341,7 +346,8 @@ class TwoPhaseRun:
             "rng": torch.get_rng_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], rng: torch.Tensor | None = None) -> None:
+        """Restore a state_dict; ``rng`` is this rank's own random state when saved."""
         self.module.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -354,7 +360,7 @@ class TwoPhaseRun:
         self.epoch, self.epoch_in_phase = state["epoch"], state["epoch_in_phase"]
         self.finished, self.failure = state["finished"], state["failure"]
         self.restored_epoch, self.history = state["restored_epoch"], list(state["history"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(rng if rng is not None else state["rng"])
 
     def summary(self) -> dict[str, Any]:
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else None
@@ -364,8 +370,12 @@ class TwoPhaseRun:
                 "best_val_accuracy": max((r["val_accuracy"] for r in self.history),
                                          default=None)}
 
-    def export(self) -> dict[str, Any]:
-        return export_model(self.eval_module, self.hp, self.data.classes)
+    def export(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """A model.pt package of the evaluated weights (or of ``state_dict``)."""
+        package = export_model(self.eval_module, self.hp, self.data.classes)
+        if state_dict is not None:
+            package["state_dict"] = {k: v.detach().cpu() for k, v in state_dict.items()}
+        return package
 
 
 # ------------------------------------------------------------------ sessions
@@ -375,7 +385,8 @@ class Session:
     def worker(self) -> WorkerInfo:
         return WorkerInfo()
 
-    def latest_state(self) -> dict[str, Any] | None:
+    def latest_state(self, rank: int = 0) -> tuple[dict[str, Any], Any] | None:
+        """(state, this rank's RNG state or None) of the latest checkpoint, if any."""
         return None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None,
@@ -399,13 +410,13 @@ class RayTrainSession(Session):
         return WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(),
                           ray.train.torch.get_device())
 
-    def latest_state(self) -> dict[str, Any] | None:
+    def latest_state(self, rank: int = 0) -> tuple[dict[str, Any], Any] | None:
         import ray.train
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+            return read_checkpoint(Path(d), rank)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str) -> None:
         import ray.train
@@ -413,23 +424,37 @@ class RayTrainSession(Session):
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
 
+def read_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, Any], Any]:
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    rng_file = directory / RNG_FILE.format(rank=rank)
+    rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+    return state, rng
+
+
+def write_checkpoint(run: TwoPhaseRun, directory: Path, final: bool = False) -> None:
+    """Every rank writes its RNG state; rank 0 the run's state, what the callbacks add,
+    and, at the end, the exported model. Ray merges the ranks' folders into one."""
+    torch.save(torch.get_rng_state(), directory / RNG_FILE.format(rank=run.rank))
+    if run.rank != 0:
+        return
+    torch.save(run.state_dict(), directory / STATE_FILE)
+    run.callbacks.on_checkpoint(directory)
+    if final:
+        torch.save(run.export(), directory / MODEL_FILE)
+
+
 def run_to_end(run: TwoPhaseRun, session: Session) -> dict[str, Any]:
-    """Step the run to its end, reporting every epoch with a checkpoint from rank 0, then
-    one final report whose checkpoint also holds the exported model."""
-    state = session.latest_state()
-    if state is not None:
-        run.load_state_dict(state)
+    """Step the run to its end, reporting every epoch with a checkpoint, then one final
+    report whose checkpoint also holds the exported model."""
+    restored = session.latest_state(run.rank)
+    if restored is not None:
+        run.load_state_dict(*restored)
         if run.rank == 0 and not run.quiet:
             print(f"resumed after epoch {run.epoch} (phase {run.phase})", flush=True)
 
     def report(metrics: dict[str, Any], name: str, final: bool = False) -> None:
-        if run.rank != 0:
-            session.report(metrics, None, name)
-            return
         with tempfile.TemporaryDirectory() as d:
-            torch.save(run.state_dict(), Path(d) / STATE_FILE)
-            if final:
-                torch.save(run.export(), Path(d) / MODEL_FILE)
+            write_checkpoint(run, Path(d), final)
             session.report(metrics, d, name)
 
     while not run.done:
