@@ -1,0 +1,6 @@
+"""``make bench``: every benchmark, each printing its own table."""
+
+from benchmarks import train_overhead
+
+if __name__ == "__main__":
+    train_overhead.main([])
