@@ -9,11 +9,13 @@ is what the workers share: decoding JPEGs every epoch is the usual bottleneck.
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -44,6 +46,12 @@ class DecodedDataset:
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
     bad: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    # per kept image, for the health report and the error report
+    paths: list[str] = field(default_factory=list)  # relative to the dataset root
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height)
+    modes: list[str] = field(default_factory=list)  # original PIL mode: L, RGB, RGBA, P...
+    sha1: list[str] = field(default_factory=list)  # of the file's bytes
+    phash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # 64-bit pHash
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,17 +104,31 @@ def _from_manifest(root: Path) -> DatasetIndex:
     return DatasetIndex(root, paths, labels, classes)
 
 
-def _decode_one(path: Path, size: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _Decoded:
+    array: np.ndarray
+    size: tuple[int, int]
+    mode: str
+    sha1: str
+    phash: int
+
+
+def _decode_one(path: Path, size: int) -> _Decoded:
+    raw = path.read_bytes()
     with Image.open(path) as img:
-        img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+        img.load()
+        rgb = img.convert("RGB")
+        resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        ph = int(str(imagehash.phash(rgb)), 16)
+        return _Decoded(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy(),
+                        img.size, img.mode, hashlib.sha1(raw).hexdigest(), ph)
 
 
 def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
            threads: int = 4) -> DecodedDataset:
     """Decode every image to uint8 (3, S, S). Unreadable files fail or are skipped."""
 
-    def work(p: Path) -> np.ndarray | str:
+    def work(p: Path) -> _Decoded | str:
         try:
             return _decode_one(p, image_size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -121,10 +143,16 @@ def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise DataError(f"{len(bad)} unreadable image(s): {first}{more} "
                         "(set on_bad_image=skip to train without them)")
-    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    images = (np.stack([results[i] for i in keep]) if keep
+    kept = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
+    keep = [i for i, _ in kept]
+    images = (np.stack([r.array for _, r in kept]) if kept
               else np.zeros((0, 3, image_size, image_size), np.uint8))
-    return DecodedDataset(images, index.labels[keep], list(index.classes), bad)
+    return DecodedDataset(
+        images, index.labels[keep], list(index.classes), bad,
+        paths=[index.paths[i].relative_to(index.root).as_posix() for i in keep],
+        sizes=[r.size for _, r in kept], modes=[r.mode for _, r in kept],
+        sha1=[r.sha1 for _, r in kept],
+        phash=np.array([r.phash for _, r in kept], dtype=np.uint64))
 
 
 def check_min_per_class(labels: np.ndarray, classes: list[str], min_per_class: int) -> None:

@@ -84,6 +84,14 @@ class Hyperparameters(BaseModel):
     min_per_class: int = Field(10, ge=2)
     on_bad_image: Literal["fail", "skip"] = "fail"
 
+    # data health and preflight (before training)
+    fail_on: list[Literal["imbalance", "duplicates", "near_duplicates", "leakage"]] = Field(
+        default_factory=list)
+    max_imbalance: float = Field(10.0, ge=1)
+    near_duplicate_distance: int = Field(4, ge=0, le=32)
+    preflight: bool = False
+    use_suggested_lr: bool = False
+
     # the quality gate (strictly greater than)
     gate_accuracy: float = Field(0.90, ge=0, le=1)
     gate_precision: float = Field(0.88, ge=0, le=1)

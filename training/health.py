@@ -1,0 +1,146 @@
+"""The data health report: know your data before training on it.
+
+Images per class and the imbalance ratio, classes under min_per_class, unreadable files,
+exact duplicates (same bytes) and near duplicates (perceptual hash within a Hamming
+distance), duplicates that cross the train / val / test split (leakage: a test image the
+model has seen in training), image sizes and channels. Each finding has a kind; the
+``fail_on`` hyperparameter says which kinds fail the job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from training.data import DecodedDataset, Split
+
+FINDING_KINDS = ("imbalance", "small_class", "unreadable", "duplicates", "near_duplicates",
+                 "leakage")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    message: str
+    count: int
+
+
+def _split_of(split: Split, n: int) -> np.ndarray:
+    part = np.empty(n, dtype=object)
+    part[split.train], part[split.val], part[split.test] = "train", "val", "test"
+    return part
+
+
+def near_duplicate_pairs(hashes: np.ndarray, max_distance: int,
+                         chunk: int = 2048) -> list[tuple[int, int, int]]:
+    """Pairs (i, j, distance), i < j, whose 64-bit hashes differ in at most
+    ``max_distance`` bits: a vectorised all-pairs popcount, in chunks."""
+    h = np.asarray(hashes, dtype=np.uint64)
+    pairs: list[tuple[int, int, int]] = []
+    for start in range(0, len(h), chunk):
+        block = h[start:start + chunk]
+        dist = np.bitwise_count(block[:, None] ^ h[None, :])
+        ii, jj = np.nonzero(dist <= max_distance)
+        for i, j in zip(ii + start, jj):
+            if i < j:
+                pairs.append((int(i), int(j), int(dist[i - start, j])))
+    return pairs
+
+
+def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of the duplicate graph (union-find), groups of 2 or more."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    comp: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        comp[find(i)].append(i)
+    return sorted((sorted(g) for g in comp.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_class: int = 10,
+                  max_imbalance: float = 10.0, near_distance: int = 4,
+                  max_listed: int = 50) -> dict[str, Any]:
+    """The report as JSON-ready data: ``findings`` (kind, message, count) and the details."""
+    n = len(data.labels)
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    per_class = {c: int(k) for c, k in zip(data.classes, counts)}
+    present = counts[counts > 0]
+    imbalance = float(present.max() / present.min()) if len(present) else 0.0
+    small = {c: k for c, k in per_class.items() if k < min_per_class}
+
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, h in enumerate(data.sha1):
+        by_sha[h].append(i)
+    exact = [g for g in by_sha.values() if len(g) > 1]
+    exact_pairs = [(g[0], j) for g in exact for j in g[1:]]
+    near = [(i, j, d) for i, j, d in near_duplicate_pairs(data.phash, near_distance)
+            if data.sha1[i] != data.sha1[j]] if len(data.phash) == n else []
+    groups = _groups(n, exact_pairs + [(i, j) for i, j, _ in near])
+
+    part = _split_of(split, n) if split is not None else None
+    leaks = [g for g in groups if part is not None and len({part[i] for i in g}) > 1]
+
+    def describe(group: list[int]) -> list[dict[str, Any]]:
+        return [{"path": data.paths[i], "class": data.classes[data.labels[i]],
+                 "split": part[i] if part is not None else None} for i in group]
+
+    widths = np.array([w for w, _ in data.sizes]) if data.sizes else np.zeros(0)
+    heights = np.array([h for _, h in data.sizes]) if data.sizes else np.zeros(0)
+    findings: list[Finding] = []
+    if imbalance > max_imbalance:
+        findings.append(Finding("imbalance", f"imbalance ratio {imbalance:.1f} (largest / "
+                                f"smallest class) exceeds {max_imbalance:g}", 1))
+    if small:
+        findings.append(Finding("small_class", "classes with fewer than "
+                                f"{min_per_class} images: " +
+                                ", ".join(f"{c} ({k})" for c, k in small.items()), len(small)))
+    if data.bad:
+        findings.append(Finding("unreadable", f"{len(data.bad)} unreadable file(s): " +
+                                ", ".join(p for p, _ in data.bad[:3]), len(data.bad)))
+    if exact:
+        findings.append(Finding("duplicates", f"{sum(len(g) - 1 for g in exact)} exact "
+                                f"duplicate file(s) in {len(exact)} group(s)", len(exact)))
+    if near:
+        findings.append(Finding("near_duplicates", f"{len(near)} near-duplicate pair(s) "
+                                f"(perceptual hash within {near_distance} bits)", len(near)))
+    if leaks:
+        first = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
+        findings.append(Finding("leakage", f"{len(leaks)} duplicate group(s) cross the "
+                                f"train/val/test split, e.g. {first}", len(leaks)))
+    return {
+        "images": n,
+        "classes": len(data.classes),
+        "per_class": per_class,
+        "imbalance_ratio": imbalance,
+        "small_classes": small,
+        "unreadable": [{"path": p, "reason": r} for p, r in data.bad],
+        "exact_duplicates": [describe(g) for g in exact[:max_listed]],
+        "near_duplicates": [{"a": data.paths[i], "b": data.paths[j], "distance": d}
+                            for i, j, d in near[:max_listed]],
+        "leakage": [describe(g) for g in leaks[:max_listed]],
+        "sizes": {"width": _stats(widths), "height": _stats(heights)},
+        "modes": dict(Counter(data.modes)),
+        "findings": [f.__dict__ for f in findings],
+    }
+
+
+def _stats(v: np.ndarray) -> dict[str, float] | None:
+    if not len(v):
+        return None
+    return {"min": int(v.min()), "median": float(np.median(v)), "max": int(v.max())}
+
+
+def failing(report: dict[str, Any], fail_on: list[str]) -> list[str]:
+    """Messages of the findings whose kind is in ``fail_on``."""
+    return [f["message"] for f in report["findings"] if f["kind"] in fail_on]
+
