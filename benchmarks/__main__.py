@@ -4,3 +4,5 @@ from benchmarks import train_overhead
 
 if __name__ == "__main__":
     train_overhead.main([])
+    __import__("benchmarks.tuning_asha", fromlist=["main"]).main([])
+    __import__("benchmarks.api_latency", fromlist=["main"]).main([])

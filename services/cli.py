@@ -81,6 +81,47 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if outcome.status == "success" else 1
 
 
+def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Grid search with k-fold CV and ASHA, then the best config trained, gated, versioned."""
+    from services.jobs import create_job, run_job
+    from services.messages import TrainingRequest, TuningSpec
+    from services.storage import local_path
+    from tuning.search import SearchSettings, parse_grid, validate_grid
+    try:
+        hp = hyperparameters_from_args(args.config, args.set or [])
+        grid = validate_grid(parse_grid(args.grid or []), hp)
+        spec = TuningSpec(grid=grid, k_folds=args.k_folds, num_samples=args.num_samples)
+        options = {"metric": args.metric, "scheduler": args.scheduler,
+                   "grace_period": args.grace_period,
+                   "reduction_factor": args.reduction_factor,
+                   "max_concurrent": args.max_concurrent}
+        SearchSettings(k_folds=args.k_folds, num_samples=args.num_samples, **options).check()
+    except ValidationError as e:
+        parser.error(validation_message(e))
+    except ValueError as e:
+        parser.error(str(e))
+    path = local_path(args.dataset)
+    if path is not None and not path.is_dir():
+        parser.error(f"dataset not found: {args.dataset}")
+    settings = Settings()
+    if args.gpu:
+        settings.use_gpu = True
+    request = TrainingRequest(batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
+                              dataset_uri=str(path.resolve()) if path else args.dataset,
+                              model_name=args.model_name, mode="tune", hyperparameters=hp,
+                              tuning=spec)
+    job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
+    if not created:
+        print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
+        return 0 if job.status != "failed" else 1
+    print(f"job {job.id} queued (tune): {request.dataset_uri} -> model {request.model_name}",
+          flush=True)
+    outcome = run_job(job.id, settings, tune_options=options)
+    from services.demo import _report
+    _report(outcome, print)
+    return 0 if outcome.status == "success" else 1
+
+
 def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.demo import run_demo
     _, outcome = run_demo(Settings(), workers=args.workers)
@@ -166,6 +207,46 @@ def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
+    """Deploy the HTTP API (services/api.py) on Ray Serve and print its URL.
+
+    On the cluster at COLECIONADOR_RAY_ADDRESS, or a running local one (``ray start``):
+    the app stays deployed after this command exits. With no cluster running, a local
+    Ray is started here and the command serves until Ctrl-C."""
+    import signal
+
+    import ray
+    from ray import serve
+
+    from services.api import api_application
+    settings = Settings()
+    started_here = False
+    if not ray.is_initialized():
+        if settings.ray_address:
+            _connect_ray(settings)
+        else:
+            try:
+                ray.init(address="auto", namespace="colecionador", logging_level="WARNING")
+            except ConnectionError:
+                ray.init(namespace="colecionador", logging_level="WARNING")
+                started_here = True
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(api_application(settings, num_cpus=args.num_cpus), name=args.name,
+              route_prefix=args.route_prefix)
+    url = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
+    print(f"colecionador API {args.name!r} at {url}/ (OpenAPI at {url}/docs)", flush=True)
+    if settings.api_token is None:
+        print("writes are refused: set COLECIONADOR_API_TOKEN to allow POST", flush=True)
+    if started_here:
+        print("no Ray cluster was running: serving from this process until Ctrl-C", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        serve.shutdown()
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.db.session import upgrade
     settings = Settings()
@@ -194,6 +275,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-name", default="classifier")
     train.set_defaults(func=cmd_train)
 
+    tune = sub.add_parser("tune", help="grid search with k-fold CV and ASHA, then train, "
+                                       "gate and version the best config")
+    tune.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
+    tune.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                      help="values to search for one hyperparameter (repeatable); "
+                           "list values as JSON: milestones=[3,6],[5,10]")
+    tune.add_argument("--k-folds", type=int, default=5,
+                      help="stratified folds of train + val per config (default 5)")
+    tune.add_argument("--num-samples", type=int, default=1,
+                      help="1: the whole grid; N > 1: a random search of N configs")
+    tune.add_argument("--max-concurrent", type=int, default=None,
+                      help="trials at a time (default: as many as the cluster fits)")
+    tune.add_argument("--metric", choices=["val_loss", "val_accuracy"], default="val_loss",
+                      help="what ASHA and the ranking use: the mean over folds")
+    tune.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                      help="asha stops weak configs early; fifo runs every one to the end")
+    tune.add_argument("--grace-period", type=int, default=1,
+                      help="ASHA: epochs before a config can be stopped")
+    tune.add_argument("--reduction-factor", type=float, default=2.0,
+                      help="ASHA: keep the best 1/F at each rung")
+    tune.add_argument("--config", help="base hyperparameters file (.json, .yaml, .toml)")
+    tune.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="a base hyperparameter (repeatable)")
+    tune.add_argument("--workers", type=int, default=None,
+                      help="Ray Train workers of the final training")
+    tune.add_argument("--gpu", action="store_true",
+                      help="one GPU per trial and per final-training worker")
+    tune.add_argument("--batch-id", help="idempotency key (default: a new one)")
+    tune.add_argument("--model-name", default="classifier")
+    tune.set_defaults(func=cmd_tune)
+
     status = sub.add_parser("status", help="jobs, or one job in detail")
     status.add_argument("job_id", type=int, nargs="?")
     status.add_argument("--limit", type=int, default=20)
@@ -213,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--stop", action="store_true", help="stop and remove it")
     ing.add_argument("--status", action="store_true", help="print its counters")
     ing.set_defaults(func=cmd_ingress)
+
+    srv = sub.add_parser("serve", help="deploy the HTTP API on Ray Serve (detached)")
+    srv.add_argument("--host", default="127.0.0.1", help="address Serve listens on")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--name", default="api", help="Serve application name")
+    srv.add_argument("--route-prefix", default="/", help="URL path the app is served under")
+    srv.add_argument("--num-cpus", type=float, default=0.0, help="CPUs reserved per replica")
+    srv.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database schema")
     dbsub = db.add_subparsers(dest="db_command", required=True)

@@ -107,3 +107,76 @@ class ModelVersion(Base):
     gate: Mapped[dict[str, Any]] = mapped_column(JSONType)  # every rule's outcome
     model_path: Mapped[str] = mapped_column(Text)
     trained_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ----------------------------------------------------------------- tuning (issue 5)
+TUNING_RUN_STATUSES = ("running", "completed", "failed")
+TUNING_TRIAL_STATUSES = ("completed", "stopped_early", "failed")
+
+
+class TuningRun(Base):
+    """One Ray Tune search of a ``mode: tune`` job: the grid, how it was searched, the
+    folds, and the config that won (merged into the job's hyperparameters)."""
+
+    __tablename__ = "tuning_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
+                                        index=True)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    grid: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    base_hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    k_folds: Mapped[int] = mapped_column(Integer)
+    num_samples: Mapped[int] = mapped_column(Integer, default=1)
+    metric: Mapped[str] = mapped_column(String(50))
+    mode: Mapped[str] = mapped_column(String(10))  # min | max
+    scheduler: Mapped[str] = mapped_column(String(20))  # asha | fifo
+    grace_period: Mapped[int | None] = mapped_column(Integer)
+    reduction_factor: Mapped[float | None] = mapped_column(Float)
+    max_t: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # per trial
+    folds: Mapped[list[Any] | None] = mapped_column(JSONType)  # train / val size of each
+    best_trial_index: Mapped[int | None] = mapped_column(Integer)
+    best_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    epochs_run: Mapped[int | None] = mapped_column(Integer)  # iterations, all trials
+    fold_epochs_run: Mapped[int | None] = mapped_column(Integer)  # x folds actually trained
+    wall_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    trials: Mapped[list["TuningTrial"]] = relationship(
+        back_populates="run", order_by="TuningTrial.trial_index", cascade="all, delete-orphan")
+
+
+class TuningTrial(Base):
+    """One config of a search: mean and std over folds (at the last reported epoch and at
+    its best epoch), the per-fold figures of every epoch, and how it ended."""
+
+    __tablename__ = "tuning_trials"
+    __table_args__ = (UniqueConstraint("run_id", "trial_index",
+                                       name="uq_tuning_trials_run_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("tuning_runs.id", ondelete="CASCADE"),
+                                        index=True)
+    trial_index: Mapped[int] = mapped_column(Integer)  # the order Tune made the trials in
+    trial_id: Mapped[str] = mapped_column(String(100))  # Ray Tune's id
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the tuned values
+    status: Mapped[str] = mapped_column(String(20))  # completed | stopped_early | failed
+    stopped_at: Mapped[int] = mapped_column(Integer)  # epochs trained (per fold)
+    max_epochs: Mapped[int | None] = mapped_column(Integer)  # what its schedule allowed
+    mean_val_loss: Mapped[float | None] = mapped_column(Float)  # at the last epoch
+    std_val_loss: Mapped[float | None] = mapped_column(Float)
+    mean_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    std_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)  # by the run's metric
+    best_mean: Mapped[float | None] = mapped_column(Float)
+    best_std: Mapped[float | None] = mapped_column(Float)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    epochs: Mapped[list[Any]] = mapped_column(JSONType)  # per epoch: mean, std, folds[]
+    error: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    run: Mapped[TuningRun] = relationship(back_populates="trials")

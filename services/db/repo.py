@@ -151,3 +151,154 @@ def set_ray_job_id(s: Session, job_id: int, ray_job_id: str) -> None:
         raise LookupError(f"no job {job_id}")
     job.ray_job_id = ray_job_id
     s.commit()
+
+
+# ------------------------------------------------ HTTP API (services/api.py) reads and cancel
+def count_jobs(s: Session, status: str | None = None) -> int:
+    q = select(func.count()).select_from(TrainingJob)
+    if status:
+        q = q.where(TrainingJob.status == status)
+    return int(s.scalar(q) or 0)
+
+
+def list_models(s: Session) -> list[dict[str, Any]]:
+    """Every model name with its number of versions, its latest version (the row) and the
+    number of its latest approved version (None if none was approved), by name."""
+    counts = (select(ModelVersion.model_name, func.count().label("n"),
+                     func.max(ModelVersion.version).label("latest"))
+              .group_by(ModelVersion.model_name).subquery())
+    approved = (select(ModelVersion.model_name, func.max(ModelVersion.version).label("v"))
+                .where(ModelVersion.status == "approved")
+                .group_by(ModelVersion.model_name).subquery())
+    rows = s.execute(
+        select(ModelVersion, counts.c.n, approved.c.v)
+        .join(counts, (ModelVersion.model_name == counts.c.model_name)
+              & (ModelVersion.version == counts.c.latest))
+        .outerjoin(approved, ModelVersion.model_name == approved.c.model_name)
+        .order_by(ModelVersion.model_name)).all()
+    return [{"name": mv.model_name, "versions": n, "latest": mv, "latest_approved": v}
+            for mv, n, v in rows]
+
+
+def cancel_job(s: Session, job_id: int, *, only_if_queued_without_ray_job: bool = False,
+               error: str | None = None) -> bool:
+    """Mark a job ``cancelled`` unless it is already final (success, failed, cancelled);
+    with ``only_if_queued_without_ray_job`` only while it is still queued and has no Ray
+    job. One conditional UPDATE, so it never overwrites a status another process has
+    just set. True if this call cancelled it."""
+    from sqlalchemy import update
+    q = (update(TrainingJob).where(TrainingJob.id == job_id,
+                                   TrainingJob.status.not_in(FINAL_STATUSES))
+         .values(status="cancelled", finished_at=utcnow(), error=error)
+         .execution_options(synchronize_session=False))
+    if only_if_queued_without_ray_job:
+        q = q.where(TrainingJob.status == "queued", TrainingJob.ray_job_id.is_(None))
+    done = s.execute(q).rowcount == 1
+    s.commit()
+    return done
+
+
+# ----------------------------------------------------------------- tuning (issue 5)
+from services.db.models import (TUNING_RUN_STATUSES, TuningRun,  # noqa: E402
+                                TuningTrial)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and inf become None: PostgreSQL's JSONB rejects them and JSON has no spelling
+    for them (a diverged fold's loss is the usual source)."""
+    import math
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def create_tuning_run(s: Session, job_id: int, **fields: Any) -> TuningRun:
+    """Insert a ``running`` tuning run of a job (grid, base hyperparameters, settings)."""
+    run = TuningRun(job_id=job_id, status="running",
+                    **{k: _json_safe(v) for k, v in fields.items()})
+    s.add(run)
+    s.commit()
+    return run
+
+
+def record_trial(s: Session, run_id: int, *, trial_index: int, **fields: Any) -> TuningTrial:
+    """Insert or update the row of one trial ((run_id, trial_index) is unique)."""
+    row = s.scalar(select(TuningTrial).where(TuningTrial.run_id == run_id,
+                                             TuningTrial.trial_index == trial_index))
+    if row is None:
+        row = TuningTrial(run_id=run_id, trial_index=trial_index)
+        s.add(row)
+    for k, v in fields.items():
+        setattr(row, k, _json_safe(v))
+    row.recorded_at = utcnow()
+    s.commit()
+    return row
+
+
+def set_trial_ranks(s: Session, run_id: int, ranks: dict[int, int]) -> None:
+    """``ranks``: trial_index -> rank (1 is best)."""
+    for row in s.scalars(select(TuningTrial).where(TuningTrial.run_id == run_id)).all():
+        row.rank = ranks.get(row.trial_index)
+    s.commit()
+
+
+def finish_tuning_run(s: Session, run_id: int, status: str, *,
+                      job_hyperparameters: dict[str, Any] | None = None,
+                      **fields: Any) -> TuningRun:
+    """Close a run (``completed`` or ``failed``); with ``job_hyperparameters`` the job's
+    effective hyperparameters are replaced in the same transaction, so a run is never
+    completed without its winner merged into the job."""
+    if status not in TUNING_RUN_STATUSES:
+        raise ValueError(f"unknown tuning run status {status!r}")
+    run = s.get(TuningRun, run_id)
+    if run is None:
+        raise LookupError(f"no tuning run {run_id}")
+    run.status, run.finished_at = status, utcnow()
+    for k, v in fields.items():
+        setattr(run, k, _json_safe(v))
+    if job_hyperparameters is not None:
+        _replace_hyperparameters(s, run.job_id, job_hyperparameters)
+    s.commit()
+    return run
+
+
+def _replace_hyperparameters(s: Session, job_id: int, values: dict[str, Any]) -> None:
+    rows = {r.name: r for r in
+            s.scalars(select(Hyperparameter).where(Hyperparameter.job_id == job_id)).all()}
+    for name, value in values.items():
+        if name in rows:
+            rows[name].value = _json_safe(value)
+        else:
+            s.add(Hyperparameter(job_id=job_id, name=name, value=_json_safe(value)))
+    for name, row in rows.items():
+        if name not in values:
+            s.delete(row)
+
+
+def set_hyperparameters(s: Session, job_id: int, values: dict[str, Any]) -> None:
+    """Replace a job's effective hyperparameters (all of them) with ``values``."""
+    _replace_hyperparameters(s, job_id, values)
+    s.commit()
+
+
+def tuning_runs(s: Session, job_id: int) -> Sequence[TuningRun]:
+    return s.scalars(select(TuningRun).where(TuningRun.job_id == job_id)
+                     .order_by(TuningRun.id)).all()
+
+
+def latest_tuning_run(s: Session, job_id: int) -> TuningRun | None:
+    return s.scalar(select(TuningRun).where(TuningRun.job_id == job_id)
+                    .order_by(TuningRun.id.desc()).limit(1))
+
+
+def tuning_trials(s: Session, run_id: int) -> Sequence[TuningTrial]:
+    """The trials of a run, best first where ranked, then in the order Tune made them."""
+    return s.scalars(select(TuningTrial).where(TuningTrial.run_id == run_id)
+                     .order_by(TuningTrial.rank.is_(None), TuningTrial.rank,
+                               TuningTrial.trial_index)).all()
