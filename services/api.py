@@ -211,25 +211,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _unstorable(value: Any, loc: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """What the database would refuse in a request, as 422 errors naming the field:
-    NUL characters (PostgreSQL text and JSONB) and non-finite numbers (JSONB)."""
-    errors: list[dict[str, Any]] = []
-    if isinstance(value, str) and "\x00" in value:
-        errors.append({"loc": loc, "msg": "must not contain NUL characters",
-                       "type": "value_error"})
-    elif isinstance(value, float) and not math.isfinite(value):
-        errors.append({"loc": loc, "msg": "must be a finite number", "type": "value_error"})
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            errors += _unstorable(k, (*loc, str(k).replace("\x00", "\\x00")))
-            errors += _unstorable(v, (*loc, k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            errors += _unstorable(v, (*loc, i))
-    return errors
-
-
 # ----------------------------------------------------------------------- auth
 def _matches(given: str, *tokens: Any) -> bool:
     ok = False
@@ -659,12 +640,6 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
         publish it on the requests queue, where the ingress submits it as a Ray job. It
         is published when the job is new, or still queued without a Ray job (an earlier
         publish may have failed); never for a job that runs or has finished."""
-        problems = _unstorable(request.to_json(), ("body",))
-        if request.total_images is not None and request.total_images > MAX_INT:
-            problems.append({"loc": ("body", "total_images"), "type": "less_than_equal",
-                             "msg": f"Input should be less than or equal to {MAX_INT}"})
-        if problems:
-            raise RequestValidationError(problems)
         try:
             job, created = await asyncio.to_thread(create_job, settings, request)
         except DataError as exc:

@@ -53,14 +53,14 @@ def hyperparameters_from_args(config: str | None, assignments: list[str]) -> Hyp
         raise ValueError(validation_message(e)) from None
 
 
-def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    hp: Hyperparameters, **request_fields: Any) -> int:
+    """What train and tune share: check a local dataset, record the job (a known batch id
+    starts nothing), run it here, report the verdict."""
+    from services.demo import _report
     from services.jobs import create_job, run_job
     from services.messages import TrainingRequest
     from services.storage import local_path
-    try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
-    except ValueError as e:
-        parser.error(str(e))
     path = local_path(args.dataset)
     if path is not None and not path.is_dir():
         parser.error(f"dataset not found: {args.dataset}")
@@ -69,63 +69,97 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         settings.use_gpu = True
     request = TrainingRequest(batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
                               dataset_uri=str(path.resolve()) if path else args.dataset,
-                              model_name=args.model_name, hyperparameters=hp)
+                              model_name=args.model_name, hyperparameters=hp,
+                              **request_fields)
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
         return 0 if job.status != "failed" else 1
-    print(f"job {job.id} queued: {request.dataset_uri} -> model {request.model_name}", flush=True)
+    print(f"job {job.id} queued ({request.mode}): {request.dataset_uri} -> model "
+          f"{request.model_name}", flush=True)
     outcome = run_job(job.id, settings)
-    from services.demo import _report
     _report(outcome, print)
     return 0 if outcome.status == "success" else 1
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        hp = hyperparameters_from_args(args.config, args.set or [])
+    except ValueError as e:
+        parser.error(str(e))
+    return _record_and_run(args, parser, hp)
 
 
 def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Grid search with k-fold CV and ASHA, then the best config trained, gated, versioned."""
-    from services.jobs import create_job, run_job
-    from services.messages import TrainingRequest, TuningSpec
-    from services.storage import local_path
-    from tuning.search import SearchSettings, parse_grid, validate_grid
+    from services.messages import TuningSpec
+    from tuning.search import parse_grid, validate_grid
     try:
         hp = hyperparameters_from_args(args.config, args.set or [])
         grid = validate_grid(parse_grid(args.grid or []), hp)
-        spec = TuningSpec(grid=grid, k_folds=args.k_folds, num_samples=args.num_samples)
-        options = {"metric": args.metric, "scheduler": args.scheduler,
-                   "grace_period": args.grace_period,
-                   "reduction_factor": args.reduction_factor,
-                   "max_concurrent": args.max_concurrent}
-        SearchSettings(k_folds=args.k_folds, num_samples=args.num_samples, **options).check()
+        options = {k: v for k, v in (("metric", args.metric), ("scheduler", args.scheduler),
+                                     ("grace_period", args.grace_period),
+                                     ("reduction_factor", args.reduction_factor),
+                                     ("max_concurrent", args.max_concurrent)) if v is not None}
+        spec = TuningSpec(grid=grid, k_folds=args.k_folds, num_samples=args.num_samples,
+                          **options)
     except ValidationError as e:
         parser.error(validation_message(e))
     except ValueError as e:
         parser.error(str(e))
-    path = local_path(args.dataset)
-    if path is not None and not path.is_dir():
-        parser.error(f"dataset not found: {args.dataset}")
-    settings = Settings()
-    if args.gpu:
-        settings.use_gpu = True
-    request = TrainingRequest(batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
-                              dataset_uri=str(path.resolve()) if path else args.dataset,
-                              model_name=args.model_name, mode="tune", hyperparameters=hp,
-                              tuning=spec)
-    job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
-    if not created:
-        print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
-        return 0 if job.status != "failed" else 1
-    print(f"job {job.id} queued (tune): {request.dataset_uri} -> model {request.model_name}",
-          flush=True)
-    outcome = run_job(job.id, settings, tune_options=options)
-    from services.demo import _report
-    _report(outcome, print)
-    return 0 if outcome.status == "success" else 1
+    return _record_and_run(args, parser, hp, mode="tune", tuning=spec)
 
 
 def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.demo import run_demo
     _, outcome = run_demo(Settings(), workers=args.workers)
     return 0 if outcome.status == "success" else 1
+
+
+def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The data health report, overfit one batch and the LR range test, before a job."""
+    from services.jobs import _load_weights
+    from services.steps import StepFailed
+    from services.storage import fetch_dataset
+    from training import data as datasets
+    from training.health import health_report
+    from training.loop import TrainData
+    from training.preflight import preflight
+    try:
+        hp = hyperparameters_from_args(args.config, args.set or [])
+    except ValueError as e:
+        parser.error(str(e))
+    settings = Settings()
+    try:
+        folder = fetch_dataset(args.dataset, settings)
+        decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
+        datasets.check_min_per_class(decoded.labels, decoded.classes, hp.min_per_class)
+        split = datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
+                               hp.test_max, hp.seed)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e).splitlines()[0])
+    report = health_report(decoded, split, min_per_class=hp.min_per_class,
+                           max_imbalance=hp.max_imbalance, near_distance=hp.near_duplicate_distance)
+    print(f"{report['images']} images, {report['classes']} classes, imbalance "
+          f"{report['imbalance_ratio']:.1f}, split {split.sizes()}")
+    for f in report["findings"] or [{"message": "no findings"}]:
+        print(f"health: {f['message']}")
+    try:
+        state = _load_weights(hp, len(decoded.classes), settings)
+    except StepFailed as e:
+        parser.error(str(e))
+    data = TrainData(decoded.images, decoded.labels, split.train, split.val, decoded.classes)
+    result = preflight(hp, data, state)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result["png"])
+    print(f"preflight: {result['overfit']['message']}")
+    print(f"LR range test: suggested phase1_lr {result['lr_range']['suggested_lr']:.2g} "
+          f"(curve: {out})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"health": report, **{k: v for k, v in result.items() if k != "png"}}, indent=2))
+    return 0 if result["overfit"]["passed"] else 1
 
 
 def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -151,6 +185,9 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         print(f"  created {job.created_at}  started {job.started_at}  finished {job.finished_at}")
         if job.error:
             print(f"  error: {job.error}")
+        health = _stored_report(settings, f"reports/job-{job.id}/health.json")
+        for f in (health or {}).get("findings", []):
+            print(f"  health: {f['message']}")
         for r in repo.epoch_rows(s, job.id):
             print(f"  epoch {r['epoch']:3d} phase {r['phase']} loss {r['loss']:.4f} "
                   f"acc {r['accuracy']:.4f} val_loss {r['val_loss']:.4f} "
@@ -247,6 +284,14 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _stored_report(settings: Settings, key: str) -> dict | None:
+    from services.storage import open_store
+    try:
+        return json.loads(open_store(settings).get_bytes(key))
+    except Exception:  # noqa: BLE001 - no report for this job (older, or not that far)
+        return None
+
+
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.db.session import upgrade
     settings = Settings()
@@ -305,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-id", help="idempotency key (default: a new one)")
     tune.add_argument("--model-name", default="classifier")
     tune.set_defaults(func=cmd_tune)
+
+    pre = sub.add_parser("preflight", help="data health, overfit one batch, LR range test")
+    pre.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
+    pre.add_argument("--config")
+    pre.add_argument("--set", action="append", metavar="KEY=VALUE")
+    pre.add_argument("--out", default="lr_range.png", help="where to write the LR curve")
+    pre.add_argument("--json", help="also write the whole report here")
+    pre.set_defaults(func=cmd_preflight)
 
     status = sub.add_parser("status", help="jobs, or one job in detail")
     status.add_argument("job_id", type=int, nargs="?")

@@ -27,27 +27,24 @@ import torch
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import FINAL_STATUSES, TrainingJob
+from services.db.models import TrainingJob
 from services.db.session import session_factory, upgrade
 from services.messages import EventMetrics, ModelEvaluationEvent, TrainingRequest
+from services.steps import StepFailed, init_ray, one_line
 from services.storage import Store, StoreError, fetch_dataset, fetch_file, open_store
 from training import data as datasets
 from training.callbacks import build_callbacks
-from training.evaluate import GateResult, evaluate, quality_gate
+from training.data import DecodedDataset, Split
+from training.errors import error_report, worst_examples_png
+from training.evaluate import GateResult, predict_probs, quality_gate
+from training.health import failing, health_report
+from training.metrics import classification_metrics
 from training.hyperparams import Hyperparameters
 from training.loop import MODEL_FILE, TrainData
 from training.model import build_model, load_backbone_weights, load_model, read_state_dict
 from training.plots import confusion_matrix_png, curves_png
 
 log = logging.getLogger("colecionador.jobs")
-
-
-class StepFailed(Exception):
-    """A step of the job failed; ``str()`` is the one-line reason stored on the job."""
-
-    def __init__(self, step: str, reason: str):
-        super().__init__(f"{step}: {reason}")
-        self.step, self.reason = step, reason
 
 
 @dataclass
@@ -62,12 +59,6 @@ class JobOutcome:
     artifacts: dict[str, str] = field(default_factory=dict)
     event: dict[str, Any] | None = None
     training_time_s: float | None = None
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-    return first[:500]
 
 
 def current_submission_id() -> str | None:
@@ -110,16 +101,17 @@ def create_job(settings: Settings, request: TrainingRequest, *, num_workers: int
             use_gpu=settings.use_gpu if use_gpu is None else use_gpu)
 
 
-def init_ray(settings: Settings) -> None:
-    import ray
-    if ray.is_initialized():
-        return
-    ray.init(address=settings.ray_address, logging_level=logging.WARNING,
-             configure_logging=True, log_to_driver=True)
-
-
 # ----------------------------------------------------------------- the steps
-def _load_data(job: TrainingJob, hp: Hyperparameters, settings: Settings):
+def _put_report(store: Store, job_id: int, name: str, payload: bytes | dict) -> None:
+    """reports/job-<id>/<name>: kept for every job, failed ones too."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=2).encode()
+    store.put_bytes(f"reports/job-{job_id}/{name}", data)
+
+
+def _load_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store,
+               say: Callable[[str], None]) -> tuple[DecodedDataset, Split, dict[str, Any]]:
+    """Fetch, decode and split; the health report is written before any check can fail
+    the job, so a job failed for its data says what is wrong with it."""
     try:
         folder = fetch_dataset(job.dataset_uri, settings)
     except (FileNotFoundError, ValueError) as e:
@@ -127,12 +119,63 @@ def _load_data(job: TrainingJob, hp: Hyperparameters, settings: Settings):
     except Exception as e:  # noqa: BLE001 - a store error of any kind
         raise StepFailed("dataset", one_line(e)) from e
     try:
-        decoded = datasets.load(folder, hp.image_size, hp.on_bad_image, hp.min_per_class)
-        split = datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
-                               hp.test_max, hp.seed)
+        decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
+        counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
+        split = (datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
+                                hp.test_max, hp.seed)
+                 if counts.min() >= hp.min_per_class else None)
     except ValueError as e:
         raise StepFailed("dataset", one_line(e)) from None
-    return decoded, split
+    report = health_report(decoded, split, min_per_class=hp.min_per_class,
+                           max_imbalance=hp.max_imbalance,
+                           near_distance=hp.near_duplicate_distance)
+    _put_report(store, job.id, "health.json", report)
+    for f in report["findings"]:
+        say(f"health: {f['message']}")
+    try:
+        datasets.check_bad(decoded.bad, hp.on_bad_image)
+        datasets.check_min_per_class(decoded.labels, decoded.classes, hp.min_per_class)
+    except ValueError as e:
+        raise StepFailed("dataset", one_line(e)) from None
+    fails = failing(report, hp.fail_on)
+    if fails:
+        raise StepFailed("health", "; ".join(fails))
+    return decoded, split, report
+
+
+def _preflight(job: TrainingJob, hp: Hyperparameters, train_data: TrainData,
+               backbone_state: Any, store: Store, settings: Settings,
+               say: Callable[[str], None]) -> tuple[Hyperparameters, dict[str, Any] | None]:
+    """Overfit one batch and the LR range test, as a Ray task with a worker's resources
+    (a GPU with --gpu); fails the job if one batch cannot be overfit; with
+    use_suggested_lr the suggestion becomes phase1_lr (recorded with the job)."""
+    if not hp.preflight:
+        return hp, None
+    import ray
+
+    from training.preflight import preflight
+
+    def run(hp_values: dict, data: TrainData, state: Any) -> dict[str, Any]:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return preflight(Hyperparameters(**hp_values), data, state, device)
+
+    init_ray(settings)
+    task = ray.remote(num_cpus=1, num_gpus=1 if job.use_gpu else 0)(run)
+    try:
+        result = ray.get(task.remote(hp.effective(), train_data, backbone_state))
+    except Exception as e:  # noqa: BLE001 - the task's error, whatever it is
+        raise StepFailed("preflight", one_line(e)) from e
+    _put_report(store, job.id, "lr_range.png", result.pop("png"))
+    _put_report(store, job.id, "preflight.json", result)
+    overfit, suggested = result["overfit"], result["lr_range"]["suggested_lr"]
+    say(f"preflight: {overfit['message']}; LR range test suggests phase1_lr {suggested:.2g}")
+    if not overfit["passed"]:
+        raise StepFailed("preflight", overfit["message"])
+    if hp.use_suggested_lr:
+        hp = Hyperparameters(**{**hp.effective(), "phase1_lr": suggested})
+        with session_factory(settings.db_url)() as s:
+            repo.set_hyperparameters(s, job.id, hp.effective())  # all of them, recorded
+    return hp, result
 
 
 def _load_weights(hp: Hyperparameters, n_classes: int,
@@ -261,150 +304,25 @@ def _metrics_json(metrics: dict[str, Any], gate: GateResult, summary: dict[str, 
     }, indent=2).encode()
 
 
-def _tune(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
-          backbone_state: Any, store: Store, settings: Settings,
-          say: Callable[[str], None], options: dict[str, Any],
-          ) -> tuple[Hyperparameters, dict[str, Any]]:
-    """The search of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold CV
-    on train + val (the test split stays held out) and ASHA; every trial recorded as it
-    ends; the best config merged into the job's hyperparameters (same transaction as the
-    run's completion). Returns the merged hyperparameters and a summary for tuning.json.
-    A job resumed after its search completed reuses that search."""
-    from pydantic import ValidationError
-
-    from services.messages import TuningSpec
-    from tuning import report as tuning_report
-    from tuning.search import SearchSettings, expand_grid, run_search, validate_grid
-
-    sf = session_factory(settings.db_url)
-    with sf() as s:
-        previous = repo.latest_tuning_run(s, job.id)
-        if previous is not None and previous.status == "completed":
-            say(f"job {job.id}: search already done (run {previous.id}); best config "
-                f"{tuning_report.config_text(previous.best_config or {})}")
-            trials = [_trial_dict(t) for t in repo.tuning_trials(s, previous.id)]
-            return hp, {"run_id": previous.id, "metric": previous.metric,
-                        "best_config": previous.best_config, "trials": trials}
-        if previous is not None and previous.status == "running":  # its driver died
-            repo.finish_tuning_run(s, previous.id, "failed", error="interrupted")
-    try:
-        spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
-        grid = validate_grid(spec.grid, hp)
-        search = SearchSettings(
-            k_folds=spec.k_folds, num_samples=spec.num_samples,
-            cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0,
-            **{k: v for k, v in options.items() if v is not None})
-        search.check()
-    except (ValidationError, ValueError, TypeError) as e:
-        raise StepFailed("tuning", one_line(e)) from None
-    with sf() as s:
-        run = repo.create_tuning_run(
-            s, job.id, grid=grid, base_hyperparameters=hp.effective(), k_folds=search.k_folds,
-            num_samples=search.num_samples, metric=search.metric, mode=search.mode,
-            scheduler=search.scheduler,
-            grace_period=search.grace_period if search.scheduler == "asha" else None,
-            reduction_factor=search.reduction_factor if search.scheduler == "asha" else None,
-            max_concurrent=search.max_concurrent, resources=search.resources())
-    run_id = run.id
-    search.storage_path, search.storage_filesystem = store.ray_storage("tuning")
-    search.name = f"job-{job.id}-run-{run_id}"
-    n_configs = len(expand_grid(grid)) if search.num_samples <= 1 else search.num_samples
-    say(f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {search.k_folds} folds "
-        f"of train + val ({len(split.train) + len(split.val)} images; the "
-        f"{len(split.test)} test images held out), {search.scheduler.upper()} on "
-        f"{search.metric}")
-
-    def record(trial: Any) -> None:  # runs in this process as each trial ends
-        c = tuning_report.summarize(trial, search.metric)
-        say("  " + tuning_report.trial_line(c, search.metric, n_configs))
-        try:
-            with sf() as s:
-                repo.record_trial(s, run_id, **_trial_fields(c, trial.history, trial.trial_id))
-        except Exception as e:  # noqa: BLE001 - recorded again after the search
-            log.warning("trial %s of run %s not recorded yet: %s", c.index, run_id, e)
-
-    init_ray(settings)
-    try:
-        result = run_search(decoded.images, decoded.labels, decoded.classes, split, hp, grid,
-                            search, backbone_state=backbone_state, listener=record)
-    except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
-        with sf() as s:
-            repo.finish_tuning_run(s, run_id, "failed", error=one_line(e))
-        raise StepFailed("tuning", one_line(e)) from e
-    ranked = tuning_report.rank(result.trials, search.metric)
-    winner = tuning_report.best(ranked, search.metric)
-    summary_fields = dict(max_t=result.max_t, folds=result.folds, epochs_run=result.epochs_run,
-                          fold_epochs_run=result.fold_epochs_run, wall_s=result.wall_s)
-    with sf() as s:
-        by_index = {t.index: t for t in result.trials}
-        for c in ranked:  # every trial again, in case a listener write failed
-            t = by_index[c.index]
-            repo.record_trial(s, run_id, **_trial_fields(c, t.history, t.trial_id))
-        repo.set_trial_ranks(s, run_id, {c.index: c.rank for c in ranked})
-        if winner is None:
-            first = next((c.error for c in ranked if c.error), "no trial reported a result")
-            reason = f"no config produced an estimate ({len(ranked)} trial(s)); {first}"
-            repo.finish_tuning_run(s, run_id, "failed", error=reason, **summary_fields)
-            raise StepFailed("tuning", reason)
-        merged = Hyperparameters(**{**hp.effective(), **winner.config})
-        repo.finish_tuning_run(s, run_id, "completed", best_trial_index=winner.index,
-                               best_config=winner.config,
-                               job_hyperparameters=merged.effective(), **summary_fields)
-    say(tuning_report.table(ranked, search.metric))
-    say(f"best config: {tuning_report.config_text(winner.config)} "
-        f"({search.metric} {tuning_report.estimate_text(winner, search.metric)} over "
-        f"{search.k_folds} folds); "
-        f"{result.epochs_run} config-epochs ({result.fold_epochs_run} fold-epochs) in "
-        f"{result.wall_s:.0f} s. "
-        f"Training it on the train split, judging it on the test split.")
-    return merged, {"run_id": run_id, "metric": search.metric, "mode": search.mode,
-                    "scheduler": search.scheduler, "k_folds": search.k_folds, "grid": grid,
-                    "best_config": winner.config, "max_t": result.max_t,
-                    "epochs_run": result.epochs_run,
-                    "trials": [c.to_dict() for c in ranked]}
-
-
-def _trial_fields(c: Any, history: list[dict[str, Any]], trial_id: str) -> dict[str, Any]:
-    """A tuning_trials row from a tuning.report.ConfigSummary and the trial's history."""
-    last, best = c.last or {}, c.best or {}
-    return dict(trial_index=c.index, trial_id=trial_id, config=c.config, status=c.status,
-                stopped_at=c.stopped_at, max_epochs=c.max_epochs,
-                mean_val_loss=last.get("val_loss"), std_val_loss=last.get("val_loss_std"),
-                mean_val_accuracy=last.get("val_accuracy"),
-                std_val_accuracy=last.get("val_accuracy_std"),
-                best_epoch=best.get("epoch"), best_mean=best.get(c.metric),
-                best_std=best.get(f"{c.metric}_std"), epochs=history, error=c.error)
-
-
-def _trial_dict(t: Any) -> dict[str, Any]:
-    return {k: getattr(t, k) for k in ("trial_index", "config", "status", "stopped_at",
-                                       "max_epochs", "mean_val_loss", "std_val_loss",
-                                       "mean_val_accuracy", "std_val_accuracy", "rank",
-                                       "error")}
-
-
 # --------------------------------------------------------------- the whole job
 def run_job(job_id: int, settings: Settings,
-            say: Callable[[str], None] = lambda m: print(m, flush=True),
-            tune_options: dict[str, Any] | None = None) -> JobOutcome:
+            say: Callable[[str], None] = lambda m: print(m, flush=True)) -> JobOutcome:
     """Take job ``job_id`` through every step; never raises for a failing step.
 
-    A ``mode: tune`` job first runs the search (``_tune``), records it, merges the best
-    config into the job's hyperparameters, then goes through the same train -> evaluate
-    -> gate -> store -> publish steps with them. ``tune_options`` (the CLI's): metric,
-    scheduler, grace_period, reduction_factor, max_concurrent."""
+    A ``mode: tune`` job first runs the search (services/tuning_job.py), records it,
+    merges the best config into the job's hyperparameters, then goes through the same
+    train -> evaluate -> gate -> store -> publish steps with them."""
     prepare_database(settings)
     sf = session_factory(settings.db_url)
     with sf() as s:
         job = repo.get_job(s, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
-        if job.status in FINAL_STATUSES:
-            return _outcome_from_db(settings, job)
         resume = job.status in ("training", "evaluating")
         hp = Hyperparameters(**repo.hyperparameters(s, job_id))
-        repo.set_status(s, job_id, "training",
-                        ray_job_id=job.ray_job_id or current_submission_id())
+        if not repo.start_job(s, job_id, current_submission_id()):  # final, or cancelled
+            s.expire_all()
+            return _outcome_from_db(settings, repo.get_job(s, job_id))
     store: Store | None = None
     finished_at = datetime.now(timezone.utc)
     try:
@@ -412,7 +330,7 @@ def run_job(job_id: int, settings: Settings,
             store = open_store(settings)
         except Exception as e:  # noqa: BLE001 - any store error fails the job, recorded
             raise StepFailed("store", one_line(e)) from e
-        decoded, split = _load_data(job, hp, settings)
+        decoded, split, health = _load_data(job, hp, settings, store, say)
         if decoded.bad:
             say(f"skipped {len(decoded.bad)} unreadable image(s)")
         say(f"job {job_id}: {len(decoded)} images, {len(decoded.classes)} classes, "
@@ -424,10 +342,12 @@ def run_job(job_id: int, settings: Settings,
         backbone_state = _load_weights(hp, len(decoded.classes), settings)
         tuning: dict[str, Any] | None = None
         if job.mode == "tune":
-            hp, tuning = _tune(job, hp, decoded, split, backbone_state, store, settings, say,
-                               tune_options or {})
+            from services.tuning_job import tune_step
+            hp, tuning = tune_step(job, hp, decoded, split, backbone_state, store, settings,
+                                   say)
         train_data = TrainData(decoded.images, decoded.labels, split.train, split.val,
                                decoded.classes)
+        hp, preflight = _preflight(job, hp, train_data, backbone_state, store, settings, say)
         package, summary, training_time = _train(job, hp, train_data, backbone_state,
                                                  store, settings, resume)
         with sf() as s:
@@ -436,7 +356,10 @@ def run_job(job_id: int, settings: Settings,
         model, _ = load_model(package)
         test_x, test_y = decoded.images[split.test], decoded.labels[split.test]
         try:
-            metrics = evaluate(model, test_x, test_y, decoded.classes)
+            probs = predict_probs(model, test_x)
+            metrics = classification_metrics(test_y, probs, decoded.classes)
+            errors = error_report(test_y, probs, decoded.classes,
+                                  [decoded.paths[i] for i in split.test])
         except Exception as e:  # noqa: BLE001
             raise StepFailed("evaluation", one_line(e)) from e
         gate = quality_gate(metrics, hp)
@@ -448,13 +371,20 @@ def run_job(job_id: int, settings: Settings,
             "curves.png": curves_png(history, f"job {job_id}: {job.model_name}"),
             "confusion_matrix.png": confusion_matrix_png(
                 metrics["confusion_matrix"], decoded.classes, f"{job.model_name}: test split"),
+            "health.json": json.dumps(health, indent=2).encode(),
+            "errors.json": json.dumps(errors, indent=2).encode(),
         }
+        worst = worst_examples_png(errors, test_x)
+        if worst is not None:
+            files["errors.png"] = worst
+        if preflight is not None:
+            files["preflight.json"] = json.dumps(preflight, indent=2).encode()
         if tuning is not None:
             files["tuning.json"] = json.dumps(tuning, indent=2).encode()
         version, uris = _store_version(settings, store, job, files, metrics, gate)
         finished_at = datetime.now(timezone.utc)
         with sf() as s:
-            repo.set_status(s, job_id, "success", accuracy=metrics["accuracy"], error=None)
+            repo.finish_job(s, job_id, "success", accuracy=metrics["accuracy"], error=None)
         event = ModelEvaluationEvent(
             job_id=job_id, batch_id=job.batch_id, model_name=job.model_name, version=version,
             status=gate.status, metrics=EventMetrics(**{k: metrics[k] for k in
@@ -468,7 +398,7 @@ def run_job(job_id: int, settings: Settings,
         if not isinstance(e, StepFailed):
             traceback.print_exc()
         with sf() as s:
-            repo.set_status(s, job_id, "failed", error=reason)
+            repo.finish_job(s, job_id, "failed", error=reason)
         event = ModelEvaluationEvent(job_id=job_id, batch_id=job.batch_id,
                                      model_name=job.model_name, status="failed",
                                      finished_at=datetime.now(timezone.utc), error=reason)

@@ -9,15 +9,25 @@ from typing import Any, Literal
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError,
                       field_validator)
 
-from training.hyperparams import Hyperparameters, validation_message
+from training.hyperparams import Hyperparameters, Text, validation_message
+
+MAX_INT = 2**31 - 1  # PostgreSQL integer columns
 
 
 class TuningSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     k_folds: int = Field(5, ge=2, le=20, validation_alias=AliasChoices("k_folds", "kFolds"))
     num_samples: int = Field(1, ge=1, validation_alias=AliasChoices("num_samples", "numSamples"))
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, validation_alias=AliasChoices("grace_period",
+                                                                     "gracePeriod"))
+    reduction_factor: float = Field(2.0, gt=1, validation_alias=AliasChoices(
+        "reduction_factor", "reductionFactor"))
+    max_concurrent: int | None = Field(None, ge=1, validation_alias=AliasChoices(
+        "max_concurrent", "maxConcurrent"))
 
     @field_validator("grid")
     @classmethod
@@ -34,14 +44,17 @@ class TuningSpec(BaseModel):
 
 
 class TrainingRequest(BaseModel):
-    """A request to train (or tune) on one batch of images."""
+    """A request to train (or tune) on one batch of images. Whatever the database would
+    refuse (NUL characters, non-finite numbers, integers past PostgreSQL's) is refused
+    here, naming the field: a message is dead-lettered, never requeued forever."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     batch_id: str = Field(min_length=1, max_length=200,
                           validation_alias=AliasChoices("batch_id", "batchId"))
-    dataset_uri: str = Field(min_length=1, validation_alias=AliasChoices("dataset_uri", "datasetUri"))
-    total_images: int | None = Field(None, ge=0,
+    dataset_uri: Text = Field(min_length=1,
+                              validation_alias=AliasChoices("dataset_uri", "datasetUri"))
+    total_images: int | None = Field(None, ge=0, le=MAX_INT,
                                      validation_alias=AliasChoices("total_images", "totalImages"))
     model_name: str = Field("classifier", min_length=1, max_length=200, pattern=r"^[\w.\-]+$",
                             validation_alias=AliasChoices("model_name", "modelName"))

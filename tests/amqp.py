@@ -14,8 +14,12 @@ from tests.conftest import AMQP_URL
 async def _next_message(queue: str, timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
     conn = await aio_pika.connect(AMQP_URL)
     async with conn:
-        ch = await conn.channel()
-        q = await ch.declare_queue(queue, durable=True)  # idempotent: wait even before it exists
+        try:  # as declared, whatever its arguments (a requests queue has a dead-letter one)
+            ch = await conn.channel()
+            q = await ch.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # not there yet: wait for it
+            ch = await conn.channel()
+            q = await ch.declare_queue(queue, durable=True)
         async with q.iterator() as it:
             msg = await asyncio.wait_for(it.__anext__(), timeout)
             await msg.ack()

@@ -3,6 +3,7 @@ per session (stopped here), fresh RabbitMQ queue names, and small made-up datase
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -32,22 +33,30 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("COLECIONADOR_HOME", str(tmp_path / "home"))
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
+@contextlib.contextmanager
+def fresh_database(name: str):
+    """A new PostgreSQL database for the block, dropped after it (with its connections)."""
     from sqlalchemy import create_engine, text
-    name = f"colecionador_test_{SESSION}"
+
+    from services.db.session import get_engine
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    yield url
-    from services.db.session import get_engine
-    get_engine(url).dispose()
-    get_engine.cache_clear()
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with fresh_database(f"colecionador_test_{SESSION}") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -135,22 +144,26 @@ def _pattern(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
+def write_dataset(root: Path, classes: int = 3, per_class: int | list[int] = 12,
+                  size: int = 16, corrupt: int = 0, seed: int = 0) -> Path:
+    """An ImageFolder of made-up, learnable grey images under ``root``."""
+    rng = np.random.default_rng(seed)
+    counts = per_class if isinstance(per_class, list) else [per_class] * classes
+    for c, n in enumerate(counts):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(_pattern(c, size, rng)).save(folder / f"{i:03d}.png")
+    for i in range(corrupt):
+        (root / "class_0" / f"broken_{i}.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
 @pytest.fixture
 def make_dataset(tmp_path) -> Callable[..., Path]:
-    """An ImageFolder of made-up, learnable grey images: ``make_dataset(per_class=...)``."""
-    def make(name: str = "data", classes: int = 3, per_class: int | list[int] = 12,
-             size: int = 16, corrupt: int = 0, seed: int = 0) -> Path:
-        rng = np.random.default_rng(seed)
-        root = tmp_path / name
-        counts = per_class if isinstance(per_class, list) else [per_class] * classes
-        for c, n in enumerate(counts):
-            folder = root / f"class_{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(_pattern(c, size, rng)).save(folder / f"{i:03d}.png")
-        for i in range(corrupt):
-            (root / "class_0" / f"broken_{i}.png").write_bytes(b"\x89PNG not really")
-        return root
+    """``make_dataset(per_class=..., corrupt=...)``: write_dataset under this test's tmp."""
+    def make(name: str = "data", **kw) -> Path:
+        return write_dataset(tmp_path / name, **kw)
     return make
 
 

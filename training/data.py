@@ -138,11 +138,7 @@ def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
         results = list(pool.map(work, index.paths))
     bad = [(str(p.relative_to(index.root)), r) for p, r in zip(index.paths, results)
            if isinstance(r, str)]
-    if bad and on_bad_image == "fail":
-        first = ", ".join(b[0] for b in bad[:3])
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise DataError(f"{len(bad)} unreadable image(s): {first}{more} "
-                        "(set on_bad_image=skip to train without them)")
+    check_bad(bad, on_bad_image)
     kept = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
     keep = [i for i, _ in kept]
     images = (np.stack([r.array for _, r in kept]) if kept
@@ -153,6 +149,15 @@ def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
         sizes=[r.size for _, r in kept], modes=[r.mode for _, r in kept],
         sha1=[r.sha1 for _, r in kept],
         phash=np.array([r.phash for _, r in kept], dtype=np.uint64))
+
+
+def check_bad(bad: list[tuple[str, str]], on_bad_image: str) -> None:
+    """``fail``: unreadable images are an error naming them; ``skip``: they are left out."""
+    if bad and on_bad_image == "fail":
+        first = ", ".join(b[0] for b in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DataError(f"{len(bad)} unreadable image(s): {first}{more} "
+                        "(set on_bad_image=skip to train without them)")
 
 
 def check_min_per_class(labels: np.ndarray, classes: list[str], min_per_class: int) -> None:

@@ -7,9 +7,30 @@ never silently ignored, and every effective value (defaults included) is what ge
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt,
+                      ValidationError, field_validator, model_validator)
+
+def storable(value: Any) -> Any:
+    """Values every store of the contract keeps (JSON, PostgreSQL text and JSONB): no NUL
+    characters, no NaN or infinity, at any depth."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            storable(k)
+            storable(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            storable(v)
+    return value
+
+
+Text = Annotated[str, AfterValidator(storable)]
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal[
@@ -20,11 +41,12 @@ Schedule = Literal[
 class Hyperparameters(BaseModel):
     """Effective training settings of one job (or one tuning trial)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
 
     # model
-    backbone: str = "mobilenet_v2"
-    weights: str | None = None
+    backbone: Text = "mobilenet_v2"
+    weights: Text | None = None
     image_size: int = Field(224, ge=8, le=1024)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
@@ -56,7 +78,7 @@ class Hyperparameters(BaseModel):
     callbacks: list[str | dict[str, Any]] = Field(default_factory=list)
 
     # loss
-    loss: str = "cross_entropy"
+    loss: Text = "cross_entropy"
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["balanced"] | None = None
@@ -96,6 +118,11 @@ class Hyperparameters(BaseModel):
     gate_accuracy: float = Field(0.90, ge=0, le=1)
     gate_precision: float = Field(0.88, ge=0, le=1)
     gate_recall: float = Field(0.88, ge=0, le=1)
+
+    @field_validator("callbacks")
+    @classmethod
+    def _storable_callbacks(cls, v: list) -> list:
+        return storable(v)
 
     @model_validator(mode="after")
     def _check(self) -> "Hyperparameters":

@@ -35,7 +35,6 @@ class FocalLoss(nn.Module):
 
 def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
-    classes = np.arange(num_classes)
     present = np.unique(labels)
     w = np.ones(num_classes)
     w[present] = compute_class_weight("balanced", classes=present, y=labels)

@@ -124,3 +124,12 @@ def lr_range_test(hp: Hyperparameters, data: TrainData, backbone_state: dict | N
     return {"suggested_lr": float(suggested), "lrs": [float(v) for v in history["lr"]],
             "losses": [float(v) for v in history["loss"]], "iterations": len(history["lr"]),
             "png": buf.getvalue()}
+
+
+def preflight(hp: Hyperparameters, data: TrainData, backbone_state: dict | None = None,
+              device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Both checks; ``png`` is the LR range test's curve."""
+    overfit = overfit_one_batch(hp, data, backbone_state, device=device)
+    lr = lr_range_test(hp, data, backbone_state, device=device)
+    png = lr.pop("png")
+    return {"overfit": overfit, "lr_range": lr, "png": png}

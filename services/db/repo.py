@@ -79,6 +79,36 @@ def set_status(s: Session, job_id: int, status: str, **fields: Any) -> TrainingJ
     return job
 
 
+RUNNABLE = ("queued", "training", "evaluating")
+
+
+def start_job(s: Session, job_id: int, ray_job_id: str | None = None) -> bool:
+    """queued / training / evaluating -> training (started_at stamped once), in one
+    conditional UPDATE: a job cancelled in the meantime stays cancelled. True if started."""
+    from sqlalchemy import update
+    done = s.execute(
+        update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status.in_(RUNNABLE))
+        .values(status="training",
+                started_at=func.coalesce(TrainingJob.started_at, utcnow()),
+                ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id))
+        .execution_options(synchronize_session=False)).rowcount == 1
+    s.commit()
+    return done
+
+
+def finish_job(s: Session, job_id: int, status: str, **fields: Any) -> bool:
+    """success / failed, stamping finished_at, unless the job was cancelled meanwhile."""
+    from sqlalchemy import update
+    if status not in ("success", "failed"):
+        raise ValueError(f"not a finishing status: {status!r}")
+    done = s.execute(
+        update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status.in_(RUNNABLE))
+        .values(status=status, finished_at=utcnow(), **fields)
+        .execution_options(synchronize_session=False)).rowcount == 1
+    s.commit()
+    return done
+
+
 def hyperparameters(s: Session, job_id: int) -> dict[str, Any]:
     rows = s.scalars(select(Hyperparameter).where(Hyperparameter.job_id == job_id)).all()
     return {r.name: r.value for r in rows}

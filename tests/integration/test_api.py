@@ -31,12 +31,12 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from services.api import api_application
 from services.config import Settings
 from services.db import repo
-from services.db.session import get_engine, session_factory
+from services.db.session import session_factory
 from services.ingress import ray_auth_headers, settings_env
 from services.jobs import create_job, run_job
 from services.messages import TrainingRequest
-from tests.amqp import delete_queues, message_count
-from tests.conftest import AMQP_URL, PG_ADMIN_URL, SESSION, TINY, _pattern
+from tests.amqp import delete_queues, message_count, next_message
+from tests.conftest import AMQP_URL, SESSION, TINY, fresh_database, write_dataset
 from tests.raycluster import free_port
 from training.hyperparams import Hyperparameters
 
@@ -60,28 +60,6 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
     raise TimeoutError(f"{what} not within {timeout} s")
 
 
-def next_request(queue: str, timeout: float = 10.0) -> dict:
-    """The next message on a requests queue (declared with its dead-letter arguments by
-    the publisher, so it is opened passively here)."""
-    import asyncio
-    import json
-
-    import aio_pika
-
-    async def get() -> dict:
-        conn = await aio_pika.connect(AMQP_URL)
-        async with conn:
-            q = await (await conn.channel()).declare_queue(queue, passive=True)
-            deadline = time.monotonic() + timeout
-            while (msg := await q.get(fail=False)) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no message on {queue} within {timeout} s")
-                await asyncio.sleep(0.05)
-            await msg.ack()
-            return json.loads(msg.body)
-    return asyncio.run(get())
-
-
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -89,31 +67,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def write_dataset(root: Path, classes: int = 3, per_class: int = 12, size: int = 16) -> Path:
-    """The same made-up, learnable images as conftest's make_dataset, for a module."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(_pattern(c, size, rng)).save(root / f"class_{c}" / f"{i:03d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def api_db():
-    from sqlalchemy import create_engine, text
-    name = f"colecionador_api_{SESSION}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """Its own database: queued jobs left here must not be submitted by test_ingress."""
+    with fresh_database(f"colecionador_api_{SESSION}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +303,7 @@ def test_post_jobs_needs_the_token_publishes_once_recorded_and_is_idempotent(dep
     first = r.json()
     assert first == {"job_id": first["job_id"], "batch_id": request["batchId"],
                      "status": "queued", "created": True, "published": True}
-    message = next_request(app.queue)  # what the ingress will consume
+    message = next_message(app.queue)[0]  # what the ingress will consume
     assert message["batch_id"] == request["batchId"] and message["total_images"] == 10
     assert TrainingRequest.model_validate(message).hyperparameters.batch_size == 8
     job = c.get(f"/jobs/{first['job_id']}").json()
@@ -355,7 +313,7 @@ def test_post_jobs_needs_the_token_publishes_once_recorded_and_is_idempotent(dep
     # so a request whose first publish was lost still reaches the ingress (which dedups)
     again = c.post("/jobs", json={**request, "totalImages": 99}, headers=AUTH).json()
     assert again == {**first, "created": False}
-    assert next_request(app.queue)["batch_id"] == request["batchId"]
+    assert next_message(app.queue)[0]["batch_id"] == request["batchId"]
     # ...but not once the ingress has submitted it as a Ray job
     with session_factory(app.settings.db_url)() as s:
         repo.set_ray_job_id(s, first["job_id"], "colecionador-job-test")
@@ -372,7 +330,7 @@ def test_post_jobs_needs_the_token_publishes_once_recorded_and_is_idempotent(dep
     ({"dataset_uri": None}, ["body", "dataset_uri"], ""),
     ({"mode": "predict"}, ["body", "mode"], "'train' or 'tune'"),
     ({"batchId": "a/b"}, ["body", "batchId"], "no '/'"),  # named as the client sent it
-    ({"totalImages": 2**40}, ["body", "total_images"], "less than or equal"),
+    ({"totalImages": 2**40}, ["body", "totalImages"], "less than or equal"),
     ({"dataset_uri": "s3://d/\x00"}, ["body", "dataset_uri"], "NUL"),
     ({"colour": "red"}, ["body", "colour"], "unknown field"),
 ])
@@ -390,7 +348,7 @@ def test_cancel_a_queued_job_then_409_and_it_never_runs(deploy, api):
     app = deploy()
     c, request = app.client, body()
     job_id = c.post("/jobs", json=request, headers=AUTH).json()["job_id"]
-    next_request(app.queue)
+    next_message(app.queue)[0]
     assert c.post(f"/jobs/{job_id}/cancel").status_code == 401
     r = c.post(f"/jobs/{job_id}/cancel", headers=AUTH)
     assert r.status_code == 200, r.text

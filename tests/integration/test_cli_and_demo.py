@@ -26,7 +26,8 @@ def test_train_command_with_weights_from_a_file_and_skipped_images(
     torch.save(source.state_dict(), tmp_path / "backbone.pt")
     root = make_dataset(per_class=12, corrupt=2)
     sets = [f"{k}={v}" for k, v in TINY.items()] + [
-        f"weights={tmp_path / 'backbone.pt'}", "on_bad_image=skip"]
+        f"weights={tmp_path / 'backbone.pt'}", "on_bad_image=skip", "preflight=true",
+        "use_suggested_lr=true"]
     argv = ["train", "--dataset", str(root), "--model-name", "cli", "--batch-id", "cli-1"]
     for s in sets:
         argv += ["--set", s]
@@ -35,10 +36,17 @@ def test_train_command_with_weights_from_a_file_and_skipped_images(
     assert "gate APPROVED -> version 1" in out and "skipped 2 unreadable image(s)" in out
 
     settings = Settings()
+    store = open_store(settings)
+    pre = json.loads(store.get_bytes("models/cli/v1/preflight.json"))
+    assert "preflight: overfit one batch" in out and pre["overfit"]["passed"]
     with session_factory(settings.db_url)() as s:
         job = repo.get_job_by_batch(s, "cli-1")
-        assert job.status == "success" and repo.hyperparameters(s, job.id)["on_bad_image"] == "skip"
-    store = open_store(settings)
+        hps = repo.hyperparameters(s, job.id)
+        assert job.status == "success" and hps["on_bad_image"] == "skip"
+        # the LR range test's suggestion became phase1_lr, recorded, and used in epoch 1
+        assert hps["phase1_lr"] == pytest.approx(pre["lr_range"]["suggested_lr"])
+        assert repo.epoch_rows(s, job.id)[0]["lr"] == pytest.approx(hps["phase1_lr"])
+    assert store.get_bytes(f"reports/job-{job.id}/lr_range.png")[:4] == b"\x89PNG"
     metrics = json.loads(store.get_bytes("models/cli/v1/metrics.json"))
     assert [b["path"] for b in metrics["skipped_images"]] == ["class_0/broken_0.png",
                                                               "class_0/broken_1.png"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 
 import aio_pika
@@ -71,9 +72,15 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
 
     store = open_store(settings)
     prefix = "models/tiny/v1/"
-    assert sorted(store.list(prefix)) == [prefix + n for n in
-                                          ("confusion_matrix.png", "curves.png", "metrics.json",
-                                           "model.pt")]
+    errors = json.loads(store.get_bytes(prefix + "errors.json"))
+    expected = {"confusion_matrix.png", "curves.png", "metrics.json", "model.pt",
+                "health.json", "errors.json"} | ({"errors.png"} if errors["errors"] else set())
+    assert {k[len(prefix):] for k in store.list(prefix)} == expected
+    assert errors["test_images"] == 4 and len(errors["worst"]) == errors["errors"]
+    assert all(w["path"].startswith("class_") for w in errors["worst"])
+    health = json.loads(store.get_bytes(prefix + "health.json"))
+    assert health["per_class"] == {"class_0": 12, "class_1": 12, "class_2": 12}
+    assert health == json.loads(store.get_bytes(f"reports/job-{job.id}/health.json"))
     assert mv.model_path == store.uri(prefix + "model.pt")
     for png in ("curves.png", "confusion_matrix.png"):
         assert store.get_bytes(prefix + png)[:8] == b"\x89PNG\r\n\x1a\n"
@@ -99,7 +106,8 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     assert run_job(job.id, settings).version == 1
 
 
-@pytest.mark.parametrize("case", ["small_class", "unreadable", "missing", "bad_weights"])
+@pytest.mark.parametrize("case", ["small_class", "unreadable", "missing", "bad_weights",
+                                  "leakage"])
 def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
         case, db_url, settings_for, make_dataset, tmp_path):
     settings = settings_for(db_url)
@@ -112,6 +120,11 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
             "dataset: 1 unreadable image(s): class_0/broken_0.png"
     elif case == "missing":
         root, reason = tmp_path / "nowhere", "dataset: dataset not found"
+    elif case == "leakage":  # every image twice: copies land on both sides of the split
+        root = make_dataset(per_class=12)
+        for p in sorted(root.rglob("*.png")):
+            shutil.copy(p, p.with_name("again_" + p.name))
+        reason, hp = "health: ", {"fail_on": ["leakage"]}
     else:
         torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "resnet.pt")
         root, reason = make_dataset(per_class=12), "weights: weights do not fit the backbone"
@@ -128,3 +141,9 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
     assert store.list("models/") == []
     stored = json.loads(store.get_bytes(f"events/job-{job.id}.json"))
     assert stored["event"]["status"] == "failed" and stored["event"]["error"] == outcome.error
+    if case in ("small_class", "unreadable", "leakage"):  # the report says what is wrong
+        kinds = {f["kind"] for f in json.loads(
+            store.get_bytes(f"reports/job-{job.id}/health.json"))["findings"]}
+        assert case in kinds
+    if case == "leakage":
+        assert "cross the train/val/test split" in outcome.error

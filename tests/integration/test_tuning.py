@@ -29,7 +29,7 @@ BASE = {**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1}
 def tune_message(root, **tuning) -> dict:
     # the BAD config last: ASHA is asynchronous, the first config at a rung is never stopped
     return {"batchId": f"tune-{uuid.uuid4().hex[:8]}", "datasetUri": str(root),
-            "modelName": "tiny", "mode": "tune", "hyperparameters": BASE,
+            "modelName": "tuned", "mode": "tune", "hyperparameters": BASE,
             "tuning": {"grid": {"phase1_lr": [*GOOD, BAD]}, "kFolds": 3, **tuning}}
 
 
@@ -92,12 +92,13 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
         row = s.get(TrainingJob, job.id)
         assert row.status == "success" and row.accuracy == pytest.approx(outcome.metrics["accuracy"])
         (mv,) = s.query(ModelVersion).filter_by(job_id=job.id).all()
-        assert (mv.model_name, mv.version, mv.status) == ("tiny", 1, "approved")
+        assert (mv.model_name, mv.version, mv.status) == ("tuned", 1, "approved")
 
     store = open_store(settings)
-    prefix = "models/tiny/v1/"
-    assert sorted(store.list(prefix)) == [prefix + n for n in (
-        "confusion_matrix.png", "curves.png", "metrics.json", "model.pt", "tuning.json")]
+    prefix = "models/tuned/v1/"
+    assert {k[len(prefix):] for k in store.list(prefix)} >= {
+        "confusion_matrix.png", "curves.png", "metrics.json", "model.pt", "tuning.json",
+        "health.json", "errors.json"}
     package = torch.load(store.path(prefix + "model.pt"), weights_only=True)
     assert package["hyperparameters"]["phase1_lr"] == best.config["phase1_lr"]
     metrics = json.loads(store.get_bytes(prefix + "metrics.json"))
@@ -112,7 +113,7 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
 
 def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, make_dataset):
     """No Ray: the search is not run again, and its winner (merged) stays."""
-    from services.jobs import _tune
+    from services.tuning_job import tune_step
     settings = settings_for(db_url)
     job, _ = create_job(settings, parse_request(tune_message(make_dataset(per_class=6))))
     merged = Hyperparameters(**{**BASE, "phase1_lr": GOOD[1]})
@@ -132,7 +133,7 @@ def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, mak
         assert trial.mean_val_loss is None and trial.epochs[0]["val_loss"] is None
     assert hp.phase1_lr == GOOD[1]
     said: list[str] = []
-    out, summary = _tune(job, hp, None, None, None, None, settings, said.append, {})
+    out, summary = tune_step(job, hp, None, None, None, None, settings, said.append)
     assert out is hp and summary["best_config"] == {"phase1_lr": GOOD[1]}
     assert "search already done" in said[0]
 

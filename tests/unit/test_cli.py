@@ -42,3 +42,19 @@ def test_config_file_then_set_overrides(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="cannot parse"):
         hyperparameters_from_args(str(tmp_path / "bad.json"), [])
+
+
+def test_preflight_command_reports_health_and_suggests_an_lr(make_dataset, tmp_path, capsys):
+    root = make_dataset(per_class=12, size=16)
+    argv = ["preflight", "--dataset", str(root), "--out", str(tmp_path / "lr.png"),
+            "--json", str(tmp_path / "pre.json")]
+    for kv in ("backbone=mobilenet_v3_small", "image_size=16", "batch_size=8",
+               "min_per_class=5"):
+        argv += ["--set", kv]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "36 images, 3 classes, imbalance 1.0" in out and "overfit one batch of 8" in out
+    assert "suggested phase1_lr" in out and (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((tmp_path / "pre.json").read_text())
+    assert report["overfit"]["passed"] and report["health"]["per_class"]["class_0"] == 12
+
