@@ -46,6 +46,7 @@ def worst_examples_png(report: dict[str, Any], images: np.ndarray, cols: int = 6
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    cols = min(cols, len(worst))
     rows = (len(worst) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
     for ax in axes.flat:
