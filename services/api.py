@@ -171,6 +171,9 @@ class VersionDetail(VersionSummary):
         None, description="metrics.json's test section from the store: per-class figures "
                           "and the confusion matrix (null if the store cannot be read)")
     evaluation_error: str | None = None
+    errors: dict[str, Any] | None = Field(
+        None, description="errors.json: the most-confused class pairs and the test images "
+                          "wrong with the highest confidence (null if not stored)")
 
 
 class ModelSummary(BaseModel):
@@ -184,7 +187,8 @@ class ErrorOut(BaseModel):
     detail: Any
 
 
-ARTIFACTS = ("model.pt", "metrics.json", "curves.png", "confusion_matrix.png")
+ARTIFACTS = ("model.pt", "metrics.json", "curves.png", "confusion_matrix.png", "health.json",
+             "errors.json")
 
 
 def _version_summary(mv: Any) -> VersionSummary:
@@ -329,8 +333,20 @@ def _gate_table(v: VersionDetail) -> str:
             f'<p class="muted">artifact: {e(v.artifact_uri)}</p></section>')
 
 
+def _health_section(health: dict[str, Any] | None) -> str:
+    if health is None:
+        return ""
+    items = "".join(f'<li data-kind="{e(f["kind"])}">{e(f["message"])}</li>'
+                    for f in health.get("findings", []))
+    return ('<section id="health"><h2>Data health</h2>'
+            f'<p class="muted">{health.get("images")} images, {health.get("classes")} classes,'
+            f' imbalance {_fmt(health.get("imbalance_ratio"), 1)}</p>'
+            + (f"<ul>{items}</ul>" if items else '<p class="muted">no findings</p>')
+            + "</section>")
+
+
 def _job_page(job: JobDetail, rows: list[MetricRow], versions: list[VersionDetail],
-              root: str) -> str:
+              root: str, health: dict[str, Any] | None = None) -> str:
     info = [("batch", job.batch_id), ("model", job.model_name), ("mode", job.mode),
             ("dataset", job.dataset_uri), ("images", job.total_images),
             ("workers", job.num_workers), ("gpu", job.use_gpu), ("Ray job", job.ray_job_id),
@@ -342,6 +358,7 @@ def _job_page(job: JobDetail, rows: list[MetricRow], versions: list[VersionDetai
             + "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info) + "</dl>")
     body += "".join(_gate_table(v) for v in versions) or (
         '<h2>Gate</h2><p class="muted" id="no-gate">no model version (yet)</p>')
+    body += _health_section(health)
     if rows:
         body += (f'<h2>Training curves</h2><img class="plot" id="curves" alt="training curves" '
                  f'src="{e(root)}/ui/jobs/{job.id}/curves.png">')
@@ -515,7 +532,16 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
                 detail.evaluation = _clean(json.loads(store_bytes(key)).get("test"))
             except Exception as exc:  # noqa: BLE001 - the row still answers
                 detail.evaluation_error = f"{type(exc).__name__}: {exc}"[:500]
+            detail.errors = stored_json(f"models/{mv.model_name}/v{mv.version}/errors.json")
         return detail
+
+    def stored_json(key: str) -> dict[str, Any] | None:
+        """A JSON report from the store, or None when it is not there (an older job, or
+        one that did not get that far)."""
+        try:
+            return _clean(json.loads(store_bytes(key)))
+        except Exception:  # noqa: BLE001 - absent, or the store cannot be read
+            return None
 
     def q_version(s: Any, name: str, version: int) -> VersionDetail | None:
         mv = repo.get_version(s, name, version)
@@ -601,6 +627,19 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
     async def job_curves(job_id: JobId) -> Response:
         """Loss, accuracy and learning rate per epoch, drawn from the recorded rows."""
         return await curves(job_id)
+
+    @app.get("/jobs/{job_id}/health", response_model=dict[str, Any], dependencies=[read],
+             tags=["jobs"], responses={404: {"model": ErrorOut}})
+    async def job_health(job_id: JobId) -> dict[str, Any]:
+        """The data health report written before training: images per class, imbalance,
+        unreadable files, exact and near duplicates, leakage across the split, sizes,
+        channels, and the findings (kind, message, count)."""
+        if await db(repo.get_job, job_id) is None:
+            raise not_found(f"job {job_id}")
+        report = await asyncio.to_thread(stored_json, f"reports/job-{job_id}/health.json")
+        if report is None:
+            raise HTTPException(404, f"job {job_id} has no health report (yet)")
+        return report
 
     @app.get("/models", response_model=list[ModelSummary], dependencies=[read],
              tags=["models"])
@@ -765,7 +804,8 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
         if job is None:
             return HTMLResponse(_page("not found", f"<p>No job {job_id}.</p>", root),
                                 status_code=404)
-        return HTMLResponse(_job_page(job, rows, versions, root))
+        health = await asyncio.to_thread(stored_json, f"reports/job-{job_id}/health.json")
+        return HTMLResponse(_job_page(job, rows, versions, root, health))
 
     @app.get("/ui/jobs/{job_id}/curves.png", include_in_schema=False,
              dependencies=[read_page])

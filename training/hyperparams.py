@@ -88,6 +88,8 @@ class Hyperparameters(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     grad_accum: PositiveInt = 1
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    loader_workers: int = Field(0, ge=0, le=64)  # DataLoader processes per training worker
+    prefetch_factor: int = Field(2, ge=1)  # batches each loader process keeps ready
     ema_decay: float | None = Field(None, gt=0, lt=1)
 
     # augmentation (the source system's Keras ImageDataGenerator pipeline)

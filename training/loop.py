@@ -198,10 +198,16 @@ class TwoPhaseRun:
             sampler = DistributedSampler(ds, num_replicas=self.world_size, rank=self.rank,
                                          shuffle=True, seed=self.hp.seed)
         per_rank = len(sampler)
-        # A last batch of one breaks BatchNorm in train mode; timm drops it too.
+        workers = self.hp.loader_workers
+        # A last batch of one breaks BatchNorm in train mode; timm drops it too. Loader
+        # processes (augmentation off the training process) persist across epochs, and
+        # pinned memory lets the copy to the GPU overlap compute (non_blocking).
         return DataLoader(ds, batch_size=self.hp.batch_size, sampler=sampler,
                           drop_last=per_rank > self.hp.batch_size,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", num_workers=workers,
+                          persistent_workers=workers > 0,
+                          prefetch_factor=self.hp.prefetch_factor if workers else None,
+                          generator=torch.Generator().manual_seed(self.hp.seed + self.rank))
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not _distributed():

@@ -266,12 +266,23 @@ def test_models_versions_and_the_gate_rule_by_rule(client, api, s3_server):
     assert set(v1["evaluation"]["per_class"]) == {"class_0", "class_1", "class_2"}
     cm = client.get(f"/models/{api.model}/versions/1/confusion_matrix.png")
     assert cm.headers["content-type"] == "image/png" and cm.content.startswith(PNG_MAGIC)
+    # the error report of the version: what to relabel or add next
+    assert v1["errors"]["test_images"] == api.outcome.metrics["n"]
+    assert v1["errors"]["errors"] == len(v1["errors"]["worst"])
+    assert v1["artifacts"]["errors.json"] == f"{prefix}/errors.json"
 
     v2 = client.get(f"/models/{api.model}/versions/2").json()  # recorded: no files in S3
     assert v2["gate"]["status"] == "approved" and all(r["passed"] for r in v2["gate"]["rules"])
     assert v2["evaluation"] is None and "no object" in v2["evaluation_error"]
     r = client.get(f"/models/{api.model}/versions/2/confusion_matrix.png")
     assert r.status_code == 502 and "confusion_matrix.png" in r.json()["detail"]
+
+    # the data health report of the job, from the store
+    health = client.get(f"/jobs/{api.trained}/health").json()
+    assert health["per_class"] == {"class_0": 12, "class_1": 12, "class_2": 12}
+    assert health["images"] == 36 and isinstance(health["findings"], list)
+    r = client.get(f"/jobs/{api.recorded}/health")  # recorded by hand: no report
+    assert r.status_code == 404 and "no health report" in r.json()["detail"]
 
     for path, detail in (("/models/nobody/versions", "no model nobody"),
                          (f"/models/{api.model}/versions/9",
@@ -508,6 +519,7 @@ def test_status_page_in_headless_chromium(api, tmp_path):
            f'src="/ui/jobs/{api.trained}/curves.png">' in job
     assert re.search(r'<table id="epochs">.*?</table>', job, re.S).group(0).count("<tr>") == 3
     assert api.batch["trained"] in job and 'id="error"' not in job
+    assert '<section id="health"><h2>Data health</h2>' in job and "36 images, 3 classes" in job
 
 
 # ------------------------------------------------------- Schemathesis: no 5xx

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_train_command_with_weights_from_a_file_and_skipped_images(
-        make_dataset, tmp_path, ray_cluster, capsys, monkeypatch):
+        make_dataset, tmp_path, ray_cluster, pg_url, capsys, monkeypatch):
     monkeypatch.setenv("COLECIONADOR_PUBLISH_EVENTS", "false")
+    monkeypatch.setenv("COLECIONADOR_DATABASE_URL", pg_url)  # the production database
     source = build_model("mobilenet_v3_small", 10)  # weights "the tests make"
     torch.save(source.state_dict(), tmp_path / "backbone.pt")
     root = make_dataset(per_class=12, corrupt=2)
