@@ -5,6 +5,10 @@ size, epochs and a checkpoint written every epoch; like with like: 2 processes x
 each (torch.distributed gloo) against 2 Ray Train workers x 1 CPU. Reported: steady-state
 training throughput (epochs after the first), and wall time from start to the end of the
 last epoch including start-up (Ray's worker group start-up is part of its cost).
+
+A shared 2-core host drifts by 10-20 % between minutes, more than the gap being measured, so
+with --repeats the two loops run in pairs whose order alternates (bare then Ray, Ray then
+bare, ...) and the figure is the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -106,6 +110,20 @@ def summarize(history: list[dict], wall: float) -> dict[str, float]:
             "wall_s": wall}
 
 
+def combine(workers: int, pairs: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """One row per process count: the median figures of each loop and the median of the
+    per-pair ratios (each pair ran back to back, so host drift cancels within it)."""
+    def median(loop: str, key: str) -> float:
+        return float(np.median([p[loop][key] for p in pairs]))
+    ratios = [p["ray"]["img_s"] / p["bare"]["img_s"] for p in pairs]
+    return {"workers": workers,
+            "bare": {k: median("bare", k) for k in pairs[0]["bare"]},
+            "ray": {k: median("ray", k) for k in pairs[0]["ray"]},
+            "throughput_ratio": float(np.median(ratios)), "ratios": ratios,
+            "wall_ratio": float(np.median([p["bare"]["wall_s"] / p["ray"]["wall_s"]
+                                           for p in pairs]))}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--epochs", type=int, default=4)
@@ -114,6 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", default="1,2",
                    help="comma-separated process counts to compare (1 thread each)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="pairs per process count, in alternating order; median ratio reported")
     args = p.parse_args(argv)
     hp = Hyperparameters(backbone=args.backbone, image_size=args.image_size,
                          batch_size=args.batch_size, phase1_epochs=0,
@@ -130,17 +150,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     try:
         for n in counts:  # the cluster is up for both loops: its daemons weigh on both
-            b = summarize(*bare(hp, data, n))
-            r = summarize(*ray_train(hp, data, n))
-            rows.append({"workers": n, "bare": b, "ray": r,
-                         "throughput_ratio": r["img_s"] / b["img_s"],
-                         "wall_ratio": b["wall_s"] / r["wall_s"]})
+            pairs = []
+            for i in range(args.repeats):
+                order = ("bare", "ray") if i % 2 == 0 else ("ray", "bare")
+                run = {name: summarize(*(bare if name == "bare" else ray_train)(hp, data, n))
+                       for name in order}
+                pairs.append(run)
+            rows.append(combine(n, pairs))
     finally:
         ray.shutdown()
 
     print(f"\nTraining loop overhead: {args.backbone} at {args.image_size} px, batch "
           f"{args.batch_size}/worker, {len(data.train_idx)} train images, {args.epochs} epochs,"
-          f" a checkpoint each epoch; {os.cpu_count()} cores, 1 thread per process")
+          f" a checkpoint each epoch; {os.cpu_count()} cores, 1 thread per process; "
+          f"median of {args.repeats} pair(s)")
     print(f"{'processes':<10}{'loop':<26}{'img/s (steady)':>15}{'epoch s':>9}{'wall s':>8}")
     for row in rows:
         b, r = row["bare"], row["ray"]
@@ -150,6 +173,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f"{r['epoch_s']:>9.2f}{r['wall_s']:>8.1f}")
         print(f"{'':<10}{'Ray / bare':<26}{row['throughput_ratio']:>15.3f}"
               f"{b['epoch_s'] / r['epoch_s']:>9.3f}{row['wall_ratio']:>8.3f}")
+        if len(row["ratios"]) > 1:
+            print(f"{'':<10}{'  per pair':<26}"
+                  + ", ".join(f"{x:.3f}" for x in row["ratios"]))
     print("(target: steady throughput ratio >= 0.95; wall time includes Ray's worker-group "
           "start-up)")
     return rows
