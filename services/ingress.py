@@ -83,11 +83,17 @@ class JobSubmitter:
     def submit(self, job_id: int) -> str:
         sid = submission_id(job_id)
         if not self.exists(sid):
-            self.client.submit_job(
-                entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
-                submission_id=sid,
-                runtime_env={"env_vars": settings_env(self.settings)},
-                metadata={"colecionador_job_id": str(job_id)})
+            try:
+                self.client.submit_job(
+                    entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
+                    submission_id=sid,
+                    runtime_env={"env_vars": settings_env(self.settings)},
+                    metadata={"colecionador_job_id": str(job_id)})
+            except RuntimeError as e:
+                # a message and its duplicate handled at once both saw no Ray job: the
+                # one that lost the race finds the job the other submitted
+                if "already exists" not in str(e):
+                    raise
         with session_factory(self.settings.db_url)() as s:
             repo.set_ray_job_id(s, job_id, sid)
         return sid

@@ -72,6 +72,7 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
     assert (event["batch_id"], event["status"], event["version"]) == (batch, "approved", 1)
     assert status["received"] == 3 and status["created"] == 1
     assert status["duplicates"] == 1 and status["dead_lettered"] == 1
+    assert status["submitted"] >= 1 and status["submit_errors"] == 0
 
     with session_factory(pg_url)() as s:
         jobs = s.query(TrainingJob).filter(TrainingJob.batch_id.in_([batch, "bad"])).all()
@@ -92,7 +93,8 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
     assert f"colecionador/events/job-{job.id}.json" in keys
     client = JobSubmissionClient(ray_cluster.dashboard_url,
                                  headers=ingress.ray_auth_headers(settings))
-    assert client.get_job_status(job.ray_job_id) == JobStatus.SUCCEEDED
+    # the driver publishes the event before it exits: await the Ray job's end, then ask
+    assert _wait_job(client, job.ray_job_id, timeout=120) == JobStatus.SUCCEEDED
     assert message_count(events) == 0  # exactly one event
 
 
@@ -118,6 +120,11 @@ def test_queued_jobs_without_a_ray_job_are_submitted_on_start(
     assert sid == ingress.submission_id(job.id)
     # submitting again finds the Ray job it already submitted instead of failing
     assert submitter.submit(job.id) == sid
+
+    class LostTheRace(ingress.JobSubmitter):
+        def exists(self, sid: str) -> bool:  # it looked before the other one submitted
+            return False
+    assert LostTheRace(settings).submit(job.id) == sid  # not "already exists"
     client = submitter.client
     assert _wait_job(client, sid) == JobStatus.FAILED  # services.jobs exits 1 on failure
     with session_factory(pg_url)() as s:
