@@ -7,10 +7,10 @@ data), as errors.json and a PNG grid of the worst of them.
 
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 
 def error_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
@@ -19,8 +19,7 @@ def error_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     k = len(classes)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y_true, pred), 1)
+    cm = confusion_matrix(y_true, pred, labels=np.arange(k))
     off = [(int(cm[a, b]), a, b) for a in range(k) for b in range(k) if a != b and cm[a, b]]
     off.sort(key=lambda t: (-t[0], t[1], t[2]))
     wrong = np.nonzero(pred != y_true)[0]
@@ -43,9 +42,7 @@ def worst_examples_png(report: dict[str, Any], images: np.ndarray, cols: int = 6
     worst = report["worst"][:limit]
     if not worst:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from training.plots import plt, png_bytes  # pyplot on the Agg backend
     cols = min(cols, len(worst))
     rows = (len(worst) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
@@ -55,7 +52,4 @@ def worst_examples_png(report: dict[str, Any], images: np.ndarray, cols: int = 6
         ax.imshow(images[w["index"]].transpose(1, 2, 0))
         ax.set_title(f"{w['true']} -> {w['predicted']}\n{w['confidence']:.2f}", fontsize=8)
     fig.suptitle("test images wrong with the highest confidence")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

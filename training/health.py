@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from training.data import DecodedDataset, Split
 
@@ -51,20 +53,17 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int,
 
 
 def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
-    """Connected components of the duplicate graph (union-find), groups of 2 or more."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-    for a, b in pairs:
-        parent[find(a)] = find(b)
+    """Connected components of the duplicate graph, groups of 2 or more, each in index
+    order, ordered by their first index."""
+    if not pairs:
+        return []
+    a, b = np.array(pairs, dtype=np.int64).T
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
     comp: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        comp[find(i)].append(i)
-    return sorted((sorted(g) for g in comp.values() if len(g) > 1), key=lambda g: g[0])
+    for i, c in enumerate(component):
+        comp[int(c)].append(i)
+    return sorted((g for g in comp.values() if len(g) > 1), key=lambda g: g[0])
 
 
 def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_class: int = 10,

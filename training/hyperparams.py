@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt,
                       ValidationError, field_validator, model_validator)
 
+
 def storable(value: Any) -> Any:
     """Values every store of the contract keeps (JSON, PostgreSQL text and JSONB): no NUL
     characters, no NaN or infinity, at any depth."""

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (100 dpi, tight); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -38,7 +39,7 @@ def curves_png(rows: Sequence[dict[str, Any]], title: str = "") -> bytes:
             ax.axvline(min(starts) - 0.5, color="grey", linestyle=":")
     if title:
         fig.suptitle(title)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str],
@@ -58,4 +59,4 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str]
             ax.text(j, i, str(v), ha="center", va="center",
                     color="white" if v > peak / 2 else "black", fontsize=8)
     ax.set_title(title or "confusion matrix")
-    return _png(fig)
+    return png_bytes(fig)

@@ -91,10 +91,9 @@ def lr_range_test(hp: Hyperparameters, data: TrainData, backbone_state: dict | N
                   device: torch.device | str = "cpu") -> dict[str, Any]:
     """The loss against an exponentially increasing lr in the phase-1 setting; returns
     the suggested lr (steepest descent), the curve, and a PNG of it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from torch_lr_finder import LRFinder
+
+    from training.plots import plt, png_bytes  # pyplot on the Agg backend
 
     device = torch.device(device)
     model = _model(hp, data, backbone_state, device)
@@ -116,14 +115,12 @@ def lr_range_test(hp: Hyperparameters, data: TrainData, backbone_state: dict | N
         _, suggested = finder.plot(skip_start=skip_start, skip_end=skip_end, ax=ax,
                                    suggest_lr=True)
     ax.set_title(f"LR range test ({hp.backbone}, phase 1): suggested {suggested:.2g}")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    png = png_bytes(fig)
     history = finder.history
     finder.reset()
     return {"suggested_lr": float(suggested), "lrs": [float(v) for v in history["lr"]],
             "losses": [float(v) for v in history["loss"]], "iterations": len(history["lr"]),
-            "png": buf.getvalue()}
+            "png": png}
 
 
 def preflight(hp: Hyperparameters, data: TrainData, backbone_state: dict | None = None,

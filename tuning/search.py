@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from training.data import Split, kfold
 from training.hyperparams import Hyperparameters, parse_assignment, validation_message
 from training.loop import TrainData, TwoPhaseRun, WorkerInfo
+from tuning.report import MODES
 
 # Names a grid may not vary: the search must compare configs on the same data, folds and
 # held-out test split, and the final model is judged once, by the job's own gate.
@@ -61,7 +62,6 @@ NOT_TUNABLE = {
     "gate_recall": "the gate judges the final model only",
 }
 MAX_GRID = 10_000  # configs a grid may expand to
-METRICS = {"val_loss": "min", "val_accuracy": "max"}
 
 
 # ------------------------------------------------------------------ the grid
@@ -456,11 +456,11 @@ class SearchSettings:
 
     @property
     def mode(self) -> str:
-        return METRICS[self.metric]
+        return MODES[self.metric]
 
     def check(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+        if self.metric not in MODES:
+            raise ValueError(f"metric must be one of {', '.join(MODES)}")
         if self.scheduler not in ("asha", "fifo"):
             raise ValueError("scheduler must be asha or fifo")
         if self.k_folds < 2:
