@@ -390,17 +390,18 @@ def test_cancel_stops_the_running_ray_job_and_marks_the_job_cancelled(client, ap
     settings = api.settings
     ray_client = JobSubmissionClient(api.cluster.dashboard_url,
                                      headers=ray_auth_headers(settings))
-    job, _ = create_job(settings, TrainingRequest(batch_id=f"api-sleep-{uuid.uuid4().hex[:6]}",
-                                                  dataset_uri="s3://d/sleep/"))
-    sid = f"api-test-sleep-{job.id}-{uuid.uuid4().hex[:6]}"
-    ray_client.submit_job(entrypoint=f"{sys.executable} -c 'import time; time.sleep(600)'",
+    job, _ = create_job(settings, TrainingRequest(batch_id=f"api-wait-{uuid.uuid4().hex[:6]}",
+                                                  dataset_uri="s3://d/wait/"))
+    sid = f"api-test-wait-{job.id}-{uuid.uuid4().hex[:6]}"
+    # a driver that waits for the stop signal (it ends only when cancelled)
+    ray_client.submit_job(entrypoint=f"{sys.executable} -c 'import signal; signal.pause()'",
                           submission_id=sid)
     try:
         with session_factory(settings.db_url)() as s:
             repo.set_ray_job_id(s, job.id, sid)
             repo.set_status(s, job.id, "training")
         wait_until(lambda: ray_client.get_job_status(sid) == JobStatus.RUNNING, 120,
-                   "the sleeping Ray job running")
+                   "the waiting Ray job running")
         t0 = time.monotonic()
         r = client.post(f"/jobs/{job.id}/cancel", headers=AUTH)
         assert r.status_code == 200, r.text

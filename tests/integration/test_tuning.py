@@ -17,7 +17,7 @@ from services.db.session import alembic_config, get_engine, session_factory
 from services.jobs import create_job, run_job
 from services.messages import parse_request
 from services.storage import open_store
-from tests.conftest import PG_ADMIN_URL, TINY
+from tests.conftest import TINY, fresh_database
 from training.hyperparams import Hyperparameters
 
 pytestmark = pytest.mark.integration
@@ -144,18 +144,8 @@ def empty_db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrate.db'}"
         return
-    name = f"colecionador_migrate_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
+    with fresh_database(f"colecionador_migrate_{uuid.uuid4().hex[:8]}") as url:
         yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_migration_0002_upgrades_downgrades_and_matches_the_models(empty_db_url):
