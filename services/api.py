@@ -37,12 +37,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.config import Settings
 from services.db.models import FINAL_STATUSES, JOB_STATUSES
-from services.messages import TrainingRequest
+from services.db.repo import json_safe
+from services.messages import MAX_INT, TrainingRequest
+from services.storage import read_json, report_key, version_prefix
 
 log = logging.getLogger("colecionador.api")
 
 DEPLOYMENT_NAME = "colecionador-api"
-MAX_INT = 2**31 - 1  # PostgreSQL integer columns
 CANCEL_WAIT_S = 30.0  # how long POST /jobs/{id}/cancel waits for the Ray job to end
 PNG = "image/png"
 T = TypeVar("T")
@@ -204,17 +205,6 @@ def _gate(raw: dict[str, Any] | None, status: str) -> Gate:
                 rules=[GateRuleOut(**r) for r in raw.get("rules", [])])
 
 
-def _clean(value: Any) -> Any:
-    """JSON from the store with NaN / inf replaced by null."""
-    if isinstance(value, float):
-        return _finite(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 # ----------------------------------------------------------------------- auth
 def _matches(given: str, *tokens: Any) -> bool:
     ok = False
@@ -290,6 +280,17 @@ def _page(title: str, body: str, root: str, refresh: bool = False) -> str:
             f"<main>{body}</main></body></html>")
 
 
+def _table(headers: list[str], rows: str, *, table_id: str | None = None,
+           empty: str | None = None) -> str:
+    """A table: a header cell per name, then ``rows`` (``<tr>`` markup), or one row
+    spanning every column that says ``empty`` when there are none."""
+    if not rows and empty is not None:
+        rows = f"<tr><td colspan={len(headers)} class=muted>{empty}</td></tr>"
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    attr = f' id="{table_id}"' if table_id else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def _jobs_table(jobs: list[Job], root: str) -> str:
     rows = "".join(
         f'<tr data-job-id="{j.id}">'
@@ -299,10 +300,8 @@ def _jobs_table(jobs: list[Job], root: str) -> str:
         f"<td>{_badge(j.status)}</td><td class=num>{_fmt(j.accuracy)}</td>"
         f"<td class=when>{_when(j.created_at)}</td><td class=when>{_when(j.finished_at)}</td>"
         f'<td class="error">{e(j.error) if j.error else ""}</td></tr>' for j in jobs)
-    return ('<table id="jobs"><thead><tr><th>id</th><th>batch</th><th>model</th><th>mode</th>'
-            "<th>status</th><th>accuracy</th><th>created</th><th>finished</th><th>error</th>"
-            f"</tr></thead><tbody>{rows or '<tr><td colspan=9 class=muted>no jobs</td></tr>'}"
-            "</tbody></table>")
+    return _table(["id", "batch", "model", "mode", "status", "accuracy", "created",
+                   "finished", "error"], rows, table_id="jobs", empty="no jobs")
 
 
 def _models_table(models: list[ModelSummary], root: str) -> str:
@@ -314,11 +313,9 @@ def _models_table(models: list[ModelSummary], root: str) -> str:
         f"<td class=num>{'v' + str(m.latest_approved) if m.latest_approved else '–'}</td>"
         f'<td><a href="{e(root)}/ui/jobs/{m.latest.job_id}">job {m.latest.job_id}</a></td>'
         f"<td>{_when(m.latest.trained_at)}</td></tr>" for m in models)
-    return ('<table id="models"><thead><tr><th>model</th><th>latest</th><th>gate</th>'
-            "<th>accuracy</th><th>precision</th><th>recall</th><th>versions</th>"
-            "<th>latest approved</th><th>job</th><th>trained</th></tr></thead><tbody>"
-            f"{rows or '<tr><td colspan=10 class=muted>no model versions yet</td></tr>'}"
-            "</tbody></table>")
+    return _table(["model", "latest", "gate", "accuracy", "precision", "recall", "versions",
+                   "latest approved", "job", "trained"], rows, table_id="models",
+                  empty="no model versions yet")
 
 
 def _gate_table(v: VersionDetail) -> str:
@@ -328,8 +325,7 @@ def _gate_table(v: VersionDetail) -> str:
         f"<td>{_badge('pass' if r.passed else 'fail')}</td></tr>" for r in v.gate.rules)
     return (f'<section class="gate" data-version="{v.version}"><h2>Model {e(v.model_name)} '
             f"v{v.version}: gate {_badge(v.gate.status)}</h2>"
-            "<table><thead><tr><th>rule</th><th>value</th><th>threshold</th><th>outcome</th>"
-            f"</tr></thead><tbody>{rows}</tbody></table>"
+            + _table(["rule", "value", "threshold", "outcome"], rows) +
             f'<p class="muted">artifact: {e(v.artifact_uri)}</p></section>')
 
 
@@ -362,16 +358,15 @@ def _job_page(job: JobDetail, rows: list[MetricRow], versions: list[VersionDetai
     if rows:
         body += (f'<h2>Training curves</h2><img class="plot" id="curves" alt="training curves" '
                  f'src="{e(root)}/ui/jobs/{job.id}/curves.png">')
-        body += ('<h2>Epochs</h2><table id="epochs"><thead><tr><th>epoch</th><th>phase</th>'
-                 "<th>loss</th><th>accuracy</th><th>val loss</th><th>val accuracy</th>"
-                 "<th>lr</th><th>time (s)</th></tr></thead><tbody>" + "".join(
-                     f"<tr><td class=num>{r.epoch}</td><td class=num>{r.phase}</td>"
-                     f"<td class=num>{_fmt(r.loss)}</td><td class=num>{_fmt(r.accuracy)}</td>"
-                     f"<td class=num>{_fmt(r.val_loss)}</td>"
-                     f"<td class=num>{_fmt(r.val_accuracy)}</td>"
-                     f"<td class=num>{_fmt(r.lr, 6) if r.lr is None else f'{r.lr:.2g}'}</td>"
-                     f"<td class=num>{_fmt(r.epoch_time_s, 1)}</td></tr>" for r in rows)
-                 + "</tbody></table>")
+        epochs = "".join(
+            f"<tr><td class=num>{r.epoch}</td><td class=num>{r.phase}</td>"
+            f"<td class=num>{_fmt(r.loss)}</td><td class=num>{_fmt(r.accuracy)}</td>"
+            f"<td class=num>{_fmt(r.val_loss)}</td><td class=num>{_fmt(r.val_accuracy)}</td>"
+            f"<td class=num>{_fmt(r.lr, 6) if r.lr is None else f'{r.lr:.2g}'}</td>"
+            f"<td class=num>{_fmt(r.epoch_time_s, 1)}</td></tr>" for r in rows)
+        body += "<h2>Epochs</h2>" + _table(["epoch", "phase", "loss", "accuracy", "val loss",
+                                            "val accuracy", "lr", "time (s)"], epochs,
+                                           table_id="epochs")
     else:
         body += '<h2>Training curves</h2><p class="muted" id="no-curves">no epochs recorded yet</p>'
     for v in versions:
@@ -527,20 +522,21 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
             gate=_gate(mv.gate, mv.status),
             artifacts={name: f"{base}/{name}" for name in ARTIFACTS})
         if with_evaluation:
-            key = f"models/{mv.model_name}/v{mv.version}/metrics.json"
+            prefix = version_prefix(mv.model_name, mv.version)
             try:
-                detail.evaluation = _clean(json.loads(store_bytes(key)).get("test"))
+                detail.evaluation = json_safe(
+                    json.loads(store_bytes(prefix + "metrics.json")).get("test"))
             except Exception as exc:  # noqa: BLE001 - the row still answers
                 detail.evaluation_error = f"{type(exc).__name__}: {exc}"[:500]
-            detail.errors = stored_json(f"models/{mv.model_name}/v{mv.version}/errors.json")
+            detail.errors = stored_json(prefix + "errors.json")
         return detail
 
     def stored_json(key: str) -> dict[str, Any] | None:
-        """A JSON report from the store, or None when it is not there (an older job, or
-        one that did not get that far)."""
+        """A JSON report from the store with NaN / inf as null, or None when it is not
+        there or the store cannot be reached."""
         try:
-            return _clean(json.loads(store_bytes(key)))
-        except Exception:  # noqa: BLE001 - absent, or the store cannot be read
+            return json_safe(read_json(store(), key))
+        except Exception:  # noqa: BLE001 - the store cannot be opened
             return None
 
     def q_version(s: Any, name: str, version: int) -> VersionDetail | None:
@@ -570,7 +566,7 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
     async def confusion(name: str, version: int) -> Response:
         if await db(repo.get_version, name, version) is None:
             raise not_found(f"version {version} of model {name}")
-        key = f"models/{name}/v{version}/confusion_matrix.png"
+        key = version_prefix(name, version) + "confusion_matrix.png"
         try:
             png = await asyncio.to_thread(store_bytes, key)
         except Exception as exc:  # noqa: BLE001 - a store error of any kind
@@ -636,7 +632,7 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
         channels, and the findings (kind, message, count)."""
         if await db(repo.get_job, job_id) is None:
             raise not_found(f"job {job_id}")
-        report = await asyncio.to_thread(stored_json, f"reports/job-{job_id}/health.json")
+        report = await asyncio.to_thread(stored_json, report_key(job_id, "health.json"))
         if report is None:
             raise HTTPException(404, f"job {job_id} has no health report (yet)")
         return report
@@ -703,11 +699,8 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
         return True while a pending job keeps going (ray #58353), so the real status is
         checked, and the stop repeated while the job has not ended. None: Ray does not
         know the job. Raises TimeoutError if it did not end within ``cancel_wait_s``."""
-        from ray.job_submission import JobSubmissionClient
-
-        from services.ingress import ray_auth_headers
-        client = JobSubmissionClient(settings.ray_dashboard_url,
-                                     headers=ray_auth_headers(settings))
+        from services.ingress import JobSubmitter, job_missing
+        client = JobSubmitter(settings).client
         deadline = time.monotonic() + cancel_wait_s
         next_stop = 0.0
         while True:
@@ -716,8 +709,8 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
                     client.stop_job(ray_job_id)
                     next_stop = time.monotonic() + 2.0
                 status = client.get_job_status(ray_job_id)
-            except RuntimeError as exc:  # the SDK's 404
-                if "does not exist" in str(exc) or "404" in str(exc):
+            except RuntimeError as exc:
+                if job_missing(exc):
                     return None
                 raise
             if status.is_terminal():
@@ -804,7 +797,7 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
         if job is None:
             return HTMLResponse(_page("not found", f"<p>No job {job_id}.</p>", root),
                                 status_code=404)
-        health = await asyncio.to_thread(stored_json, f"reports/job-{job_id}/health.json")
+        health = await asyncio.to_thread(stored_json, report_key(job_id, "health.json"))
         return HTMLResponse(_job_page(job, rows, versions, root, health))
 
     @app.get("/ui/jobs/{job_id}/curves.png", include_in_schema=False,

@@ -118,11 +118,10 @@ def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
 
 def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The data health report, overfit one batch and the LR range test, before a job."""
-    from services.jobs import _load_weights
+    from services.jobs import _load_weights, inspect_dataset
     from services.steps import StepFailed
     from services.storage import fetch_dataset
     from training import data as datasets
-    from training.health import health_report
     from training.loop import TrainData
     from training.preflight import preflight
     try:
@@ -132,14 +131,10 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     settings = Settings()
     try:
         folder = fetch_dataset(args.dataset, settings)
-        decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
+        decoded, split, report = inspect_dataset(folder, hp)
         datasets.check_min_per_class(decoded.labels, decoded.classes, hp.min_per_class)
-        split = datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
-                               hp.test_max, hp.seed)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e).splitlines()[0])
-    report = health_report(decoded, split, min_per_class=hp.min_per_class,
-                           max_imbalance=hp.max_imbalance, near_distance=hp.near_duplicate_distance)
     print(f"{report['images']} images, {report['classes']} classes, imbalance "
           f"{report['imbalance_ratio']:.1f}, split {split.sizes()}")
     for f in report["findings"] or [{"message": "no findings"}]:
@@ -166,6 +161,7 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from services.db import repo
     from services.db.session import session_factory
     from services.jobs import prepare_database
+    from services.storage import StoreError, open_store, read_json, report_key
     settings = Settings()
     prepare_database(settings)
     with session_factory(settings.db_url)() as s:
@@ -185,7 +181,10 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         print(f"  created {job.created_at}  started {job.started_at}  finished {job.finished_at}")
         if job.error:
             print(f"  error: {job.error}")
-        health = _stored_report(settings, f"reports/job-{job.id}/health.json")
+        try:  # status answers without the store too
+            health = read_json(open_store(settings), report_key(job.id, "health.json"))
+        except (StoreError, OSError):
+            health = None
         for f in (health or {}).get("findings", []):
             print(f"  health: {f['message']}")
         for r in repo.epoch_rows(s, job.id):
@@ -282,14 +281,6 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
             pass
         serve.shutdown()
     return 0
-
-
-def _stored_report(settings: Settings, key: str) -> dict | None:
-    from services.storage import open_store
-    try:
-        return json.loads(open_store(settings).get_bytes(key))
-    except Exception:  # noqa: BLE001 - no report for this job (older, or not that far)
-        return None
 
 
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:

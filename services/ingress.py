@@ -62,6 +62,11 @@ def ray_auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def job_missing(exc: Exception) -> bool:
+    """Whether the Job Submission SDK's error says Ray does not know the job (its 404)."""
+    return "does not exist" in str(exc) or "404" in str(exc)
+
+
 class JobSubmitter:
     """Submits jobs through Ray's Job Submission SDK, idempotently."""
 
@@ -76,7 +81,7 @@ class JobSubmitter:
             self.client.get_job_info(sid)
             return True
         except RuntimeError as e:  # the SDK raises RuntimeError for 404
-            if "does not exist" in str(e) or "404" in str(e):
+            if job_missing(e):
                 return False
             raise
 

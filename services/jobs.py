@@ -31,7 +31,8 @@ from services.db.models import TrainingJob
 from services.db.session import session_factory, upgrade
 from services.messages import EventMetrics, ModelEvaluationEvent, TrainingRequest
 from services.steps import StepFailed, init_ray, one_line
-from services.storage import Store, StoreError, fetch_dataset, fetch_file, open_store
+from services.storage import (Store, StoreError, fetch_dataset, fetch_file, open_store,
+                              report_key, version_prefix)
 from training import data as datasets
 from training.callbacks import build_callbacks
 from training.data import DecodedDataset, Split
@@ -105,7 +106,23 @@ def create_job(settings: Settings, request: TrainingRequest, *, num_workers: int
 def _put_report(store: Store, job_id: int, name: str, payload: bytes | dict) -> None:
     """reports/job-<id>/<name>: kept for every job, failed ones too."""
     data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=2).encode()
-    store.put_bytes(f"reports/job-{job_id}/{name}", data)
+    store.put_bytes(report_key(job_id, name), data)
+
+
+def inspect_dataset(folder: Path, hp: Hyperparameters
+                    ) -> tuple[DecodedDataset, Split | None, dict[str, Any]]:
+    """Decode every image (unreadable ones left out and listed), split when every class
+    has min_per_class images (None otherwise), and the health report of both. Nothing
+    here fails for what the report finds: the caller decides (ValueError: no dataset)."""
+    decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
+    counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
+    split = (datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
+                            hp.test_max, hp.seed)
+             if counts.min() >= hp.min_per_class else None)
+    report = health_report(decoded, split, min_per_class=hp.min_per_class,
+                           max_imbalance=hp.max_imbalance,
+                           near_distance=hp.near_duplicate_distance)
+    return decoded, split, report
 
 
 def _load_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store,
@@ -119,16 +136,9 @@ def _load_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, store:
     except Exception as e:  # noqa: BLE001 - a store error of any kind
         raise StepFailed("dataset", one_line(e)) from e
     try:
-        decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
-        counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
-        split = (datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
-                                hp.test_max, hp.seed)
-                 if counts.min() >= hp.min_per_class else None)
+        decoded, split, report = inspect_dataset(folder, hp)
     except ValueError as e:
         raise StepFailed("dataset", one_line(e)) from None
-    report = health_report(decoded, split, min_per_class=hp.min_per_class,
-                           max_imbalance=hp.max_imbalance,
-                           near_distance=hp.near_duplicate_distance)
     _put_report(store, job.id, "health.json", report)
     for f in report["findings"]:
         say(f"health: {f['message']}")
@@ -242,7 +252,7 @@ def _store_version(settings: Settings, store: Store, job: TrainingJob,
     for _attempt in range(5):
         with session_factory(settings.db_url)() as s:
             version = repo.next_version(s, job.model_name)
-            prefix = f"models/{job.model_name}/v{version}/"
+            prefix = version_prefix(job.model_name, version)
             mv = ModelVersion(
                 model_name=job.model_name, version=version, job_id=job.id,
                 accuracy=metrics["accuracy"], precision=metrics["precision"],

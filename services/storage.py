@@ -19,6 +19,26 @@ from urllib.parse import urlparse
 from services.config import Settings
 
 
+# ----------------------------------------------------------------- the layout
+def version_prefix(model_name: str, version: int) -> str:
+    """models/<name>/v<version>/: a model version's files."""
+    return f"models/{model_name}/v{version}/"
+
+
+def report_key(job_id: int, name: str) -> str:
+    """reports/job-<id>/<name>: a job's reports (health, preflight), failed jobs too."""
+    return f"reports/job-{job_id}/{name}"
+
+
+def read_json(store: "Store", key: str) -> Any | None:
+    """A JSON document from the store, or None when it is not there or cannot be read
+    (an older job, or one that did not get that far)."""
+    try:
+        return json.loads(store.get_bytes(key))
+    except Exception:  # noqa: BLE001 - absent, unreadable or not JSON: no document
+        return None
+
+
 class StoreError(RuntimeError):
     """An object could not be read or written; the message says which and why."""
 

@@ -202,7 +202,9 @@ def kfold(labels: np.ndarray, indices: np.ndarray, k: int, seed: int = 0) -> lis
 
 
 def load(root: str | Path, image_size: int, on_bad_image: str, min_per_class: int) -> DecodedDataset:
-    """Discover, decode and check a dataset folder: what a job does before it splits."""
+    """Discover, decode and check a dataset folder in one call (unreadable images as
+    ``on_bad_image`` says, then min_per_class). A job instead decodes, writes its health
+    report, then checks, so that a job failed for its data says what is wrong with it."""
     data = decode(discover(root), image_size, on_bad_image)
     check_min_per_class(data.labels, data.classes, min_per_class)
     return data

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.db.models import (FINAL_STATUSES, JOB_STATUSES, Hyperparameter, ModelVersion,
-                                TrainingJob, TrainingMetric, utcnow)
+from services.db.models import (FINAL_STATUSES, JOB_STATUSES, TUNING_RUN_STATUSES,
+                                Hyperparameter, ModelVersion, TrainingJob, TrainingMetric,
+                                TuningRun, TuningTrial, utcnow)
 
 METRIC_FIELDS = ("phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
 
@@ -82,31 +83,30 @@ def set_status(s: Session, job_id: int, status: str, **fields: Any) -> TrainingJ
 RUNNABLE = ("queued", "training", "evaluating")
 
 
-def start_job(s: Session, job_id: int, ray_job_id: str | None = None) -> bool:
-    """queued / training / evaluating -> training (started_at stamped once), in one
-    conditional UPDATE: a job cancelled in the meantime stays cancelled. True if started."""
-    from sqlalchemy import update
+def _update_job_if(s: Session, job_id: int, conditions: list[Any], **values: Any) -> bool:
+    """One conditional UPDATE of a job, committed: it never overwrites a status another
+    process has just set. True if the job matched ``conditions`` and was updated."""
     done = s.execute(
-        update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status.in_(RUNNABLE))
-        .values(status="training",
-                started_at=func.coalesce(TrainingJob.started_at, utcnow()),
-                ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id))
+        update(TrainingJob).where(TrainingJob.id == job_id, *conditions).values(**values)
         .execution_options(synchronize_session=False)).rowcount == 1
     s.commit()
     return done
+
+
+def start_job(s: Session, job_id: int, ray_job_id: str | None = None) -> bool:
+    """queued / training / evaluating -> training (started_at stamped once): a job
+    cancelled in the meantime stays cancelled. True if started."""
+    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)], status="training",
+                          started_at=func.coalesce(TrainingJob.started_at, utcnow()),
+                          ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id))
 
 
 def finish_job(s: Session, job_id: int, status: str, **fields: Any) -> bool:
     """success / failed, stamping finished_at, unless the job was cancelled meanwhile."""
-    from sqlalchemy import update
     if status not in ("success", "failed"):
         raise ValueError(f"not a finishing status: {status!r}")
-    done = s.execute(
-        update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status.in_(RUNNABLE))
-        .values(status=status, finished_at=utcnow(), **fields)
-        .execution_options(synchronize_session=False)).rowcount == 1
-    s.commit()
-    return done
+    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)], status=status,
+                          finished_at=utcnow(), **fields)
 
 
 def hyperparameters(s: Session, job_id: int) -> dict[str, Any]:
@@ -216,42 +216,33 @@ def cancel_job(s: Session, job_id: int, *, only_if_queued_without_ray_job: bool 
     with ``only_if_queued_without_ray_job`` only while it is still queued and has no Ray
     job. One conditional UPDATE, so it never overwrites a status another process has
     just set. True if this call cancelled it."""
-    from sqlalchemy import update
-    q = (update(TrainingJob).where(TrainingJob.id == job_id,
-                                   TrainingJob.status.not_in(FINAL_STATUSES))
-         .values(status="cancelled", finished_at=utcnow(), error=error)
-         .execution_options(synchronize_session=False))
+    conditions = [TrainingJob.status.not_in(FINAL_STATUSES)]
     if only_if_queued_without_ray_job:
-        q = q.where(TrainingJob.status == "queued", TrainingJob.ray_job_id.is_(None))
-    done = s.execute(q).rowcount == 1
-    s.commit()
-    return done
+        conditions += [TrainingJob.status == "queued", TrainingJob.ray_job_id.is_(None)]
+    return _update_job_if(s, job_id, conditions, status="cancelled", finished_at=utcnow(),
+                          error=error)
 
 
 # ----------------------------------------------------------------- tuning (issue 5)
-from services.db.models import (TUNING_RUN_STATUSES, TuningRun,  # noqa: E402
-                                TuningTrial)
-
-
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and inf become None: PostgreSQL's JSONB rejects them and JSON has no spelling
     for them (a diverged fold's loss is the usual source)."""
     import math
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
 def create_tuning_run(s: Session, job_id: int, **fields: Any) -> TuningRun:
     """Insert a ``running`` tuning run of a job (grid, base hyperparameters, settings)."""
     run = TuningRun(job_id=job_id, status="running",
-                    **{k: _json_safe(v) for k, v in fields.items()})
+                    **{k: json_safe(v) for k, v in fields.items()})
     s.add(run)
     s.commit()
     return run
@@ -265,7 +256,7 @@ def record_trial(s: Session, run_id: int, *, trial_index: int, **fields: Any) ->
         row = TuningTrial(run_id=run_id, trial_index=trial_index)
         s.add(row)
     for k, v in fields.items():
-        setattr(row, k, _json_safe(v))
+        setattr(row, k, json_safe(v))
     row.recorded_at = utcnow()
     s.commit()
     return row
@@ -291,7 +282,7 @@ def finish_tuning_run(s: Session, run_id: int, status: str, *,
         raise LookupError(f"no tuning run {run_id}")
     run.status, run.finished_at = status, utcnow()
     for k, v in fields.items():
-        setattr(run, k, _json_safe(v))
+        setattr(run, k, json_safe(v))
     if job_hyperparameters is not None:
         _replace_hyperparameters(s, run.job_id, job_hyperparameters)
     s.commit()
@@ -303,9 +294,9 @@ def _replace_hyperparameters(s: Session, job_id: int, values: dict[str, Any]) ->
             s.scalars(select(Hyperparameter).where(Hyperparameter.job_id == job_id)).all()}
     for name, value in values.items():
         if name in rows:
-            rows[name].value = _json_safe(value)
+            rows[name].value = json_safe(value)
         else:
-            s.add(Hyperparameter(job_id=job_id, name=name, value=_json_safe(value)))
+            s.add(Hyperparameter(job_id=job_id, name=name, value=json_safe(value)))
     for name, row in rows.items():
         if name not in values:
             s.delete(row)
