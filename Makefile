@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit integration bench setup clean
+.PHONY: demo test lint unit integration bench setup clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/colecionador demo
 
-test: $(STAMP)
+# ruff (lint) and import-linter's contracts (pyproject.toml): the habits, checked first
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q -ra
 
 unit: $(STAMP)

@@ -43,7 +43,7 @@ def record_jobs(settings, n: int) -> None:
     """``n`` jobs through the repository: queued, success (with 10 epochs) and failed."""
     from services.db import repo
     from services.db.session import session_factory
-    from services.jobs import prepare_database
+    from services.records import prepare_database
     from training.hyperparams import Hyperparameters
     prepare_database(settings)
     hp = Hyperparameters().effective()
@@ -58,9 +58,9 @@ def record_jobs(settings, n: int) -> None:
                         "phase": 1 if epoch <= 5 else 2, "loss": 1 / epoch, "accuracy": 0.9,
                         "val_loss": 1.1 / epoch, "val_accuracy": 0.88, "lr": 1e-3,
                         "epoch_time_s": 12.5})
-                repo.set_status(s, job.id, "success", accuracy=0.93)
+                repo.finish_job(s, job.id, "success", accuracy=0.93)
             elif i % 3 == 2:
-                repo.set_status(s, job.id, "failed", error="dataset: dataset not found")
+                repo.finish_job(s, job.id, "failed", error="dataset: dataset not found")
 
 
 async def wait_up(url: str, timeout: float = 60.0) -> None:

@@ -54,3 +54,10 @@ async def publish_json(url: str, queue: str, body: dict[str, Any], *,
 
 def publish_json_sync(url: str, queue: str, body: dict[str, Any], **kw: Any) -> None:
     asyncio.run(publish_json(url, queue, body, **kw))
+
+
+def publish_request(url: str, queue: str, body: dict[str, Any]) -> None:
+    """Publish a training request on the requests queue (what ``colecionador submit`` and
+    POST /jobs do), declaring the queue and its dead-letter queue as the ingress does."""
+    publish_json_sync(url, queue, json.loads(json.dumps(body, default=str)),
+                      declare="requests")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,49 +17,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.config import Settings
-from training.hyperparams import Hyperparameters, parse_assignment, validation_message
-
-
-def _load_config(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file not found: {path}")
-    text = p.read_text()
-    try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - every parser has its own error
-        raise ValueError(f"cannot parse {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of hyperparameters")
-    return data.get("hyperparameters", data)
-
-
-def hyperparameters_from_args(config: str | None, assignments: list[str]) -> Hyperparameters:
-    """``--config FILE`` then each ``--set key=value`` on top; ValueError on any problem."""
-    values: dict[str, Any] = _load_config(config) if config else {}
-    for a in assignments:
-        key, value = parse_assignment(a)
-        values[key] = value
-    try:
-        return Hyperparameters(**values)
-    except ValidationError as e:
-        raise ValueError(validation_message(e)) from None
+from training.hyperparams import Hyperparameters, load_hyperparameters, validation_message
 
 
 def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
                     hp: Hyperparameters, **request_fields: Any) -> int:
     """What train and tune share: check a local dataset, record the job (a known batch id
     starts nothing), run it here, report the verdict."""
-    from services.demo import _report
-    from services.jobs import create_job, run_job
+    from services.fetch import local_path
+    from services.jobs import run_job
     from services.messages import TrainingRequest
-    from services.storage import local_path
+    from services.records import create_job
     path = local_path(args.dataset)
     if path is not None and not path.is_dir():
         parser.error(f"dataset not found: {args.dataset}")
@@ -78,13 +45,13 @@ def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
     print(f"job {job.id} queued ({request.mode}): {request.dataset_uri} -> model "
           f"{request.model_name}", flush=True)
     outcome = run_job(job.id, settings)
-    _report(outcome, print)
+    print("\n".join(outcome.lines()))
     return 0 if outcome.status == "success" else 1
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
     return _record_and_run(args, parser, hp)
@@ -95,7 +62,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from services.messages import TuningSpec
     from tuning.search import parse_grid, validate_grid
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
         grid = validate_grid(parse_grid(args.grid or []), hp)
         options = {k: v for k, v in (("metric", args.metric), ("scheduler", args.scheduler),
                                      ("grace_period", args.grace_period),
@@ -118,14 +85,14 @@ def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
 
 def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The data health report, overfit one batch and the LR range test, before a job."""
-    from services.jobs import _load_weights, inspect_dataset
-    from services.steps import StepFailed
-    from services.storage import fetch_dataset
+    from services.errors import StepFailed
+    from services.fetch import fetch_dataset
+    from services.steps import inspect_dataset, load_weights
     from training import data as datasets
     from training.loop import TrainData
     from training.preflight import preflight
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
     settings = Settings()
@@ -140,7 +107,7 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     for f in report["findings"] or [{"message": "no findings"}]:
         print(f"health: {f['message']}")
     try:
-        state = _load_weights(hp, len(decoded.classes), settings)
+        state = load_weights(hp, len(decoded.classes), settings)
     except StepFailed as e:
         parser.error(str(e))
     data = TrainData(decoded.images, decoded.labels, split.train, split.val, decoded.classes)
@@ -158,10 +125,11 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from services.artifacts import report_key
     from services.db import repo
     from services.db.session import session_factory
-    from services.jobs import prepare_database
-    from services.storage import StoreError, open_store, read_json, report_key
+    from services.records import prepare_database
+    from services.storage import StoreError, open_store, read_json
     settings = Settings()
     prepare_database(settings)
     with session_factory(settings.db_url)() as s:
@@ -198,10 +166,10 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from services.ingress import publish_request
+    from services.broker import publish_request
     from services.messages import parse_request
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
     body = {"batch_id": args.batch_id, "dataset_uri": args.dataset,
@@ -214,21 +182,16 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except ValueError as e:
         parser.error(str(e))
     settings = Settings()
-    publish_request(settings, body)
+    publish_request(settings.broker_url, settings.requests_queue, body)
     print(f"published batch {args.batch_id} on {settings.requests_queue}")
     return 0
 
 
-def _connect_ray(settings: Settings) -> None:
-    import ray
-    ray.init(address=settings.ray_address or "auto", namespace="colecionador",
-             logging_level="WARNING")
-
-
 def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services import ingress
+    from services.ray_jobs import connect_ray
     settings = Settings()
-    _connect_ray(settings)
+    connect_ray(settings)
     if args.stop:
         print(json.dumps(ingress.stop_ingress()))
         return 0
@@ -244,28 +207,19 @@ def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> i
 
 
 def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
-    """Deploy the HTTP API (services/api.py) on Ray Serve and print its URL.
+    """Deploy the HTTP API (services/api/) on Ray Serve and print its URL.
 
     On the cluster at COLECIONADOR_RAY_ADDRESS, or a running local one (``ray start``):
     the app stays deployed after this command exits. With no cluster running, a local
     Ray is started here and the command serves until Ctrl-C."""
     import signal
 
-    import ray
     from ray import serve
 
     from services.api import api_application
+    from services.ray_jobs import connect_ray
     settings = Settings()
-    started_here = False
-    if not ray.is_initialized():
-        if settings.ray_address:
-            _connect_ray(settings)
-        else:
-            try:
-                ray.init(address="auto", namespace="colecionador", logging_level="WARNING")
-            except ConnectionError:
-                ray.init(namespace="colecionador", logging_level="WARNING")
-                started_here = True
+    started_here = connect_ray(settings, start_local=True)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(api_application(settings, num_cpus=args.num_cpus), name=args.name,
               route_prefix=args.route_prefix)
@@ -292,8 +246,9 @@ def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="colecionador",
-                                description="Train, tune, judge and version image classifiers on Ray.")
+    p = argparse.ArgumentParser(
+        prog="colecionador",
+        description="Train, tune, judge and version image classifiers on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits")

@@ -9,15 +9,16 @@ and goes through evaluate -> gate -> version.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from services.config import Settings
-from services.jobs import JobOutcome, create_job, run_job
+from services.jobs import JobOutcome, run_job
 from services.messages import TrainingRequest
+from services.records import create_job
 from training.hyperparams import Hyperparameters
 
 # Chosen by measurement on 2 cores (see README, "The demo"): ResNet18 learns 8x8 digits
@@ -47,7 +48,8 @@ def write_digits(root: Path, classes: range) -> Path:
 
 
 def run_demo(settings: Settings, workers: int | None = None,
-             say: Callable[[str], None] = lambda m: print(m, flush=True)) -> tuple[JobOutcome, JobOutcome]:
+             say: Callable[[str], None] = lambda m: print(m, flush=True),
+             ) -> tuple[JobOutcome, JobOutcome]:
     t0 = time.perf_counter()
     root = settings.resolved_home / "demo"
     source, target = write_digits(root, range(0, 5)), write_digits(root, range(5, 10))
@@ -79,15 +81,5 @@ def run_demo(settings: Settings, workers: int | None = None,
 
 
 def _report(o: JobOutcome, say: Callable[[str], None]) -> None:
-    if o.status != "success":
-        say(f"job {o.job_id} FAILED: {o.error}")
-        return
-    m = o.metrics or {}
-    say(f"job {o.job_id}: gate {o.verdict.upper()} -> version {o.version}")
-    for rule in (o.gate or {}).get("rules", []):
-        mark = "pass" if rule["passed"] else "FAIL"
-        say(f"  {rule['metric']:<9} {rule['value']:.4f} > {rule['threshold']:.2f}  {mark}")
-    say(f"  f1 {m.get('f1', 0):.4f}  roc_auc {m.get('roc_auc') or float('nan'):.4f}  "
-        f"test images {m.get('n')}  training {o.training_time_s:.0f} s")
-    for name, uri in o.artifacts.items():
-        say(f"  {name:<21} {uri}")
+    for line in o.lines():
+        say(line)

@@ -4,18 +4,17 @@ For each message: validate it (a malformed one is published to the dead-letter q
 the reason in its headers, then acked: nothing is written); insert the job (batch_id is
 unique, so a redelivered or duplicated message finds the job it already made); ack once
 the row is committed; then submit ``python -m services.jobs --job-id N`` as a Ray job whose
-submission id is derived from the job id, so a retry finds the job it already submitted.
-On start, and after each reconnect, it submits the queued jobs that have no Ray job yet
-(the ingress died between commit and submit): every job runs once.
+submission id is derived from the job id, so a retry finds the job it already submitted
+(services/ray_jobs.py). On start it submits the queued jobs that have no Ray job yet (the
+ingress died between commit and submit). Recording a job is services/records.py: this
+module imports neither torch nor training code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import sys
 import threading
 from typing import Any
 
@@ -26,100 +25,40 @@ from services import broker
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
-from services.jobs import create_job, prepare_database
 from services.messages import parse_request
+from services.ray_jobs import NAMESPACE, RayJobs, settings_env
+from services.records import create_job, prepare_database
 
 log = logging.getLogger("colecionador.ingress")
 
 ACTOR_NAME = "colecionador-ingress"
-NAMESPACE = "colecionador"
 
 
-def submission_id(job_id: int) -> str:
-    return f"colecionador-job-{job_id}"
+def submit(jobs: RayJobs, settings: Settings, job_id: int) -> str:
+    """Submit job ``job_id`` as a Ray job (idempotent) and record its submission id."""
+    sid = jobs.submit(job_id)
+    with session_factory(settings.db_url)() as s:
+        repo.set_ray_job_id(s, job_id, sid)
+    return sid
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as COLECIONADOR_* variables, for the job drivers the ingress submits."""
-    env = {}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"COLECIONADOR_{name.upper()}"] = str(value)
-    return env
-
-
-def ray_auth_headers(settings: Settings) -> dict[str, str]:
-    """Bearer token for the Ray dashboard / job server when token auth is on."""
-    path = settings.ray_auth_token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    if not token and path and os.path.exists(path):
-        token = open(path).read().strip()
-    if not token:
-        default = os.path.expanduser("~/.ray/auth_token")
-        if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(default):
-            token = open(default).read().strip()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def job_missing(exc: Exception) -> bool:
-    """Whether the Job Submission SDK's error says Ray does not know the job (its 404)."""
-    return "does not exist" in str(exc) or "404" in str(exc)
-
-
-class JobSubmitter:
-    """Submits jobs through Ray's Job Submission SDK, idempotently."""
-
-    def __init__(self, settings: Settings, address: str | None = None):
-        from ray.job_submission import JobSubmissionClient
-        self.settings = settings
-        self.client = JobSubmissionClient(address or settings.ray_dashboard_url,
-                                          headers=ray_auth_headers(settings))
-
-    def exists(self, sid: str) -> bool:
-        try:
-            self.client.get_job_info(sid)
-            return True
-        except RuntimeError as e:  # the SDK raises RuntimeError for 404
-            if job_missing(e):
-                return False
-            raise
-
-    def submit(self, job_id: int) -> str:
-        sid = submission_id(job_id)
-        if not self.exists(sid):
-            try:
-                self.client.submit_job(
-                    entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
-                    submission_id=sid,
-                    runtime_env={"env_vars": settings_env(self.settings)},
-                    metadata={"colecionador_job_id": str(job_id)})
-            except RuntimeError as e:
-                # a message and its duplicate handled at once both saw no Ray job: the
-                # one that lost the race finds the job the other submitted
-                if "already exists" not in str(e):
-                    raise
-        with session_factory(self.settings.db_url)() as s:
-            repo.set_ray_job_id(s, job_id, sid)
-        return sid
-
-    def submit_pending(self) -> list[int]:
-        """Submit every queued job that has no Ray job yet; returns their ids."""
-        with session_factory(self.settings.db_url)() as s:
-            pending = [j.id for j in repo.list_jobs(s, status="queued", limit=1000)
-                       if j.ray_job_id is None]
-        for job_id in sorted(pending):
-            self.submit(job_id)
-        return sorted(pending)
+def submit_pending(jobs: RayJobs, settings: Settings) -> list[int]:
+    """Submit every queued job that has no Ray job yet; returns their ids."""
+    with session_factory(settings.db_url)() as s:
+        pending = [j.id for j in repo.list_jobs(s, status="queued", limit=1000)
+                   if j.ray_job_id is None]
+    for job_id in sorted(pending):
+        submit(jobs, settings, job_id)
+    return sorted(pending)
 
 
 class Consumer:
     """The consuming loop, independent of Ray (the actor runs it on its own thread)."""
 
-    def __init__(self, settings: Settings, submitter: JobSubmitter | None = None,
+    def __init__(self, settings: Settings, ray_jobs: RayJobs | None = None,
                  prefetch: int = 4):
         self.settings, self.prefetch = settings, prefetch
-        self.submitter = submitter
+        self.ray_jobs = ray_jobs
         self.stats = {"received": 0, "created": 0, "duplicates": 0, "dead_lettered": 0,
                       "submitted": 0, "submit_errors": 0, "recovered": 0}
         self._stop: asyncio.Event | None = None
@@ -128,7 +67,7 @@ class Consumer:
     async def run(self) -> None:
         self._stop = asyncio.Event()
         prepare_database(self.settings)
-        self.submitter = self.submitter or JobSubmitter(self.settings)
+        self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
         self.stats["recovered"] += len(await asyncio.to_thread(self._recover))
         connection = await broker.connect(self.settings.broker_url)
         async with connection:
@@ -144,7 +83,7 @@ class Consumer:
 
     def _recover(self) -> list[int]:
         try:
-            return self.submitter.submit_pending()
+            return submit_pending(self.ray_jobs, self.settings)
         except Exception as e:  # noqa: BLE001 - Ray may be briefly unreachable
             log.warning("could not submit pending jobs: %s", e)
             return []
@@ -182,7 +121,7 @@ class Consumer:
         self.stats["created" if created else "duplicates"] += 1
         if job.ray_job_id is None and job.status == "queued":
             try:
-                await asyncio.to_thread(self.submitter.submit, job.id)
+                await asyncio.to_thread(submit, self.ray_jobs, self.settings, job.id)
                 self.stats["submitted"] += 1
             except Exception as e:  # noqa: BLE001 - recovered on the next start
                 self.stats["submit_errors"] += 1
@@ -250,9 +189,3 @@ def stop_ingress() -> dict[str, Any]:
     status = ray.get(actor.stop.remote())
     ray.kill(actor)
     return status
-
-
-def publish_request(settings: Settings, body: dict[str, Any]) -> None:
-    """Publish a training request (what ``colecionador submit`` and POST /jobs do)."""
-    broker.publish_json_sync(settings.broker_url, settings.requests_queue,
-                             json.loads(json.dumps(body, default=str)), declare="requests")

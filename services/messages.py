@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError,
-                      field_validator)
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.hyperparams import Hyperparameters, Text, validation_message
 
@@ -98,7 +97,7 @@ class ModelEvaluationEvent(BaseModel):
     batch_id: str
     model_name: str
     version: int | None = None
-    status: Literal["approved", "rejected", "failed"]
+    status: Literal["approved", "rejected", "failed", "cancelled"]
     metrics: EventMetrics | None = None
     gate: dict[str, bool] = Field(default_factory=dict)
     artifact_uri: str | None = None

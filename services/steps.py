@@ -1,30 +1,279 @@
-"""What the steps of a job share: the failure that names its step, and the Ray
-connection (local, or the cluster at settings.ray_address)."""
+"""The steps of a job, each a function that returns a small typed result:
+
+    prepare_data -> PreparedData      fetch, decode, split, health report (written first)
+    load_weights -> state dict        the backbone to start from, if any
+    run_preflight -> Preflight        overfit one batch + LR range test, as a Ray task
+    train -> TrainedModel             Ray Train's TorchTrainer over the two phases
+    evaluate -> Evaluation            test-set metrics, error report, the quality gate
+    version_files -> dict             what models/<name>/v<N>/ will hold
+
+A step that fails raises ``StepFailed(step, reason)``; the driver (services/jobs.py)
+records it. Nothing here decides a job's final status.
+"""
 
 from __future__ import annotations
 
-import logging
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
+
+from services.artifacts import CHECKPOINTS, MODEL_FILE, checkpoints_prefix, report_key
 from services.config import Settings
+from services.db import repo
+from services.db.models import TrainingJob
+from services.db.session import session_factory
+from services.errors import StepFailed, one_line
+from services.fetch import fetch_dataset, fetch_file
+from services.ray_jobs import init_ray
+from services.storage import Store, StoreError
+from training import data as datasets
+from training.data import DecodedDataset, Split
+from training.errors import error_report, worst_examples_png
+from training.evaluate import GateResult, predict_probs, quality_gate
+from training.health import failing, health_report
+from training.hyperparams import Hyperparameters
+from training.loop import TrainData
+from training.metrics import classification_metrics
+from training.model import build_model, load_backbone_weights, load_model, read_state_dict
+from training.plots import confusion_matrix_png, curves_png
+
+Say = Callable[[str], None]
 
 
-class StepFailed(Exception):
-    """A step of the job failed; ``str()`` is the one-line reason stored on the job."""
-
-    def __init__(self, step: str, reason: str):
-        super().__init__(f"{step}: {reason}")
-        self.step, self.reason = step, reason
+def put_report(store: Store, job_id: int, name: str, payload: bytes | dict) -> None:
+    """reports/job-<id>/<name>: kept for every job, failed ones too."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=2).encode()
+    store.put_bytes(report_key(job_id, name), data)
 
 
-def one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-    return first[:500]
+# ----------------------------------------------------------------- data
+@dataclass(frozen=True)
+class PreparedData:
+    decoded: DecodedDataset
+    split: Split
+    health: dict[str, Any]
+
+    def train_data(self) -> TrainData:
+        d = self.decoded
+        return TrainData(d.images, d.labels, self.split.train, self.split.val, d.classes)
+
+    def test_set(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Images, labels and paths of the test split."""
+        d, idx = self.decoded, self.split.test
+        return d.images[idx], d.labels[idx], [d.paths[i] for i in idx]
 
 
-def init_ray(settings: Settings) -> None:
+def inspect_dataset(folder: Path, hp: Hyperparameters
+                    ) -> tuple[DecodedDataset, Split | None, dict[str, Any]]:
+    """Decode every image (unreadable ones left out and listed), split when every class
+    has min_per_class images (None otherwise), and the health report of both. Nothing
+    here fails for what the report finds: the caller decides (ValueError: no dataset)."""
+    decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
+    counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
+    split = (datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
+                            hp.test_max, hp.seed)
+             if counts.min() >= hp.min_per_class else None)
+    report = health_report(decoded, split, min_per_class=hp.min_per_class,
+                           max_imbalance=hp.max_imbalance,
+                           near_distance=hp.near_duplicate_distance)
+    return decoded, split, report
+
+
+def prepare_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store,
+                 say: Say) -> PreparedData:
+    """Fetch, decode and split; the health report is written before any check can fail
+    the job, so a job failed for its data says what is wrong with it."""
+    try:
+        folder = fetch_dataset(job.dataset_uri, settings)
+    except (FileNotFoundError, ValueError) as e:
+        raise StepFailed("dataset", one_line(e)) from None
+    except Exception as e:  # noqa: BLE001 - a store error of any kind
+        raise StepFailed("dataset", one_line(e)) from e
+    try:
+        decoded, split, report = inspect_dataset(folder, hp)
+    except ValueError as e:
+        raise StepFailed("dataset", one_line(e)) from None
+    put_report(store, job.id, "health.json", report)
+    for f in report["findings"]:
+        say(f"health: {f['message']}")
+    try:
+        datasets.check_bad(decoded.bad, hp.on_bad_image)
+        datasets.check_min_per_class(decoded.labels, decoded.classes, hp.min_per_class)
+    except ValueError as e:
+        raise StepFailed("dataset", one_line(e)) from None
+    fails = failing(report, hp.fail_on)
+    if fails:
+        raise StepFailed("health", "; ".join(fails))
+    assert split is not None  # every class has min_per_class images
+    if decoded.bad:
+        say(f"skipped {len(decoded.bad)} unreadable image(s)")
+    say(f"job {job.id}: {len(decoded)} images, {len(decoded.classes)} classes, "
+        f"split {split.sizes()}")
+    return PreparedData(decoded, split, report)
+
+
+def load_weights(hp: Hyperparameters, n_classes: int,
+                 settings: Settings) -> dict[str, torch.Tensor] | None:
+    """The state dict named by ``hp.weights``, checked against the backbone (None when no
+    weights are named)."""
+    if not hp.weights:
+        return None
+    try:
+        state = read_state_dict(fetch_file(hp.weights, settings))
+        load_backbone_weights(build_model(hp.backbone, n_classes, hp.dropout), state)
+    except (FileNotFoundError, ValueError, StoreError) as e:
+        raise StepFailed("weights", one_line(e)) from None
+    return state
+
+
+# ----------------------------------------------------------------- preflight
+@dataclass(frozen=True)
+class Preflight:
+    hp: Hyperparameters  # with the suggested phase1_lr when use_suggested_lr
+    report: dict[str, Any] | None  # None: preflight was not asked for
+
+
+def run_preflight(job: TrainingJob, hp: Hyperparameters, train_data: TrainData,
+                  backbone_state: Any, store: Store, settings: Settings,
+                  say: Say) -> Preflight:
+    """Overfit one batch and the LR range test, as a Ray task with a worker's resources
+    (a GPU with --gpu); fails the job if one batch cannot be overfit; with
+    use_suggested_lr the suggestion becomes phase1_lr (recorded with the job)."""
+    if not hp.preflight:
+        return Preflight(hp, None)
     import ray
-    if ray.is_initialized():
-        return
-    ray.init(address=settings.ray_address, logging_level=logging.WARNING,
-             configure_logging=True, log_to_driver=True)
+
+    from training.preflight import preflight
+
+    def run(hp: Hyperparameters, data: TrainData, state: Any) -> dict[str, Any]:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return preflight(hp, data, state, device)
+
+    init_ray(settings)
+    task = ray.remote(num_cpus=1, num_gpus=1 if job.use_gpu else 0)(run)
+    try:
+        result = ray.get(task.remote(hp, train_data, backbone_state))
+    except Exception as e:  # noqa: BLE001 - the task's error, whatever it is
+        raise StepFailed("preflight", one_line(e)) from e
+    put_report(store, job.id, "lr_range.png", result.pop("png"))
+    put_report(store, job.id, "preflight.json", result)
+    overfit, suggested = result["overfit"], result["lr_range"]["suggested_lr"]
+    say(f"preflight: {overfit['message']}; LR range test suggests phase1_lr {suggested:.2g}")
+    if not overfit["passed"]:
+        raise StepFailed("preflight", overfit["message"])
+    if hp.use_suggested_lr:
+        hp = hp.model_copy(update={"phase1_lr": suggested})
+        with session_factory(settings.db_url)() as s:
+            repo.set_hyperparameters(s, job.id, hp.effective())  # all of them, recorded
+    return Preflight(hp, result)
+
+
+# ----------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainedModel:
+    package: bytes  # model.pt as the run wrote it: weights + what rebuilds the model
+    summary: dict[str, Any]  # the run's final report
+    training_time_s: float
+
+    def module(self) -> torch.nn.Module:
+        model, _ = load_model(torch.load(io.BytesIO(self.package), map_location="cpu",
+                                         weights_only=True))
+        return model
+
+
+def train(job: TrainingJob, hp: Hyperparameters, train_data: TrainData, backbone_state: Any,
+          store: Store, settings: Settings, resume: bool) -> TrainedModel:
+    """Ray Train's TorchTrainer over both phases, a checkpoint every epoch in the store
+    (checkpoints/<job id>); with ``resume`` the run continues from its latest one."""
+    import ray
+
+    from services.progress import EpochRecorder
+    from training.trainer import build_trainer
+
+    init_ray(settings)
+    storage_path, filesystem = store.ray_storage(CHECKPOINTS)
+    if not resume:  # a reused (storage_path, name) silently resumes an older run
+        store.delete_prefix(checkpoints_prefix(job.id))
+    config = {"hyperparameters": hp.effective(), "data": ray.put(train_data),
+              "backbone_state": ray.put(backbone_state) if backbone_state is not None else None}
+    trainer = build_trainer(
+        config, num_workers=job.num_workers or settings.workers,
+        use_gpu=bool(job.use_gpu), storage_path=storage_path, storage_filesystem=filesystem,
+        name=str(job.id), max_failures=settings.max_failures,
+        callbacks=[EpochRecorder(settings.db_url, job.id)])
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - TrainingFailedError wraps the worker's error
+        raise StepFailed("training", one_line(e.__cause__ or e)) from e
+    elapsed = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise StepFailed("training", "the run reported no checkpoint")
+    summary = dict(result.metrics or {})
+    if summary.get("failure"):
+        raise StepFailed("training", summary["failure"])
+    with result.checkpoint.as_directory() as d:
+        package = (Path(d) / MODEL_FILE).read_bytes()
+    return TrainedModel(package, summary, elapsed)
+
+
+# ----------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, Any]  # accuracy, precision, recall, f1, roc_auc, per class, n...
+    errors: dict[str, Any]  # the error report
+    gate: GateResult
+
+    def event_metrics(self) -> dict[str, float]:
+        return {k: self.metrics[k] for k in ("accuracy", "precision", "recall", "f1")}
+
+
+def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> Evaluation:
+    """Test-set metrics, the error report and the quality gate."""
+    test_x, test_y, paths = data.test_set()
+    try:
+        probs = predict_probs(trained.module(), test_x)
+        metrics = classification_metrics(test_y, probs, data.decoded.classes)
+        errors = error_report(test_y, probs, data.decoded.classes, paths)
+    except Exception as e:  # noqa: BLE001
+        raise StepFailed("evaluation", one_line(e)) from e
+    return Evaluation(metrics, errors, quality_gate(metrics, hp))
+
+
+def version_files(job: TrainingJob, hp: Hyperparameters, data: PreparedData,
+                  trained: TrainedModel, evaluation: Evaluation, history: list[dict[str, Any]],
+                  preflight: dict[str, Any] | None = None,
+                  tuning: dict[str, Any] | None = None) -> dict[str, bytes]:
+    """The files of the version folder (services/artifacts.py names them)."""
+    def as_json(obj: Any) -> bytes:
+        return json.dumps(obj, indent=2).encode()
+
+    m = evaluation.metrics
+    files = {
+        MODEL_FILE: trained.package,
+        "metrics.json": as_json({
+            "test": m, "gate": evaluation.gate.to_dict(), "training": trained.summary,
+            "training_time_s": trained.training_time_s, "split": data.split.sizes(),
+            "skipped_images": [{"path": p, "reason": r} for p, r in data.decoded.bad],
+            "hyperparameters": hp.effective(), "history": history}),
+        "curves.png": curves_png(history, f"job {job.id}: {job.model_name}"),
+        "confusion_matrix.png": confusion_matrix_png(
+            m["confusion_matrix"], data.decoded.classes, f"{job.model_name}: test split"),
+        "health.json": as_json(data.health),
+        "errors.json": as_json(evaluation.errors),
+    }
+    worst = worst_examples_png(evaluation.errors, data.test_set()[0])
+    if worst is not None:
+        files["errors.png"] = worst
+    if preflight is not None:
+        files["preflight.json"] = as_json(preflight)
+    if tuning is not None:
+        files["tuning.json"] = as_json(tuning)
+    return files

@@ -1,36 +1,25 @@
 """The object store: a local folder (embedded default) or S3 / MinIO through boto3.
 
-Keys are relative (``models/<name>/v<version>/model.pt``); ``uri(key)`` gives the full
-address (``file:///...`` or ``s3://bucket/prefix/...``). Datasets and weights named by URI
-are fetched into a local cache; Ray Train's run storage lives in the same store.
+Keys are relative (``models/<name>/v<version>/model.pt``, see services/artifacts.py for
+the layout); ``uri(key)`` gives the full address (``file:///...`` or
+``s3://bucket/prefix/...``). Ray Train's run storage lives in the same store. Datasets and
+weights named by URI are fetched into a local cache by services/fetch.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from services.config import Settings
+from services.errors import one_line
 
 
-# ----------------------------------------------------------------- the layout
-def version_prefix(model_name: str, version: int) -> str:
-    """models/<name>/v<version>/: a model version's files."""
-    return f"models/{model_name}/v{version}/"
-
-
-def report_key(job_id: int, name: str) -> str:
-    """reports/job-<id>/<name>: a job's reports (health, preflight), failed jobs too."""
-    return f"reports/job-{job_id}/{name}"
-
-
-def read_json(store: "Store", key: str) -> Any | None:
+def read_json(store: Store, key: str) -> Any | None:
     """A JSON document from the store, or None when it is not there or cannot be read
     (an older job, or one that did not get that far)."""
     try:
@@ -112,7 +101,7 @@ class LocalStore:
         return str(path), None
 
 
-def _s3_client(settings: Settings):
+def s3_client(settings: Settings):
     import boto3
     from botocore.config import Config
     return boto3.client(
@@ -130,18 +119,18 @@ _MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 
 
-def _code(e: BaseException) -> str | None:
+def error_code(e: BaseException) -> str | None:
     response = getattr(e, "response", None)
     return (response or {}).get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
-def _missing(e: BaseException) -> bool:
-    return _code(e) in _MISSING
+def is_missing(e: BaseException) -> bool:
+    return error_code(e) in _MISSING
 
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
     """A one-line reason for a botocore error: ``Code: message`` plus a hint for 403s."""
-    code = _code(e)
+    code = error_code(e)
     if code is not None:
         response = getattr(e, "response", {})
         message = response.get("Error", {}).get("Message") or ""
@@ -150,12 +139,11 @@ def _reason(e: BaseException) -> str:
         if code in _DENIED or status == 403:
             text += " (access denied: check the S3 access key and secret key)"
     else:
-        text = str(e).strip() or type(e).__name__
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-    return first[:500]
+        text = str(e)
+    return one_line(text) if text.strip() else type(e).__name__
 
 
-def _errors():
+def s3_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
     return (BotoCoreError, ClientError)
 
@@ -175,7 +163,7 @@ class S3Store:
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.settings = settings
-        self.client = _s3_client(settings)
+        self.client = s3_client(settings)
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -188,21 +176,23 @@ class S3Store:
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return
-        except _errors() as e:
-            if not _missing(e):
-                raise StoreError(f"cannot open bucket {self.bucket!r} at "
-                                 f"{self.settings.s3_endpoint or 'AWS'}: {_reason(e)}") from None
+        except s3_errors() as e:
+            if not is_missing(e):
+                where = self.settings.s3_endpoint or "AWS"
+                raise StoreError(f"cannot open bucket {self.bucket!r} at {where}: "
+                                 f"{error_reason(e)}") from None
         try:
             self.client.create_bucket(Bucket=self.bucket)
-        except _errors() as e:
-            if _code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise StoreError(f"cannot create bucket {self.bucket!r}: {_reason(e)}") from None
+        except s3_errors() as e:
+            if error_code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StoreError(f"cannot create bucket {self.bucket!r}: "
+                                 f"{error_reason(e)}") from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
-        except _errors() as e:
-            raise StoreError(f"upload of {self.uri(key)} failed: {_reason(e)}") from None
+        except s3_errors() as e:
+            raise StoreError(f"upload of {self.uri(key)} failed: {error_reason(e)}") from None
         return self.uri(key)
 
     def put_file(self, key: str, path: Path) -> str:
@@ -211,28 +201,28 @@ class S3Store:
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
-        except _errors() as e:
-            if _missing(e):
+        except s3_errors() as e:
+            if is_missing(e):
                 raise StoreError(f"no object {key!r} in {self.url}") from None
-            raise StoreError(f"cannot read {self.uri(key)}: {_reason(e)}") from None
+            raise StoreError(f"cannot read {self.uri(key)}: {error_reason(e)}") from None
 
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(key))
             return True
-        except _errors() as e:
-            if _missing(e):
+        except s3_errors() as e:
+            if is_missing(e):
                 return False
-            raise StoreError(f"cannot check {self.uri(key)}: {_reason(e)}") from None
+            raise StoreError(f"cannot check {self.uri(key)}: {error_reason(e)}") from None
 
     def _keys_under(self, prefix: str) -> list[str]:
         """Full keys of the object named ``prefix`` and of everything below it."""
         rel = prefix.strip("/")
         base = self.key(rel)  # "" or "<store prefix>/" when rel is empty
         try:
-            objects = _list_objects(self.client, self.bucket, base)
-        except _errors() as e:
-            raise StoreError(f"cannot list {self.uri(rel)}: {_reason(e)}") from None
+            objects = list_objects(self.client, self.bucket, base)
+        except s3_errors() as e:
+            raise StoreError(f"cannot list {self.uri(rel)}: {error_reason(e)}") from None
         keys = [o["Key"] for o in objects]
         if rel:
             keys = [k for k in keys if k == base or k.startswith(base + "/")]
@@ -248,8 +238,8 @@ class S3Store:
             try:
                 response = self.client.delete_objects(Bucket=self.bucket, Delete={
                     "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-            except _errors() as e:
-                raise StoreError(f"cannot delete {self.uri(prefix)}: {_reason(e)}") from None
+            except s3_errors() as e:
+                raise StoreError(f"cannot delete {self.uri(prefix)}: {error_reason(e)}") from None
             failed = response.get("Errors") or []
             if failed:
                 first = failed[0]
@@ -272,7 +262,7 @@ class S3Store:
         return f"{self.bucket}/{self.key(sub.strip('/'))}", filesystem
 
 
-def _list_objects(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+def list_objects(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         objects.extend(page.get("Contents", []))
@@ -286,133 +276,3 @@ def open_store(settings: Settings) -> Store:
         store.ensure_bucket()
         return store
     return LocalStore(url[len("file://"):] if url.startswith("file://") else url)
-
-
-def local_path(uri: str) -> Path | None:
-    """The local path a URI names, or None for a remote one."""
-    if uri.startswith("file://"):
-        return Path(urlparse(uri).path)
-    if "://" in uri:
-        return None
-    return Path(uri).expanduser()
-
-
-def _cache_name(settings: Settings, what: str) -> str:
-    """The same object on another endpoint is another object."""
-    return hashlib.sha1(f"{settings.s3_endpoint or ''}|{what}".encode()).hexdigest()[:16]
-
-
-def _read_manifest(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_manifest(path: Path, manifest: dict[str, str]) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_text(json.dumps(manifest, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def fetch_dataset(uri: str, settings: Settings) -> Path:
-    """A local folder holding the dataset: the folder itself for a local URI, else a copy
-    of ``s3://bucket/prefix/`` in the cache. Files already there with the same size and
-    ETag are not fetched again; files no longer in the bucket are removed from the copy."""
-    path = local_path(uri)
-    if path is not None:
-        if not path.is_dir():
-            raise FileNotFoundError(f"dataset not found: {uri}")
-        return path
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"unsupported dataset URI {uri!r}: use a path or s3://bucket/prefix/")
-    bucket, prefix = parsed.netloc, parsed.path.strip("/")
-    if prefix:
-        prefix += "/"
-    client = _s3_client(settings)
-    try:
-        objects = _list_objects(client, bucket, prefix)
-    except _errors() as e:
-        if _code(e) == "NoSuchBucket":
-            raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} "
-                                    f"for {uri}") from None
-        raise StoreError(f"cannot list {uri}: {_reason(e)}") from None
-    objects = [o for o in objects if not o["Key"].endswith("/")]  # folder markers
-    if not objects:
-        raise FileNotFoundError(f"dataset not found: no objects under s3://{bucket}/{prefix}")
-
-    name = _cache_name(settings, f"{bucket}/{prefix}")
-    dest = settings.cache_dir / "datasets" / name
-    manifest_path = settings.cache_dir / "datasets" / f"{name}.json"
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    old = _read_manifest(manifest_path)
-    manifest: dict[str, str] = {}
-    wanted: set[Path] = set()
-    try:
-        for o in objects:
-            rel = o["Key"][len(prefix):]
-            target = (dest / rel).resolve()
-            if root not in target.parents:
-                raise StoreError(f"refusing object s3://{bucket}/{o['Key']}: "
-                                 "its key leaves the dataset folder")
-            wanted.add(target)
-            etag = str(o.get("ETag", ""))
-            if (target.is_file() and target.stat().st_size == o["Size"]
-                    and old.get(rel) == etag):
-                manifest[rel] = etag
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                client.download_file(bucket, o["Key"], str(target))
-            except _errors() as e:
-                raise StoreError(f"cannot download s3://{bucket}/{o['Key']}: "
-                                 f"{_reason(e)}") from None
-            manifest[rel] = etag
-    finally:
-        _write_manifest(manifest_path, manifest)
-    for p in sorted(root.rglob("*"), reverse=True):  # the copy holds what the bucket holds
-        if p.is_file() and p not in wanted:
-            p.unlink(missing_ok=True)
-        elif p.is_dir() and not any(p.iterdir()):
-            p.rmdir()
-    return dest
-
-
-def fetch_file(uri: str, settings: Settings) -> Path:
-    """A local path for one file named by a path, file:// or s3:// URI (an S3 object is
-    cached and fetched again only when its ETag changes)."""
-    path = local_path(uri)
-    if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"file not found: {uri}")
-        return path
-    parsed = urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if parsed.scheme != "s3" or not bucket or not key or key.endswith("/"):
-        raise ValueError(f"unsupported URI {uri!r}: use a path or s3://bucket/key")
-    folder = settings.cache_dir / "files" / _cache_name(settings, f"{bucket}/{key}")
-    dest = folder / PurePosixPath(key).name
-    etag_file = folder / ".etag"
-    client = _s3_client(settings)
-    try:
-        head = client.head_object(Bucket=bucket, Key=key)
-    except _errors() as e:
-        if _missing(e):
-            raise FileNotFoundError(f"file not found: {uri}") from None
-        raise StoreError(f"cannot fetch {uri}: {_reason(e)}") from None
-    etag = str(head.get("ETag", ""))
-    if (dest.is_file() and dest.stat().st_size == head.get("ContentLength")
-            and etag_file.is_file() and etag_file.read_text() == etag):
-        return dest
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        client.download_file(bucket, key, str(dest))
-    except _errors() as e:
-        if _missing(e):
-            raise FileNotFoundError(f"file not found: {uri}") from None
-        raise StoreError(f"cannot fetch {uri}: {_reason(e)}") from None
-    etag_file.write_text(etag)
-    return dest

@@ -6,13 +6,16 @@ trains, judges and versions that config like any train job (services/jobs.py).""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from services.artifacts import TUNING
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
-from services.steps import StepFailed, init_ray, one_line
+from services.errors import StepFailed, one_line
+from services.ray_jobs import init_ray
 from services.storage import Store
 from training.hyperparams import Hyperparameters
 
@@ -64,7 +67,7 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
             reduction_factor=search.reduction_factor if search.scheduler == "asha" else None,
             max_concurrent=search.max_concurrent, resources=search.resources())
     run_id = run.id
-    search.storage_path, search.storage_filesystem = store.ray_storage("tuning")
+    search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
     search.name = f"job-{job.id}-run-{run_id}"
     n_configs = len(expand_grid(grid)) if search.num_samples <= 1 else search.num_samples
     say(f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {search.k_folds} folds "

@@ -118,14 +118,14 @@ class SeaweedS3:
             config=Config(s3={"addressing_style": "path"}, signature_version="s3v4", **config))
 
     # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "SeaweedS3":
+    def start(self) -> SeaweedS3:
         t0 = time.monotonic()
         self.tmp = Path(tempfile.mkdtemp(prefix="seaweed-test-"))
         (self.tmp / "s3.json").write_text(json.dumps({"identities": [{

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt,
@@ -189,3 +191,35 @@ def validation_message(err: ValidationError) -> str:
             msg = "unknown hyperparameter"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {path}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - every parser has its own error
+        raise ValueError(f"cannot parse {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of hyperparameters")
+    return data.get("hyperparameters", data)
+
+
+def load_hyperparameters(config: str | None, assignments: list[str]) -> Hyperparameters:
+    """``--config FILE`` then each ``--set key=value`` on top; ValueError on any problem."""
+    values: dict[str, Any] = _load_config(config) if config else {}
+    for a in assignments:
+        key, value = parse_assignment(a)
+        values[key] = value
+    try:
+        return Hyperparameters(**values)
+    except ValidationError as e:
+        raise ValueError(validation_message(e)) from None

@@ -8,17 +8,28 @@ effective batch depends on them) and the request as received.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-JOB_STATUSES = ("queued", "training", "evaluating", "success", "failed", "cancelled")
+JobStatus = Literal["queued", "training", "evaluating", "success", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)  # the one definition of job statuses
 FINAL_STATUSES = ("success", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "training", "evaluating")
 
 
 def utcnow() -> datetime:
@@ -50,9 +61,9 @@ class TrainingJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    metrics: Mapped[list["TrainingMetric"]] = relationship(
+    metrics: Mapped[list[TrainingMetric]] = relationship(
         back_populates="job", order_by="TrainingMetric.epoch", cascade="all, delete-orphan")
-    hyperparameters: Mapped[list["Hyperparameter"]] = relationship(
+    hyperparameters: Mapped[list[Hyperparameter]] = relationship(
         back_populates="job", cascade="all, delete-orphan")
 
 
@@ -146,7 +157,7 @@ class TuningRun(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    trials: Mapped[list["TuningTrial"]] = relationship(
+    trials: Mapped[list[TuningTrial]] = relationship(
         back_populates="run", order_by="TuningTrial.trial_index", cascade="all, delete-orphan")
 
 

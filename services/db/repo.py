@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -10,9 +11,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.db.models import (FINAL_STATUSES, JOB_STATUSES, TUNING_RUN_STATUSES,
-                                Hyperparameter, ModelVersion, TrainingJob, TrainingMetric,
-                                TuningRun, TuningTrial, utcnow)
+from services.db.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    TUNING_RUN_STATUSES,
+    Hyperparameter,
+    ModelVersion,
+    TrainingJob,
+    TrainingMetric,
+    TuningRun,
+    TuningTrial,
+    utcnow,
+)
 
 METRIC_FIELDS = ("phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
 
@@ -62,34 +72,19 @@ def list_jobs(s: Session, status: str | None = None, limit: int = 50,
     return s.scalars(q).all()
 
 
-def set_status(s: Session, job_id: int, status: str, **fields: Any) -> TrainingJob:
-    """Move a job to ``status`` (stamping started_at / finished_at) and set other columns."""
-    if status not in JOB_STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    job = s.get(TrainingJob, job_id)
-    if job is None:
-        raise LookupError(f"no job {job_id}")
-    job.status = status
-    if status == "training" and job.started_at is None:
-        job.started_at = utcnow()
-    if status in FINAL_STATUSES:
-        job.finished_at = utcnow()
-    for k, v in fields.items():
-        setattr(job, k, v)
-    s.commit()
-    return job
+RUNNABLE = ACTIVE_STATUSES
 
 
-RUNNABLE = ("queued", "training", "evaluating")
-
-
-def _update_job_if(s: Session, job_id: int, conditions: list[Any], **values: Any) -> bool:
-    """One conditional UPDATE of a job, committed: it never overwrites a status another
-    process has just set. True if the job matched ``conditions`` and was updated."""
+def _update_job_if(s: Session, job_id: int, conditions: list[Any], *, commit: bool = True,
+                   **values: Any) -> bool:
+    """One conditional UPDATE of a job (committed unless ``commit`` is False): it never
+    overwrites a status another process has just set. True if the job matched
+    ``conditions`` and was updated."""
     done = s.execute(
         update(TrainingJob).where(TrainingJob.id == job_id, *conditions).values(**values)
         .execution_options(synchronize_session=False)).rowcount == 1
-    s.commit()
+    if commit:
+        s.commit()
     return done
 
 
@@ -101,12 +96,21 @@ def start_job(s: Session, job_id: int, ray_job_id: str | None = None) -> bool:
                           ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id))
 
 
-def finish_job(s: Session, job_id: int, status: str, **fields: Any) -> bool:
-    """success / failed, stamping finished_at, unless the job was cancelled meanwhile."""
+def mark_evaluating(s: Session, job_id: int, training_time_s: float) -> bool:
+    """training -> evaluating, unless the job was cancelled meanwhile."""
+    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)],
+                          status="evaluating", training_time_s=training_time_s)
+
+
+def finish_job(s: Session, job_id: int, status: str, *, commit: bool = True,
+               **fields: Any) -> bool:
+    """success / failed, stamping finished_at, unless the job was cancelled meanwhile.
+    With ``commit=False`` the caller commits (the version row and the final status in one
+    transaction)."""
     if status not in ("success", "failed"):
         raise ValueError(f"not a finishing status: {status!r}")
-    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)], status=status,
-                          finished_at=utcnow(), **fields)
+    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)], commit=commit,
+                          status=status, finished_at=utcnow(), **fields)
 
 
 def hyperparameters(s: Session, job_id: int) -> dict[str, Any]:
@@ -140,15 +144,21 @@ def next_version(s: Session, model_name: str) -> int:
     return (current or 0) + 1
 
 
-def add_version(s: Session, **fields: Any) -> ModelVersion:
-    """Insert a model version; raises IntegrityError if (model_name, version) is taken."""
-    mv = ModelVersion(**fields)
+def reserve_version(s: Session, model_name: str, *, model_path: Callable[[int], str] | str,
+                    **fields: Any) -> ModelVersion | None:
+    """Insert the next version of ``model_name`` without committing: the row reserves the
+    number (PostgreSQL's unique index makes a concurrent job wait, then fail) until the
+    caller commits or rolls back. ``model_path``: the artifact URI, or a function of the
+    version number that gives it. None if another job took that number first."""
+    version = next_version(s, model_name)
+    mv = ModelVersion(model_name=model_name, version=version, **fields,
+                      model_path=model_path(version) if callable(model_path) else model_path)
     s.add(mv)
     try:
-        s.commit()
+        s.flush()
     except IntegrityError:
         s.rollback()
-        raise
+        return None
     return mv
 
 

@@ -1,11 +1,11 @@
-"""The HTTP API (services/api.py) on Ray Serve, on the session's token-auth Ray cluster,
+"""The HTTP API (services/api/) on Ray Serve, on the session's token-auth Ray cluster,
 against PostgreSQL, RabbitMQ and the S3 server: every route of DESIGN.md, the bearer-token
 rules, POST /jobs's idempotency with the ingress, cancel (queued, and a running Ray job),
 the status page in headless Chromium, `colecionador serve`, and Schemathesis over the
 OpenAPI schema (no 5xx).
 
 The module gets its own PostgreSQL database: the queued jobs it leaves would otherwise be
-submitted as Ray jobs by the ingress tests (JobSubmitter.submit_pending takes every queued
+submitted as Ray jobs by the ingress tests (ingress.submit_pending takes every queued
 job without a Ray job).
 """
 
@@ -32,9 +32,10 @@ from services.api import api_application
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
-from services.ingress import ray_auth_headers, settings_env
-from services.jobs import create_job, run_job
+from services.jobs import run_job
 from services.messages import TrainingRequest
+from services.ray_jobs import auth_headers, settings_env
+from services.records import create_job
 from tests.amqp import delete_queues, message_count, next_message
 from tests.conftest import AMQP_URL, SESSION, TINY, fresh_database, write_dataset
 from tests.raycluster import free_port
@@ -105,14 +106,15 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
     queued, _ = create_job(settings, request(f"api-queued-{SESSION}", str(data)))
     recorded, _ = create_job(settings, request(f"api-recorded-{SESSION}", str(data)))
     with session_factory(api_db)() as s:
-        repo.set_status(s, recorded.id, "success", accuracy=0.97)
-        repo.add_version(s, model_name=model, version=2, job_id=recorded.id, accuracy=0.97,
+        repo.finish_job(s, recorded.id, "success", accuracy=0.97)
+        repo.reserve_version(s, model, job_id=recorded.id, accuracy=0.97,
                          precision=0.96, recall=0.95, f1=0.955, status="approved",
                          gate={"status": "approved", "rules": [
                              {"metric": m, "threshold": t, "value": v, "passed": True}
                              for m, t, v in (("accuracy", 0.9, 0.97), ("precision", 0.88, 0.96),
                                              ("recall", 0.88, 0.95))]},
                          model_path=f"{settings.store}/models/{model}/v2/model.pt")
+        s.commit()
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -389,7 +391,7 @@ def test_cancel_a_queued_job_then_409_and_it_never_runs(deploy, api):
 def test_cancel_stops_the_running_ray_job_and_marks_the_job_cancelled(client, api):
     settings = api.settings
     ray_client = JobSubmissionClient(api.cluster.dashboard_url,
-                                     headers=ray_auth_headers(settings))
+                                     headers=auth_headers(settings))
     job, _ = create_job(settings, TrainingRequest(batch_id=f"api-wait-{uuid.uuid4().hex[:6]}",
                                                   dataset_uri="s3://d/wait/"))
     sid = f"api-test-wait-{job.id}-{uuid.uuid4().hex[:6]}"
@@ -399,7 +401,7 @@ def test_cancel_stops_the_running_ray_job_and_marks_the_job_cancelled(client, ap
     try:
         with session_factory(settings.db_url)() as s:
             repo.set_ray_job_id(s, job.id, sid)
-            repo.set_status(s, job.id, "training")
+            repo.start_job(s, job.id)
         wait_until(lambda: ray_client.get_job_status(sid) == JobStatus.RUNNING, 120,
                    "the waiting Ray job running")
         t0 = time.monotonic()
@@ -546,8 +548,9 @@ def test_schemathesis_finds_no_server_error(api):
         @given(case=operation.as_strategy())
         @settings(max_examples=15, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
-        def run(case) -> None:
-            calls[operation.label] = calls.get(operation.label, 0) + 1
+        def run(case) -> None:  # called right below, in this iteration
+            label = operation.label  # noqa: B023
+            calls[label] = calls.get(label, 0) + 1
             case.call_and_validate(headers=AUTH, checks=[not_a_server_error], timeout=30)
 
         try:

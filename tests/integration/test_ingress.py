@@ -11,9 +11,11 @@ import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from services import ingress
+from services.broker import publish_request
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
+from services.ray_jobs import RayJobs, auth_headers, submission_id
 from tests.amqp import delete_queues, message_count, next_message
 from tests.conftest import SESSION, TINY
 
@@ -55,10 +57,10 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
 
     actor = ingress.start_ingress(settings)
     try:
-        ingress.publish_request(settings, {"batch_id": "bad", "dataset_uri": str(root),
-                                           "hyperparameters": {"learning_rate": 0.1}})
-        ingress.publish_request(settings, body)
-        ingress.publish_request(settings, body)  # a duplicate: the same batch
+        publish(settings, {"batch_id": "bad", "dataset_uri": str(root),
+                           "hyperparameters": {"learning_rate": 0.1}})
+        publish(settings, body)
+        publish(settings, body)  # a duplicate: the same batch
 
         dead, headers = next_message(requests + ".dead", timeout=60)
         assert dead["batch_id"] == "bad"
@@ -79,7 +81,7 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
         assert [j.batch_id for j in jobs] == [batch]  # one job; nothing for the bad one
         job = jobs[0]
         assert job.status == "success" and job.total_images == 36
-        assert job.ray_job_id == ingress.submission_id(job.id)
+        assert job.ray_job_id == submission_id(job.id)
         assert event["job_id"] == job.id
         assert [v.version for v in repo.job_versions(s, job.id)] == [1]
         assert len(repo.epoch_rows(s, job.id)) == 2
@@ -92,7 +94,7 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
     assert any(k.startswith(f"colecionador/checkpoints/{job.id}/final/") for k in keys)
     assert f"colecionador/events/job-{job.id}.json" in keys
     client = JobSubmissionClient(ray_cluster.dashboard_url,
-                                 headers=ingress.ray_auth_headers(settings))
+                                 headers=auth_headers(settings))
     # the driver publishes the event before it exits: await the Ray job's end, then ask
     assert _wait_job(client, job.ray_job_id, timeout=120) == JobStatus.SUCCEEDED
     assert message_count(events) == 0  # exactly one event
@@ -101,8 +103,8 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
 def test_queued_jobs_without_a_ray_job_are_submitted_on_start(
         pg_url, ray_cluster, settings_for, make_dataset, queues):
     """The ingress died between commit and submit: on start it submits what is pending."""
-    from services.jobs import create_job
     from services.messages import TrainingRequest
+    from services.records import create_job
     from training.hyperparams import Hyperparameters
     requests, events = queues
     settings = settings_for(pg_url, requests_queue=requests, events_queue=events,
@@ -113,23 +115,27 @@ def test_queued_jobs_without_a_ray_job_are_submitted_on_start(
         batch_id=f"orphan-{uuid.uuid4().hex[:6]}", dataset_uri=str(make_dataset(per_class=2)),
         hyperparameters=Hyperparameters(**TINY)))
     assert job.ray_job_id is None
-    submitter = ingress.JobSubmitter(settings)
-    assert job.id in submitter.submit_pending()
+    ray_jobs = RayJobs(settings)
+    assert job.id in ingress.submit_pending(ray_jobs, settings)
     with session_factory(pg_url)() as s:
         sid = repo.get_job(s, job.id).ray_job_id
-    assert sid == ingress.submission_id(job.id)
+    assert sid == submission_id(job.id)
     # submitting again finds the Ray job it already submitted instead of failing
-    assert submitter.submit(job.id) == sid
+    assert ingress.submit(ray_jobs, settings, job.id) == sid
 
-    class LostTheRace(ingress.JobSubmitter):
+    class LostTheRace(RayJobs):
         def exists(self, sid: str) -> bool:  # it looked before the other one submitted
             return False
     assert LostTheRace(settings).submit(job.id) == sid  # not "already exists"
-    client = submitter.client
+    client = ray_jobs.client
     assert _wait_job(client, sid) == JobStatus.FAILED  # services.jobs exits 1 on failure
     with session_factory(pg_url)() as s:
         row = repo.get_job(s, job.id)
         assert row.status == "failed" and row.error.startswith("dataset: classes with fewer")
+
+
+def publish(settings, body) -> None:
+    publish_request(settings.broker_url, settings.requests_queue, body)
 
 
 def _wait_job(client: JobSubmissionClient, sid: str, timeout: float = 300) -> JobStatus:

@@ -15,8 +15,9 @@ import torch
 from services.db import repo
 from services.db.models import ModelVersion, TrainingJob
 from services.db.session import session_factory
-from services.jobs import create_job, run_job
+from services.jobs import run_job
 from services.messages import TrainingRequest
+from services.records import create_job
 from services.storage import open_store
 from tests.conftest import AMQP_URL, TINY
 from training.hyperparams import Hyperparameters

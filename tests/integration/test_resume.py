@@ -14,8 +14,9 @@ import torch
 
 from services.db import repo
 from services.db.session import session_factory
-from services.jobs import create_job, run_job
+from services.jobs import run_job
 from services.messages import TrainingRequest
+from services.records import create_job
 from services.storage import open_store
 from tests.conftest import TINY
 from training.callbacks import Callback

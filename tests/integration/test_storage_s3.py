@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services import storage
-from services.storage import (LocalStore, S3Store, StoreError, fetch_dataset, fetch_file,
-                              open_store)
+from services import fetch, storage
+from services.fetch import fetch_dataset, fetch_file
+from services.storage import LocalStore, S3Store, StoreError, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,18 @@ def bucket(s3_server, request):
 
 @pytest.fixture
 def s3_calls(monkeypatch):
-    """Counts the S3 operations of every boto3 client services.storage makes."""
+    """Counts the S3 operations of every boto3 client services.storage and services.fetch
+    make."""
     calls: Counter[str] = Counter()
-    real = storage._s3_client
+    real = storage.s3_client
 
     def counting(settings):
         client = real(settings)
         client.meta.events.register(
             "before-call.s3", lambda model, **_: calls.update([model.name]))
         return client
-    monkeypatch.setattr(storage, "_s3_client", counting)
+    monkeypatch.setattr(storage, "s3_client", counting)
+    monkeypatch.setattr(fetch, "s3_client", counting)
     return calls
 
 

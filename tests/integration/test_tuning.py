@@ -14,8 +14,9 @@ from sqlalchemy import create_engine, inspect, text
 from services.db import repo
 from services.db.models import Base, ModelVersion, TrainingJob, TuningRun, TuningTrial
 from services.db.session import alembic_config, get_engine, session_factory
-from services.jobs import create_job, run_job
+from services.jobs import run_job
 from services.messages import parse_request
+from services.records import create_job
 from services.storage import open_store
 from tests.conftest import TINY, fresh_database
 from training.hyperparams import Hyperparameters
@@ -90,7 +91,8 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
         assert [(r["epoch"], r["phase"]) for r in epochs] == [(1, 1), (2, 1), (3, 2)]
         assert epochs[0]["lr"] == pytest.approx(best.config["phase1_lr"])
         row = s.get(TrainingJob, job.id)
-        assert row.status == "success" and row.accuracy == pytest.approx(outcome.metrics["accuracy"])
+        assert row.status == "success"
+        assert row.accuracy == pytest.approx(outcome.metrics["accuracy"])
         (mv,) = s.query(ModelVersion).filter_by(job_id=job.id).all()
         assert (mv.model_name, mv.version, mv.status) == ("tuned", 1, "approved")
 

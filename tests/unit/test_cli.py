@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from services.cli import hyperparameters_from_args, main
+from services.cli import main
+from training.hyperparams import load_hyperparameters
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -34,14 +35,14 @@ def test_config_file_then_set_overrides(tmp_path):
                                                                      "batch_size": 16}}))
     (tmp_path / "c.toml").write_text("phase1_epochs = 3\nhflip = false\n")
     (tmp_path / "c.yaml").write_text("backbone: resnet18\n")
-    hp = hyperparameters_from_args(str(tmp_path / "c.json"), ["batch_size=8"])
+    hp = load_hyperparameters(str(tmp_path / "c.json"), ["batch_size=8"])
     assert (hp.phase1_lr, hp.batch_size) == (0.01, 8)
-    hp = hyperparameters_from_args(str(tmp_path / "c.toml"), [])
+    hp = load_hyperparameters(str(tmp_path / "c.toml"), [])
     assert (hp.phase1_epochs, hp.hflip) == (3, False)
-    assert hyperparameters_from_args(str(tmp_path / "c.yaml"), []).backbone == "resnet18"
+    assert load_hyperparameters(str(tmp_path / "c.yaml"), []).backbone == "resnet18"
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="cannot parse"):
-        hyperparameters_from_args(str(tmp_path / "bad.json"), [])
+        load_hyperparameters(str(tmp_path / "bad.json"), [])
 
 
 def test_preflight_command_reports_health_and_suggests_an_lr(make_dataset, tmp_path, capsys):

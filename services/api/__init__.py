@@ -1,0 +1,81 @@
+"""The HTTP API of DESIGN.md and a status page: a FastAPI app served by Ray Serve.
+
+``create_app(settings)`` builds the app (testable on its own, e.g. on uvicorn): settings,
+database and store on ``app.state``, the error handlers, one router per resource
+(routes/jobs.py, routes/models.py, routes/health.py) and the pages (ui.py).
+``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
+serve`` deploys it.
+
+Reads (``GET``) are open unless ``api_read_token`` is set; then the read token or the write
+token is needed, as ``Authorization: Bearer <token>``. Writes need
+``Authorization: Bearer <api_token>``; with no ``api_token`` every write is refused
+(default-deny). Errors are JSON with a ``detail``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from services.api import ui
+from services.api.deps import Database, StoreReader
+from services.api.routes import health, jobs, models
+from services.api.schemas import ErrorOut
+from services.config import Settings
+
+log = logging.getLogger("colecionador.api")
+
+CANCEL_WAIT_S = 30.0  # how long POST /jobs/{id}/cancel waits for the Ray job to end
+
+
+def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> FastAPI:
+    """The FastAPI app of DESIGN.md ("HTTP") for ``settings``."""
+    app = FastAPI(
+        title="colecionador", version="0.1.0",
+        description="Training jobs, their per-epoch metrics, and model versions with the "
+                    "quality gate's outcome. Writes need `Authorization: Bearer <token>` "
+                    "(COLECIONADOR_API_TOKEN); reads are open unless "
+                    "COLECIONADOR_API_READ_TOKEN is set.",
+        responses={422: {"model": ErrorOut, "description": "invalid request"}})
+    app.state.settings, app.state.cancel_wait_s = settings, cancel_wait_s
+    app.state.db, app.state.store = Database(settings), StoreReader(settings)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(Exception, _crash)
+    for router in (health.router, jobs.router, models.router, ui.router):
+        app.include_router(router)
+    return app
+
+
+async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field, in the words the CLI and the dead-letter reasons use."""
+    detail = []
+    for err in exc.errors():
+        loc, kind = list(err.get("loc", ())), str(err.get("type", "value_error"))
+        msg = str(err.get("msg", "invalid"))
+        if kind == "extra_forbidden":
+            msg = "unknown hyperparameter" if "hyperparameters" in loc[:2] else "unknown field"
+        detail.append({"loc": loc, "msg": msg, "type": kind})
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error: %s", exc)
+    return JSONResponse({"detail": "the database is unavailable; try again"},
+                        status_code=503, headers={"Retry-After": "5"})
+
+
+async def _crash(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def api_application(settings: Settings, **kw: Any) -> Any:
+    """The bound Serve application, for ``serve.run(api_application(settings), name=...)``."""
+    from services.api.deployment import api_deployment
+    return api_deployment(settings, **kw).bind()

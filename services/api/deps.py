@@ -1,0 +1,166 @@
+"""The API's dependencies, as ``Annotated`` aliases routes declare (the FastAPI full-stack
+template's ``deps.py``): the settings, the database, the object store, read and write
+access, and an existing job (or 404).
+
+Every blocking call runs off the event loop (``asyncio.to_thread``), and every dependency
+is ``async``: a sync one costs Serve a thread-pool hop per request (ray PR #55457).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from services.api.schemas import JobId
+from services.config import Settings
+from services.db import repo
+from services.db.models import TrainingJob
+from services.db.repo import json_safe
+from services.db.session import session_factory
+from services.records import prepare_database
+from services.storage import Store, open_store, read_json
+
+T = TypeVar("T")
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class Database:
+    """Runs a repo function in a session of its own, on a worker thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        prepare_database(self.settings)
+        with session_factory(self.settings.db_url)() as s:
+            return fn(s, *args)
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(self.call, fn, *args)
+
+
+async def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+
+
+class StoreReader:
+    """The object store, opened on first use (the API answers without it)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._store: Store | None = None
+
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    def bytes(self, key: str) -> bytes:
+        return self.store().get_bytes(key)
+
+    def json(self, key: str) -> dict[str, Any] | None:
+        """A JSON report with NaN / inf as null, or None when it is not there or the
+        store cannot be reached."""
+        try:
+            return json_safe(read_json(self.store(), key))
+        except Exception:  # noqa: BLE001 - the store cannot be opened
+            return None
+
+
+async def get_store(request: Request) -> StoreReader:
+    return request.app.state.store
+
+
+StoreDep = Annotated[StoreReader, Depends(get_store)]
+
+
+# ------------------------------------------------------------------------ access
+def _matches(given: str, *tokens: SecretStr | None) -> bool:
+    ok = False
+    for token in tokens:
+        if token is not None:  # compare against every token: no early exit on a match
+            ok |= secrets.compare_digest(given.encode(), token.get_secret_value().encode())
+    return ok
+
+
+def _presented(request: Request, basic: bool) -> str | None:
+    """The token in ``Authorization: Bearer <token>`` (or, with ``basic``, the password of
+    ``Authorization: Basic``), or None."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if basic and scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def _read_guard(basic: bool) -> Callable[..., Any]:
+    async def guard(request: Request, settings: SettingsDep) -> None:
+        if settings.api_read_token is None:
+            return
+        challenge = 'Basic realm="colecionador"' if basic else "Bearer"
+        token = _presented(request, basic)
+        if token is None:
+            raise HTTPException(401, "a token is needed to read: Authorization: Bearer "
+                                "<token>", headers={"WWW-Authenticate": challenge})
+        if not _matches(token, settings.api_read_token, settings.api_token):
+            raise HTTPException(403, "invalid token")
+    return guard
+
+
+_bearer = HTTPBearer(auto_error=False, description="COLECIONADOR_API_TOKEN")
+
+
+async def _require_write(settings: SettingsDep, creds: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    if settings.api_token is None:
+        raise HTTPException(403, "writes are disabled: no API token is configured "
+                            "(set COLECIONADOR_API_TOKEN on the server)")
+    if creds is None or not creds.credentials:
+        raise HTTPException(401, "a token is needed: Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not _matches(creds.credentials, settings.api_token):
+        raise HTTPException(403, "invalid token")
+
+
+# route-level dependencies: ``dependencies=[READ]``
+READ = Depends(_read_guard(basic=False))
+READ_PAGE = Depends(_read_guard(basic=True))  # pages: HTTP Basic too, for a browser
+WRITE = Depends(_require_write)
+
+
+def not_found(what: str) -> HTTPException:
+    return HTTPException(404, f"no {what}")
+
+
+async def existing_job(job_id: JobId, db: DbDep) -> TrainingJob:
+    job = await db(repo.get_job, job_id)
+    if job is None:
+        raise not_found(f"job {job_id}")
+    return job
+
+
+JobDep = Annotated[TrainingJob, Depends(existing_job)]

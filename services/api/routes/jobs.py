@@ -1,0 +1,155 @@
+"""Jobs: list, one job (by id or batch), its epochs, curves and health report; submit a
+request (POST /jobs) and cancel a job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
+from sqlalchemy.exc import DataError
+
+from services.api import reads
+from services.api.deps import READ, WRITE, DbDep, JobDep, SettingsDep, StoreDep, not_found
+from services.api.schemas import (
+    BatchId,
+    Cancelled,
+    ErrorOut,
+    JobDetail,
+    JobPage,
+    MetricRow,
+    StatusFilter,
+    Submitted,
+)
+from services.artifacts import report_key
+from services.broker import publish_request
+from services.db import repo
+from services.db.models import FINAL_STATUSES
+from services.messages import MAX_INT, TrainingRequest
+from services.ray_jobs import RayJobs
+from services.records import create_job
+
+log = logging.getLogger("colecionador.api")
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses={404: {"model": ErrorOut}})
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut},
+                                                403: {"model": ErrorOut}}
+
+
+@router.get("", response_model=JobPage, dependencies=[READ])
+async def list_jobs(
+        db: DbDep,
+        status: Annotated[StatusFilter | None, Query(
+            description="only jobs in this status (empty: all)")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> JobPage:
+    """Jobs, newest first."""
+    return await db(reads.job_page, status or None, limit, offset)
+
+
+@router.get("/by-batch/{batch_id}", response_model=JobDetail, dependencies=[READ])
+async def job_by_batch(batch_id: BatchId, db: DbDep) -> JobDetail:
+    job = await db(reads.job_detail_by_batch, batch_id)
+    if job is None:
+        raise not_found(f"job for batch {batch_id}")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobDetail, dependencies=[READ])
+async def get_job(job: JobDep, db: DbDep) -> JobDetail:
+    return await db(reads.job_detail, job.id)
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricRow], dependencies=[READ])
+async def job_metrics(job: JobDep, db: DbDep) -> list[MetricRow]:
+    """One row per epoch (both phases), in order."""
+    return await db(reads.metric_rows, job.id)
+
+
+@router.get("/{job_id}/curves.png", response_class=Response, dependencies=[READ],
+            responses=reads.PNG_RESPONSES)
+async def job_curves(job: JobDep, db: DbDep) -> Response:
+    """Loss, accuracy and learning rate per epoch, drawn from the recorded rows."""
+    return await reads.curves_png(db, job.id)
+
+
+@router.get("/{job_id}/health", response_model=dict[str, Any], dependencies=[READ])
+async def job_health(job: JobDep, store: StoreDep) -> dict[str, Any]:
+    """The data health report written before training: images per class, imbalance,
+    unreadable files, exact and near duplicates, leakage across the split, sizes,
+    channels, and the findings (kind, message, count)."""
+    report = await asyncio.to_thread(store.json, report_key(job.id, "health.json"))
+    if report is None:
+        raise HTTPException(404, f"job {job.id} has no health report (yet)")
+    return report
+
+
+@router.post("", status_code=202, response_model=Submitted, dependencies=[WRITE],
+             responses={**AUTH_ERRORS, 503: {"model": ErrorOut}})
+async def submit_job(request: Annotated[TrainingRequest, Body()],
+                     settings: SettingsDep) -> Submitted:
+    """Record the request (a known batch_id returns its job, ``created: false``) and
+    publish it on the requests queue, where the ingress submits it as a Ray job. It
+    is published when the job is new, or still queued without a Ray job (an earlier
+    publish may have failed); never for a job that runs or has finished."""
+    try:
+        job, created = await asyncio.to_thread(create_job, settings, request)
+    except DataError as exc:
+        raise HTTPException(422, f"the database refused a value: "
+                            f"{str(exc.orig).strip().splitlines()[0]}") from None
+    publish = created or (job.status == "queued" and job.ray_job_id is None)
+    if publish:
+        try:
+            await asyncio.to_thread(publish_request, settings.broker_url,
+                                    settings.requests_queue, request.to_json())
+        except Exception as exc:  # noqa: BLE001 - the broker is down: the client retries
+            log.error("job %s recorded, not published: %s", job.id, exc)
+            raise HTTPException(
+                503, f"job {job.id} is recorded but the request could not be published on "
+                     f"{settings.requests_queue} ({type(exc).__name__}); POST it again",
+                headers={"Retry-After": "5"}) from None
+    return Submitted(job_id=job.id, batch_id=job.batch_id, status=job.status,
+                     created=created, published=publish)
+
+
+def _already_ended(job: Any) -> HTTPException:
+    return HTTPException(409, f"job {job.id} has already ended: {job.status}")
+
+
+@router.post("/{job_id}/cancel", response_model=Cancelled, dependencies=[WRITE],
+             responses={**AUTH_ERRORS, 409: {"model": ErrorOut}, 502: {"model": ErrorOut},
+                        504: {"model": ErrorOut}})
+async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep,
+                     request: Request) -> Cancelled:
+    """Cancel a job: a queued job that has no Ray job yet is marked ``cancelled``;
+    otherwise its Ray job is stopped, and once Ray reports it ended the job is marked
+    ``cancelled``. A finished job (success, failed, cancelled) answers 409."""
+    job_id = job.id
+    if job.status in FINAL_STATUSES:
+        raise _already_ended(job)
+    if job.ray_job_id is None and job.status == "queued":
+        if await db(lambda s: repo.cancel_job(s, job_id, error="cancelled over HTTP",
+                                              only_if_queued_without_ray_job=True)):
+            return Cancelled(job_id=job_id, status="cancelled")
+        job = await db(repo.get_job, job_id)  # submitted just now: stop its Ray job
+        if job.status in FINAL_STATUSES:
+            raise _already_ended(job)
+    if job.ray_job_id is None:
+        raise HTTPException(409, f"job {job_id} is {job.status} outside a Ray job (a local "
+                            "`colecionador train`?): it cannot be stopped from here")
+    try:
+        ray_status = await asyncio.to_thread(
+            lambda: RayJobs(settings).stop_and_wait(job.ray_job_id,
+                                            request.app.state.cancel_wait_s))
+    except TimeoutError as exc:
+        raise HTTPException(504, f"{exc}; the job is not marked cancelled, try again") \
+            from None
+    except Exception as exc:  # noqa: BLE001 - the job server is unreachable
+        raise HTTPException(502, f"cannot stop Ray job {job.ray_job_id}: "
+                            f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    if not await db(lambda s: repo.cancel_job(
+            s, job_id, error=f"cancelled over HTTP (Ray job {ray_status or 'gone'})")):
+        raise _already_ended(await db(repo.get_job, job_id))
+    return Cancelled(job_id=job_id, status="cancelled", ray_job_id=job.ray_job_id,
+                     ray_job_status=ray_status)

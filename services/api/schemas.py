@@ -1,0 +1,185 @@
+"""What the API answers: response models, each built from database rows by a ``from_row``
+constructor, and the path parameters' types. NaN / inf (a diverged epoch) become null."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from services.artifacts import VERSION_FILES
+from services.db.models import JobStatus
+from services.messages import MAX_INT
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is None or math.isfinite(v) else None
+
+
+Num = Annotated[float | None, AfterValidator(_finite)]
+StatusFilter = Literal["", JobStatus]  # type: ignore[valid-type]  # "" or a status
+
+# path parameters (module level: FastAPI resolves the annotations by name)
+JobId = Annotated[int, Path(ge=1, le=MAX_INT, description="the job's id")]
+ModelName = Annotated[str, Path(pattern=r"^[\w.\-]+$", max_length=200)]
+VersionNo = Annotated[int, Path(ge=1, le=MAX_INT)]
+BatchId = Annotated[str, Path(pattern=r"^[^\x00-\x1f\x7f/]+$", max_length=200)]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    batch_id: str
+    status: JobStatus
+    mode: str
+    model_name: str
+    dataset_uri: str
+    total_images: int | None = None
+    ray_job_id: str | None = None
+    error: str | None = None
+    accuracy: Num = None
+    training_time_s: Num = None
+    num_workers: int | None = None
+    use_gpu: bool | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class VersionRef(BaseModel):
+    model_name: str
+    version: int
+    status: Literal["approved", "rejected"]
+
+
+class JobDetail(Job):
+    hyperparameters: dict[str, Any] = Field(description="every effective value")
+    versions: list[VersionRef] = Field(description="the model versions this job made")
+
+    @classmethod
+    def from_row(cls, job: Any, hyperparameters: dict[str, Any],
+                 versions: list[Any]) -> JobDetail:
+        return cls(**Job.model_validate(job).model_dump(), hyperparameters=hyperparameters,
+                   versions=[VersionRef(model_name=v.model_name, version=v.version,
+                                        status=v.status) for v in versions])
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    total: int = Field(description="jobs matching the filter")
+    limit: int
+    offset: int
+
+
+class MetricRow(BaseModel):
+    epoch: int
+    phase: int
+    loss: Num = None
+    accuracy: Num = None
+    val_loss: Num = None
+    val_accuracy: Num = None
+    lr: Num = None
+    epoch_time_s: Num = None
+
+
+class Submitted(BaseModel):
+    job_id: int
+    batch_id: str
+    status: JobStatus
+    created: bool = Field(description="false: a known batch_id, the existing job")
+    published: bool = Field(description="the request went out on the requests queue")
+
+
+class Cancelled(BaseModel):
+    job_id: int
+    status: JobStatus
+    ray_job_id: str | None = None
+    ray_job_status: str | None = Field(None, description="the Ray job's status after the stop")
+
+
+class GateRuleOut(BaseModel):
+    metric: str
+    threshold: float
+    value: Num
+    passed: bool
+
+
+class Gate(BaseModel):
+    status: Literal["approved", "rejected"]
+    rules: list[GateRuleOut]
+
+    @classmethod
+    def from_row(cls, raw: dict[str, Any] | None, status: str) -> Gate:
+        raw = raw or {}
+        return cls(status=raw.get("status", status),
+                   rules=[GateRuleOut(**r) for r in raw.get("rules", [])])
+
+
+class VersionSummary(BaseModel):
+    model_name: str
+    version: int
+    job_id: int
+    status: Literal["approved", "rejected"]
+    accuracy: Num
+    precision: Num
+    recall: Num
+    f1: Num
+    roc_auc: Num = None
+    artifact_uri: str
+    trained_at: datetime
+
+    @classmethod
+    def from_row(cls, mv: Any) -> VersionSummary:
+        return cls(model_name=mv.model_name, version=mv.version, job_id=mv.job_id,
+                   status=mv.status, accuracy=mv.accuracy, precision=mv.precision,
+                   recall=mv.recall, f1=mv.f1, roc_auc=mv.roc_auc,
+                   artifact_uri=mv.model_path, trained_at=mv.trained_at)
+
+
+class VersionDetail(VersionSummary):
+    batch_id: str | None = None
+    metrics: dict[str, Num]
+    gate: Gate
+    artifacts: dict[str, str] = Field(description="URIs of the files of this version")
+    evaluation: dict[str, Any] | None = Field(
+        None, description="metrics.json's test section from the store: per-class figures "
+                          "and the confusion matrix (null if the store cannot be read)")
+    evaluation_error: str | None = None
+    errors: dict[str, Any] | None = Field(
+        None, description="errors.json: the most-confused class pairs and the test images "
+                          "wrong with the highest confidence (null if not stored)")
+
+    @classmethod
+    def from_row(cls, mv: Any, batch_id: str | None = None) -> VersionDetail:  # type: ignore[override]
+        base = mv.model_path.rsplit("/", 1)[0]
+        return cls(**VersionSummary.from_row(mv).model_dump(), batch_id=batch_id,
+                   metrics={"accuracy": mv.accuracy, "precision": mv.precision,
+                            "recall": mv.recall, "f1": mv.f1, "roc_auc": mv.roc_auc},
+                   gate=Gate.from_row(mv.gate, mv.status),
+                   artifacts={name: f"{base}/{name}" for name in VERSION_FILES})
+
+
+class ModelSummary(BaseModel):
+    name: str
+    versions: int
+    latest: VersionSummary
+    latest_approved: int | None = Field(None, description="the newest approved version")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ModelSummary:
+        return cls(name=row["name"], versions=row["versions"],
+                   latest=VersionSummary.from_row(row["latest"]),
+                   latest_approved=row["latest_approved"])
+
+
+class ErrorOut(BaseModel):
+    detail: Any

@@ -1,0 +1,36 @@
+"""The object store's layout (DESIGN.md, "Object store layout") and what a model version's
+folder holds. Every key the services write is spelled here, nowhere else."""
+
+from __future__ import annotations
+
+MODEL_FILE = "model.pt"  # weights + what rebuilds the model (training.model.export_model)
+
+# The files of models/<name>/v<version>/, in the order they are written; the optional ones
+# (errors.png, preflight.json, tuning.json) exist when the job made them.
+VERSION_FILES = (MODEL_FILE, "metrics.json", "curves.png", "confusion_matrix.png",
+                 "health.json", "errors.json")
+OPTIONAL_VERSION_FILES = ("errors.png", "preflight.json", "tuning.json")
+
+
+def version_prefix(model_name: str, version: int) -> str:
+    """models/<name>/v<version>/: a model version's files."""
+    return f"models/{model_name}/v{version}/"
+
+
+def report_key(job_id: int, name: str) -> str:
+    """reports/job-<id>/<name>: a job's reports (health, preflight), failed jobs too."""
+    return f"reports/job-{job_id}/{name}"
+
+
+def event_key(job_id: int) -> str:
+    """events/job-<id>.json: the archive of a job's final event."""
+    return f"events/job-{job_id}.json"
+
+
+def checkpoints_prefix(job_id: int) -> str:
+    """checkpoints/<job id>: Ray Train's run of a job (a checkpoint every epoch)."""
+    return f"checkpoints/{job_id}"
+
+
+CHECKPOINTS = "checkpoints"  # Ray Train's storage_path in the store (run name: the job id)
+TUNING = "tuning"  # Ray Tune's storage_path in the store

@@ -1,0 +1,18 @@
+"""How the services say what went wrong: one line per failure, naming the step."""
+
+from __future__ import annotations
+
+
+def one_line(e: BaseException | str, limit: int = 500) -> str:
+    """The first non-empty line of an error (or its type's name), at most ``limit`` chars."""
+    text = (e if isinstance(e, str) else str(e)).strip() or type(e).__name__
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
+    return first[:limit]
+
+
+class StepFailed(Exception):
+    """A step of the job failed; ``str()`` is the one-line reason stored on the job."""
+
+    def __init__(self, step: str, reason: str):
+        super().__init__(f"{step}: {reason}")
+        self.step, self.reason = step, reason

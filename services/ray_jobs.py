@@ -1,0 +1,159 @@
+"""Ray's side of a job: connecting to the cluster and talking to its job server.
+
+One place for what was spread over the CLI, the API, the ingress and the driver: the
+connection (a local Ray for one-shot commands, or the cluster at ``ray_address``), the job
+server's auth headers, idempotent submission (the submission id is derived from our job id,
+so a retry finds the Ray job it already submitted), existence, and stop-and-wait.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from services.config import Settings
+
+NAMESPACE = "colecionador"
+STOP_WAIT_S = 30.0  # how long stop_and_wait waits for the Ray job to end
+
+
+def submission_id(job_id: int) -> str:
+    """The Ray job submission id of our job ``job_id``."""
+    return f"colecionador-job-{job_id}"
+
+
+def current_submission_id() -> str | None:
+    """The Ray job submission id when this process is a Ray job's driver."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def init_ray(settings: Settings) -> None:
+    """Join the cluster at ``settings.ray_address``, or start a local Ray (one-shot
+    commands); a no-op when this process is already connected."""
+    import ray
+    if ray.is_initialized():
+        return
+    ray.init(address=settings.ray_address, logging_level=logging.WARNING,
+             configure_logging=True, log_to_driver=True)
+
+
+def connect_ray(settings: Settings, *, start_local: bool = False) -> bool:
+    """Join a running cluster (``settings.ray_address``, else a local ``ray start``) in
+    colecionador's namespace, for the long-lived commands (ingress, serve). With
+    ``start_local`` and no cluster running, start a local Ray; True if it was started."""
+    import ray
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=settings.ray_address or "auto", namespace=NAMESPACE,
+                 logging_level="WARNING")
+        return False
+    except ConnectionError:
+        if not start_local or settings.ray_address:
+            raise
+    ray.init(namespace=NAMESPACE, logging_level="WARNING")
+    return True
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """Bearer token for the Ray dashboard / job server when token auth is on."""
+    path = settings.ray_auth_token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token and path and os.path.exists(path):
+        token = open(path).read().strip()
+    if not token:
+        default = os.path.expanduser("~/.ray/auth_token")
+        if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(default):
+            token = open(default).read().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as COLECIONADOR_* variables, for the job drivers the ingress submits."""
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"COLECIONADOR_{name.upper()}"] = str(value)
+    return env
+
+
+def job_missing(exc: Exception) -> bool:
+    """Whether the Job Submission SDK's error says Ray does not know the job (its 404)."""
+    return "does not exist" in str(exc) or "404" in str(exc)
+
+
+class RayJobs:
+    """Ray's job server through the Job Submission SDK: submit (idempotent), exists,
+    status, stop-and-wait."""
+
+    def __init__(self, settings: Settings, address: str | None = None):
+        from ray.job_submission import JobSubmissionClient
+        self.settings = settings
+        self.client = JobSubmissionClient(address or settings.ray_dashboard_url,
+                                          headers=auth_headers(settings))
+
+    def exists(self, sid: str) -> bool:
+        try:
+            self.client.get_job_info(sid)
+            return True
+        except RuntimeError as e:  # the SDK raises RuntimeError for 404
+            if job_missing(e):
+                return False
+            raise
+
+    def submit(self, job_id: int) -> str:
+        """Submit ``python -m services.jobs --job-id N`` unless Ray already has it;
+        returns the submission id."""
+        sid = submission_id(job_id)
+        if not self.exists(sid):
+            try:
+                self.client.submit_job(
+                    entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
+                    submission_id=sid,
+                    runtime_env={"env_vars": settings_env(self.settings)},
+                    metadata={"colecionador_job_id": str(job_id)})
+            except RuntimeError as e:
+                # a message and its duplicate handled at once both saw no Ray job: the
+                # one that lost the race finds the job the other submitted
+                if "already exists" not in str(e):
+                    raise
+        return sid
+
+    def stop_and_wait(self, sid: str, wait_s: float = STOP_WAIT_S) -> str | None:
+        """Stop the Ray job and wait (bounded) until Ray reports it ended: ``stop_job`` can
+        return True while a pending job keeps going (ray #58353), so the real status is
+        checked, and the stop repeated while the job has not ended. Returns the final
+        status, or None when Ray does not know the job. TimeoutError if it did not end
+        within ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        next_stop = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_stop:
+                    self.client.stop_job(sid)
+                    next_stop = time.monotonic() + 2.0
+                status = self.client.get_job_status(sid)
+            except RuntimeError as exc:
+                if job_missing(exc):
+                    return None
+                raise
+            if status.is_terminal():
+                return status.value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Ray job {sid} is still {status.value} "
+                                   f"{wait_s:.0f} s after the stop request")
+            time.sleep(0.2)
+
+    def info(self, sid: str) -> Any:
+        return self.client.get_job_info(sid)
