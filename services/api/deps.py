@@ -117,18 +117,27 @@ def _presented(request: Request, basic: bool) -> str | None:
     return None
 
 
-def _read_guard(basic: bool) -> Callable[..., Any]:
-    async def guard(request: Request, settings: SettingsDep) -> None:
-        if settings.api_read_token is None:
-            return
-        challenge = 'Basic realm="colecionador"' if basic else "Bearer"
-        token = _presented(request, basic)
-        if token is None:
-            raise HTTPException(401, "a token is needed to read: Authorization: Bearer "
-                                "<token>", headers={"WWW-Authenticate": challenge})
-        if not _matches(token, settings.api_read_token, settings.api_token):
-            raise HTTPException(403, "invalid token")
-    return guard
+def _check_read(request: Request, settings: Settings, basic: bool) -> None:
+    if settings.api_read_token is None:
+        return
+    challenge = 'Basic realm="colecionador"' if basic else "Bearer"
+    token = _presented(request, basic)
+    if token is None:
+        raise HTTPException(401, "a token is needed to read: Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": challenge})
+    if not _matches(token, settings.api_read_token, settings.api_token):
+        raise HTTPException(403, "invalid token")
+
+
+# Module-level functions, not closures: Serve ships the app to its replicas with
+# cloudpickle, which copies a closure by value without the names its string annotations
+# use (``from __future__ import annotations``), and FastAPI then cannot resolve them.
+async def _require_read(request: Request, settings: SettingsDep) -> None:
+    _check_read(request, settings, basic=False)
+
+
+async def _require_read_page(request: Request, settings: SettingsDep) -> None:
+    _check_read(request, settings, basic=True)
 
 
 _bearer = HTTPBearer(auto_error=False, description="COLECIONADOR_API_TOKEN")
@@ -147,8 +156,8 @@ async def _require_write(settings: SettingsDep, creds: Annotated[
 
 
 # route-level dependencies: ``dependencies=[READ]``
-READ = Depends(_read_guard(basic=False))
-READ_PAGE = Depends(_read_guard(basic=True))  # pages: HTTP Basic too, for a browser
+READ = Depends(_require_read)
+READ_PAGE = Depends(_require_read_page)  # pages: HTTP Basic too, for a browser
 WRITE = Depends(_require_write)
 
 
