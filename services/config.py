@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     api_read_token: SecretStr | None = None
 
+    max_job_attempts: int = Field(2, ge=1)  # Ray jobs per job: the first + resubmissions
+    reconcile_interval_s: float = Field(5.0, gt=0)  # the ingress's reconciler and outbox
+
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     max_failures: int = Field(1, ge=-1)

@@ -1,13 +1,23 @@
-"""The ingress: a detached, named Ray actor that consumes ``training.requests``.
+"""The ingress: a detached, named Ray actor that consumes ``training.requests`` and makes
+sure every job ends.
 
 For each message: validate it (a malformed one is published to the dead-letter queue with
-the reason in its headers, then acked: nothing is written); insert the job (batch_id is
-unique, so a redelivered or duplicated message finds the job it already made); ack once
-the row is committed; then submit ``python -m services.jobs --job-id N`` as a Ray job whose
-submission id is derived from the job id, so a retry finds the job it already submitted
-(services/ray_jobs.py). On start it submits the queued jobs that have no Ray job yet (the
-ingress died between commit and submit). Recording a job is services/records.py: this
-module imports neither torch nor training code.
+the reason in its headers, then acked: nothing is written); record the job
+(services/records.py: batch_id is unique, so a redelivered or duplicated message finds
+the job it already made); ack once the row is committed; then submit
+``python -m services.jobs --job-id N`` as a Ray job whose submission id is derived from
+the job id, so a retry finds the Ray job it already submitted (services/ray_jobs.py).
+
+Beside the consumer, every ``reconcile_interval_s``: the reconciler
+(services/reconciler.py: queued jobs without a Ray job are submitted, dead drivers
+resubmitted or their jobs failed) and the outbox (services/outbox.py: unpublished events
+are published).
+
+It cannot die silently: the broker or the database unreachable, at start or later, is
+retried with backoff (the status says so: ``last_error``, ``reconnects``). While the
+database is down it stops consuming (a message that could not be recorded is requeued
+once, not spun on) and resumes when the database answers. This module imports neither
+torch nor training code.
 """
 
 from __future__ import annotations
@@ -16,59 +26,74 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from sqlalchemy import text
 
-from services import broker
+from services import broker, outbox
 from services.config import Settings
 from services.db import repo
-from services.db.session import session_factory
+from services.db.session import get_engine, session_factory
+from services.errors import one_line
 from services.messages import parse_request
 from services.ray_jobs import NAMESPACE, RayJobs, settings_env
+from services.reconciler import Reconciler
 from services.records import create_job, prepare_database
 
 log = logging.getLogger("colecionador.ingress")
 
 ACTOR_NAME = "colecionador-ingress"
-
-
-def submit(jobs: RayJobs, settings: Settings, job_id: int) -> str:
-    """Submit job ``job_id`` as a Ray job (idempotent) and record its submission id."""
-    sid = jobs.submit(job_id)
-    with session_factory(settings.db_url)() as s:
-        repo.set_ray_job_id(s, job_id, sid)
-    return sid
-
-
-def submit_pending(jobs: RayJobs, settings: Settings) -> list[int]:
-    """Submit every queued job that has no Ray job yet; returns their ids."""
-    with session_factory(settings.db_url)() as s:
-        pending = [j.id for j in repo.list_jobs(s, status="queued", limit=1000)
-                   if j.ray_job_id is None]
-    for job_id in sorted(pending):
-        submit(jobs, settings, job_id)
-    return sorted(pending)
+MAX_BACKOFF_S = 30.0
 
 
 class Consumer:
-    """The consuming loop, independent of Ray (the actor runs it on its own thread)."""
+    """The consuming loop and the reconciler, independent of Ray's actor machinery (the
+    actor runs them on a thread of its own)."""
 
     def __init__(self, settings: Settings, ray_jobs: RayJobs | None = None,
                  prefetch: int = 4):
         self.settings, self.prefetch = settings, prefetch
         self.ray_jobs = ray_jobs
-        self.stats = {"received": 0, "created": 0, "duplicates": 0, "dead_lettered": 0,
-                      "submitted": 0, "submit_errors": 0, "recovered": 0}
+        self.stats: dict[str, Any] = {
+            "received": 0, "created": 0, "duplicates": 0, "dead_lettered": 0,
+            "submitted": 0, "submit_errors": 0, "requeued": 0, "consuming": False,
+            "reconnects": 0, "database_outages": 0, "last_error": None,
+            "reconciler_passes": 0, "resubmitted": 0, "failed_by_reconciler": 0,
+            "events_published": 0, "outbox_backlog": None}
         self._stop: asyncio.Event | None = None
-        self.ready = threading.Event()
+        self._database_down: asyncio.Event | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self.ready = threading.Event()  # set once it consumes (or has stopped)
+        self.reconciler: Reconciler | None = None
 
+    # ------------------------------------------------------------------ the loops
     async def run(self) -> None:
-        self._stop = asyncio.Event()
-        prepare_database(self.settings)
-        self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
-        self.stats["recovered"] += len(await asyncio.to_thread(self._recover))
+        """Consume until ``stop()``, reconnecting with backoff; never returns early."""
+        self._stop, self._database_down = asyncio.Event(), asyncio.Event()
+        self._pause_lock = asyncio.Lock()
+        reconcile = asyncio.create_task(self._reconcile_forever())
+        backoff = 1.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.to_thread(prepare_database, self.settings)
+                    await self._consume()
+                    backoff = 1.0
+                except Exception as e:  # noqa: BLE001 - broker or database away: retry
+                    self._error(f"consumer: {type(e).__name__}: {one_line(e)}")
+                    self.stats["reconnects"] += 1
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            self.stats["consuming"] = False
+            reconcile.cancel()
+            self.ready.set()
+
+    async def _consume(self) -> None:
         connection = await broker.connect(self.settings.broker_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -76,22 +101,87 @@ class Consumer:
             queue = await broker.declare_requests(channel, self.settings.requests_queue)
             self._dlx = await channel.get_exchange(self.settings.requests_queue +
                                                    broker.DLX_SUFFIX)
-            tag = await queue.consume(self.handle)
-            self.ready.set()
-            await self._stop.wait()
-            await queue.cancel(tag)
+            while not self._stop.is_set():
+                await self._consume_until_stop_or_outage(queue)
+                if self._database_down.is_set():
+                    await self._wait_for_database()
 
-    def _recover(self) -> list[int]:
+    async def _consume_until_stop_or_outage(self, queue: AbstractQueue) -> None:
+        self._queue, self._tag = queue, await queue.consume(self.handle)
+        self.stats["consuming"] = True
+        self.ready.set()
+        stop = asyncio.ensure_future(self._stop.wait())
+        down = asyncio.ensure_future(self._database_down.wait())
+        await asyncio.wait({stop, down}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        down.cancel()
+        await self._pause()
+
+    async def _pause(self) -> None:
+        """Stop consuming (the messages held and not yet acked stay ours to nack). A
+        second caller waits until the broker has confirmed the first one's cancel."""
+        async with self._pause_lock:
+            tag, self._tag = self._tag, None
+            self.stats["consuming"] = False
+            if tag is not None:
+                await self._queue.cancel(tag)
+
+    async def _wait_for_database(self) -> None:
+        """Consume nothing until the database answers ``SELECT 1``, with backoff."""
+        self.stats["database_outages"] += 1
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(_ping, self.settings.db_url)
+                self._database_down.clear()
+                return
+            except Exception as e:  # noqa: BLE001 - still down
+                self._error(f"database: {type(e).__name__}: {one_line(e)}")
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _reconcile_forever(self) -> None:
+        while not self._stop.is_set():
+            await self.reconcile_once()
+            await self._sleep(self.settings.reconcile_interval_s)
+
+    async def reconcile_once(self) -> None:
+        """One reconciler pass and one outbox drain; errors are recorded, not raised."""
         try:
-            return submit_pending(self.ray_jobs, self.settings)
-        except Exception as e:  # noqa: BLE001 - Ray may be briefly unreachable
-            log.warning("could not submit pending jobs: %s", e)
-            return []
+            await asyncio.to_thread(prepare_database, self.settings)
+            if self.reconciler is None:
+                self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
+                self.reconciler = Reconciler(self.settings, self.ray_jobs)
+            counts = await asyncio.to_thread(self.reconciler.pass_once)
+            self.stats.update(reconciler_passes=counts["passes"],
+                              resubmitted=counts["resubmitted"],
+                              failed_by_reconciler=counts["failed"])
+        except Exception as e:  # noqa: BLE001 - Ray or the database away: next pass
+            self._error(f"reconciler: {type(e).__name__}: {one_line(e)}")
+        try:
+            if self.settings.publish_events:
+                self.stats["events_published"] += await outbox.publish_pending_async(
+                    self.settings)
+            self.stats["outbox_backlog"] = await asyncio.to_thread(_backlog, self.settings)
+        except Exception as e:  # noqa: BLE001 - the broker is away: next pass
+            self._error(f"outbox: {type(e).__name__}: {one_line(e)}")
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _error(self, text: str) -> None:
+        self.stats["last_error"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "error": text}
+        log.warning(text)
 
     def stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
 
+    # ------------------------------------------------------------------ messages
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         headers = dict(message.headers or {})
         headers.update({"x-reason": reason[:1000],
@@ -112,20 +202,52 @@ class Consumer:
             return
         try:
             job, created = await asyncio.to_thread(create_job, self.settings, request)
-        except Exception as e:  # noqa: BLE001 - the database is down: try again later
-            log.error("could not record batch %s: %s", request.batch_id, e)
-            await asyncio.sleep(1.0)
-            await message.nack(requeue=True)
+        except Exception as e:  # noqa: BLE001 - the database is down, or refuses the row
+            await self._not_recorded(message, request.batch_id, e)
             return
         await message.ack()  # the row is committed
         self.stats["created" if created else "duplicates"] += 1
         if job.ray_job_id is None and job.status == "queued":
             try:
-                await asyncio.to_thread(submit, self.ray_jobs, self.settings, job.id)
+                await asyncio.to_thread(self._submit, job.id)
                 self.stats["submitted"] += 1
-            except Exception as e:  # noqa: BLE001 - recovered on the next start
+            except Exception as e:  # noqa: BLE001 - the reconciler submits it later
                 self.stats["submit_errors"] += 1
-                log.error("could not submit job %s: %s", job.id, e)
+                self._error(f"submit job {job.id}: {type(e).__name__}: {one_line(e)}")
+
+    async def _not_recorded(self, message: AbstractIncomingMessage, batch_id: str,
+                            e: Exception) -> None:
+        """The database is down: requeue and stop consuming until it is back. A message
+        that fails again while the database answers is refused for what it is."""
+        reason = f"could not record batch {batch_id}: {type(e).__name__}: {one_line(e)}"
+        if message.redelivered:
+            try:
+                await asyncio.to_thread(_ping, self.settings.db_url)
+                await self.dead_letter(message, reason)
+                return
+            except Exception:  # noqa: BLE001 - the database is down after all
+                pass
+        self._error(reason)
+        self._database_down.set()
+        await self._pause()  # first, so that the broker does not hand it straight back
+        await message.nack(requeue=True)
+        self.stats["requeued"] += 1
+
+    def _submit(self, job_id: int) -> str:
+        self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
+        if self.reconciler is None:
+            self.reconciler = Reconciler(self.settings, self.ray_jobs)
+        return self.reconciler.submit(job_id)
+
+
+def _ping(url: str) -> None:
+    with get_engine(url).connect() as c:
+        c.execute(text("SELECT 1"))
+
+
+def _backlog(settings: Settings) -> int:
+    with session_factory(settings.db_url)() as s:
+        return repo.count_pending_events(s)
 
 
 def _make_actor_class():
@@ -133,32 +255,34 @@ def _make_actor_class():
 
     @ray.remote(num_cpus=0, max_restarts=-1)
     class Ingress:
-        """Runs a Consumer on its own thread and event loop; survives restarts (the
-        constructor starts consuming again and submits what is pending)."""
+        """Runs a Consumer on its own thread and event loop. If that loop ever ends on its
+        own (a bug), the process exits so that Ray restarts the actor: never a live actor
+        that consumes nothing."""
 
         def __init__(self, env: dict[str, str], prefetch: int = 4):
             os.environ.update(env)
             self.consumer = Consumer(Settings(), prefetch=prefetch)
-            self.error: str | None = None
+            self.stopping = False
             self.thread = threading.Thread(target=self._run, daemon=True)
             self.thread.start()
 
         def _run(self) -> None:
             try:
                 asyncio.run(self.consumer.run())
-            except Exception as e:  # noqa: BLE001 - reported by status()
-                self.error = f"{type(e).__name__}: {e}"
-                self.consumer.ready.set()
+            except BaseException as e:  # noqa: BLE001 - reported, then restarted
+                log.exception("the ingress loop died: %s", e)
+            if not self.stopping:
+                os._exit(1)
 
         def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
             self.consumer.ready.wait(timeout)
             return self.status()
 
         def status(self) -> dict[str, Any]:
-            return {"running": self.thread.is_alive() and self.consumer.ready.is_set(),
-                    "error": self.error, **self.consumer.stats}
+            return {"running": self.thread.is_alive(), **self.consumer.stats}
 
         def stop(self) -> dict[str, Any]:
+            self.stopping = True
             self.consumer.stop()
             self.thread.join(30)
             return self.status()
@@ -166,15 +290,15 @@ def _make_actor_class():
     return Ingress
 
 
-def start_ingress(settings: Settings, prefetch: int = 4) -> Any:
-    """Create (or find) the detached, named ingress actor and wait until it consumes."""
+def start_ingress(settings: Settings, prefetch: int = 4, wait_s: float = 60.0) -> Any:
+    """Create (or find) the detached, named ingress actor and wait (up to ``wait_s``) until
+    it consumes. If the broker or the database is not reachable yet, it keeps retrying:
+    its status says why it does not consume."""
     import ray
     actor = _make_actor_class().options(
         name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True).remote(settings_env(settings), prefetch)
-    status = ray.get(actor.wait_ready.remote())
-    if status["error"]:
-        raise RuntimeError(f"ingress failed to start: {status['error']}")
+    ray.get(actor.wait_ready.remote(wait_s))
     return actor
 
 

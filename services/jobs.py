@@ -5,9 +5,10 @@ status, and say so once.
         -> evaluate + gate -> version (row + files) -> final status -> event
 
 ``run_job`` never raises for a failing step: the job ends ``failed`` with a one-line
-reason naming the step. The final status is decided once, by a conditional update: a
-job cancelled meanwhile stays cancelled, keeps no version, and its event says so. What
-the outcome is (``JobOutcome``) is decided apart from applying it (rows, event).
+reason naming the step. The final status is decided once, by a conditional update, in
+the same transaction as the job's event (services/outbox.py) and, on success, its
+version: a job cancelled meanwhile stays cancelled and keeps no version (the cancel wrote
+its event). The event always matches the row.
 
 Run as a Ray job with ``python -m services.jobs --job-id N`` (or ``--dataset URI`` to
 record and run a new one).
@@ -23,17 +24,16 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-from services import steps
+from services import lifecycle, outbox, steps
 from services.artifacts import MODEL_FILE, event_key, version_prefix
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
-from services.messages import EventMetrics, ModelEvaluationEvent, TrainingRequest
+from services.messages import TrainingRequest
 from services.ray_jobs import current_submission_id
 from services.records import create_job, prepare_database
 from services.storage import Store, open_store
@@ -72,48 +72,27 @@ class JobOutcome:
         return out
 
 
-def _event(job: TrainingJob, outcome: JobOutcome) -> ModelEvaluationEvent:
-    """The event that says how the job ended; it always matches the row."""
-    status = outcome.verdict if outcome.status == "success" else outcome.status
-    return ModelEvaluationEvent(
-        job_id=job.id, batch_id=job.batch_id, model_name=job.model_name,
-        version=outcome.version, status=status,
-        metrics=EventMetrics(**{k: outcome.metrics[k] for k in EventMetrics.model_fields})
-        if outcome.metrics else None,
-        gate={r["metric"]: r["passed"] for r in (outcome.gate or {}).get("rules", [])},
-        artifact_uri=outcome.artifacts.get(MODEL_FILE), finished_at=datetime.now(timezone.utc),
-        error=outcome.error)
-
-
-def _publish(settings: Settings, store: Store | None,
-             event: ModelEvaluationEvent) -> dict[str, Any]:
-    """Keep the event in the store (events/job-<id>.json) and publish it on the queue."""
-    body = json.loads(event.model_dump_json())
-    published, reason = False, None
-    if settings.publish_events:
-        from services.broker import publish_json_sync
-        try:
-            publish_json_sync(settings.broker_url, settings.events_queue, body)
-            published = True
-        except Exception as e:  # noqa: BLE001 - the model is versioned either way
-            reason = one_line(e)
-            log.warning("event of job %s not published: %s", event.job_id, reason)
+def _archive_event(settings: Settings, store: Store | None, body: dict[str, Any]) -> None:
+    """Publish the job's event now if the broker answers (else the ingress publishes it
+    from the outbox) and keep a copy in the store (events/job-<id>.json)."""
+    published = outbox.try_publish(settings, body["job_id"])
     if store is None:
-        return body
+        return
     try:
-        store.put_bytes(event_key(event.job_id), json.dumps(
-            {"event": body, "published": published, "reason": reason}, indent=2).encode())
-    except Exception as e:  # noqa: BLE001
-        log.warning("event of job %s not stored: %s", event.job_id, one_line(e))
-    return body
+        store.put_bytes(event_key(body["job_id"]), json.dumps(
+            {"event": body, "published": published}, indent=2).encode())
+    except Exception as e:  # noqa: BLE001 - the outbox row is the record
+        log.warning("event of job %s not archived: %s", body["job_id"], one_line(e))
 
 
 def _commit_version(settings: Settings, store: Store, job: TrainingJob,
                     files: dict[str, bytes], ev: steps.Evaluation,
-                    training_time_s: float) -> tuple[int, dict[str, str]] | None:
+                    training_time_s: float
+                    ) -> tuple[int, dict[str, str], dict[str, Any]] | None:
     """Reserve the next version, upload every file, then commit the row together with the
-    job's ``success``: no row ever points at an object that is not there, two jobs never
-    write the same v<N>/ folder, and a job cancelled meanwhile keeps no version (None)."""
+    job's ``success`` and its event: no row ever points at an object that is not there,
+    two jobs never write the same v<N>/ folder, and a job cancelled meanwhile keeps no
+    version (None). Returns the version, the files' URIs and the event."""
     m = ev.metrics
     for _attempt in range(5):
         with session_factory(settings.db_url)() as s:
@@ -138,12 +117,15 @@ def _commit_version(settings: Settings, store: Store, job: TrainingJob,
                     s.rollback()
                     store.delete_prefix(prefix)
                     return None
+                body = outbox.stage(s, settings, outbox.job_event(
+                    job, ev.gate.status, version=mv.version, metrics=m,
+                    gate=ev.gate.to_dict(), artifact_uri=uris[MODEL_FILE]))
                 s.commit()
             except Exception as e:
                 s.rollback()
                 store.delete_prefix(prefix)
                 raise StepFailed("store", one_line(e)) from e
-            return mv.version, uris
+            return mv.version, uris, body
     raise StepFailed("store", f"could not reserve a version of {job.model_name}")
 
 
@@ -178,9 +160,9 @@ def _run_steps(job: TrainingJob, hp: Hyperparameters, settings: Settings, store:
                              trained.training_time_s)
     if stored is None:
         return _outcome_from_db(settings, job.id)
-    version, uris = stored
+    version, uris, event = stored
     return JobOutcome(job.id, "success", evaluation.gate.status, version, None,
-                      evaluation.metrics, evaluation.gate.to_dict(), uris,
+                      evaluation.metrics, evaluation.gate.to_dict(), uris, event,
                       training_time_s=trained.training_time_s)
 
 
@@ -211,12 +193,19 @@ def run_job(job_id: int, settings: Settings,
         reason = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {one_line(e)}"
         if not isinstance(e, StepFailed):
             traceback.print_exc()
-        with session_factory(settings.db_url)() as s:
-            failed = repo.finish_job(s, job_id, "failed", error=reason)
-        outcome = (JobOutcome(job_id, "failed", error=reason) if failed
-                   else _outcome_from_db(settings, job_id))  # cancelled meanwhile
-    outcome.event = _publish(settings, store, _event(job, outcome))
+        outcome = _fail(settings, job, reason)
+    if outcome.event is not None:  # this run decided the final status: say it
+        _archive_event(settings, store, outcome.event)
     return outcome
+
+
+def _fail(settings: Settings, job: TrainingJob, reason: str) -> JobOutcome:
+    """``failed`` with its event, in one transaction, unless the job was cancelled
+    meanwhile (then the cancel's outcome stands)."""
+    body = lifecycle.fail(settings, job.id, reason)
+    if body is None:
+        return _outcome_from_db(settings, job.id)
+    return JobOutcome(job.id, "failed", error=reason, event=body)
 
 
 def _outcome_from_db(settings: Settings, job_id: int) -> JobOutcome:

@@ -93,6 +93,10 @@ class EventMetrics(BaseModel):
 
 
 class ModelEvaluationEvent(BaseModel):
+    """How a job ended; at least once on the queue: ``event_id`` lets a consumer drop a
+    redelivery."""
+
+    event_id: str
     job_id: int
     batch_id: str
     model_name: str

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 from services.config import Settings
 
@@ -21,9 +20,10 @@ NAMESPACE = "colecionador"
 STOP_WAIT_S = 30.0  # how long stop_and_wait waits for the Ray job to end
 
 
-def submission_id(job_id: int) -> str:
-    """The Ray job submission id of our job ``job_id``."""
-    return f"colecionador-job-{job_id}"
+def submission_id(job_id: int, attempt: int = 1) -> str:
+    """The Ray job submission id of attempt ``attempt`` of our job ``job_id``."""
+    base = f"colecionador-job-{job_id}"
+    return base if attempt <= 1 else f"{base}-attempt-{attempt}"
 
 
 def current_submission_id() -> str | None:
@@ -112,17 +112,18 @@ class RayJobs:
                 return False
             raise
 
-    def submit(self, job_id: int) -> str:
-        """Submit ``python -m services.jobs --job-id N`` unless Ray already has it;
-        returns the submission id."""
-        sid = submission_id(job_id)
+    def submit(self, job_id: int, attempt: int = 1) -> str:
+        """Submit ``python -m services.jobs --job-id N`` as attempt ``attempt`` unless Ray
+        already has that attempt; returns its submission id."""
+        sid = submission_id(job_id, attempt)
         if not self.exists(sid):
             try:
                 self.client.submit_job(
                     entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
                     submission_id=sid,
                     runtime_env={"env_vars": settings_env(self.settings)},
-                    metadata={"colecionador_job_id": str(job_id)})
+                    metadata={"colecionador_job_id": str(job_id),
+                              "colecionador_attempt": str(attempt)})
             except RuntimeError as e:
                 # a message and its duplicate handled at once both saw no Ray job: the
                 # one that lost the race finds the job the other submitted
@@ -155,5 +156,13 @@ class RayJobs:
                                    f"{wait_s:.0f} s after the stop request")
             time.sleep(0.2)
 
-    def info(self, sid: str) -> Any:
-        return self.client.get_job_info(sid)
+    def status(self, sid: str) -> tuple[str | None, str | None]:
+        """Ray's status of a job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and its
+        message; (None, None) when Ray does not know it."""
+        try:
+            info = self.client.get_job_info(sid)
+        except RuntimeError as exc:
+            if job_missing(exc):
+                return None, None
+            raise
+        return str(info.status.value), info.message

@@ -121,8 +121,8 @@ def settings_for(tmp_path):
 
     def make(database_url: str | None = None, **kw) -> Settings:
         kw.setdefault("publish_events", False)
-        return Settings(home=tmp_path / "home", database_url=database_url, workers=2,
-                        broker_url=AMQP_URL, **kw)
+        kw.setdefault("broker_url", AMQP_URL)
+        return Settings(home=tmp_path / "home", database_url=database_url, workers=2, **kw)
     return make
 
 

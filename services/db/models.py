@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -50,7 +51,8 @@ class TrainingJob(Base):
     model_name: Mapped[str] = mapped_column(String(200))
     dataset_uri: Mapped[str] = mapped_column(Text)
     total_images: Mapped[int | None] = mapped_column(Integer)
-    ray_job_id: Mapped[str | None] = mapped_column(String(200))
+    ray_job_id: Mapped[str | None] = mapped_column(String(200))  # the latest attempt's
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     accuracy: Mapped[float | None] = mapped_column(Float)
     training_time_s: Mapped[float | None] = mapped_column(Float)
@@ -118,6 +120,41 @@ class ModelVersion(Base):
     gate: Mapped[dict[str, Any]] = mapped_column(JSONType)  # every rule's outcome
     model_path: Mapped[str] = mapped_column(Text)
     trained_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobAttempt(Base):
+    """One Ray job that ran (or runs) a job: the first submission, then one per driver
+    death the reconciler resubmitted (services/reconciler.py)."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_attempts_job_attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
+                                        index=True)
+    attempt: Mapped[int] = mapped_column(Integer)  # 1, 2, ...
+    ray_job_id: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ray_status: Mapped[str | None] = mapped_column(String(20))  # what Ray said at the end
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class Event(Base):
+    """The outbox: an event is written in the same transaction as the change it reports
+    (a job's final status), then published with publisher confirms and marked."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_unpublished", "published_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the event_id
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))  # ModelEvaluation
+    queue: Mapped[str | None] = mapped_column(String(200))  # None: not to be published
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # ----------------------------------------------------------------- tuning (issue 5)

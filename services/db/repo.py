@@ -15,7 +15,9 @@ from services.db.models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
     TUNING_RUN_STATUSES,
+    Event,
     Hyperparameter,
+    JobAttempt,
     ModelVersion,
     TrainingJob,
     TrainingMetric,
@@ -193,7 +195,79 @@ def set_ray_job_id(s: Session, job_id: int, ray_job_id: str) -> None:
     s.commit()
 
 
-# ------------------------------------------------ HTTP API (services/api.py) reads and cancel
+# ------------------------------------------------------- attempts and the outbox (issue 13)
+def active_jobs(s: Session) -> Sequence[TrainingJob]:
+    """Every job that has not ended (queued, training, evaluating), oldest first."""
+    return s.scalars(select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_STATUSES))
+                     .order_by(TrainingJob.id)).all()
+
+
+def record_attempt(s: Session, job_id: int, ray_job_id: str) -> int:
+    """A Ray job now runs job ``job_id``: the next attempt, its submission id on the row.
+    Idempotent: the attempt that already has ``ray_job_id`` is not recorded twice.
+    Returns the attempt's number."""
+    last = s.scalar(select(JobAttempt).where(JobAttempt.job_id == job_id)
+                    .order_by(JobAttempt.attempt.desc()).limit(1))
+    if last is not None and last.ray_job_id == ray_job_id:
+        return last.attempt
+    attempt = (last.attempt if last else 0) + 1
+    s.add(JobAttempt(job_id=job_id, attempt=attempt, ray_job_id=ray_job_id))
+    s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
+              .values(attempts=attempt, ray_job_id=ray_job_id)
+              .execution_options(synchronize_session=False))
+    s.commit()
+    return attempt
+
+
+def end_attempt(s: Session, job_id: int, ray_job_id: str, ray_status: str | None,
+                message: str | None, *, commit: bool = True) -> None:
+    """What Ray said when the attempt's Ray job ended (or vanished)."""
+    s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id,
+                                       JobAttempt.ray_job_id == ray_job_id,
+                                       JobAttempt.ended_at.is_(None))
+              .values(ended_at=utcnow(), ray_status=ray_status, message=message)
+              .execution_options(synchronize_session=False))
+    if commit:
+        s.commit()
+
+
+def job_attempts(s: Session, job_id: int) -> Sequence[JobAttempt]:
+    return s.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id)
+                     .order_by(JobAttempt.attempt)).all()
+
+
+def add_event(s: Session, event_id: str, job_id: int | None, kind: str, queue: str | None,
+              body: dict[str, Any]) -> None:
+    """Stage an event in the outbox; the caller commits it with the change it reports."""
+    s.add(Event(id=event_id, job_id=job_id, kind=kind, queue=queue, body=json_safe(body)))
+
+
+def pending_events(s: Session, limit: int = 100, job_id: int | None = None) -> Sequence[Event]:
+    """Unpublished events that have a queue, oldest first."""
+    q = (select(Event).where(Event.published_at.is_(None), Event.queue.is_not(None))
+         .order_by(Event.created_at, Event.id).limit(limit))
+    if job_id is not None:
+        q = q.where(Event.job_id == job_id)
+    return s.scalars(q).all()
+
+
+def count_pending_events(s: Session) -> int:
+    return int(s.scalar(select(func.count()).select_from(Event).where(
+        Event.published_at.is_(None), Event.queue.is_not(None))) or 0)
+
+
+def mark_published(s: Session, event_id: str) -> None:
+    s.execute(update(Event).where(Event.id == event_id, Event.published_at.is_(None))
+              .values(published_at=utcnow()).execution_options(synchronize_session=False))
+    s.commit()
+
+
+def job_events(s: Session, job_id: int) -> Sequence[Event]:
+    return s.scalars(select(Event).where(Event.job_id == job_id)
+                     .order_by(Event.created_at)).all()
+
+
+# ------------------------------------------------ HTTP API (services/api/) reads and cancel
 def count_jobs(s: Session, status: str | None = None) -> int:
     q = select(func.count()).select_from(TrainingJob)
     if status:
@@ -221,7 +295,7 @@ def list_models(s: Session) -> list[dict[str, Any]]:
 
 
 def cancel_job(s: Session, job_id: int, *, only_if_queued_without_ray_job: bool = False,
-               error: str | None = None) -> bool:
+               error: str | None = None, commit: bool = True) -> bool:
     """Mark a job ``cancelled`` unless it is already final (success, failed, cancelled);
     with ``only_if_queued_without_ray_job`` only while it is still queued and has no Ray
     job. One conditional UPDATE, so it never overwrites a status another process has
@@ -229,8 +303,8 @@ def cancel_job(s: Session, job_id: int, *, only_if_queued_without_ray_job: bool 
     conditions = [TrainingJob.status.not_in(FINAL_STATUSES)]
     if only_if_queued_without_ray_job:
         conditions += [TrainingJob.status == "queued", TrainingJob.ray_job_id.is_(None)]
-    return _update_job_if(s, job_id, conditions, status="cancelled", finished_at=utcnow(),
-                          error=error)
+    return _update_job_if(s, job_id, conditions, commit=commit, status="cancelled",
+                          finished_at=utcnow(), error=error)
 
 
 # ----------------------------------------------------------------- tuning (issue 5)

@@ -38,8 +38,17 @@ def upload_tree(s3_server, root, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}/"
 
 
+@pytest.fixture
+def own_database():
+    """A database of this test's own: the ingress's reconciler takes every queued job."""
+    from tests.conftest import fresh_database
+    with fresh_database(f"colecionador_ingress_{uuid.uuid4().hex[:8]}") as url:
+        yield url
+
+
 def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
-        pg_url, ray_cluster, settings_for, make_dataset, queues, s3_server):
+        own_database, ray_cluster, settings_for, make_dataset, queues, s3_server):
+    pg_url = own_database
     requests, events = queues
     store_bucket = s3_server.bucket_name("models")
     settings = settings_for(pg_url, publish_events=True, requests_queue=requests,
@@ -100,38 +109,46 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
     assert message_count(events) == 0  # exactly one event
 
 
-def test_queued_jobs_without_a_ray_job_are_submitted_on_start(
-        pg_url, ray_cluster, settings_for, make_dataset, queues):
-    """The ingress died between commit and submit: on start it submits what is pending."""
+def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
+        ray_cluster, settings_for, make_dataset, queues):
+    """The ingress died between commit and submit: the reconciler submits what is
+    pending (its own database: the reconciler takes every queued job it finds)."""
     from services.messages import TrainingRequest
+    from services.reconciler import Reconciler
     from services.records import create_job
+    from tests.conftest import fresh_database
     from training.hyperparams import Hyperparameters
     requests, events = queues
-    settings = settings_for(pg_url, requests_queue=requests, events_queue=events,
-                            ray_dashboard_url=ray_cluster.dashboard_url,
-                            ray_auth_token_path=ray_cluster.token_path)
-    # a job that fails fast at the data step: we test submission, not training
-    job, _ = create_job(settings, TrainingRequest(
-        batch_id=f"orphan-{uuid.uuid4().hex[:6]}", dataset_uri=str(make_dataset(per_class=2)),
-        hyperparameters=Hyperparameters(**TINY)))
-    assert job.ray_job_id is None
-    ray_jobs = RayJobs(settings)
-    assert job.id in ingress.submit_pending(ray_jobs, settings)
-    with session_factory(pg_url)() as s:
-        sid = repo.get_job(s, job.id).ray_job_id
-    assert sid == submission_id(job.id)
-    # submitting again finds the Ray job it already submitted instead of failing
-    assert ingress.submit(ray_jobs, settings, job.id) == sid
+    with fresh_database(f"colecionador_orphans_{uuid.uuid4().hex[:8]}") as url:
+        settings = settings_for(url, requests_queue=requests, events_queue=events,
+                                ray_dashboard_url=ray_cluster.dashboard_url,
+                                ray_auth_token_path=ray_cluster.token_path)
+        # a job that fails fast at the data step: we test submission, not training
+        job, _ = create_job(settings, TrainingRequest(
+            batch_id=f"orphan-{uuid.uuid4().hex[:6]}",
+            dataset_uri=str(make_dataset(per_class=2)),
+            hyperparameters=Hyperparameters(**TINY)))
+        assert job.ray_job_id is None
+        ray_jobs = RayJobs(settings)
+        reconciler = Reconciler(settings, ray_jobs)
+        assert reconciler.pass_once()["submitted"] == 1
+        with session_factory(url)() as s:
+            row = repo.get_job(s, job.id)
+        sid = row.ray_job_id
+        assert sid == submission_id(job.id) and row.attempts == 1
+        # submitting again finds the Ray job it already submitted instead of failing
+        assert reconciler.submit(job.id) == sid
 
-    class LostTheRace(RayJobs):
-        def exists(self, sid: str) -> bool:  # it looked before the other one submitted
-            return False
-    assert LostTheRace(settings).submit(job.id) == sid  # not "already exists"
-    client = ray_jobs.client
-    assert _wait_job(client, sid) == JobStatus.FAILED  # services.jobs exits 1 on failure
-    with session_factory(pg_url)() as s:
-        row = repo.get_job(s, job.id)
-        assert row.status == "failed" and row.error.startswith("dataset: classes with fewer")
+        class LostTheRace(RayJobs):
+            def exists(self, sid: str) -> bool:  # it looked before the other one submitted
+                return False
+        assert LostTheRace(settings).submit(job.id) == sid  # not "already exists"
+        assert _wait_job(ray_jobs.client, sid) == JobStatus.FAILED  # exits 1 on failure
+        with session_factory(url)() as s:
+            row = repo.get_job(s, job.id)
+            assert row.status == "failed" and row.error.startswith("dataset: classes with fewer")
+            assert row.attempts == 1 and len(repo.job_attempts(s, job.id)) == 1
+        assert reconciler.pass_once()["resubmitted"] == 0  # it ended: nothing to do
 
 
 def publish(settings, body) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from sqlalchemy.exc import DataError
 
+from services import lifecycle
 from services.api import reads
 from services.api.deps import READ, WRITE, DbDep, JobDep, SettingsDep, StoreDep, not_found
 from services.api.schemas import (
@@ -122,34 +123,29 @@ def _already_ended(job: Any) -> HTTPException:
                         504: {"model": ErrorOut}})
 async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep,
                      request: Request) -> Cancelled:
-    """Cancel a job: a queued job that has no Ray job yet is marked ``cancelled``;
-    otherwise its Ray job is stopped, and once Ray reports it ended the job is marked
-    ``cancelled``. A finished job (success, failed, cancelled) answers 409."""
-    job_id = job.id
+    """Cancel a job that has not ended: it is marked ``cancelled`` at once (with its
+    ``cancelled`` event), so nothing it does afterwards can end it otherwise or keep a
+    version; then its Ray job, if it has one, is stopped and awaited. A finished job
+    (success, failed, cancelled) answers 409."""
     if job.status in FINAL_STATUSES:
         raise _already_ended(job)
-    if job.ray_job_id is None and job.status == "queued":
-        if await db(lambda s: repo.cancel_job(s, job_id, error="cancelled over HTTP",
-                                              only_if_queued_without_ray_job=True)):
-            return Cancelled(job_id=job_id, status="cancelled")
-        job = await db(repo.get_job, job_id)  # submitted just now: stop its Ray job
-        if job.status in FINAL_STATUSES:
-            raise _already_ended(job)
-    if job.ray_job_id is None:
-        raise HTTPException(409, f"job {job_id} is {job.status} outside a Ray job (a local "
+    if job.ray_job_id is None and job.status != "queued":
+        raise HTTPException(409, f"job {job.id} is {job.status} outside a Ray job (a local "
                             "`colecionador train`?): it cannot be stopped from here")
+    if await asyncio.to_thread(lifecycle.cancel, settings, job.id,
+                               "cancelled over HTTP") is None:
+        raise _already_ended(await db(repo.get_job, job.id))
+    if job.ray_job_id is None:  # still queued: nothing runs it yet
+        return Cancelled(job_id=job.id, status="cancelled")
     try:
         ray_status = await asyncio.to_thread(
             lambda: RayJobs(settings).stop_and_wait(job.ray_job_id,
-                                            request.app.state.cancel_wait_s))
+                                                    request.app.state.cancel_wait_s))
     except TimeoutError as exc:
-        raise HTTPException(504, f"{exc}; the job is not marked cancelled, try again") \
-            from None
+        raise HTTPException(504, f"job {job.id} is cancelled; {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the job server is unreachable
-        raise HTTPException(502, f"cannot stop Ray job {job.ray_job_id}: "
+        raise HTTPException(502, f"job {job.id} is cancelled, but its Ray job "
+                            f"{job.ray_job_id} could not be stopped: "
                             f"{type(exc).__name__}: {str(exc)[:300]}") from None
-    if not await db(lambda s: repo.cancel_job(
-            s, job_id, error=f"cancelled over HTTP (Ray job {ray_status or 'gone'})")):
-        raise _already_ended(await db(repo.get_job, job_id))
-    return Cancelled(job_id=job_id, status="cancelled", ray_job_id=job.ray_job_id,
+    return Cancelled(job_id=job.id, status="cancelled", ray_job_id=job.ray_job_id,
                      ray_job_status=ray_status)

@@ -1,0 +1,111 @@
+"""The transactional outbox: every event is written to the ``events`` table in the same
+transaction as the change it reports (a job's final status), and published from there.
+
+``stage`` adds an event to the caller's transaction. ``publish_pending`` publishes the
+unpublished ones with publisher confirms and marks each after the broker confirmed it:
+at least once (a crash between the confirm and the mark publishes it again), each with
+its ``event_id`` so a consumer drops a redelivery. The ingress drains the outbox on every
+reconciler pass; a job driver and the one-shot CLI publish their own event right away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.config import Settings
+from services.db import repo
+from services.db.models import TrainingJob
+from services.db.session import session_factory
+from services.messages import EventMetrics, ModelEvaluationEvent
+
+log = logging.getLogger("colecionador.outbox")
+
+EVALUATION = "ModelEvaluation"
+
+
+def job_event(job: TrainingJob, status: str, *, version: int | None = None,
+              metrics: dict[str, Any] | None = None, gate: dict[str, Any] | None = None,
+              artifact_uri: str | None = None, error: str | None = None
+              ) -> ModelEvaluationEvent:
+    """The ModelEvaluation event of a job that ended: approved / rejected (with its
+    version), failed or cancelled."""
+    return ModelEvaluationEvent(
+        event_id=uuid.uuid4().hex, job_id=job.id, batch_id=job.batch_id,
+        model_name=job.model_name, version=version, status=status,
+        metrics=EventMetrics(**{k: metrics[k] for k in EventMetrics.model_fields})
+        if metrics else None,
+        gate={r["metric"]: r["passed"] for r in (gate or {}).get("rules", [])},
+        artifact_uri=artifact_uri, finished_at=datetime.now(timezone.utc), error=error)
+
+
+def stage(s: Session, settings: Settings, event: ModelEvaluationEvent) -> dict[str, Any]:
+    """Add ``event`` to the session's transaction (the caller commits); it goes to the
+    events queue unless events are off (``publish_events``). Returns its body."""
+    body = json.loads(event.model_dump_json())
+    queue = settings.events_queue if settings.publish_events else None
+    repo.add_event(s, event.event_id, event.job_id, EVALUATION, queue, body)
+    return body
+
+
+async def publish_pending_async(settings: Settings, *, job_id: int | None = None,
+                                limit: int = 500) -> int:
+    """Publish unpublished events (of one job, or all), oldest first; returns how many.
+    Raises when the broker cannot be reached: what was not confirmed stays pending."""
+    sf = session_factory(settings.db_url)
+
+    def pending() -> list[tuple[str, str, dict[str, Any]]]:
+        with sf() as s:
+            return [(e.id, e.queue, e.body)
+                    for e in repo.pending_events(s, limit=limit, job_id=job_id)]
+
+    def mark(event_id: str) -> None:
+        with sf() as s:
+            repo.mark_published(s, event_id)
+
+    events = await asyncio.to_thread(pending)
+    if not events:
+        return 0
+    import aio_pika
+
+    from services import broker
+    connection = await aio_pika.connect(settings.broker_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        declared: set[str] = set()
+        for event_id, queue, body in events:
+            if queue not in declared:
+                await broker.declare_events(channel, queue)
+                declared.add(queue)
+            await asyncio.wait_for(channel.default_exchange.publish(
+                aio_pika.Message(json.dumps(body).encode(), content_type="application/json",
+                                 message_id=event_id,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=queue), 10)
+            await asyncio.to_thread(mark, event_id)
+    return len(events)
+
+
+def publish_pending(settings: Settings, *, job_id: int | None = None) -> int:
+    """``publish_pending_async`` for synchronous callers (the job driver, the CLI)."""
+    return asyncio.run(publish_pending_async(settings, job_id=job_id))
+
+
+def try_publish(settings: Settings, job_id: int) -> bool:
+    """Publish a job's event now if the broker answers; otherwise it stays in the outbox
+    for the ingress to publish. True if nothing of the job's is left pending."""
+    if not settings.publish_events:
+        return False
+    try:
+        publish_pending(settings, job_id=job_id)
+        return True
+    except Exception as e:  # noqa: BLE001 - the outbox keeps it
+        log.warning("event of job %s not published yet (%s): the ingress publishes it "
+                    "when the broker is back", job_id, e)
+        return False

@@ -1,0 +1,97 @@
+"""Every job ends: compare each active row with what Ray says of its Ray job.
+
+``decide`` is pure (Ray Train's failure policy is the model: a decision returned, the
+caller acts); ``Reconciler.pass_once`` reads the rows and Ray, and applies each decision:
+
+- a queued job without a Ray job is submitted (attempt 1), all of them, every pass;
+- a Ray job that is FAILED, STOPPED, SUCCEEDED or gone while its row is still active
+  (its driver died: OOM killer, a lost node, SIGKILL) is resubmitted as the next attempt,
+  which resumes from the latest checkpoint in the store, up to ``max_job_attempts``;
+- past that, the job is marked ``failed`` with what Ray said, and its event goes out.
+
+A cancelled job is not active, so a Ray job stopped by a cancel is never resubmitted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from services import lifecycle
+from services.config import Settings
+from services.db import repo
+from services.db.models import ACTIVE_STATUSES
+from services.db.session import session_factory
+from services.ray_jobs import RayJobs
+
+log = logging.getLogger("colecionador.reconciler")
+
+RUNNING = ("PENDING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["wait", "submit", "resubmit", "fail"]
+    reason: str | None = None
+
+
+def decide(status: str, ray_job_id: str | None, ray_status: str | None,
+           ray_message: str | None, attempts: int, max_attempts: int) -> Decision:
+    """What to do with one active job, given Ray's word on its latest Ray job."""
+    if ray_job_id is None:
+        # queued: submit it; training without a Ray job is a local `colecionador train`
+        return Decision("submit") if status == "queued" else Decision("wait")
+    if ray_status in RUNNING:
+        return Decision("wait")
+    said = f"Ray job {ray_job_id} {ray_status or 'is gone'}"
+    if ray_message:
+        said += f": {ray_message.strip().splitlines()[0][:300]}"
+    if attempts < max_attempts:
+        return Decision("resubmit", said)
+    return Decision("fail", f"driver: {said} (attempt {attempts} of {max_attempts})")
+
+
+class Reconciler:
+    """One pass at a time; the ingress runs it every ``reconcile_interval_s``."""
+
+    def __init__(self, settings: Settings, ray_jobs: RayJobs):
+        self.settings, self.ray_jobs = settings, ray_jobs
+        self.stats = {"passes": 0, "submitted": 0, "resubmitted": 0, "failed": 0}
+
+    def submit(self, job_id: int, attempt: int = 1) -> str:
+        """Submit attempt ``attempt`` of a job and record it (idempotent)."""
+        sid = self.ray_jobs.submit(job_id, attempt)
+        with session_factory(self.settings.db_url)() as s:
+            repo.record_attempt(s, job_id, sid)
+        return sid
+
+    def pass_once(self) -> dict[str, int]:
+        sf = session_factory(self.settings.db_url)
+        with sf() as s:
+            jobs = [(j.id, j.status, j.ray_job_id, j.attempts) for j in repo.active_jobs(s)]
+        for job_id, status, sid, attempts in jobs:
+            ray_status, message = self.ray_jobs.status(sid) if sid else (None, None)
+            d = decide(status, sid, ray_status, message, attempts,
+                       self.settings.max_job_attempts)
+            if d.action == "wait":
+                continue
+            if d.action == "submit":
+                self.submit(job_id)
+                self.stats["submitted"] += 1
+                continue
+            with sf() as s:  # Ray's word came after the row: is it still the same?
+                row = repo.get_job(s, job_id)
+                if row.status not in ACTIVE_STATUSES or row.ray_job_id != sid:
+                    continue
+                repo.end_attempt(s, job_id, sid, ray_status or "GONE", d.reason)
+            if d.action == "resubmit":
+                log.warning("job %s: %s; resubmitting as attempt %s", job_id, d.reason,
+                            attempts + 1)
+                self.submit(job_id, attempts + 1)
+                self.stats["resubmitted"] += 1
+            elif lifecycle.fail(self.settings, job_id, d.reason) is not None:
+                log.error("job %s failed: %s", job_id, d.reason)
+                self.stats["failed"] += 1
+        self.stats["passes"] += 1
+        return dict(self.stats)
