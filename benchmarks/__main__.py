@@ -6,3 +6,4 @@ if __name__ == "__main__":
     train_overhead.main([])
     __import__("benchmarks.tuning_asha", fromlist=["main"]).main([])
     __import__("benchmarks.api_latency", fromlist=["main"]).main([])
+    __import__("benchmarks.lifecycle", fromlist=["main"]).main([])
