@@ -6,6 +6,7 @@ store, Ray's run storage and the caches, so a new user needs no server at all.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COLECIONADOR_", extra="ignore")
+    # Secrets (the S3 secret key, API tokens, URLs with passwords) come from the node: its
+    # environment, or files named colecionador_<setting> in COLECIONADOR_SECRETS_DIR (a
+    # folder the cluster is started with). They never travel in a Ray job's runtime_env.
+    model_config = SettingsConfigDict(env_prefix="COLECIONADOR_", extra="ignore",
+                                      secrets_dir=os.environ.get("COLECIONADOR_SECRETS_DIR"))
 
     home: Path = Field(default_factory=lambda: Path.home() / ".colecionador")
     database_url: str | None = None
@@ -41,6 +46,11 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(2, ge=1)  # Ray jobs per job: the first + resubmissions
     reconcile_interval_s: float = Field(5.0, gt=0)  # the ingress's reconciler and outbox
 
+    # where a request (queue, HTTP) may point dataset_uri and weights: comma-separated local
+    # folders and s3://bucket/prefix roots; default: <home>/datasets and the store's datasets/
+    dataset_roots: str | None = None
+    plugin_modules: str | None = None  # comma-separated modules whose callables requests name
+
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     max_failures: int = Field(1, ge=-1)
@@ -58,6 +68,16 @@ class Settings(BaseSettings):
     @property
     def store(self) -> str:
         return self.store_url or str(self.resolved_home / "store")
+
+    def data_roots(self) -> list[str]:
+        """The roots a request's dataset_uri and weights may lie under."""
+        if self.dataset_roots:
+            return [r.strip() for r in self.dataset_roots.split(",") if r.strip()]
+        return [str(self.resolved_home / "datasets"), self.store.rstrip("/") + "/datasets"]
+
+    def weights_roots(self) -> list[str]:
+        """Weights may also be a version's model.pt: the store's models/."""
+        return [*self.data_roots(), self.store.rstrip("/") + "/models"]
 
     @property
     def cache_dir(self) -> Path:

@@ -38,6 +38,7 @@ from services.config import Settings
 from services.db import repo
 from services.db.session import get_engine, session_factory
 from services.errors import one_line
+from services.locations import check_request
 from services.messages import parse_request
 from services.ray_jobs import NAMESPACE, RayJobs, settings_env
 from services.reconciler import Reconciler
@@ -197,6 +198,7 @@ class Consumer:
         self.stats["received"] += 1
         try:
             request = parse_request(message.body)
+            check_request(request, self.settings)
         except ValueError as e:
             await self.dead_letter(message, str(e))
             return

@@ -33,6 +33,7 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
+from services.locations import check_request
 from services.messages import TrainingRequest
 from services.ray_jobs import current_submission_id
 from services.records import create_job, prepare_database
@@ -243,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         request = TrainingRequest(batch_id=args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
                                   dataset_uri=args.dataset, model_name=args.model_name,
                                   hyperparameters=hp)
+        try:  # a Ray job is a request like any other: the operator's roots apply
+            check_request(request, settings)
+        except ValueError as e:
+            p.error(str(e))
         job, created = create_job(settings, request, num_workers=args.workers)
         job_id = job.id
         if created and current_submission_id():

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from urllib.parse import urlparse
 
 from services.config import Settings
 
@@ -78,12 +79,20 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _has_password(value: str) -> bool:
+    """A URL whose user info carries a password (postgresql://u:p@h/db, amqp://u:p@h/)."""
+    userinfo = urlparse(value).netloc.rpartition("@")[0] if "://" in value else ""
+    return ":" in userinfo
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as COLECIONADOR_* variables, for the job drivers the ingress submits."""
+    """The settings as COLECIONADOR_* variables, for the job drivers the ingress submits,
+    less every secret: a Ray job's runtime_env is readable by anyone with the dashboard.
+    The drivers read secrets from their node (environment or COLECIONADOR_SECRETS_DIR)."""
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
+        if hasattr(value, "get_secret_value") or _has_password(str(value)):
+            continue
         env[f"COLECIONADOR_{name.upper()}"] = str(value)
     return env
 

@@ -68,14 +68,18 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3_server, tmp_path_factory):
     """One local Ray cluster for the session, started as a user starts one (``ray start
     --head`` with token auth and the job server, tests/raycluster.py); this process joins
-    it as a driver with the token. Only this cluster is stopped at the end."""
+    it as a driver with the token. Only this cluster is stopped at the end. Its node holds
+    the secrets (the S3 server's secret key) in COLECIONADOR_SECRETS_DIR, as an operator's
+    nodes do: they never travel in a Ray job's runtime_env."""
     import ray
 
     from tests.raycluster import LocalRayCluster
-    cluster = LocalRayCluster(num_cpus=2)
+    secrets = tmp_path_factory.mktemp("secrets")
+    (secrets / "colecionador_s3_secret_key").write_text(s3_server.secret_key)
+    cluster = LocalRayCluster(num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets)})
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
     # Ray caches its auth mode and token per process (a module imported at collection
@@ -122,6 +126,7 @@ def settings_for(tmp_path):
     def make(database_url: str | None = None, **kw) -> Settings:
         kw.setdefault("publish_events", False)
         kw.setdefault("broker_url", AMQP_URL)
+        kw.setdefault("dataset_roots", f"{tmp_path},s3://d")  # made-up data, example URIs
         return Settings(home=tmp_path / "home", database_url=database_url, workers=2, **kw)
     return make
 

@@ -32,7 +32,8 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
 
 
 class LocalRayCluster:
-    def __init__(self, num_cpus: int = 2, startup_timeout: float = 120.0):
+    def __init__(self, num_cpus: int = 2, startup_timeout: float = 120.0,
+                 env: dict[str, str] | None = None):
         self.temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: socket paths
         self.token = secrets.token_hex(32)
         self.token_path = self.temp / "auth_token"
@@ -41,7 +42,7 @@ class LocalRayCluster:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token",
+        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token",
                     "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         self.env.pop("RAY_ADDRESS", None)
         ray_bin = Path(sys.executable).with_name("ray")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MANIFEST = "manifest.csv"
+MAX_FILE_BYTES = 50 * 2**20  # a larger file is not an image we train on: unreadable
+MAX_PIXELS = 40_000_000  # width x height; a header claiming more is a decompression bomb
 
 
 class DataError(ValueError):
@@ -78,8 +81,8 @@ def discover(root: str | Path) -> DatasetIndex:
     labels: list[int] = []
     for i, name in enumerate(classes):
         for p in sorted((root / name).rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(p)
+            if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink()):
+                paths.append(p)  # a symlink leaving the folder is listed as unreadable
                 labels.append(i)
     if not paths:
         raise DataError(
@@ -97,7 +100,14 @@ def _from_manifest(root: Path) -> DatasetIndex:
         raise DataError(f"{root / MANIFEST} must have 'path' and 'label' columns")
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
-    paths = [root / r["path"] for r in rows]
+    inside = root.resolve()
+    paths = []
+    for n, r in enumerate(rows, start=2):  # line 1 is the header
+        path = root / r["path"]
+        if inside not in path.resolve().parents:
+            raise DataError(f"{MANIFEST} line {n}: {r['path']!r} is not a file inside the "
+                            "dataset folder")
+        paths.append(path)
     labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
     if len(classes) < 2:
         raise DataError(f"dataset {root} has {len(classes)} class; at least 2 are needed")
@@ -113,9 +123,23 @@ class _Decoded:
     phash: int
 
 
-def _decode_one(path: Path, size: int) -> _Decoded:
+class UnreadableImage(ValueError):
+    """A file that is not an image we decode: outside the folder, too large, a bomb."""
+
+
+def _decode_one(path: Path, size: int, root: Path) -> _Decoded:
+    if root not in path.resolve().parents:
+        raise UnreadableImage("outside the dataset folder (a symbolic link?)")
+    n_bytes = path.stat().st_size
+    if n_bytes > MAX_FILE_BYTES:
+        raise UnreadableImage(f"{n_bytes / 2**20:.0f} MB: over the {MAX_FILE_BYTES // 2**20} MB "
+                              "limit")
     raw = path.read_bytes()
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(raw)) as img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise UnreadableImage(f"{width}x{height} pixels: over the {MAX_PIXELS:,} limit "
+                                  "(a decompression bomb?)")
         img.load()
         rgb = img.convert("RGB")
         resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
@@ -128,10 +152,13 @@ def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
            threads: int = 4) -> DecodedDataset:
     """Decode every image to uint8 (3, S, S). Unreadable files fail or are skipped."""
 
+    root = index.root.resolve()
+
     def work(p: Path) -> _Decoded | str:
         try:
-            return _decode_one(p, image_size)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            return _decode_one(p, image_size, root)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+                SyntaxError) as e:
             return f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
     with ThreadPoolExecutor(threads) as pool:

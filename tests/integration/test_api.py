@@ -88,7 +88,7 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
         s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
         s3_secret_key=SecretStr(s3_server.secret_key),
         ray_dashboard_url=ray_cluster.dashboard_url, ray_auth_token_path=ray_cluster.token_path,
-        api_token=SecretStr(WRITE), api_read_token=None)
+        api_token=SecretStr(WRITE), api_read_token=None, dataset_roots=f"{home},s3://d")
     data = write_dataset(home / "data")
 
     def request(batch: str, uri: str, **hp) -> TrainingRequest:
@@ -438,7 +438,9 @@ def test_colecionador_serve_deploys_a_read_token_app(api):
     name = f"api-cli-{uuid.uuid4().hex[:4]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
     env.update(settings_env(api.settings), COLECIONADOR_RAY_ADDRESS=api.cluster.address,
-               COLECIONADOR_API_READ_TOKEN=READ, RAY_AUTH_MODE="token",
+               COLECIONADOR_API_TOKEN=WRITE, COLECIONADOR_API_READ_TOKEN=READ,
+               COLECIONADOR_S3_SECRET_KEY=api.settings.s3_secret_key.get_secret_value(),
+               RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN_PATH=str(api.cluster.token_path))
     cli = Path(sys.executable).with_name("colecionador")
     done = subprocess.run([str(cli), "serve", "--host", "127.0.0.1", "--port", str(api.port),

@@ -51,16 +51,19 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
     pg_url = own_database
     requests, events = queues
     store_bucket = s3_server.bucket_name("models")
+    datasets_bucket = s3_server.bucket_name("datasets")
     settings = settings_for(pg_url, publish_events=True, requests_queue=requests,
                             events_queue=events, ray_dashboard_url=ray_cluster.dashboard_url,
                             ray_auth_token_path=ray_cluster.token_path,
                             store_url=f"s3://{store_bucket}/colecionador",
+                            dataset_roots=f"s3://{datasets_bucket}/datasets",
                             s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
-                            s3_secret_key=s3_server.secret_key)
+                            s3_secret_key=s3_server.secret_key,
+                            api_token="api-" + uuid.uuid4().hex,
+                            broker_url="amqp://guest:guest@127.0.0.1:5672/")
     batch = f"lote-{uuid.uuid4().hex[:8]}"
     root = make_dataset(per_class=12)
-    dataset_uri = upload_tree(s3_server, root, s3_server.bucket_name("datasets"),
-                              f"datasets/{batch}")
+    dataset_uri = upload_tree(s3_server, root, datasets_bucket, f"datasets/{batch}")
     body = {"batchId": batch, "dataset_uri": dataset_uri, "totalImages": 36,
             "model_name": "ingressed", "hyperparameters": TINY}
 
@@ -106,6 +109,10 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
                                  headers=auth_headers(settings))
     # the driver publishes the event before it exits: await the Ray job's end, then ask
     assert _wait_job(client, job.ray_job_id, timeout=120) == JobStatus.SUCCEEDED
+    # no secret travelled with the Ray job: the driver read the S3 key from its node
+    info = str(client.get_job_info(job.ray_job_id))
+    for secret in (s3_server.secret_key, settings.api_token.get_secret_value(), "guest:guest"):
+        assert secret not in info
     assert message_count(events) == 0  # exactly one event
 
 

@@ -149,7 +149,7 @@ def test_an_ingress_started_with_the_broker_away_consumes_once_it_is_back(
             wait_for(lambda: consumer.stats["reconnects"] >= 1, 30, "a failed connect")
             assert not consumer.stats["consuming"]
             assert "consumer" in consumer.stats["last_error"]["error"]
-            publish_all(requests, [{"batch_id": batch, "dataset_uri": "/nowhere"}])
+            publish_all(requests, [{"batch_id": batch, "dataset_uri": "s3://d/nowhere/"}])
             proxy.open()
             wait_for(lambda: consumer.stats["received"] == 1, 90, "the message consumed")
             assert consumer.stats["consuming"] and consumer.stats["created"] == 1
@@ -172,7 +172,7 @@ def test_a_database_outage_during_intake_loses_nothing_and_does_not_spin(
                                 ray_dashboard_url=closed_dashboard(),
                                 reconcile_interval_s=60)
         batches = [f"outage-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
-        bodies = [{"batch_id": b, "dataset_uri": "/nowhere"} for b in batches]
+        bodies = [{"batch_id": b, "dataset_uri": "s3://d/nowhere/"} for b in batches]
         with RunningConsumer(settings) as consumer:
             wait_for(lambda: consumer.stats["consuming"], 60, "consuming")
             proxy.close()
@@ -203,7 +203,7 @@ def test_200_concurrent_messages_with_duplicates_make_one_job_and_one_event_each
                             publish_events=True, ray_dashboard_url=closed_dashboard(),
                             reconcile_interval_s=60)
     batches = [f"many-{i}-{uuid.uuid4().hex[:6]}" for i in range(100)]
-    bodies = [{"batch_id": b, "dataset_uri": "/nowhere"} for b in batches] * 2
+    bodies = [{"batch_id": b, "dataset_uri": "s3://d/nowhere/"} for b in batches] * 2
     with RunningConsumer(settings) as consumer:
         wait_for(lambda: consumer.stats["consuming"], 60, "consuming")
         publish_all(requests, bodies)

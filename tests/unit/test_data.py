@@ -80,3 +80,49 @@ def test_manifest_layout(make_dataset):
     (root / "manifest.csv").write_text("\n".join(rows))
     index = data.discover(root)
     assert index.classes == ["a", "b", "c"] and len(index.paths) == 30
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says ``width`` x ``height`` (CRC fixed): a decompression bomb."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def test_hostile_files_are_unreadable_images_never_a_crash(make_dataset, tmp_path):
+    root = make_dataset(per_class=6)
+    bad = root / "class_0"
+    (bad / "bomb.png").write_bytes(_png_claiming(20000, 20000))
+    (bad / "empty.png").write_bytes(b"")
+    good = (root / "class_1" / "000.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    with open(bad / "huge.png", "wb") as f:  # 60 MB, sparse
+        f.truncate(60 * 2**20)
+    (bad / "passwd.png").symlink_to("/etc/passwd")
+    decoded = data.decode(data.discover(root), 16, "skip")
+    reasons = dict(decoded.bad)
+    assert set(reasons) == {f"class_0/{n}.png" for n in
+                            ("bomb", "empty", "truncated", "huge", "passwd")}
+    assert "decompression bomb" in reasons["class_0/bomb.png"]
+    assert "over the 50 MB limit" in reasons["class_0/huge.png"]
+    assert "outside the dataset folder" in reasons["class_0/passwd.png"]
+    assert len(decoded) == 18  # every real image kept
+    with pytest.raises(data.DataError, match="5 unreadable image"):
+        data.decode(data.discover(root), 16, "fail")
+
+
+def test_manifest_rows_cannot_leave_the_dataset_folder(make_dataset):
+    root = make_dataset(per_class=6)
+    (root / "manifest.csv").write_text("path,label\nclass_0/000.png,a\n../../etc/passwd,b\n")
+    with pytest.raises(data.DataError, match="line 3: '../../etc/passwd' is not a file inside"):
+        data.discover(root)

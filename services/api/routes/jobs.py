@@ -27,6 +27,7 @@ from services.artifacts import report_key
 from services.broker import publish_request
 from services.db import repo
 from services.db.models import FINAL_STATUSES
+from services.locations import check_request
 from services.messages import MAX_INT, TrainingRequest
 from services.ray_jobs import RayJobs
 from services.records import create_job
@@ -93,7 +94,14 @@ async def submit_job(request: Annotated[TrainingRequest, Body()],
     """Record the request (a known batch_id returns its job, ``created: false``) and
     publish it on the requests queue, where the ingress submits it as a Ray job. It
     is published when the job is new, or still queued without a Ray job (an earlier
-    publish may have failed); never for a job that runs or has finished."""
+    publish may have failed); never for a job that runs or has finished. A dataset_uri
+    or weights outside the operator's roots is refused (422)."""
+    try:
+        check_request(request, settings)
+    except ValueError as exc:
+        field, _, msg = str(exc).partition(": ")
+        raise HTTPException(422, [{"loc": ["body", *field.split(".")], "msg": msg,
+                                   "type": "value_error"}]) from None
     try:
         job, created = await asyncio.to_thread(create_job, settings, request)
     except DataError as exc:

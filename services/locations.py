@@ -1,0 +1,65 @@
+"""Where a request may make the service read: its dataset_uri and weights must lie under
+the operator's roots (``COLECIONADOR_DATASET_ROOTS``; weights also under the store's
+``models/``). Local paths are resolved (symbolic links too) before the check; S3 keys are
+compared by path segment and may not hold ``..``. The CLI's own ``--dataset PATH`` is the
+local user's choice and is not checked (services/cli.py); the queue, HTTP and
+``python -m services.jobs --dataset`` are."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from services.config import Settings
+from services.messages import TrainingRequest
+
+
+def _is_name(location: str) -> bool:
+    """A weights name (imagenet, IMAGENET1K_V2, ...), not a path or URI."""
+    return "/" not in location and "\\" not in location and "://" not in location
+
+
+def _local(location: str) -> Path | None:
+    if location.startswith("file://"):
+        return Path(urlparse(location).path)
+    if "://" in location:
+        return None
+    return Path(location).expanduser()
+
+
+def under(location: str, roots: list[str]) -> bool:
+    """Whether ``location`` (a path, file:// or s3:// URI) lies under one of ``roots``."""
+    path = _local(location)
+    if path is not None:
+        resolved = path.resolve()
+        for root in roots:
+            base = _local(root)
+            if base is not None and (resolved == base.resolve()
+                                     or base.resolve() in resolved.parents):
+                return True
+        return False
+    parsed = urlparse(location)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        return False
+    key = PurePosixPath(parsed.path)
+    if ".." in key.parts:
+        return False
+    for root in roots:
+        r = urlparse(root)
+        if r.scheme == "s3" and r.netloc == parsed.netloc:
+            base = PurePosixPath(r.path or "/")
+            if key == base or base in key.parents:
+                return True
+    return False
+
+
+def check_request(request: TrainingRequest, settings: Settings) -> None:
+    """ValueError naming the field when the request points outside the roots."""
+    roots = settings.data_roots()
+    if not under(request.dataset_uri, roots):
+        raise ValueError(f"dataset_uri: {request.dataset_uri!r} is not under an allowed root "
+                         f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)")
+    weights = request.hyperparameters.weights
+    if weights and not _is_name(weights) and not under(weights, settings.weights_roots()):
+        raise ValueError(f"hyperparameters.weights: {weights!r} is not under an allowed root "
+                         f"or the store's models/ (COLECIONADOR_DATASET_ROOTS)")
