@@ -117,18 +117,28 @@ def _presented(request: Request, basic: bool) -> str | None:
     return None
 
 
-def _read_guard(basic: bool) -> Callable[..., Any]:
-    async def guard(request: Request, settings: SettingsDep) -> None:
-        if settings.api_read_token is None:
-            return
-        challenge = 'Basic realm="colecionador"' if basic else "Bearer"
-        token = _presented(request, basic)
-        if token is None:
-            raise HTTPException(401, "a token is needed to read: Authorization: Bearer "
-                                "<token>", headers={"WWW-Authenticate": challenge})
-        if not _matches(token, settings.api_read_token, settings.api_token):
-            raise HTTPException(403, "invalid token")
-    return guard
+def _check_read(request: Request, settings: Settings, basic: bool) -> None:
+    if settings.api_read_token is None:
+        return
+    challenge = 'Basic realm="colecionador"' if basic else "Bearer"
+    token = _presented(request, basic)
+    if token is None:
+        raise HTTPException(401, "a token is needed to read: Authorization: Bearer "
+                            "<token>", headers={"WWW-Authenticate": challenge})
+    if not _matches(token, settings.api_read_token, settings.api_token):
+        raise HTTPException(403, "invalid token")
+
+
+# Module-level functions, not closures: Serve pickles the app to the replica, and a closure
+# travels by value without the module globals its string annotations name (``from
+# __future__ import annotations``), so FastAPI there took ``request`` and ``settings`` for
+# query parameters and answered every read 422.
+async def _read_bearer(request: Request, settings: SettingsDep) -> None:
+    _check_read(request, settings, basic=False)
+
+
+async def _read_basic(request: Request, settings: SettingsDep) -> None:
+    _check_read(request, settings, basic=True)
 
 
 _bearer = HTTPBearer(auto_error=False, description="COLECIONADOR_API_TOKEN")
@@ -147,8 +157,8 @@ async def _require_write(settings: SettingsDep, creds: Annotated[
 
 
 # route-level dependencies: ``dependencies=[READ]``
-READ = Depends(_read_guard(basic=False))
-READ_PAGE = Depends(_read_guard(basic=True))  # pages: HTTP Basic too, for a browser
+READ = Depends(_read_bearer)
+READ_PAGE = Depends(_read_basic)  # pages: HTTP Basic too, for a browser
 WRITE = Depends(_require_write)
 
 
