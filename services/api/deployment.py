@@ -56,7 +56,7 @@ def api_deployment(settings: Settings, *, num_cpus: float = 0.0, num_replicas: i
     CPU would keep a training worker from starting. With ``autoscaling_config`` the
     replica count follows the load and ``num_replicas`` is ignored.
     ``max_queued_requests=-1`` turns shedding off (Serve's default: an unbounded queue)."""
-    app = create_app(settings, cancel_wait_s=cancel_wait_s)
+    app = create_app(settings, cancel_wait_s=cancel_wait_s, db_threads=max_ongoing_requests)
     scale: dict[str, Any] = ({"autoscaling_config": autoscaling_config}
                              if autoscaling_config is not None
                              else {"num_replicas": num_replicas})
