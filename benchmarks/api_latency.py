@@ -9,6 +9,14 @@ that scheduled time, so a slow server cannot slow the client down and hide its q
 and the replica actors; uvicorn: one child process running ``uvicorn.run`` on the app),
 never in the client's process, where it would share the client's GIL. One second of
 warm-up traffic is not counted.
+
+Serve runs with the deployment's backpressure (services/api/deployment.py): a request it
+sheds is answered 503 at once and counted apart (the ``503 %`` column), not as an error;
+``answer max`` and ``<=1s %`` count every answer, served or shed. The last lines are the
+ratios issue #18 sets goals for: Serve's served req/s and p99 against uvicorn's at the
+same rate. ``--max-queued-requests -1`` measures Serve's unbounded queue (the old
+behaviour). The whole table: ``python -m benchmarks.api_latency`` (20, 50, 100, 200 req/s,
+10 s each; part of ``make bench``).
 """
 
 from __future__ import annotations
