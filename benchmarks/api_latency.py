@@ -9,6 +9,14 @@ that scheduled time, so a slow server cannot slow the client down and hide its q
 and the replica actors; uvicorn: one child process running ``uvicorn.run`` on the app),
 never in the client's process, where it would share the client's GIL. One second of
 warm-up traffic is not counted.
+
+Serve runs with the deployment's backpressure (services/api/deployment.py): a request it
+sheds is answered 503 at once and counted apart (the ``503 %`` column), not as an error;
+``answer max`` and ``<=1s %`` count every answer, served or shed. The last lines are the
+ratios issue #18 sets goals for: Serve's served req/s and p99 against uvicorn's at the
+same rate. ``--max-queued-requests -1`` measures Serve's unbounded queue (the old
+behaviour). The whole table: ``python -m benchmarks.api_latency`` (20, 50, 100, 200 req/s,
+10 s each; part of ``make bench``).
 """
 
 from __future__ import annotations
@@ -78,11 +86,13 @@ async def wait_up(url: str, timeout: float = 60.0) -> None:
 
 async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0
                     ) -> dict[str, Any]:
-    """Send GET ``url`` at ``rate``/s for ``warmup + duration`` s; latencies of the
-    requests scheduled after the warm-up, from their scheduled send time."""
+    """Send GET ``url`` at ``rate``/s for ``warmup + duration`` s; of the requests
+    scheduled after the warm-up: latencies of those served (200) and of every answer (200
+    or a 503 that sheds it), from their scheduled send time, and the counts of each."""
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     latencies: list[float] = []
-    errors = 0
+    answered: list[float] = []  # served or shed: how long until the client knew
+    errors = shed = 0
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         loop = asyncio.get_running_loop()
         t0 = loop.time() + 0.05
@@ -90,18 +100,22 @@ async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0
         first_counted = int(warmup * rate)
 
         async def one(i: int, at: float) -> None:
-            nonlocal errors
+            nonlocal errors, shed
             delay = at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                r = await client.get(url)
-                ok = r.status_code == 200
+                code = (await client.get(url)).status_code
             except httpx.HTTPError:
-                ok = False
+                code = 0
             if i >= first_counted:
-                if ok:
-                    latencies.append(loop.time() - at)
+                took = loop.time() - at
+                if code == 200:
+                    latencies.append(took)
+                    answered.append(took)
+                elif code == 503:
+                    shed += 1
+                    answered.append(took)
                 else:
                     errors += 1
 
@@ -110,13 +124,20 @@ async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start_counted
     latencies.sort()
-    n = len(latencies)
+    answered.sort()
+    n, sent = len(latencies), total - first_counted
 
-    def pct(p: float) -> float:
-        return latencies[min(n - 1, int(round(p / 100 * (n - 1))))] * 1000 if n else float("nan")
-    return {"requests": n, "errors": errors, "p50_ms": pct(50), "p90_ms": pct(90),
-            "p99_ms": pct(99), "max_ms": latencies[-1] * 1000 if n else float("nan"),
+    def pct(values: list[float], p: float) -> float:
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
+    return {"requests": n, "sent": sent, "errors": errors, "shed": shed,
+            "shed_pct": 100 * shed / sent if sent else 0.0,
+            "p50_ms": pct(latencies, 50), "p90_ms": pct(latencies, 90),
+            "p99_ms": pct(latencies, 99), "max_ms": latencies[-1] * 1000 if n else float("nan"),
             "mean_ms": statistics.fmean(latencies) * 1000 if n else float("nan"),
+            "answer_max_ms": answered[-1] * 1000 if answered else float("nan"),
+            "within_1s_pct": 100 * sum(a <= 1.0 for a in answered) / sent if sent else 0.0,
             "achieved_rps": n / elapsed if elapsed > 0 else 0.0}
 
 
@@ -150,8 +171,8 @@ def bench_uvicorn(home: Path, path: str, rates: list[float], duration: float
         proc.join(10)
 
 
-def bench_serve(settings, path: str, rates: list[float], duration: float
-                ) -> list[dict[str, Any]]:
+def bench_serve(settings, path: str, rates: list[float], duration: float,
+                **deployment: Any) -> list[dict[str, Any]]:
     import ray
     from ray import serve
 
@@ -162,7 +183,7 @@ def bench_serve(settings, path: str, rates: list[float], duration: float
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port},
                     logging_config={"log_level": "WARNING", "enable_access_log": False})
-        serve.run(api_application(settings), name="bench", route_prefix="/")
+        serve.run(api_application(settings, **deployment), name="bench", route_prefix="/")
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/healthz"))
         return [asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", rate, duration))
                 for rate in rates]
@@ -174,39 +195,65 @@ def bench_serve(settings, path: str, rates: list[float], duration: float
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from services.api.deployment import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rates", default="20,50",
+    p.add_argument("--rates", default="20,50,100,200",
                    help="comma-separated request rates (req/s), each run in turn")
     p.add_argument("--duration", type=float, default=10.0, help="seconds counted")
     p.add_argument("--jobs", type=int, default=30, help="jobs recorded in the database")
     p.add_argument("--limit", type=int, default=20, help="?limit= of GET /jobs")
+    p.add_argument("--servers", default="uvicorn,serve",
+                   help="which servers to measure: uvicorn, serve, or both")
+    p.add_argument("--max-ongoing-requests", type=int, default=MAX_ONGOING_REQUESTS)
+    p.add_argument("--max-queued-requests", type=int, default=MAX_QUEUED_REQUESTS,
+                   help="-1: no shedding (Serve's default, the behaviour of issue #18)")
     args = p.parse_args(argv)
     path = f"/jobs?limit={args.limit}"
     rates = [float(r) for r in args.rates.split(",")]
+    servers = {s.strip() for s in args.servers.split(",")}
     rows: list[dict[str, Any]] = []
     load = os.getloadavg()[0]  # other work on the machine shows in the tail latencies
+    serve_name = (f"Ray Serve (ongoing {args.max_ongoing_requests}, "
+                  f"queued {args.max_queued_requests})")
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
         home = Path(tmp)
         settings = make_settings(home)
         record_jobs(settings, args.jobs)
-        bare = bench_uvicorn(home, path, rates, args.duration)
+        bare = bench_uvicorn(home, path, rates, args.duration) if "uvicorn" in servers \
+            else None
         for rate, r in zip(rates, bare or []):
-            rows.append({"server": "FastAPI on uvicorn (1 process)", "rate": rate, **r})
-        for rate, r in zip(rates, bench_serve(settings, path, rates, args.duration)):
-            rows.append({"server": "FastAPI on Ray Serve (proxy + 1 replica)", "rate": rate,
-                         **r})
+            rows.append({"server": "uvicorn (1 process)", "rate": rate, **r})
+        if "serve" in servers:
+            served = bench_serve(settings, path, rates, args.duration,
+                                 max_ongoing_requests=args.max_ongoing_requests,
+                                 max_queued_requests=args.max_queued_requests)
+            for rate, r in zip(rates, served):
+                rows.append({"server": serve_name, "rate": rate, **r})
 
     print(f"\nAPI latency: GET {path} ({args.limit} of {args.jobs} jobs, SQLite), open loop "
           f"for {args.duration:g} s per rate after 1 s of warm-up, loopback; {os.cpu_count()} "
           f"cores shared with the client; load average before: {load:.2f}")
-    print(f"{'server':<42}{'target/s':>9}{'requests':>9}{'errors':>7}{'p50 ms':>9}"
-          f"{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}")
+    print(f"{'server':<38}{'target/s':>9}{'sent':>6}{'200':>6}{'503 %':>7}{'errors':>7}"
+          f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'answer max':>11}{'<=1s %':>8}"
+          f"{'req/s':>8}")
     for r in rows:
-        print(f"{r['server']:<42}{r['rate']:>9g}{r['requests']:>9}{r['errors']:>7}"
-              f"{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>9.1f}"
+        print(f"{r['server']:<38}{r['rate']:>9g}{r['sent']:>6}{r['requests']:>6}"
+              f"{r['shed_pct']:>7.1f}{r['errors']:>7}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['max_ms']:>9.1f}{r['answer_max_ms']:>11.1f}{r['within_1s_pct']:>8.1f}"
               f"{r['achieved_rps']:>8.1f}")
-    print("(latency counts from each request's scheduled send time; errors: no 200 within "
-          "30 s)")
+    bare_at = {r["rate"]: r for r in rows if r["server"].startswith("uvicorn")}
+    ratios = [(r, bare_at[r["rate"]]) for r in rows
+              if r["server"] == serve_name and r["rate"] in bare_at]
+    if ratios:
+        print("Serve / uvicorn at the same rate (goal: served >= 0.80, p99 <= 3.0, every "
+              "answer within 1 s):")
+        for s, u in ratios:
+            served = s["achieved_rps"] / u["achieved_rps"] if u["achieved_rps"] else float("nan")
+            p99 = s["p99_ms"] / u["p99_ms"] if u["p99_ms"] else float("nan")
+            print(f"  {s['rate']:>6g} req/s: served {served:.2f}, p99 {p99:.2f}, answered "
+                  f"within 1 s {s['within_1s_pct']:.1f} %")
+    print("(latency counts from each request's scheduled send time; 503: shed by Serve's "
+          "backpressure, answered at once; errors: anything else, or no answer within 30 s)")
     return rows
 
 

@@ -206,6 +206,20 @@ def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     """Deploy the HTTP API (services/api/) on Ray Serve and print its URL.
 
@@ -217,12 +231,22 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     from ray import serve
 
     from services.api import api_application
+    from services.api.deployment import autoscaling
     from services.ray_jobs import connect_ray
     settings = Settings()
+    scale = {"num_replicas": args.replicas}
+    if args.max_replicas is not None:
+        scale = {"autoscaling_config": autoscaling(
+            args.min_replicas, args.max_replicas,
+            target_ongoing_requests=args.target_ongoing_requests)}
     started_here = connect_ray(settings, start_local=True)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(api_application(settings, num_cpus=args.num_cpus), name=args.name,
-              route_prefix=args.route_prefix)
+    serve.start(proxy_location=args.proxy_location,
+                http_options={"host": args.host, "port": args.port})
+    limits = {k: v for k, v in (("max_ongoing_requests", args.max_ongoing_requests),
+                                ("max_queued_requests", args.max_queued_requests),
+                                ("retry_after_s", args.retry_after)) if v is not None}
+    serve.run(api_application(settings, num_cpus=args.num_cpus, **limits, **scale),
+              name=args.name, route_prefix=args.route_prefix)
     url = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
     print(f"colecionador API {args.name!r} at {url}/ (OpenAPI at {url}/docs)", flush=True)
     if settings.api_token is None:
@@ -331,6 +355,29 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--name", default="api", help="Serve application name")
     srv.add_argument("--route-prefix", default="/", help="URL path the app is served under")
     srv.add_argument("--num-cpus", type=float, default=0.0, help="CPUs reserved per replica")
+    srv.add_argument("--replicas", type=_positive_int, default=1,
+                     help="fixed number of replicas (ignored with --max-replicas)")
+    srv.add_argument("--min-replicas", type=_non_negative_int, default=1,
+                     help="autoscaling: fewest replicas (with --max-replicas)")
+    srv.add_argument("--max-replicas", type=_positive_int, default=None,
+                     help="autoscale between --min-replicas and this many replicas")
+    srv.add_argument("--target-ongoing-requests", type=float, default=None,
+                     help="autoscaling: requests in flight per replica it aims at "
+                          "(default: half of --max-ongoing-requests)")
+    # None: services/api/deployment.py's defaults (MAX_ONGOING_REQUESTS 8,
+    # MAX_QUEUED_REQUESTS 16, RETRY_AFTER_S 1), not imported here to keep the CLI light
+    srv.add_argument("--max-ongoing-requests", type=_positive_int, default=None,
+                     help="requests a replica works on at once (default 8)")
+    srv.add_argument("--max-queued-requests", type=int, default=None,
+                     help="requests each proxy holds waiting for a replica; beyond it "
+                          "Serve answers 503 with Retry-After at once (default 16; "
+                          "-1: no limit)")
+    srv.add_argument("--retry-after", type=float, default=None,
+                     help="Retry-After seconds on a shed request (default 1)")
+    srv.add_argument("--proxy-location", default="EveryNode",
+                     choices=["EveryNode", "HeadOnly", "Disabled"],
+                     help="where Serve runs HTTP proxies: every node with a replica "
+                          "(default), the head node only, or none")
     srv.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database schema")

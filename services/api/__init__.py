@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds the app (testable on its own, e.g. on uvicorn): settings,
 database and store on ``app.state``, the error handlers, one router per resource
-(routes/jobs.py, routes/models.py, routes/health.py) and the pages (ui.py).
+(routes/jobs.py, routes/models.py, routes/health.py) and the pages (ui.py); every
+successful GET carries an ETag and answers 304 to a matching If-None-Match (caching.py).
 ``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
 serve`` deploys it.
 
@@ -23,7 +24,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from services.api import ui
-from services.api.deps import Database, StoreReader
+from services.api.caching import ConditionalGetMiddleware
+from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.routes import health, jobs, models
 from services.api.schemas import ErrorOut
 from services.config import Settings
@@ -33,8 +35,10 @@ log = logging.getLogger("colecionador.api")
 CANCEL_WAIT_S = 30.0  # how long POST /jobs/{id}/cancel waits for the Ray job to end
 
 
-def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> FastAPI:
-    """The FastAPI app of DESIGN.md ("HTTP") for ``settings``."""
+def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S,
+               db_threads: int = DB_THREADS) -> FastAPI:
+    """The FastAPI app of DESIGN.md ("HTTP") for ``settings``; ``db_threads`` database
+    calls at once (the deployment makes it its ``max_ongoing_requests``)."""
     app = FastAPI(
         title="colecionador", version="0.1.0",
         description="Training jobs, their per-epoch metrics, and model versions with the "
@@ -43,7 +47,8 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S) -> F
                     "COLECIONADOR_API_READ_TOKEN is set.",
         responses={422: {"model": ErrorOut, "description": "invalid request"}})
     app.state.settings, app.state.cancel_wait_s = settings, cancel_wait_s
-    app.state.db, app.state.store = Database(settings), StoreReader(settings)
+    app.state.db, app.state.store = Database(settings, db_threads), StoreReader(settings)
+    app.add_middleware(ConditionalGetMiddleware)  # ETag on reads, 304 on If-None-Match
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _crash)

@@ -1,25 +1,72 @@
-"""The app as a Ray Serve deployment: ``@serve.deployment @serve.ingress(app)``."""
+"""The app as a Ray Serve deployment: ``@serve.deployment @serve.ingress(app)``, with
+backpressure and the scale-out settings of ``colecionador serve``.
+
+Backpressure (issue #18): each replica takes at most ``max_ongoing_requests`` at a time;
+each caller (the HTTP proxy) holds at most ``max_queued_requests`` more waiting for a
+replica, and rejects the rest at once. Without the bound a proxy's queue grows without
+limit under overload, and every request waits behind it (50-97 s measured at 100 req/s).
+
+What a rejected request gets is Serve's, not the app's: the proxy answers before the
+request reaches FastAPI, so no middleware or exception handler of the app sees it. In
+Ray 2.60 it is status 503 (``BackpressureConfig.status_code``), a ``text/plain`` body
+``Request dropped due to backpressure (num_queued_requests=N, max_queued_requests=M).``
+(not the JSON ``{"detail": ...}`` of the app's own errors), and ``Retry-After: <s>`` when
+``BackpressureConfig.retry_after_s`` is set, as it is here (``retry_after_s``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ray import serve
+from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from services.api import CANCEL_WAIT_S, create_app
 from services.config import Settings
 
 DEPLOYMENT_NAME = "colecionador-api"
 
+# A replica's share of work at once: enough to overlap database round trips, few enough
+# that a request admitted to a replica is answered in well under a second on 2 cores.
+MAX_ONGOING_REQUESTS = 8
+# Waiting requests per proxy: about a quarter of a second of one replica's capacity
+# (~60 req/s here); anything beyond that is shed with 503 + Retry-After, not queued.
+MAX_QUEUED_REQUESTS = 16
+RETRY_AFTER_S = 1.0
+
+
+def autoscaling(min_replicas: int, max_replicas: int, *,
+                target_ongoing_requests: float | None = None, **extra: Any
+                ) -> AutoscalingConfig:
+    """Serve's autoscaler between ``min_replicas`` and ``max_replicas``, aiming at
+    ``target_ongoing_requests`` per replica (default: half of MAX_ONGOING_REQUESTS)."""
+    target = MAX_ONGOING_REQUESTS / 2 if target_ongoing_requests is None \
+        else target_ongoing_requests
+    return AutoscalingConfig(min_replicas=min_replicas, max_replicas=max_replicas,
+                             target_ongoing_requests=target, **extra)
+
 
 def api_deployment(settings: Settings, *, num_cpus: float = 0.0, num_replicas: int = 1,
+                   autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
+                   max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
+                   max_queued_requests: int = MAX_QUEUED_REQUESTS,
+                   retry_after_s: float | None = RETRY_AFTER_S,
                    cancel_wait_s: float = CANCEL_WAIT_S) -> Any:
     """``num_cpus`` defaults to 0: the API waits on I/O, and on a small cluster a reserved
-    CPU would keep a training worker from starting."""
-    app = create_app(settings, cancel_wait_s=cancel_wait_s)
+    CPU would keep a training worker from starting. With ``autoscaling_config`` the
+    replica count follows the load and ``num_replicas`` is ignored.
+    ``max_queued_requests=-1`` turns shedding off (Serve's default: an unbounded queue)."""
+    app = create_app(settings, cancel_wait_s=cancel_wait_s, db_threads=max_ongoing_requests)
+    scale: dict[str, Any] = ({"autoscaling_config": autoscaling_config}
+                             if autoscaling_config is not None
+                             else {"num_replicas": num_replicas})
 
-    @serve.deployment(name=DEPLOYMENT_NAME, num_replicas=num_replicas,
-                      ray_actor_options={"num_cpus": num_cpus})
+    @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": num_cpus},
+                      max_ongoing_requests=max_ongoing_requests,
+                      max_queued_requests=max_queued_requests,
+                      backpressure_config=BackpressureConfig(status_code=503,
+                                                             retry_after_s=retry_after_s),
+                      **scale)
     @serve.ingress(app)
     class ColecionadorApi:
         """colecionador's HTTP API (services.api.create_app)."""

@@ -2,7 +2,8 @@
 template's ``deps.py``): the settings, the database, the object store, read and write
 access, and an existing job (or 404).
 
-Every blocking call runs off the event loop (``asyncio.to_thread``), and every dependency
+Every blocking call runs off the event loop (database calls on the Database's own
+bounded pool, store reads with ``asyncio.to_thread``), and every dependency
 is ``async``: a sync one costs Serve a thread-pool hop per request (ray PR #55457).
 """
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.api.schemas import JobId
 from services.config import Settings
@@ -38,19 +42,35 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-class Database:
-    """Runs a repo function in a session of its own, on a worker thread."""
+DB_THREADS = 8  # the deployment sizes it to the replica's max_ongoing_requests
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+
+class Database:
+    """Runs a repo function in a session of its own, on a thread of a pool of its own:
+    ``threads`` database calls at once (at most one per request a replica takes on), so
+    they neither queue behind the store reads and PNG drawing in the event loop's default
+    executor nor take more connections than the engine's pool holds."""
+
+    def __init__(self, settings: Settings, threads: int = DB_THREADS):
+        self.settings, self.threads = settings, threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Serve pickles the app: no pool, no engine
+        return {**self.__dict__, "_pool": None, "_sessions": None}
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        prepare_database(self.settings)
-        with session_factory(self.settings.db_url)() as s:
+        if self._sessions is None:  # retried on the next call while the database is down
+            prepare_database(self.settings)
+            self._sessions = session_factory(self.settings.db_url)
+        with self._sessions() as s:
             return fn(s, *args)
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(self.call, fn, *args)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="api-db")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(self.call, fn, *args))
 
 
 async def get_db(request: Request) -> Database:
@@ -123,20 +143,21 @@ def _check_read(request: Request, settings: Settings, basic: bool) -> None:
     challenge = 'Basic realm="colecionador"' if basic else "Bearer"
     token = _presented(request, basic)
     if token is None:
-        raise HTTPException(401, "a token is needed to read: Authorization: Bearer <token>",
-                            headers={"WWW-Authenticate": challenge})
+        raise HTTPException(401, "a token is needed to read: Authorization: Bearer "
+                            "<token>", headers={"WWW-Authenticate": challenge})
     if not _matches(token, settings.api_read_token, settings.api_token):
         raise HTTPException(403, "invalid token")
 
 
-# Module-level functions, not closures: Serve ships the app to its replicas with
-# cloudpickle, which copies a closure by value without the names its string annotations
-# use (``from __future__ import annotations``), and FastAPI then cannot resolve them.
-async def _require_read(request: Request, settings: SettingsDep) -> None:
+# Module-level functions, not closures: Serve pickles the app to the replica, and a closure
+# travels by value without the module globals its string annotations name (``from
+# __future__ import annotations``), so FastAPI there took ``request`` and ``settings`` for
+# query parameters and answered every read 422.
+async def _read_bearer(request: Request, settings: SettingsDep) -> None:
     _check_read(request, settings, basic=False)
 
 
-async def _require_read_page(request: Request, settings: SettingsDep) -> None:
+async def _read_basic(request: Request, settings: SettingsDep) -> None:
     _check_read(request, settings, basic=True)
 
 
@@ -156,8 +177,8 @@ async def _require_write(settings: SettingsDep, creds: Annotated[
 
 
 # route-level dependencies: ``dependencies=[READ]``
-READ = Depends(_require_read)
-READ_PAGE = Depends(_require_read_page)  # pages: HTTP Basic too, for a browser
+READ = Depends(_read_bearer)
+READ_PAGE = Depends(_read_basic)  # pages: HTTP Basic too, for a browser
 WRITE = Depends(_require_write)
 
 

@@ -109,7 +109,9 @@ async def confusion_png(db: Database, store: StoreReader, name: str,
         png = await asyncio.to_thread(store.bytes, key)
     except Exception as exc:  # noqa: BLE001 - a store error of any kind
         raise HTTPException(502, f"cannot read {key} from the store: {exc}") from None
-    return Response(png, media_type=PNG)
+    # a version's artifacts never change: a browser may keep the image an hour, and
+    # revalidates it with its ETag after that
+    return Response(png, media_type=PNG, headers={"Cache-Control": "max-age=3600"})
 
 
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -43,6 +43,8 @@ class Base(DeclarativeBase):
 
 class TrainingJob(Base):
     __tablename__ = "training_jobs"
+    # GET /jobs?status=: the filter and the newest-first order in one index (migration 0004)
+    __table_args__ = (Index("ix_training_jobs_status_id", "status", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     batch_id: Mapped[str] = mapped_column(String(200), unique=True)
@@ -105,7 +107,10 @@ class Hyperparameter(Base):
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("model_name", "version",
-                                       name="uq_model_versions_name_version"),)
+                                       name="uq_model_versions_name_version"),
+                      # a model's latest approved version, GET /models (migration 0004)
+                      Index("ix_model_versions_name_status_version", "model_name", "status",
+                            "version"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_name: Mapped[str] = mapped_column(String(200), index=True)

@@ -144,11 +144,12 @@ def deploy(api):
     names: list[str] = []
     queues: list[str] = []
 
-    def make(**overrides) -> SimpleNamespace:
+    def make(deployment: dict | None = None, **overrides) -> SimpleNamespace:
         name = f"api-{uuid.uuid4().hex[:6]}"
         queue = f"training.requests.api-{SESSION}-{uuid.uuid4().hex[:6]}"
         settings = api.settings.model_copy(update={"requests_queue": queue, **overrides})
-        serve.run(api_application(settings), name=name, route_prefix=f"/{name}")
+        serve.run(api_application(settings, **(deployment or {})), name=name,
+                  route_prefix=f"/{name}")
         names.append(name)
         queues.extend([queue, queue + ".dead"])
         base = f"{api.url}/{name}"
@@ -474,6 +475,120 @@ def test_colecionador_serve_deploys_a_read_token_app(api):
         assert png.content.startswith(PNG_MAGIC)
     finally:
         serve.delete(name)
+
+
+# ------------------------------------------------- under load, caching, indexes
+def test_over_capacity_excess_requests_get_503_with_retry_after_at_once(deploy, api):
+    """One request at a time per replica and one waiting at the proxy: a burst of 24 at
+    once against the slowest read (the curves, drawn per request) is partly served and
+    partly shed with Serve's 503 + Retry-After, and every request is answered, none left
+    queueing. (Issue #18: without the bound, the proxy queued without limit and requests
+    waited 50-97 s.) Counts and a generous bound, not a timing benchmark."""
+    import concurrent.futures as cf
+    app = deploy(deployment={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                             "retry_after_s": 2})
+    path = f"{app.url}/jobs/{api.trained}/curves.png"
+    assert httpx.get(path, timeout=30).status_code == 200  # warm: matplotlib imported
+
+    def one(_i: int) -> tuple[int, float, str | None]:
+        start = time.monotonic()
+        r = httpx.get(path, timeout=30)
+        return r.status_code, time.monotonic() - start, r.headers.get("retry-after")
+
+    with cf.ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(one, range(24)))
+    codes = [code for code, _, _ in answers]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    assert all(after == "2" for code, _, after in answers if code == 503), answers
+    assert max(took for _, took, _ in answers) < 10, answers
+    # the shed ones are answered without waiting for the served ones
+    shed = sorted(took for code, took, _ in answers if code == 503)
+    served = sorted(took for code, took, _ in answers if code == 200)
+    assert shed[len(shed) // 2] <= served[-1], answers
+    # and the app still answers once the burst is over
+    assert httpx.get(path, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("path", [
+    "/jobs", "/jobs?status=success", "/jobs/{trained}", "/jobs/{trained}/metrics",
+    "/jobs/{trained}/curves.png", "/models", "/models/{model}/versions/1",
+    "/models/{model}/versions/1/confusion_matrix.png", "/", "/ui/jobs/{trained}",
+    "/ui/jobs/{trained}/curves.png"])
+def test_a_repeated_get_with_if_none_match_answers_304(client, api, path):
+    url = path.format(trained=api.trained, model=api.model)
+    first = client.get(url)
+    assert first.status_code == 200 and first.content
+    etag = first.headers["etag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag) and "cache-control" in first.headers
+    again = client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+    weak_in_a_list = client.get(url, headers={"If-None-Match": f'"nope", W/{etag}'})
+    assert weak_in_a_list.status_code == 304
+    other = client.get(url, headers={"If-None-Match": '"something-else"'})
+    assert other.status_code == 200 and other.content == first.content
+
+
+def test_conditional_get_leaves_errors_and_writes_alone(client, api):
+    missing = client.get("/jobs/987654321", headers={"If-None-Match": "*"})
+    assert missing.status_code == 404 and "etag" not in missing.headers
+    assert missing.json()["detail"]
+    png = client.get(f"/models/{api.model}/versions/1/confusion_matrix.png")
+    assert png.headers["cache-control"] == "max-age=3600"  # a version never changes
+    assert client.get("/jobs").headers["cache-control"] == "no-cache"
+    r = client.post("/jobs", json={"batch_id": ""}, headers={**AUTH, "If-None-Match": "*"})
+    assert r.status_code == 422 and "etag" not in r.headers
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db_url(request, tmp_path):
+    """A database with no tables at all, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrate.db'}"
+        return
+    with fresh_database(f"colecionador_idx_{uuid.uuid4().hex[:8]}") as url:
+        yield url
+
+
+def test_migration_0004_read_indexes_upgrade_downgrade_and_match_the_models(empty_db_url):
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine, inspect, text
+
+    from services.db.models import Base
+    from services.db.session import alembic_config, get_engine
+    read_indexes = {("training_jobs", "ix_training_jobs_status_id", ("status", "id")),
+                    ("model_versions", "ix_model_versions_name_status_version",
+                     ("model_name", "status", "version"))}
+    cfg = alembic_config(empty_db_url)
+    engine = create_engine(empty_db_url)
+
+    def indexes() -> set[tuple[str, str, tuple[str, ...]]]:
+        found = inspect(engine)
+        return {(t, i["name"], tuple(i["column_names"]))
+                for t in ("training_jobs", "model_versions") for i in found.get_indexes(t)}
+    try:
+        command.upgrade(cfg, "head")
+        assert read_indexes <= indexes()
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []
+        command.downgrade(cfg, "0003")
+        assert not read_indexes & indexes()
+        assert ("training_jobs", "ix_training_jobs_status", ("status",)) in indexes()
+        command.upgrade(cfg, "head")
+        assert read_indexes <= indexes()
+        if empty_db_url.startswith("sqlite"):  # the status list reads through the index
+            with engine.connect() as conn:
+                plan = " ".join(str(row[-1]) for row in conn.execute(text(
+                    "EXPLAIN QUERY PLAN SELECT * FROM training_jobs WHERE status = 'queued' "
+                    "ORDER BY id DESC LIMIT 20")))
+            assert "ix_training_jobs_status_id" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        engine.dispose()
+        get_engine(empty_db_url).dispose()
 
 
 # ------------------------------------------------------------------- the page
