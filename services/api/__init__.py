@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from services.api import ui
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
+from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
 from services.api.routes import health, jobs, models
 from services.api.schemas import ErrorOut
 from services.config import Settings
@@ -45,14 +46,17 @@ def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S,
                     "quality gate's outcome. Writes need `Authorization: Bearer <token>` "
                     "(COLECIONADOR_API_TOKEN); reads are open unless "
                     "COLECIONADOR_API_READ_TOKEN is set.",
-        responses={422: {"model": ErrorOut, "description": "invalid request"}})
+        responses={422: {"model": ErrorOut, "description": "invalid request"}},
+        docs_url=None, redoc_url=None, openapi_url=None)  # edges.docs_routes: read rule
     app.state.settings, app.state.cancel_wait_s = settings, cancel_wait_s
     app.state.db, app.state.store = Database(settings, db_threads), StoreReader(settings)
     app.add_middleware(ConditionalGetMiddleware)  # ETag on reads, 304 on If-None-Match
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit)  # outermost: 413 before anything reads the body
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _crash)
-    for router in (health.router, jobs.router, models.router, ui.router):
+    for router in (health.router, jobs.router, models.router, ui.router, docs_routes):
         app.include_router(router)
     return app
 
