@@ -181,11 +181,16 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def _printable(text: str) -> str:
+    """A field name from the request as one printable line (it may be anything)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def validation_message(err: ValidationError) -> str:
     """One line per problem, naming the field, for CLI errors and dead-letter reasons."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "hyperparameters"
+        loc = ".".join(_printable(str(p)) for p in e["loc"]) or "hyperparameters"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown hyperparameter"
