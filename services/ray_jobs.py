@@ -8,6 +8,7 @@ so a retry finds the Ray job it already submitted), existence, and stop-and-wait
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,9 +22,12 @@ NAMESPACE = "colecionador"
 STOP_WAIT_S = 30.0  # how long stop_and_wait waits for the Ray job to end
 
 
-def submission_id(job_id: int, attempt: int = 1) -> str:
-    """The Ray job submission id of attempt ``attempt`` of our job ``job_id``."""
-    base = f"colecionador-job-{job_id}"
+def submission_id(job_id: int, batch_id: str, attempt: int = 1) -> str:
+    """The Ray job submission id of attempt ``attempt`` of our job ``job_id``: derived
+    from the row, so a retry finds the Ray job it already submitted; the batch's hash
+    keeps job 1 of a new database apart from job 1 of an old one on the same cluster."""
+    digest = hashlib.sha1(batch_id.encode()).hexdigest()[:8]
+    base = f"colecionador-job-{job_id}-{digest}"
     return base if attempt <= 1 else f"{base}-attempt-{attempt}"
 
 
@@ -121,10 +125,10 @@ class RayJobs:
                 return False
             raise
 
-    def submit(self, job_id: int, attempt: int = 1) -> str:
+    def submit(self, job_id: int, batch_id: str, attempt: int = 1) -> str:
         """Submit ``python -m services.jobs --job-id N`` as attempt ``attempt`` unless Ray
         already has that attempt; returns its submission id."""
-        sid = submission_id(job_id, attempt)
+        sid = submission_id(job_id, batch_id, attempt)
         if not self.exists(sid):
             try:
                 self.client.submit_job(

@@ -61,8 +61,8 @@ class Reconciler:
 
     def submit(self, job_id: int, attempt: int = 1) -> str:
         """Submit attempt ``attempt`` of a job and record it (idempotent)."""
-        sid = self.ray_jobs.submit(job_id, attempt)
         with session_factory(self.settings.db_url)() as s:
+            sid = self.ray_jobs.submit(job_id, repo.get_job(s, job_id).batch_id, attempt)
             repo.record_attempt(s, job_id, sid)
         return sid
 

@@ -93,7 +93,7 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
         assert [j.batch_id for j in jobs] == [batch]  # one job; nothing for the bad one
         job = jobs[0]
         assert job.status == "success" and job.total_images == 36
-        assert job.ray_job_id == submission_id(job.id)
+        assert job.ray_job_id == submission_id(job.id, batch)
         assert event["job_id"] == job.id
         assert [v.version for v in repo.job_versions(s, job.id)] == [1]
         assert len(repo.epoch_rows(s, job.id)) == 2
@@ -142,14 +142,14 @@ def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
         with session_factory(url)() as s:
             row = repo.get_job(s, job.id)
         sid = row.ray_job_id
-        assert sid == submission_id(job.id) and row.attempts == 1
+        assert sid == submission_id(job.id, job.batch_id) and row.attempts == 1
         # submitting again finds the Ray job it already submitted instead of failing
         assert reconciler.submit(job.id) == sid
 
         class LostTheRace(RayJobs):
             def exists(self, sid: str) -> bool:  # it looked before the other one submitted
                 return False
-        assert LostTheRace(settings).submit(job.id) == sid  # not "already exists"
+        assert LostTheRace(settings).submit(job.id, job.batch_id) == sid  # not "already exists"
         assert _wait_job(ray_jobs.client, sid) == JobStatus.FAILED  # exits 1 on failure
         with session_factory(url)() as s:
             row = repo.get_job(s, job.id)
