@@ -115,7 +115,7 @@ class Hyperparameters(BaseModel):
                         "label_conflicts"]] = Field(
         default_factory=list)
     max_imbalance: float = Field(10.0, ge=1)
-    near_duplicate_distance: int = Field(4, ge=0, le=32)
+    near_duplicate_distance: int = Field(10, ge=0, le=32)  # hash candidates, then pixels
     preflight: bool = False
     use_suggested_lr: bool = False
 
