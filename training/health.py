@@ -162,3 +162,12 @@ def failing(report: dict[str, Any], fail_on: list[str]) -> list[str]:
     """Messages of the findings whose kind is in ``fail_on``."""
     return [f["message"] for f in report["findings"] if f["kind"] in fail_on]
 
+
+
+def blocking(report: dict[str, Any], fail_on: list[str], on_bad_image: str) -> list[str]:
+    """Messages of the findings that would fail a job with these settings: small classes
+    always (the split needs min_per_class), unreadable files unless ``on_bad_image`` is
+    skip, and the kinds in ``fail_on``."""
+    always = {"small_class"} | ({"unreadable"} if on_bad_image == "fail" else set())
+    return [f["message"] for f in report["findings"]
+            if f["kind"] in always or f["kind"] in fail_on]

@@ -192,8 +192,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
     ``phase1_lr=3e-4`` gives a float, ``hflip=false`` a bool, ``milestones=[3,6]`` a list,
     ``weights=none`` None but ``augment=none`` and ``schedule=none`` the string "none"
-    (those fields' values include the word); anything that is not JSON stays a string for
-    pydantic to judge.
+    (those fields' values include the word); a list field takes one value or several
+    (``fail_on=leakage``, ``fail_on=leakage,label_conflicts``); anything that is not JSON
+    stays a string for pydantic to judge.
     """
     if "=" not in text:
         raise ValueError(f"expected key=value, got {text!r}")
@@ -209,12 +210,22 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key, None
     if lowered in ("true", "false"):
         return key, lowered == "true"
+    is_list = get_origin(Hyperparameters.model_fields[key].annotation) is list
     try:
-        return key, json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
         if "," in raw and Hyperparameters.model_fields[key].annotation is not str:
-            return key, [json.loads(p) for p in raw.split(",")]
-        return key, raw
+            return key, [_json_or_word(p) for p in raw.split(",")]
+        value = raw
+    return key, [value] if is_list and not isinstance(value, list) else value
+
+
+def _json_or_word(text: str) -> Any:
+    """One item of ``a,b,c``: JSON where it parses (``3``), else the word (``leakage``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
 
 
 def validation_message(err: ValidationError) -> str:

@@ -53,6 +53,9 @@ def test_parse_assignment(text, expected):
     ("schedule=None", ("schedule", "none")), ("class_weights=none", ("class_weights", None)),
     ("grad_clip=none", ("grad_clip", None)), ("val_max=none", ("val_max", None)),
     ("weights=null", ("weights", None)), ("backbone=none", ("backbone", "none")),
+    ("fail_on=label_conflicts", ("fail_on", ["label_conflicts"])),
+    ("fail_on=leakage,label_conflicts", ("fail_on", ["leakage", "label_conflicts"])),
+    ("milestones=4", ("milestones", [4])),
 ])
 def test_the_word_none_is_the_string_where_the_field_allows_it_else_none(text, expected):
     assert parse_assignment(text) == expected
