@@ -1,0 +1,20 @@
+"""A one-shot command's local Ray keeps the workers' lines but not its own chatter."""
+
+import logging
+
+from services.config import Settings
+from services.steps import ray_logging
+
+
+def test_local_ray_is_quiet_below_errors_and_its_core_workers_below_fatal():
+    level, env = ray_logging(Settings(ray_address=None), {})
+    assert level == logging.ERROR and env == {"RAY_BACKEND_LOG_LEVEL": "fatal"}
+
+
+def test_an_exported_backend_level_wins():
+    level, env = ray_logging(Settings(ray_address=None), {"RAY_BACKEND_LOG_LEVEL": "debug"})
+    assert level == logging.ERROR and env == {}
+
+
+def test_a_cluster_logs_as_its_operator_set_it():
+    assert ray_logging(Settings(ray_address="ray://head:10001"), {}) == (logging.WARNING, {})
