@@ -24,9 +24,10 @@ def one_line(e: BaseException) -> str:
     return first[:500]
 
 
-# Ray's own C++ processes (raylet, core workers) log at this level and above; a local
-# Ray inherits it from the driver's environment.
-QUIET_BACKEND_LEVEL = "fatal"
+# A local one-shot Ray has no node that can be preempted or drained; Train V2's
+# PreemptionWatcher actor only makes its controller's core worker log an ``E`` line
+# (core_worker.cc: constructor arguments in the object store and max_restarts > 0).
+QUIET_LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def ray_logging(settings: Settings, environ: Mapping[str, str]) -> tuple[int, dict[str, str]]:
@@ -34,15 +35,14 @@ def ray_logging(settings: Settings, environ: Mapping[str, str]) -> tuple[int, di
 
     A one-shot command that starts its own local Ray (no ``ray_address``) keeps the
     workers' output (the epoch lines) but not Ray's internal chatter: the ``ray``
-    loggers at ERROR (no token-authentication notice) and the C++ core worker and raylet
-    at fatal (``RAY_BACKEND_LOG_LEVEL``; its shutdown of helper actors logs ``E`` lines
-    in a run that worked). On a cluster Ray logs as its operator set it. A level the
-    user exported wins."""
+    loggers at ERROR (no token-authentication notice) and no preemption watcher (its
+    set-up is what Ray's C++ core worker reports as an error). ``RAY_BACKEND_LOG_LEVEL``
+    is left alone: Ray 2.60 announces that variable with an ``I`` line from every one of
+    its processes, more noise than it removes. On a cluster Ray logs as its operator set
+    it. What the user exported wins."""
     if settings.ray_address:
         return logging.WARNING, {}
-    env = {} if "RAY_BACKEND_LOG_LEVEL" in environ else {
-        "RAY_BACKEND_LOG_LEVEL": QUIET_BACKEND_LEVEL}
-    return logging.ERROR, env
+    return logging.ERROR, {k: v for k, v in QUIET_LOCAL_ENV.items() if k not in environ}
 
 
 def init_ray(settings: Settings) -> None:

@@ -6,13 +6,15 @@ from services.config import Settings
 from services.steps import ray_logging
 
 
-def test_local_ray_is_quiet_below_errors_and_its_core_workers_below_fatal():
+def test_local_ray_is_quiet_below_errors_and_watches_no_preemption():
     level, env = ray_logging(Settings(ray_address=None), {})
-    assert level == logging.ERROR and env == {"RAY_BACKEND_LOG_LEVEL": "fatal"}
+    assert level == logging.ERROR and env == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    assert "RAY_BACKEND_LOG_LEVEL" not in env  # Ray announces it from every process
 
 
-def test_an_exported_backend_level_wins():
-    level, env = ray_logging(Settings(ray_address=None), {"RAY_BACKEND_LOG_LEVEL": "debug"})
+def test_what_the_user_exported_wins():
+    level, env = ray_logging(Settings(ray_address=None),
+                             {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"})
     assert level == logging.ERROR and env == {}
 
 
