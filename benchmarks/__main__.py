@@ -3,6 +3,7 @@
 from benchmarks import train_overhead
 
 if __name__ == "__main__":
+    __import__("benchmarks.near_duplicates", fromlist=["main"]).main([])
     train_overhead.main([])
     __import__("benchmarks.tuning_asha", fromlist=["main"]).main([])
     __import__("benchmarks.api_latency", fromlist=["main"]).main([])

@@ -83,12 +83,26 @@ def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     return 0 if outcome.status == "success" else 1
 
 
+def _preflight_folder(settings: Settings) -> Path:
+    """Where a preflight writes its report and pictures: a new folder under the home."""
+    import time
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = settings.resolved_home / "reports" / f"preflight-{stamp}"
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = folder.with_name(f"preflight-{stamp}-{n}")
+    return folder
+
+
 def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """The data health report, overfit one batch and the LR range test, before a job."""
+    """Every finding of the data health report, which of them would fail a job with these
+    settings, then overfit one batch and the LR range test; exits 1 only when a job would
+    fail (or the recipe cannot learn one batch)."""
     from services.errors import StepFailed
     from services.fetch import fetch_dataset
     from services.steps import inspect_dataset, load_weights
-    from training import data as datasets
+    from training.health import blocking
     from training.loop import TrainData
     from training.preflight import preflight
     try:
@@ -99,29 +113,49 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     try:
         folder = fetch_dataset(args.dataset, settings)
         decoded, split, report = inspect_dataset(folder, hp)
-        datasets.check_min_per_class(decoded.labels, decoded.classes, hp.min_per_class)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e).splitlines()[0])
-    print(f"{report['images']} images, {report['classes']} classes, imbalance "
-          f"{report['imbalance_ratio']:.1f}, split {split.sizes()}")
-    for f in report["findings"] or [{"message": "no findings"}]:
-        print(f"health: {f['message']}")
     try:
         state = load_weights(hp, len(decoded.classes), settings)
     except StepFailed as e:
         parser.error(str(e))
-    data = TrainData(decoded.images, decoded.labels, split.train, split.val, decoded.classes)
-    result = preflight(hp, data, state)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(result["png"])
-    print(f"preflight: {result['overfit']['message']}")
-    print(f"LR range test: suggested phase1_lr {result['lr_range']['suggested_lr']:.2g} "
-          f"(curve: {out})")
+    sizes = split.sizes() if split is not None else "impossible (a class is too small)"
+    print(f"{report['images']} images, {report['classes']} classes, imbalance "
+          f"{report['imbalance_ratio']:.1f}, split {sizes}")
+    for f in report["findings"] or [{"message": "no findings"}]:
+        print(f"health: {f['message']}")
+    for c in report["label_conflicts"]:
+        print(f"label conflict: {c['a']} ({c['a_class']}) ~ {c['b']} ({c['b_class']}), "
+              f"{c['how']}")
+    blockers = blocking(report, hp.fail_on, hp.on_bad_image)
+    for m in blockers:
+        print(f"would fail a job: {m}")
+    out_dir = _preflight_folder(settings)
+    out_dir.mkdir(parents=True)
+    result: dict[str, Any] = {}
+    if split is None:
+        print("preflight: overfit one batch and the LR range test skipped: no train split "
+              f"while a class has fewer than min_per_class ({hp.min_per_class}) images")
+    else:
+        data = TrainData(decoded.images, decoded.labels, split.train, split.val,
+                         decoded.classes)
+        result = preflight(hp, data, state)
+        png = Path(args.out) if args.out else out_dir / "lr_range.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes(result.pop("png"))
+        print(f"preflight: {result['overfit']['message']}")
+        print(f"LR range test: suggested phase1_lr {result['lr_range']['suggested_lr']:.2g} "
+              f"(curve: {png})")
+    whole = {"health": report, "would_fail": blockers, **result}
+    (out_dir / "preflight.json").write_text(json.dumps(whole, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"health": report, **{k: v for k, v in result.items() if k != "png"}}, indent=2))
-    return 0 if result["overfit"]["passed"] else 1
+        Path(args.json).write_text(json.dumps(whole, indent=2))
+    learns = not result or result["overfit"]["passed"]
+    verdict = ("a job with these settings would fail" if blockers else
+               "a job with these settings would start" if learns else
+               "the recipe cannot fit one batch")
+    print(f"{verdict} (report: {out_dir})")
+    return 0 if not blockers and learns else 1
 
 
 def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -325,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
     pre.add_argument("--config")
     pre.add_argument("--set", action="append", metavar="KEY=VALUE")
-    pre.add_argument("--out", default="lr_range.png", help="where to write the LR curve")
+    pre.add_argument("--out", help="where to write the LR curve (default: the report's "
+                     "folder, <home>/reports/preflight-<time>/lr_range.png)")
     pre.add_argument("--json", help="also write the whole report here")
     pre.set_defaults(func=cmd_preflight)
 

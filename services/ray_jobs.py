@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
 from services.config import Settings
@@ -42,13 +43,37 @@ def current_submission_id() -> str | None:
         return None
 
 
+# A local one-shot Ray has no node that can be preempted or drained; Train V2's
+# PreemptionWatcher actor only makes its controller's core worker log an ``E`` line
+# (core_worker.cc: constructor arguments in the object store and max_restarts > 0).
+QUIET_LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def ray_logging(settings: Settings, environ: Mapping[str, str]) -> tuple[int, dict[str, str]]:
+    """The Python level of Ray's loggers and the environment for ``ray.init``.
+
+    A one-shot command that starts its own local Ray (no ``ray_address``) keeps the
+    workers' output (the epoch lines) but not Ray's internal chatter: the ``ray``
+    loggers at ERROR (no token-authentication notice) and no preemption watcher (its
+    set-up is what Ray's C++ core worker reports as an error). ``RAY_BACKEND_LOG_LEVEL``
+    is left alone: Ray 2.60 announces that variable with an ``I`` line from every one of
+    its processes, more noise than it removes. On a cluster Ray logs as its operator set
+    it. What the user exported wins."""
+    if settings.ray_address:
+        return logging.WARNING, {}
+    return logging.ERROR, {k: v for k, v in QUIET_LOCAL_ENV.items() if k not in environ}
+
+
 def init_ray(settings: Settings) -> None:
     """Join the cluster at ``settings.ray_address``, or start a local Ray (one-shot
-    commands); a no-op when this process is already connected."""
+    commands) with Ray's own logging quiet; a no-op when already connected."""
     import ray
     if ray.is_initialized():
         return
-    ray.init(address=settings.ray_address, logging_level=logging.WARNING,
+    level, env = ray_logging(settings, os.environ)
+    os.environ.update(env)
+    logging.getLogger("ray").setLevel(level)
+    ray.init(address=settings.ray_address, logging_level=level,
              configure_logging=True, log_to_driver=True)
 
 

@@ -82,7 +82,7 @@ def inspect_dataset(folder: Path, hp: Hyperparameters
              if counts.min() >= hp.min_per_class else None)
     report = health_report(decoded, split, min_per_class=hp.min_per_class,
                            max_imbalance=hp.max_imbalance,
-                           near_distance=hp.near_duplicate_distance)
+                           near_distance=hp.near_duplicate_distance, mirrored=hp.hflip)
     return decoded, split, report
 
 

@@ -1,8 +1,9 @@
 """The data health report: know your data before training on it.
 
 Images per class and the imbalance ratio, classes under min_per_class, unreadable files,
-exact duplicates (same bytes) and near duplicates (perceptual hash within a Hamming
-distance), duplicates that cross the train / val / test split (leakage: a test image the
+exact duplicates (same bytes) and near duplicates (perceptual-hash candidates confirmed in
+pixel space, training.near_duplicates), the same picture under two classes (label
+conflicts), duplicates that cross the train / val / test split (leakage: a test image the
 model has seen in training), image sizes and channels. Each finding has a kind; the
 ``fail_on`` hyperparameter says which kinds fail the job.
 """
@@ -18,9 +19,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from training.data import DecodedDataset, Split
+from training.near_duplicates import CONFIRMED_BY, hash_pairs, near_duplicates
 
 FINDING_KINDS = ("imbalance", "small_class", "unreadable", "duplicates", "near_duplicates",
-                 "leakage")
+                 "label_conflicts", "leakage")
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,19 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int,
                          chunk: int = 2048) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance), i < j, whose 64-bit hashes differ in at most
     ``max_distance`` bits: a vectorised all-pairs popcount, in chunks."""
-    h = np.asarray(hashes, dtype=np.uint64)
-    pairs: list[tuple[int, int, int]] = []
-    for start in range(0, len(h), chunk):
-        block = h[start:start + chunk]
-        dist = np.bitwise_count(block[:, None] ^ h[None, :])
-        ii, jj = np.nonzero(dist <= max_distance)
-        for i, j in zip(ii + start, jj):
-            if i < j:
-                pairs.append((int(i), int(j), int(dist[i - start, j])))
-    return pairs
+    return hash_pairs(hashes, None, max_distance, chunk)
+
+
+def label_conflicts(data: DecodedDataset, exact_pairs: list[tuple[int, int]],
+                    near: list[Any]) -> list[dict[str, Any]]:
+    """Duplicate pairs whose two images carry different classes: both paths, both
+    classes, and how the pair was found."""
+    how = [(i, j, "same bytes") for i, j in exact_pairs] + [
+        (p.i, p.j, f"pixel correlation {p.similarity:.3f}"
+         + (" (mirror image)" if p.mirrored else "")) for p in near]
+    return [{"a": data.paths[i], "a_class": data.classes[data.labels[i]],
+             "b": data.paths[j], "b_class": data.classes[data.labels[j]], "how": h}
+            for i, j, h in how if data.labels[i] != data.labels[j]]
 
 
 def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
@@ -67,9 +72,12 @@ def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_class: int = 10,
-                  max_imbalance: float = 10.0, near_distance: int = 4,
-                  max_listed: int = 50) -> dict[str, Any]:
-    """The report as JSON-ready data: ``findings`` (kind, message, count) and the details."""
+                  max_imbalance: float = 10.0, near_distance: int = 10,
+                  mirrored: bool = True, max_listed: int = 50) -> dict[str, Any]:
+    """The report as JSON-ready data: ``findings`` (kind, message, count) and the details.
+
+    ``near_distance`` is the hash radius of near-duplicate candidates, each confirmed in
+    pixel space; ``mirrored`` counts a mirror image as the same picture (hflip on)."""
     n = len(data.labels)
     counts = np.bincount(data.labels, minlength=len(data.classes))
     per_class = {c: int(k) for c, k in zip(data.classes, counts)}
@@ -82,9 +90,11 @@ def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_c
         by_sha[h].append(i)
     exact = [g for g in by_sha.values() if len(g) > 1]
     exact_pairs = [(g[0], j) for g in exact for j in g[1:]]
-    near = [(i, j, d) for i, j, d in near_duplicate_pairs(data.phash, near_distance)
-            if data.sha1[i] != data.sha1[j]] if len(data.phash) == n else []
-    groups = _groups(n, exact_pairs + [(i, j) for i, j, _ in near])
+    same_bytes = {(min(i, j), max(i, j)) for g in exact for i in g for j in g if i != j}
+    near = (near_duplicates(data.images, near_distance, mirrored=mirrored, exclude=same_bytes)
+            if len(data.images) == n else [])
+    groups = _groups(n, exact_pairs + [(p.i, p.j) for p in near])
+    conflicts = label_conflicts(data, exact_pairs, near)
 
     part = _split_of(split, n) if split is not None else None
     leaks = [g for g in groups if part is not None and len({part[i] for i in g}) > 1]
@@ -111,7 +121,13 @@ def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_c
                                 f"duplicate file(s) in {len(exact)} group(s)", len(exact)))
     if near:
         findings.append(Finding("near_duplicates", f"{len(near)} near-duplicate pair(s) "
-                                f"(perceptual hash within {near_distance} bits)", len(near)))
+                                f"({CONFIRMED_BY})", len(near)))
+    if conflicts:
+        first = conflicts[0]
+        findings.append(Finding("label_conflicts", f"{len(conflicts)} picture(s) filed under "
+                                f"two classes, e.g. {first['a']} ({first['a_class']}) ~ "
+                                f"{first['b']} ({first['b_class']}), {first['how']}",
+                                len(conflicts)))
     if leaks:
         first = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
         findings.append(Finding("leakage", f"{len(leaks)} duplicate group(s) cross the "
@@ -124,8 +140,11 @@ def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_c
         "small_classes": small,
         "unreadable": [{"path": p, "reason": r} for p, r in data.bad],
         "exact_duplicates": [describe(g) for g in exact[:max_listed]],
-        "near_duplicates": [{"a": data.paths[i], "b": data.paths[j], "distance": d}
-                            for i, j, d in near[:max_listed]],
+        "near_duplicates": [{"a": data.paths[p.i], "b": data.paths[p.j],
+                             "distance": p.distance, "similarity": p.similarity,
+                             "mirrored": p.mirrored} for p in near[:max_listed]],
+        "near_duplicates_confirmed_by": CONFIRMED_BY,
+        "label_conflicts": conflicts[:max_listed],
         "leakage": [describe(g) for g in leaks[:max_listed]],
         "sizes": {"width": _stats(widths), "height": _stats(heights)},
         "modes": dict(Counter(data.modes)),
@@ -143,3 +162,12 @@ def failing(report: dict[str, Any], fail_on: list[str]) -> list[str]:
     """Messages of the findings whose kind is in ``fail_on``."""
     return [f["message"] for f in report["findings"] if f["kind"] in fail_on]
 
+
+
+def blocking(report: dict[str, Any], fail_on: list[str], on_bad_image: str) -> list[str]:
+    """Messages of the findings that would fail a job with these settings: small classes
+    always (the split needs min_per_class), unreadable files unless ``on_bad_image`` is
+    skip, and the kinds in ``fail_on``."""
+    always = {"small_class"} | ({"unreadable"} if on_bad_image == "fail" else set())
+    return [f["message"] for f in report["findings"]
+            if f["kind"] in always or f["kind"] in fail_on]

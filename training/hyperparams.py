@@ -10,7 +10,8 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt,
                       ValidationError, field_validator, model_validator)
@@ -112,10 +113,11 @@ class Hyperparameters(BaseModel):
     on_bad_image: Literal["fail", "skip"] = "fail"
 
     # data health and preflight (before training)
-    fail_on: list[Literal["imbalance", "duplicates", "near_duplicates", "leakage"]] = Field(
+    fail_on: list[Literal["imbalance", "duplicates", "near_duplicates", "leakage",
+                        "label_conflicts"]] = Field(
         default_factory=list)
     max_imbalance: float = Field(10.0, ge=1)
-    near_duplicate_distance: int = Field(4, ge=0, le=32)
+    near_duplicate_distance: int = Field(10, ge=0, le=32)  # hash candidates, then pixels
     preflight: bool = False
     use_suggested_lr: bool = False
 
@@ -123,6 +125,13 @@ class Hyperparameters(BaseModel):
     gate_accuracy: float = Field(0.90, ge=0, le=1)
     gate_precision: float = Field(0.88, ge=0, le=1)
     gate_recall: float = Field(0.88, ge=0, le=1)
+
+    @field_validator("augment", "schedule", mode="before")
+    @classmethod
+    def _null_means_none(cls, v: Any) -> Any:
+        """A JSON/YAML null (``augment: null``, ``"schedule": null``) means "none", as
+        the word does: no augmentation, a constant lr."""
+        return "none" if v is None else v
 
     @field_validator("callbacks")
     @classmethod
@@ -155,11 +164,39 @@ def field_names() -> list[str]:
     return list(Hyperparameters.model_fields)
 
 
+def _literals(annotation: Any) -> set[Any]:
+    """The values of every Literal in an annotation (through Optional, unions and
+    Annotated), and None where the annotation admits None."""
+    if annotation is type(None):
+        return {None}
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return set(get_args(annotation))
+    if origin is Annotated:
+        return _literals(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return set().union(*(_literals(a) for a in get_args(annotation)))
+    return set()
+
+
+def _none_word(key: str, raw: str) -> str | None:
+    """What the word ``none`` means for a field: the string where the field's allowed
+    values include "none" (``augment=none``, ``schedule=none``), None where the field
+    accepts None (``weights=none``), else the word itself for pydantic to judge."""
+    allowed = _literals(Hyperparameters.model_fields[key].annotation)
+    if "none" in allowed:
+        return "none"
+    return None if None in allowed else raw
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """Parse one ``key=value`` from the command line into a name and a JSON-ish value.
 
     ``phase1_lr=3e-4`` gives a float, ``hflip=false`` a bool, ``milestones=[3,6]`` a list,
-    ``weights=none`` None; anything that is not JSON stays a string for pydantic to judge.
+    ``weights=none`` None but ``augment=none`` and ``schedule=none`` the string "none"
+    (those fields' values include the word); a list field takes one value or several
+    (``fail_on=leakage``, ``fail_on=leakage,label_conflicts``); anything that is not JSON
+    stays a string for pydantic to judge.
     """
     if "=" not in text:
         raise ValueError(f"expected key=value, got {text!r}")
@@ -169,16 +206,28 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ValueError(f"unknown hyperparameter {key!r}")
     raw = raw.strip()
     lowered = raw.lower()
-    if lowered in ("none", "null"):
+    if lowered == "none":
+        return key, _none_word(key, raw)
+    if lowered == "null":
         return key, None
     if lowered in ("true", "false"):
         return key, lowered == "true"
+    is_list = get_origin(Hyperparameters.model_fields[key].annotation) is list
     try:
-        return key, json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
         if "," in raw and Hyperparameters.model_fields[key].annotation is not str:
-            return key, [json.loads(p) for p in raw.split(",")]
-        return key, raw
+            return key, [_json_or_word(p) for p in raw.split(",")]
+        value = raw
+    return key, [value] if is_list and not isinstance(value, list) else value
+
+
+def _json_or_word(text: str) -> Any:
+    """One item of ``a,b,c``: JSON where it parses (``3``), else the word (``leakage``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
 
 
 def _printable(text: str) -> str:

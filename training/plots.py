@@ -21,7 +21,13 @@ def png_bytes(fig) -> bytes:
 
 def curves_png(rows: Sequence[dict[str, Any]], title: str = "") -> bytes:
     """Loss, accuracy and lr per epoch; a dotted line where phase 2 starts."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    return png_bytes(curves_figure(rows, title))
+
+
+def curves_figure(rows: Sequence[dict[str, Any]], title: str = ""):
+    """The figure of curves_png; constrained layout keeps the title (suptitle) above the
+    three plots' own titles."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), layout="constrained")
     epochs = [r["epoch"] for r in rows]
     for ax, key in zip(axes[:2], ("loss", "accuracy")):
         ax.plot(epochs, [r[key] for r in rows], "o-", label=f"train {key}")
@@ -39,7 +45,7 @@ def curves_png(rows: Sequence[dict[str, Any]], title: str = "") -> bytes:
             ax.axvline(min(starts) - 0.5, color="grey", linestyle=":")
     if title:
         fig.suptitle(title)
-    return png_bytes(fig)
+    return fig
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str],

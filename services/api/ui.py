@@ -141,7 +141,19 @@ def _health_section(health: dict[str, Any] | None) -> str:
             f'<p class="muted">{health.get("images")} images, {health.get("classes")} classes,'
             f' imbalance {_fmt(health.get("imbalance_ratio"), 1)}</p>'
             + (f"<ul>{items}</ul>" if items else '<p class="muted">no findings</p>')
+            + _label_conflicts_table(health.get("label_conflicts") or [])
             + "</section>")
+
+
+def _label_conflicts_table(conflicts: list[dict[str, Any]]) -> str:
+    """The same picture under two classes: both paths, both classes, how it was found."""
+    if not conflicts:
+        return ""
+    rows = "".join(f"<tr><td>{e(c['a'])}</td><td>{e(c['a_class'])}</td><td>{e(c['b'])}</td>"
+                   f"<td>{e(c['b_class'])}</td><td>{e(c['how'])}</td></tr>" for c in conflicts)
+    return ("<h3>Label conflicts</h3>"
+            + _table(["image", "class", "same picture", "class", "found by"], rows,
+                     table_id="label-conflicts"))
 
 
 def _job_page(job: JobDetail, rows: list[MetricRow], versions: list[VersionDetail],

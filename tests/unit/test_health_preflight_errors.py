@@ -108,3 +108,34 @@ def test_error_report_finds_the_mislabelled_images_first():
     clean[5] = [0.05, 0.05, 0.9] if visual[5] == 2 else clean[5]
     no_errors = error_report(clean.argmax(1), clean, ["a", "b", "c"], paths)
     assert no_errors["errors"] == 0 and worst_examples_png(no_errors, images) is None
+
+
+def test_the_same_picture_under_two_classes_is_a_label_conflict(make_dataset):
+    root = make_dataset(per_class=12, size=32)
+    shutil.copy(root / "class_0" / "004.png", root / "class_1" / "same_as_0_004.png")
+    img = Image.open(root / "class_0" / "007.png")
+    ImageEnhance.Brightness(img).enhance(1.1).save(root / "class_2" / "brighter_0_007.png")
+    d = datasets.decode(datasets.discover(root), 32)
+    r = health_report(d, None, min_per_class=5)
+    conflicts = {(c["a"], c["a_class"], c["b"], c["b_class"]) for c in r["label_conflicts"]}
+    assert conflicts == {("class_0/004.png", "class_0", "class_1/same_as_0_004.png", "class_1"),
+                         ("class_0/007.png", "class_0", "class_2/brighter_0_007.png",
+                          "class_2")}
+    how = {c["b"]: c["how"] for c in r["label_conflicts"]}
+    assert how["class_1/same_as_0_004.png"] == "same bytes"
+    assert how["class_2/brighter_0_007.png"].startswith("pixel correlation")
+    finding = next(f for f in r["findings"] if f["kind"] == "label_conflicts")
+    assert finding["count"] == 2 and "class_0/004.png (class_0)" in finding["message"]
+    assert failing(r, ["label_conflicts"]) and Hyperparameters(fail_on=["label_conflicts"])
+
+
+def test_near_duplicates_say_how_they_were_confirmed(make_dataset):
+    root = make_dataset(per_class=12, size=32)
+    img = Image.open(root / "class_2" / "005.png")
+    ImageEnhance.Brightness(img).enhance(1.05).save(root / "class_2" / "brighter_005.png")
+    r = health_report(datasets.decode(datasets.discover(root), 32), None, min_per_class=5)
+    pair = r["near_duplicates"][0]
+    assert pair["similarity"] >= 0.995 and "normalised correlation" in r[
+        "near_duplicates_confirmed_by"]
+    assert "confirmed by normalised correlation" in next(
+        f["message"] for f in r["findings"] if f["kind"] == "near_duplicates")

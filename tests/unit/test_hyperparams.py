@@ -48,6 +48,33 @@ def test_parse_assignment(text, expected):
     assert parse_assignment(text) == expected
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("augment=none", ("augment", "none")), ("schedule=none", ("schedule", "none")),
+    ("schedule=None", ("schedule", "none")), ("class_weights=none", ("class_weights", None)),
+    ("grad_clip=none", ("grad_clip", None)), ("val_max=none", ("val_max", None)),
+    ("weights=null", ("weights", None)), ("backbone=none", ("backbone", "none")),
+    ("fail_on=label_conflicts", ("fail_on", ["label_conflicts"])),
+    ("fail_on=leakage,label_conflicts", ("fail_on", ["leakage", "label_conflicts"])),
+    ("milestones=4", ("milestones", [4])),
+])
+def test_the_word_none_is_the_string_where_the_field_allows_it_else_none(text, expected):
+    assert parse_assignment(text) == expected
+
+
+@pytest.mark.parametrize("field", ["augment", "schedule"])
+def test_none_for_augment_and_schedule_from_set_config_and_message(field, tmp_path):
+    """`--set augment=none`, a config file's `augment: none` or `augment: null`, and a
+    message's "augment": null all mean the string "none" (the README's spelling)."""
+    key, value = parse_assignment(f"{field}=none")
+    assert getattr(Hyperparameters(**{key: value}), field) == "none"
+    assert getattr(Hyperparameters(**{field: None}), field) == "none"
+    r = parse_request(('{"batch_id": "b", "dataset_uri": "s3://d/b/", "hyperparameters": '
+                       f'{{"{field}": null}}}}').encode())
+    assert getattr(r.hyperparameters, field) == "none"
+    with pytest.raises(ValidationError):
+        Hyperparameters(**{field: "nothing"})
+
+
 def test_parse_assignment_rejects_unknown_and_malformed():
     with pytest.raises(ValueError, match="unknown hyperparameter 'lr'"):
         parse_assignment("lr=0.1")
