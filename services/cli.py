@@ -28,6 +28,7 @@ def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from services.jobs import run_job
     from services.messages import TrainingRequest
     from services.records import create_job
+    from services.trust import check_plugins
     path = local_path(args.dataset)
     if path is not None and not path.is_dir():
         parser.error(f"dataset not found: {args.dataset}")
@@ -38,6 +39,10 @@ def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
                               dataset_uri=str(path.resolve()) if path else args.dataset,
                               model_name=args.model_name, hyperparameters=hp,
                               **request_fields)
+    try:  # the local user's dataset is theirs to name; code only from allowed modules
+        check_plugins(hp, settings, request.tuning.grid if request.tuning else None)
+    except ValueError as e:
+        parser.error(str(e))
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
@@ -102,6 +107,7 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from services.errors import StepFailed
     from services.fetch import fetch_dataset
     from services.steps import inspect_dataset, load_weights
+    from services.trust import check_plugins
     from training.health import blocking
     from training.loop import TrainData
     from training.preflight import preflight
@@ -110,6 +116,10 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except ValueError as e:
         parser.error(str(e))
     settings = Settings()
+    try:
+        check_plugins(hp, settings)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         folder = fetch_dataset(args.dataset, settings)
         decoded, split, report = inspect_dataset(folder, hp)
@@ -202,6 +212,7 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from services.broker import publish_request
     from services.messages import parse_request
+    from services.trust import check_plugins
     try:
         hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
@@ -211,11 +222,11 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             "hyperparameters": hp.model_dump(mode="json", exclude_unset=True)}
     if args.total_images is not None:
         body["total_images"] = args.total_images
+    settings = Settings()
     try:
-        parse_request(body)  # the same validation the ingress applies
+        check_plugins(parse_request(body).hyperparameters, settings)  # as the ingress does
     except ValueError as e:
         parser.error(str(e))
-    settings = Settings()
     publish_request(settings.broker_url, settings.requests_queue, body)
     print(f"published batch {args.batch_id} on {settings.requests_queue}")
     return 0

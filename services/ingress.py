@@ -38,11 +38,11 @@ from services.config import Settings
 from services.db import repo
 from services.db.session import get_engine, session_factory
 from services.errors import one_line
-from services.locations import check_request
 from services.messages import parse_request
 from services.ray_jobs import NAMESPACE, RayJobs, settings_env
 from services.reconciler import Reconciler
 from services.records import create_job, prepare_database
+from services.trust import check_request
 
 log = logging.getLogger("colecionador.ingress")
 

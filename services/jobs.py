@@ -33,11 +33,11 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
-from services.locations import check_request
 from services.messages import TrainingRequest
 from services.ray_jobs import current_submission_id
 from services.records import create_job, prepare_database
 from services.storage import Store, open_store
+from services.trust import check_plugins, check_request
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
 log = logging.getLogger("colecionador.jobs")
@@ -134,6 +134,10 @@ def _run_steps(job: TrainingJob, hp: Hyperparameters, settings: Settings, store:
                resume: bool, say: Callable[[str], None]) -> JobOutcome:
     """Every step of a started job: its success, or the outcome the row already has when
     it was cancelled meanwhile. A failing step raises StepFailed."""
+    try:  # the row may predate the operator's current allowlist: checked again here
+        check_plugins(hp, settings)
+    except ValueError as e:
+        raise StepFailed("plugins", one_line(e)) from None
     data = steps.prepare_data(job, hp, settings, store, say)
     try:
         from training.callbacks import build_callbacks

@@ -56,7 +56,7 @@ def run(settings, root, callbacks):
 
 def test_a_worker_that_dies_mid_epoch_resumes_to_the_same_result(
         ray_cluster, pg_url, settings_for, make_dataset, tmp_path):
-    settings = settings_for(pg_url, max_failures=1)
+    settings = settings_for(pg_url, max_failures=1, plugin_modules="tests.*")
     root = make_dataset(per_class=24)  # 3 batches per rank and epoch: batch 1 is mid-epoch
     marker = tmp_path / "died"
     dying = run(settings, root, ["CSVLogger", {"name": "tests.integration.test_resume:DieOnce",

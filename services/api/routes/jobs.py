@@ -27,10 +27,10 @@ from services.artifacts import report_key
 from services.broker import publish_request
 from services.db import repo
 from services.db.models import FINAL_STATUSES
-from services.locations import check_request
 from services.messages import MAX_INT, TrainingRequest
 from services.ray_jobs import RayJobs
 from services.records import create_job
+from services.trust import check_request
 
 log = logging.getLogger("colecionador.api")
 

@@ -1,9 +1,14 @@
-"""Where a request may make the service read: its dataset_uri and weights must lie under
-the operator's roots (``COLECIONADOR_DATASET_ROOTS``; weights also under the store's
-``models/``). Local paths are resolved (symbolic links too) before the check; S3 keys are
-compared by path segment and may not hold ``..``. The CLI's own ``--dataset PATH`` is the
-local user's choice and is not checked (services/cli.py); the queue, HTTP and
-``python -m services.jobs --dataset`` are."""
+"""What a request may make the service do (README, "Security model").
+
+- Read: its dataset_uri and weights must lie under the operator's roots
+  (``COLECIONADOR_DATASET_ROOTS``; weights also under the store's ``models/``). Local
+  paths are resolved (symbolic links too) before the check; S3 keys are compared by path
+  segment and may not hold ``..``. The CLI's own ``--dataset PATH`` is the local user's
+  choice and is not checked; the queue, HTTP and ``python -m services.jobs`` are.
+- Import: the loss, callbacks, schedules and hooks it names by import path only inside
+  ``COLECIONADOR_PLUGIN_MODULES`` (training/plugins.py), checked on every entry point,
+  the CLI too, and again by the job driver, before anything is imported.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from urllib.parse import urlparse
 
 from services.config import Settings
 from services.messages import TrainingRequest
+from training import plugins
+from training.hyperparams import Hyperparameters
 
 
 def _is_name(location: str) -> bool:
@@ -53,8 +60,24 @@ def under(location: str, roots: list[str]) -> bool:
     return False
 
 
+def check_plugins(hp: Hyperparameters, settings: Settings,
+                  grid: dict[str, list] | None = None) -> None:
+    """PluginRefused (a ValueError) naming the field for an import path outside the
+    allowed modules or a callback file argument outside the run's folder, in the
+    hyperparameters and in a tuning grid's values."""
+    allowed = plugins.parse_patterns(settings.plugin_modules)
+    plugins.check(hp.loss, hp.callbacks, allowed)
+    for loss in (grid or {}).get("loss", []):
+        plugins.check(str(loss), [], allowed)
+    for callbacks in (grid or {}).get("callbacks", []):
+        plugins.check("", list(callbacks), allowed)
+
+
 def check_request(request: TrainingRequest, settings: Settings) -> None:
-    """ValueError naming the field when the request points outside the roots."""
+    """ValueError naming the field when the request points outside the roots or names
+    code outside the allowed plugin modules."""
+    check_plugins(request.hyperparameters, settings,
+                  request.tuning.grid if request.tuning else None)
     roots = settings.data_roots()
     if not under(request.dataset_uri, roots):
         raise ValueError(f"dataset_uri: {request.dataset_uri!r} is not under an allowed root "
