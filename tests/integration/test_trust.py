@@ -1,0 +1,132 @@
+"""Hostile requests through HTTP (the API app) and through the real queue (the ingress's
+consumer on RabbitMQ): each is refused with a reason naming the field, and nothing is
+written (no row, no file)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+import aio_pika
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from services.api import create_app
+from services.db import repo
+from services.db.session import session_factory
+from services.ingress import Consumer
+from services.records import prepare_database
+from tests.amqp import delete_queues, message_count, next_message
+from tests.conftest import AMQP_URL, SESSION
+from tests.raycluster import free_port
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "w-" + uuid.uuid4().hex
+
+# (what, the request's fields, the field the refusal names)
+HOSTILE = [
+    ("code as the loss", {"hyperparameters": {"loss": "os:system"}}, "hyperparameters.loss"),
+    ("a hook that exits", {"hyperparameters": {"callbacks": [
+        {"name": "LambdaCallback", "on_epoch_end": "os:_exit"}]}},
+     "hyperparameters.callbacks.0.on_epoch_end"),
+    ("any class as a callback", {"hyperparameters": {"callbacks": ["subprocess:Popen"]}},
+     "hyperparameters.callbacks.0.name"),
+    ("CSVLogger over the database", {"hyperparameters": {"callbacks": [
+        {"name": "CSVLogger", "path": "{home}/colecionador.db"}]}},
+     "hyperparameters.callbacks.0.path"),
+    ("TensorBoard copying /etc", {"hyperparameters": {"callbacks": [
+        {"name": "TensorBoard", "log_dir": "/etc"}]}}, "hyperparameters.callbacks.0.log_dir"),
+    ("/etc as the dataset", {"dataset_uri": "/etc"}, "dataset_uri"),
+    ("the whole file system", {"dataset_uri": "/"}, "dataset_uri"),
+    ("out of the root by ..", {"dataset_uri": "{root}/../../etc"}, "dataset_uri"),
+    ("another bucket", {"dataset_uri": "s3://private/secrets/"}, "dataset_uri"),
+    ("weights from /etc/passwd", {"hyperparameters": {"weights": "/etc/passwd"}},
+     "hyperparameters.weights"),
+    ("'..' as the model", {"model_name": ".."}, "model_name"),
+    ("'.' as the model", {"model_name": "."}, "model_name"),
+    ("code in a tuning grid", {"mode": "tune", "tuning": {"grid": {"loss": ["os:system"]}}},
+     "hyperparameters.loss"),
+    ("a huge dataset_uri", {"dataset_uri": "{root}/" + "a" * 3000}, "dataset_uri"),
+]
+
+
+@pytest.fixture
+def trust_settings(settings_for, tmp_path):
+    root = tmp_path / "datasets"
+    root.mkdir()
+    suffix = uuid.uuid4().hex[:6]
+    return settings_for(f"sqlite:///{tmp_path / 'trust.db'}", dataset_roots=str(root),
+                        api_token=SecretStr(TOKEN),
+                        requests_queue=f"training.requests.trust-{SESSION}-{suffix}",
+                        ray_dashboard_url=f"http://127.0.0.1:{free_port()}",
+                        reconcile_interval_s=60)
+
+
+def _body(fields: dict, settings) -> dict:
+    root = settings.data_roots()[0]
+    body = {"batch_id": f"hostile-{uuid.uuid4().hex[:8]}", "dataset_uri": f"{root}/lote"}
+    for k, v in fields.items():
+        body[k] = json.loads(json.dumps(v).replace("{home}", str(settings.resolved_home))
+                             .replace("{root}", root))
+    return body
+
+
+def _no_rows(settings) -> None:
+    prepare_database(settings)  # the refusal may have come before any table existed
+    with session_factory(settings.db_url)() as s:
+        assert repo.count_jobs(s) == 0
+
+
+@pytest.mark.parametrize("what,fields,field", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_requests_over_http_get_422_naming_the_field(trust_settings, what, fields,
+                                                            field):
+    before = set(trust_settings.resolved_home.rglob("*"))
+    c = TestClient(create_app(trust_settings))
+    r = c.post("/jobs", json=_body(fields, trust_settings),
+               headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 422, r.text
+    locs = [".".join(str(p) for p in d["loc"][1:]) for d in r.json()["detail"]]
+    assert field in locs, r.json()
+    _no_rows(trust_settings)
+    written = set(trust_settings.resolved_home.rglob("*")) - before
+    assert all(p.suffix in (".db", ".db-wal", ".db-shm") or p.is_dir() for p in written)
+
+
+def test_hostile_requests_on_the_queue_are_dead_lettered_with_the_reason(trust_settings):
+    settings = trust_settings
+    queue = settings.requests_queue
+    bodies = [_body(fields, settings) for _, fields, _ in HOSTILE]
+    consumer = Consumer(settings)
+    thread = threading.Thread(target=lambda: asyncio.run(consumer.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not consumer.stats["consuming"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        async def publish() -> None:
+            conn = await aio_pika.connect(AMQP_URL)
+            async with conn:
+                ch = await conn.channel(publisher_confirms=True)
+                for b in bodies:
+                    await ch.default_exchange.publish(
+                        aio_pika.Message(json.dumps(b).encode()), routing_key=queue)
+        asyncio.run(publish())
+        reasons = {}
+        for _ in bodies:
+            dead, headers = next_message(queue + ".dead", timeout=60)
+            reasons[dead["batch_id"]] = headers["x-reason"]
+        assert message_count(queue + ".dead") == 0
+    finally:
+        consumer.stop()
+        thread.join(30)
+        delete_queues(queue, queue + ".dead")
+    for body, (_, _, field) in zip(bodies, HOSTILE):
+        assert reasons[body["batch_id"]].startswith(f"{field}: "), reasons[body["batch_id"]]
+    assert consumer.stats["dead_lettered"] == len(HOSTILE) and consumer.stats["created"] == 0
+    _no_rows(settings)
