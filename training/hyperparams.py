@@ -36,6 +36,12 @@ def storable(value: Any) -> Any:
 
 Text = Annotated[str, AfterValidator(storable)]
 
+# Bounds on what one request may ask of the cluster (a message must not be able to tie up
+# GPUs for ever or exhaust a worker's memory with one field).
+MAX_EPOCHS = 1000  # per phase
+MAX_BATCH = 4096  # per worker
+MAX_CALLBACK_SPEC = 4000  # characters of the callbacks' JSON
+
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal[
     "plateau", "none", "step", "multistep", "exponential", "cosine", "cyclical", "onecycle"
@@ -49,40 +55,40 @@ class Hyperparameters(BaseModel):
                               allow_inf_nan=False)
 
     # model
-    backbone: Text = "mobilenet_v2"
-    weights: Text | None = None
+    backbone: Text = Field("mobilenet_v2", max_length=100)
+    weights: Text | None = Field(None, max_length=2000)
     image_size: int = Field(224, ge=8, le=1024)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
     # the two phases
-    batch_size: PositiveInt = 32
-    phase1_epochs: int = Field(10, ge=0)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    phase1_epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
     phase1_lr: float = Field(1e-3, gt=0)
-    phase2_epochs: int = Field(20, ge=0)
+    phase2_epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
     phase2_lr: float = Field(1e-5, gt=0)
-    unfreeze_last: int = Field(50, ge=0)
+    unfreeze_last: int = Field(50, ge=0, le=100_000)
 
     # optimisation
     optimizer: Optimizer = "adam"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Schedule = "plateau"
     factor: float = Field(0.1, gt=0, lt=1)
-    plateau_patience: int = Field(2, ge=0)
-    step_size: PositiveInt = 5
+    plateau_patience: int = Field(2, ge=0, le=MAX_EPOCHS)
+    step_size: int = Field(5, ge=1, le=MAX_EPOCHS)
     gamma: float = Field(0.5, gt=0, le=1)
-    milestones: list[PositiveInt] = Field(default_factory=lambda: [5, 10])
+    milestones: list[PositiveInt] = Field(default_factory=lambda: [5, 10], max_length=100)
     lr_min: float = Field(1e-6, ge=0)
     t_max: PositiveInt | None = None
-    cycle_half: PositiveInt = 2
-    warmup_epochs: int = Field(0, ge=0)
+    cycle_half: int = Field(2, ge=1, le=MAX_EPOCHS)
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
 
     # callbacks
-    early_stopping_patience: int = Field(5, ge=0)
+    early_stopping_patience: int = Field(5, ge=0, le=MAX_EPOCHS)
     min_delta: float = Field(0.0, ge=0)
-    callbacks: list[str | dict[str, Any]] = Field(default_factory=list)
+    callbacks: list[str | dict[str, Any]] = Field(default_factory=list, max_length=20)
 
     # loss
-    loss: Text = "cross_entropy"
+    loss: Text = Field("cross_entropy", max_length=300)
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["balanced"] | None = None
@@ -90,10 +96,10 @@ class Hyperparameters(BaseModel):
 
     # step mechanics
     grad_clip: float | None = Field(None, gt=0)
-    grad_accum: PositiveInt = 1
+    grad_accum: int = Field(1, ge=1, le=1024)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     loader_workers: int = Field(0, ge=0, le=64)  # DataLoader processes per training worker
-    prefetch_factor: int = Field(2, ge=1)  # batches each loader process keeps ready
+    prefetch_factor: int = Field(2, ge=1, le=64)  # batches each loader process keeps ready
     ema_decay: float | None = Field(None, gt=0, lt=1)
 
     # augmentation (the source system's Keras ImageDataGenerator pipeline)
@@ -104,12 +110,12 @@ class Hyperparameters(BaseModel):
     hflip: bool = True
 
     # data
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch seeds
     val_frac: float = Field(0.1, gt=0, lt=1)
     test_frac: float = Field(0.1, gt=0, lt=1)
     val_max: PositiveInt | None = None
     test_max: PositiveInt | None = None
-    min_per_class: int = Field(10, ge=2)
+    min_per_class: int = Field(10, ge=2, le=1_000_000)
     on_bad_image: Literal["fail", "skip"] = "fail"
 
     # data health and preflight (before training)
@@ -136,6 +142,8 @@ class Hyperparameters(BaseModel):
     @field_validator("callbacks")
     @classmethod
     def _storable_callbacks(cls, v: list) -> list:
+        if len(json.dumps(v, default=str)) > MAX_CALLBACK_SPEC:
+            raise ValueError(f"callbacks take at most {MAX_CALLBACK_SPEC} characters of JSON")
         return storable(v)
 
     @model_validator(mode="after")

@@ -95,3 +95,16 @@ def test_message_accepts_camel_case_and_requires_two_fields():
                        "tuning": {"grid": {"lr": [1, 2]}}})
     with pytest.raises(ValueError):
         parse_request(b"not json")
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"phase1_epochs": 10**6}, "phase1_epochs"), ({"phase2_epochs": 1001}, "phase2_epochs"),
+    ({"batch_size": 10**6}, "batch_size"), ({"callbacks": ["CSVLogger"] * 21}, "callbacks"),
+    ({"callbacks": [{"name": "CSVLogger", "filename": "x" * 5000}]}, "callbacks"),
+    ({"loss": "a.b:" + "c" * 400}, "loss"), ({"seed": -1}, "seed"),
+    ({"milestones": list(range(1, 200))}, "milestones"), ({"grad_accum": 10**5}, "grad_accum"),
+])
+def test_bounds_on_what_one_request_may_ask(values, field):
+    with pytest.raises(ValidationError) as e:
+        Hyperparameters(**values)
+    assert validation_message(e.value).startswith(f"{field}: ")
