@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,39 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.config import Settings
-from training.hyperparams import Hyperparameters, parse_assignment, validation_message
-
-
-def _load_config(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file not found: {path}")
-    text = p.read_text()
-    try:
-        if p.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - every parser has its own error
-        raise ValueError(f"cannot parse {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of hyperparameters")
-    return data.get("hyperparameters", data)
-
-
-def hyperparameters_from_args(config: str | None, assignments: list[str]) -> Hyperparameters:
-    """``--config FILE`` then each ``--set key=value`` on top; ValueError on any problem."""
-    values: dict[str, Any] = _load_config(config) if config else {}
-    for a in assignments:
-        key, value = parse_assignment(a)
-        values[key] = value
-    try:
-        return Hyperparameters(**values)
-    except ValidationError as e:
-        raise ValueError(validation_message(e)) from None
+from training.hyperparams import Hyperparameters, load_hyperparameters, validation_message
 
 
 def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -84,7 +51,7 @@ def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
     return _record_and_run(args, parser, hp)
@@ -95,7 +62,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from services.messages import TuningSpec
     from tuning.search import parse_grid, validate_grid
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
         grid = validate_grid(parse_grid(args.grid or []), hp)
         options = {k: v for k, v in (("metric", args.metric), ("scheduler", args.scheduler),
                                      ("grace_period", args.grace_period),
@@ -125,7 +92,7 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from training.loop import TrainData
     from training.preflight import preflight
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
     settings = Settings()
@@ -201,7 +168,7 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from services.ingress import publish_request
     from services.messages import parse_request
     try:
-        hp = hyperparameters_from_args(args.config, args.set or [])
+        hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
     body = {"batch_id": args.batch_id, "dataset_uri": args.dataset,

@@ -40,7 +40,7 @@ from training.errors import error_report, worst_examples_png
 from training.evaluate import GateResult, predict_probs, quality_gate
 from training.health import failing, health_report
 from training.metrics import classification_metrics
-from training.hyperparams import Hyperparameters
+from training.hyperparams import Hyperparameters, load_hyperparameters
 from training.loop import MODEL_FILE, TrainData
 from training.model import build_model, load_backbone_weights, load_model, read_state_dict
 from training.plots import confusion_matrix_png, curves_png
@@ -449,9 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     job_id = args.job_id
     if job_id is None:
-        from services.cli import hyperparameters_from_args
         try:
-            hp = hyperparameters_from_args(args.config, args.set or [])
+            hp = load_hyperparameters(args.config, args.set or [])
         except ValueError as e:
             p.error(str(e))
         request = TrainingRequest(batch_id=args.batch_id or f"job-{uuid.uuid4().hex[:12]}",

@@ -2,12 +2,16 @@
 
 Every name and default comes from DESIGN.md (Hyperparameters). Unknown names are an error,
 never silently ignored, and every effective value (defaults included) is what gets stored.
+``load_hyperparameters`` reads a config file and ``--set`` assignments into the model, for
+every command line that takes them (the CLI and ``python -m services.jobs``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tomllib
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt,
@@ -189,3 +193,44 @@ def validation_message(err: ValidationError) -> str:
             msg = "unknown hyperparameter"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """The mapping of a ``.json``, ``.yaml``/``.yml`` or ``.toml`` file, or of its
+    ``hyperparameters`` key when it has one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {path}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - every parser has its own error
+        raise ValueError(f"cannot parse {path}: {_first_line(str(e))}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of hyperparameters")
+    return data.get("hyperparameters", data)
+
+
+def load_hyperparameters(config: str | None, assignments: list[str]) -> Hyperparameters:
+    """``--config FILE`` then each ``--set key=value`` on top.
+
+    Raises ValueError with one line saying why (a missing or unparsable file, an unknown
+    name, an ill-typed value), so a command line can exit 2 before anything is written."""
+    values: dict[str, Any] = _read_config(config) if config else {}
+    for a in assignments:
+        key, value = parse_assignment(a)
+        values[key] = value
+    try:
+        return Hyperparameters(**values)
+    except ValidationError as e:
+        raise ValueError(validation_message(e)) from None

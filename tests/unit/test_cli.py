@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from services.cli import hyperparameters_from_args, main
+from services.cli import main
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -27,21 +27,6 @@ def test_bad_arguments_exit_2_and_write_nothing(argv, message, tmp_path, capsys)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.db"))
-
-
-def test_config_file_then_set_overrides(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"hyperparameters": {"phase1_lr": 0.01,
-                                                                     "batch_size": 16}}))
-    (tmp_path / "c.toml").write_text("phase1_epochs = 3\nhflip = false\n")
-    (tmp_path / "c.yaml").write_text("backbone: resnet18\n")
-    hp = hyperparameters_from_args(str(tmp_path / "c.json"), ["batch_size=8"])
-    assert (hp.phase1_lr, hp.batch_size) == (0.01, 8)
-    hp = hyperparameters_from_args(str(tmp_path / "c.toml"), [])
-    assert (hp.phase1_epochs, hp.hflip) == (3, False)
-    assert hyperparameters_from_args(str(tmp_path / "c.yaml"), []).backbone == "resnet18"
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="cannot parse"):
-        hyperparameters_from_args(str(tmp_path / "bad.json"), [])
 
 
 def test_preflight_command_reports_health_and_suggests_an_lr(make_dataset, tmp_path, capsys):

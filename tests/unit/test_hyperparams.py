@@ -1,8 +1,11 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from services.messages import parse_request
-from training.hyperparams import Hyperparameters, parse_assignment, validation_message
+from training.hyperparams import (Hyperparameters, load_hyperparameters, parse_assignment,
+                                  validation_message)
 
 
 def test_defaults_are_the_design_table():
@@ -68,3 +71,27 @@ def test_message_accepts_camel_case_and_requires_two_fields():
                        "tuning": {"grid": {"lr": [1, 2]}}})
     with pytest.raises(ValueError):
         parse_request(b"not json")
+
+
+def test_config_file_then_set_overrides(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"hyperparameters": {"phase1_lr": 0.01,
+                                                                     "batch_size": 16}}))
+    (tmp_path / "c.toml").write_text("phase1_epochs = 3\nhflip = false\n")
+    (tmp_path / "c.yaml").write_text("backbone: resnet18\n")
+    hp = load_hyperparameters(str(tmp_path / "c.json"), ["batch_size=8"])
+    assert (hp.phase1_lr, hp.batch_size) == (0.01, 8)
+    hp = load_hyperparameters(str(tmp_path / "c.toml"), [])
+    assert (hp.phase1_epochs, hp.hflip) == (3, False)
+    assert load_hyperparameters(str(tmp_path / "c.yaml"), []).backbone == "resnet18"
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot parse") as e:
+        load_hyperparameters(str(tmp_path / "bad.json"), [])
+    assert "\n" not in str(e.value)
+    (tmp_path / "bad.yaml").write_text("a: [1,\n b: {\n")
+    with pytest.raises(ValueError, match="cannot parse") as e:
+        load_hyperparameters(str(tmp_path / "bad.yaml"), [])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown hyperparameter 'lr'"):
+        load_hyperparameters(None, ["lr=0.1"])
+    with pytest.raises(ValueError, match="batch_size"):
+        load_hyperparameters(None, ["batch_size=many"])
