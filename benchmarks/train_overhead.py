@@ -28,8 +28,8 @@ import torch.multiprocessing as mp
 
 from training.data import split
 from training.hyperparams import Hyperparameters
-from training.loop import (STATE_FILE, Session, TrainData, TwoPhaseRun, WorkerInfo,
-                           run_to_end)
+from training.loop import TrainData, TwoPhaseRun, WorkerInfo
+from training.ray_worker import STATE_FILE, Session, run_to_end
 
 
 def digits(size: int) -> TrainData:

@@ -41,9 +41,10 @@ from training.evaluate import GateResult, predict_probs, quality_gate
 from training.health import failing, health_report
 from training.metrics import classification_metrics
 from training.hyperparams import Hyperparameters, load_hyperparameters
-from training.loop import MODEL_FILE, TrainData
+from training.loop import TrainData
 from training.model import build_model, load_backbone_weights, load_model, read_state_dict
 from training.plots import confusion_matrix_png, curves_png
+from training.ray_worker import MODEL_FILE
 
 log = logging.getLogger("colecionador.jobs")
 

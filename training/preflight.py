@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from training.augment import eval_transform, train_transform
 from training.hyperparams import Hyperparameters
-from training.loop import ArrayDataset, TrainData, make_optimizer
+from training.loaders import ArrayDataset
+from training.loop import TrainData, make_optimizer
 from training.losses import build_loss
 from training.model import (build_model, load_backbone_weights, set_phase, train_mode,
                             trainable_parameters)
