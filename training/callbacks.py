@@ -43,6 +43,8 @@ class Callback:
         """Rank 0, before each report: write files into the epoch's checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs, as plain data only (tensors, dicts, lists, numbers,
+        strings): checkpoints are loaded with ``torch.load(weights_only=True)``."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -8,11 +8,14 @@ holds model.pt. A ``Session`` is where a run reports to and resumes from, so the
 
 A checkpoint folder holds ``state.pt`` (rank 0: the run's state_dict), one
 ``rng-<rank>.pt`` per rank (exact resume on each worker), whatever the callbacks add
-(``on_checkpoint``) and, in the final one, ``model.pt``.
+(``on_checkpoint``) and, in the final one, ``model.pt``. Checkpoints are read back with
+``torch.load(weights_only=True)``: the state is plain data (tensors, dicts, lists, numbers,
+strings), so a file planted in the store's checkpoints/ cannot run code on a worker.
 """
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,10 +75,29 @@ class RayTrainSession(Session):
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file holds more than plain data: it is refused, never unpickled."""
+
+
+def _load_plain(path: Path) -> Any:
+    """``torch.load`` restricted to plain data (tensors, dicts, lists, tuples, numbers,
+    strings): whoever can write the store's checkpoints/ must not run code on workers."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((ln.strip().removeprefix("WeightsUnpickler error: ").split(". Please")[0]
+                    for ln in str(e).splitlines()
+                    if ln.strip().startswith("WeightsUnpickler error")), "not plain data")
+        raise UnsafeCheckpoint(f"refused to load {path.name} of checkpoint {path.parent}: "
+                               f"{why}") from None
+
+
 def read_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, Any], Any]:
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    """(the run's state, this rank's RNG state or None) from a checkpoint folder; both
+    files are loaded as plain data only (``UnsafeCheckpoint`` otherwise)."""
+    state = _load_plain(directory / STATE_FILE)
     rng_file = directory / RNG_FILE.format(rank=rank)
-    rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+    rng = _load_plain(rng_file) if rng_file.exists() else None
     return state, rng
 
 
