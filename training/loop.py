@@ -36,6 +36,7 @@ from training.model import (build_model, export_model, load_backbone_weights, se
                             train_mode, trainable_parameters)
 from training.schedules import EpochSchedule
 
+
 @dataclass
 class TrainData:
     """Decoded images shared by every part, and the indices this run trains / validates on."""
@@ -277,8 +278,10 @@ class TwoPhaseRun:
 
     # ------------------------------------------------------------ state, export
     def state_dict(self) -> dict[str, Any]:
+        """Plain data only (checkpoints load with weights_only=True); format 2 keeps the
+        callbacks' state by key (1: a positional list, no longer read)."""
         return {
-            "format": 1, "phase_pos": self.phase_pos, "epoch": self.epoch,
+            "format": 2, "phase_pos": self.phase_pos, "epoch": self.epoch,
             "epoch_in_phase": self.epoch_in_phase, "finished": self.finished,
             "failure": self.failure, "restored_epoch": self.restored_epoch,
             "history": self.history,
