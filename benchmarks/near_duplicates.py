@@ -80,7 +80,8 @@ def write_planted(root: Path, originals: int = 100, seed: int = 0) -> Path:
     while made < originals:
         photo = photos[made % len(photos)]
         side = int(rng.integers(96, 260))
-        y, x = int(rng.integers(0, photo.shape[0] - side)), int(rng.integers(0, photo.shape[1] - side))
+        y = int(rng.integers(0, photo.shape[0] - side))
+        x = int(rng.integers(0, photo.shape[1] - side))
         img = Image.fromarray(photo[y:y + side, x:x + side])
         if np.asarray(img.convert("L")).std() < 20:  # a patch of sky is no picture
             continue

@@ -28,8 +28,8 @@ import torch.multiprocessing as mp
 
 from training.data import split
 from training.hyperparams import Hyperparameters
-from training.loop import (STATE_FILE, Session, TrainData, TwoPhaseRun, WorkerInfo,
-                           run_to_end)
+from training.loop import TrainData, TwoPhaseRun, WorkerInfo
+from training.ray_worker import Session, read_checkpoint, run_to_end
 
 
 def digits(size: int) -> TrainData:
@@ -98,7 +98,7 @@ def ray_train(hp: dict, data: TrainData, workers: int) -> tuple[list[dict], floa
         result = trainer.fit()
         wall = time.time() - t0
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+            state, _ = read_checkpoint(Path(d))
     return state["history"], wall
 
 

@@ -25,7 +25,8 @@ import numpy as np
 from training.data import split
 from training.hyperparams import Hyperparameters
 from tuning import report
-from tuning.search import SearchResult, SearchSettings, run_search
+from tuning.search import SearchResult, SearchRun, run_search
+from tuning.spec import TuningSpec
 
 
 def digits(size: int, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -49,10 +50,10 @@ def _warm_up_fn() -> None:
 def search(scheduler: str, images, labels, classes, sp, hp: Hyperparameters,
            grid: dict[str, list[Any]], k: int, concurrent: int | None,
            grace: int = 1) -> SearchResult:
-    settings = SearchSettings(k_folds=k, scheduler=scheduler, grace_period=grace,
-                              reduction_factor=2, max_concurrent=concurrent,
-                              name=f"bench-{scheduler}-{int(time.time())}")
-    return run_search(images, labels, classes, sp, hp, grid, settings)
+    spec = TuningSpec(grid=grid, k_folds=k, scheduler=scheduler, grace_period=grace,
+                      reduction_factor=2, max_concurrent=concurrent)
+    return run_search(images, labels, classes, sp, hp, spec,
+                      SearchRun(name=f"bench-{scheduler}-{int(time.time())}"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -100,15 +101,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.grace_period}, reduction factor 2; {os.cpu_count()} cores")
     rows = {}
     for name, res in results.items():
-        ranked = report.rank(res.trials, res.settings.metric)
-        win = report.best(ranked, res.settings.metric)
+        ranked = report.rank(res.trials, res.spec.metric)
+        win = report.best(ranked, res.spec.metric)
         rows[name] = {"epochs": res.epochs_run, "fold_epochs": res.fold_epochs_run,
                       "wall_s": res.wall_s, "best": win.config if win else None,
                       "best_val_loss": win.mean("val_loss") if win else None,
                       "stopped": [c.config for c in ranked if c.status == "stopped_early"]}
         print(f"\n[{name}] {res.epochs_run} config-epochs, {res.fold_epochs_run} fold-epochs, "
               f"{res.wall_s:.1f} s")
-        print(report.table(ranked, res.settings.metric))
+        print(report.table(ranked, res.spec.metric))
     full = len(report.rank(results["fifo"].trials)) * results["fifo"].max_t
     a, f = rows["asha"], rows["fifo"]
     same = a["best"] == f["best"]

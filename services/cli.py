@@ -64,8 +64,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Grid search with k-fold CV and ASHA, then the best config trained, gated, versioned."""
-    from services.messages import TuningSpec
-    from tuning.search import parse_grid, validate_grid
+    from tuning.grid import parse_grid, validate_grid
+    from tuning.spec import TuningSpec
     try:
         hp = load_hyperparameters(args.config, args.set or [])
         grid = validate_grid(parse_grid(args.grid or []), hp)

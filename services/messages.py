@@ -9,37 +9,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.hyperparams import Hyperparameters, Text, validation_message
+from tuning.spec import TuningSpec
 
 MAX_INT = 2**31 - 1  # PostgreSQL integer columns
-
-
-class TuningSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    k_folds: int = Field(5, ge=2, le=20, validation_alias=AliasChoices("k_folds", "kFolds"))
-    num_samples: int = Field(1, ge=1, validation_alias=AliasChoices("num_samples", "numSamples"))
-    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, validation_alias=AliasChoices("grace_period",
-                                                                     "gracePeriod"))
-    reduction_factor: float = Field(2.0, gt=1, validation_alias=AliasChoices(
-        "reduction_factor", "reductionFactor"))
-    max_concurrent: int | None = Field(None, ge=1, validation_alias=AliasChoices(
-        "max_concurrent", "maxConcurrent"))
-
-    @field_validator("grid")
-    @classmethod
-    def _known_names(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        unknown = sorted(set(grid) - set(Hyperparameters.model_fields))
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) in grid: {', '.join(unknown)}")
-        for name, values in grid.items():
-            if not values:
-                raise ValueError(f"grid for {name} is empty")
-            for v in values:  # each value must be valid on its own
-                Hyperparameters(**{name: v})
-        return grid
 
 
 class TrainingRequest(BaseModel):

@@ -43,6 +43,7 @@ from training.loop import TrainData
 from training.metrics import classification_metrics
 from training.model import build_model, load_backbone_weights, load_model, read_state_dict
 from training.plots import confusion_matrix_png, curves_png
+from training.ray_worker import MODEL_FILE as CHECKPOINT_MODEL_FILE
 
 Say = Callable[[str], None]
 
@@ -220,7 +221,7 @@ def train(job: TrainingJob, hp: Hyperparameters, train_data: TrainData, backbone
     if summary.get("failure"):
         raise StepFailed("training", summary["failure"])
     with result.checkpoint.as_directory() as d:
-        package = (Path(d) / MODEL_FILE).read_bytes()
+        package = (Path(d) / CHECKPOINT_MODEL_FILE).read_bytes()
     return TrainedModel(package, summary, elapsed)
 
 

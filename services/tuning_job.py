@@ -32,9 +32,10 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
     A job resumed after its search completed reuses that search."""
     from pydantic import ValidationError
 
-    from services.messages import TuningSpec
     from tuning import report as tuning_report
-    from tuning.search import SearchSettings, expand_grid, run_search, validate_grid
+    from tuning.grid import expand_grid, validate_grid
+    from tuning.search import SearchRun, run_search
+    from tuning.spec import TuningSpec
 
     sf = session_factory(settings.db_url)
     with sf() as s:
@@ -50,34 +51,29 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
     try:
         spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
         grid = validate_grid(spec.grid, hp)
-        search = SearchSettings(
-            k_folds=spec.k_folds, num_samples=spec.num_samples, metric=spec.metric,
-            scheduler=spec.scheduler, grace_period=spec.grace_period,
-            reduction_factor=spec.reduction_factor, max_concurrent=spec.max_concurrent,
-            cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
-        search.check()
+        search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
     except (ValidationError, ValueError, TypeError) as e:
         raise StepFailed("tuning", one_line(e)) from None
     with sf() as s:
         run = repo.create_tuning_run(
-            s, job.id, grid=grid, base_hyperparameters=hp.effective(), k_folds=search.k_folds,
-            num_samples=search.num_samples, metric=search.metric, mode=search.mode,
-            scheduler=search.scheduler,
-            grace_period=search.grace_period if search.scheduler == "asha" else None,
-            reduction_factor=search.reduction_factor if search.scheduler == "asha" else None,
-            max_concurrent=search.max_concurrent, resources=search.resources())
+            s, job.id, grid=grid, base_hyperparameters=hp.effective(), k_folds=spec.k_folds,
+            num_samples=spec.num_samples, metric=spec.metric, mode=spec.mode,
+            scheduler=spec.scheduler,
+            grace_period=spec.grace_period if spec.scheduler == "asha" else None,
+            reduction_factor=spec.reduction_factor if spec.scheduler == "asha" else None,
+            max_concurrent=spec.max_concurrent, resources=search.resources())
     run_id = run.id
     search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
     search.name = f"job-{job.id}-run-{run_id}"
-    n_configs = len(expand_grid(grid)) if search.num_samples <= 1 else search.num_samples
-    say(f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {search.k_folds} folds "
+    n_configs = len(expand_grid(grid)) if spec.num_samples <= 1 else spec.num_samples
+    say(f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {spec.k_folds} folds "
         f"of train + val ({len(split.train) + len(split.val)} images; the "
-        f"{len(split.test)} test images held out), {search.scheduler.upper()} on "
-        f"{search.metric}")
+        f"{len(split.test)} test images held out), {spec.scheduler.upper()} on "
+        f"{spec.metric}")
 
     def record(trial: Any) -> None:  # runs in this process as each trial ends
-        c = tuning_report.summarize(trial, search.metric)
-        say("  " + tuning_report.trial_line(c, search.metric, n_configs))
+        c = tuning_report.summarize(trial, spec.metric)
+        say("  " + tuning_report.trial_line(c, spec.metric, n_configs))
         try:
             with sf() as s:
                 repo.record_trial(s, run_id, **_trial_fields(c, trial.history, trial.trial_id))
@@ -86,14 +82,14 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
 
     init_ray(settings)
     try:
-        result = run_search(decoded.images, decoded.labels, decoded.classes, split, hp, grid,
+        result = run_search(decoded.images, decoded.labels, decoded.classes, split, hp, spec,
                             search, backbone_state=backbone_state, listener=record)
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:
             repo.finish_tuning_run(s, run_id, "failed", error=one_line(e))
         raise StepFailed("tuning", one_line(e)) from e
-    ranked = tuning_report.rank(result.trials, search.metric)
-    winner = tuning_report.best(ranked, search.metric)
+    ranked = tuning_report.rank(result.trials, spec.metric)
+    winner = tuning_report.best(ranked, spec.metric)
     summary_fields = dict(max_t=result.max_t, folds=result.folds, epochs_run=result.epochs_run,
                           fold_epochs_run=result.fold_epochs_run, wall_s=result.wall_s)
     with sf() as s:
@@ -111,15 +107,15 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
         repo.finish_tuning_run(s, run_id, "completed", best_trial_index=winner.index,
                                best_config=winner.config,
                                job_hyperparameters=merged.effective(), **summary_fields)
-    say(tuning_report.table(ranked, search.metric))
+    say(tuning_report.table(ranked, spec.metric))
     say(f"best config: {tuning_report.config_text(winner.config)} "
-        f"({search.metric} {tuning_report.estimate_text(winner, search.metric)} over "
-        f"{search.k_folds} folds); "
+        f"({spec.metric} {tuning_report.estimate_text(winner, spec.metric)} over "
+        f"{spec.k_folds} folds); "
         f"{result.epochs_run} config-epochs ({result.fold_epochs_run} fold-epochs) in "
         f"{result.wall_s:.0f} s. "
         f"Training it on the train split, judging it on the test split.")
-    return merged, {"run_id": run_id, "metric": search.metric, "mode": search.mode,
-                    "scheduler": search.scheduler, "k_folds": search.k_folds, "grid": grid,
+    return merged, {"run_id": run_id, "metric": spec.metric, "mode": spec.mode,
+                    "scheduler": spec.scheduler, "k_folds": spec.k_folds, "grid": grid,
                     "best_config": winner.config, "max_t": result.max_t,
                     "epochs_run": result.epochs_run,
                     "trials": [c.to_dict() for c in ranked]}

@@ -1,10 +1,14 @@
-"""Keras-style callbacks for the training loop.
+"""Keras/Lightning-style callbacks for the training loop.
 
-Each callback is a small class with hooks named for the moment they run and a
-``state_dict`` / ``load_state_dict`` so a resumed run restores it. Callbacks see the run
-(``self.run``: model, optimizer, history) and talk back only through ``run.stop_training``
-(and ``run.failure``); the run reduces the stop flag across ranks, so no worker stops
-alone.
+Each callback is a small class with hooks named for the moment they run (``HOOKS``) and a
+``state_dict`` / ``load_state_dict`` so a resumed run restores it. A callback sees the run
+through ``RunView`` (``self.run``: the evaluated weights, the optimizer, the epoch, the
+rank, ...), not the whole recipe, and talks back only through ``run.stop_training``,
+``run.failure`` and ``run.restored_epoch``; the run reduces the stop flag across ranks, so
+no worker stops alone. ``CallbackList`` calls the hooks (an unknown hook name is an
+AttributeError, never a silent no-op) and saves each stateful callback's state under its
+``state_key``. ``Monitor`` is the one "did the monitored figure improve" rule that
+EarlyStopping and ModelCheckpoint share.
 """
 
 from __future__ import annotations
@@ -14,20 +18,96 @@ import math
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from training.loop import TwoPhaseRun
+Mode = Literal["min", "max"]
+HOOKS = ("on_phase_begin", "on_epoch_begin", "on_train_batch_end", "on_epoch_end",
+         "on_phase_end", "on_checkpoint")
+
+
+@runtime_checkable
+class RunView(Protocol):
+    """What a callback may see of the run (training.loop.TwoPhaseRun implements it):
+    only what the built-in callbacks use. The last three are the callbacks' way back."""
+
+    @property
+    def eval_module(self) -> nn.Module:
+        """The weights that are validated, restored and exported (the EMA's when kept)."""
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def phase_info(self) -> dict[str, Any]:
+        """The phase's trainable layers and parameters (training.model.set_phase)."""
+
+    @property
+    def epoch(self) -> int:
+        """Epochs done, across phases."""
+
+    @property
+    def epoch_in_phase(self) -> int: ...
+
+    @property
+    def rank(self) -> int: ...
+
+    def export(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """A model.pt package of the evaluated weights (or of ``state_dict``)."""
+
+    stop_training: bool
+    failure: str | None
+    restored_epoch: int | None
+
+
+def check_mode(mode: str) -> Mode:
+    """``mode`` as a Literal["min", "max"], or ValueError naming what was given."""
+    if mode not in get_args(Mode):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+@dataclass
+class Monitor:
+    """The best value so far of one logged figure, and whether a new value beats it by
+    more than ``min_delta`` (lower for ``min``, higher for ``max``; Keras and Lightning
+    semantics). A missing or NaN value is no value: ``value(logs)`` gives None."""
+
+    monitor: str = "val_loss"
+    mode: Mode = "min"
+    min_delta: float = 0.0
+    best: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mode = check_mode(self.mode)
+        self.min_delta = abs(self.min_delta)
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def value(self, logs: dict[str, Any]) -> float | None:
+        value = logs.get(self.monitor)
+        return None if value is None or math.isnan(value) else float(value)
+
+    def improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
 
 
 class Callback:
-    run: "TwoPhaseRun"
+    run: RunView
 
-    def set_run(self, run: "TwoPhaseRun") -> None:
+    def set_run(self, run: RunView) -> None:
         self.run = run
+
+    @property
+    def state_key(self) -> str:
+        """The name this callback's state is saved under (unique within a run's list)."""
+        return type(self).__qualname__
 
     def on_phase_begin(self, phase: int) -> None: ...
 
@@ -43,72 +123,147 @@ class Callback:
         """Rank 0, before each report: write files into the epoch's checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs, as plain data only (tensors, dicts, lists, numbers,
+        strings): checkpoints are loaded with ``torch.load(weights_only=True)``."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def _stateful(c: Callback) -> bool:
+    return type(c).state_dict is not Callback.state_dict
+
+
 class CallbackList:
-    def __init__(self, callbacks: list[Callback], run: "TwoPhaseRun"):
+    """Calls every callback's hook in order. The hooks are methods here, so a misspelled
+    one is an AttributeError; state is saved by ``state_key``, not by position."""
+
+    def __init__(self, callbacks: list[Callback], run: RunView):
         self.callbacks = list(callbacks)
         for c in self.callbacks:
             c.set_run(run)
+        self.keys = self._keys()
 
-    def __getattr__(self, hook: str):
-        if not hook.startswith("on_"):
-            raise AttributeError(hook)
+    def _keys(self) -> list[str]:
+        """Each callback's key; a repeated one gets ``#2``, ``#3``... in list order."""
+        seen: dict[str, int] = {}
+        keys = []
+        for c in self.callbacks:
+            key = c.state_key
+            seen[key] = seen.get(key, 0) + 1
+            keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+        return keys
 
-        def call(*args: Any) -> None:
-            for c in self.callbacks:
-                getattr(c, hook)(*args)
-        return call
+    def on_phase_begin(self, phase: int) -> None:
+        for c in self.callbacks:
+            c.on_phase_begin(phase)
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        for c in self.callbacks:
+            c.on_epoch_begin(epoch)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        for c in self.callbacks:
+            c.on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        for c in self.callbacks:
+            c.on_epoch_end(epoch, logs)
+
+    def on_phase_end(self, phase: int) -> None:
+        for c in self.callbacks:
+            c.on_phase_end(phase)
+
+    def on_checkpoint(self, directory: Path) -> None:
+        for c in self.callbacks:
+            c.on_checkpoint(directory)
 
     @property
     def wants_batches(self) -> bool:
         return any(type(c).on_train_batch_end is not Callback.on_train_batch_end
                    for c in self.callbacks)
 
-    def state_dict(self) -> list[dict[str, Any]]:
-        return [c.state_dict() for c in self.callbacks]
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """``{state_key: state}`` of every callback that keeps state."""
+        return {k: c.state_dict() for k, c in zip(self.keys, self.callbacks) if _stateful(c)}
 
-    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
-        for c, s in zip(self.callbacks, states, strict=True):
-            c.load_state_dict(s)
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        """Restore every stateful callback from its key. A stateful callback without a
+        saved state, or a saved state without its callback, means the run's callbacks are
+        not the checkpoint's: ValueError naming them."""
+        if not isinstance(states, dict):
+            raise ValueError("callback state must be a mapping by state_key "
+                             "(a checkpoint from before states were saved by key)")
+        mine = {k: c for k, c in zip(self.keys, self.callbacks) if _stateful(c)}
+        missing, unexpected = sorted(set(mine) - set(states)), sorted(set(states) - set(mine))
+        if missing or unexpected:
+            raise ValueError(f"the checkpoint's callbacks differ from this run's: "
+                             f"no state for {missing or 'none'}, "
+                             f"state without a callback for {unexpected or 'none'}")
+        for key, c in mine.items():
+            c.load_state_dict(states[key])
 
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
     epochs; with ``restore_best_weights`` the best epoch's weights are put back when the
-    phase ends (Keras EarlyStopping)."""
+    phase ends (Keras EarlyStopping). ``should_stop`` is the decision alone."""
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
+    def __init__(self, monitor: str = "val_loss", mode: Mode = "min", patience: int = 5,
                  min_delta: float = 0.0, restore_best_weights: bool = True):
-        self.monitor, self.mode, self.patience = monitor, mode, patience
-        self.min_delta, self.restore_best_weights = abs(min_delta), restore_best_weights
-        self.best = math.inf if mode == "min" else -math.inf
+        self.tracker = Monitor(monitor, mode, min_delta)
+        self.patience, self.restore_best_weights = patience, restore_best_weights
         self.best_epoch: int | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self.stop_reason: str | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
 
-    def improved(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+    @property
+    def monitor(self) -> str:
+        return self.tracker.monitor
+
+    @property
+    def mode(self) -> Mode:
+        return self.tracker.mode
+
+    @property
+    def min_delta(self) -> float:
+        return self.tracker.min_delta
+
+    @property
+    def best(self) -> float:
+        return self.tracker.best
+
+    @property
+    def state_key(self) -> str:
+        return f"EarlyStopping[{self.monitor},{self.mode}]"
+
+    def should_stop(self, value: float) -> tuple[bool, str | None]:
+        """Take one epoch's value: (stop?, why). It keeps the best value and the count of
+        epochs without improvement, and touches nothing of the run."""
+        if self.tracker.improved(value):
+            self.tracker.best, self.wait = value, 0
+            return False, None
+        self.wait += 1
+        if self.wait >= self.patience:
+            return True, (f"{self.monitor} did not improve by more than {self.min_delta:g} "
+                          f"for {self.wait} epoch(s); best {self.best:.6g}")
+        return False, None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        value = logs.get(self.monitor)
-        if value is None or math.isnan(value):
+        value = self.tracker.value(logs)
+        if value is None:
             return
-        if self.improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
+        improved = self.tracker.improved(value)
+        stop, reason = self.should_stop(value)
+        if improved:
+            self.best_epoch = epoch
             if self.restore_best_weights:
                 self.best_weights = {k: v.detach().cpu().clone()
                                      for k, v in self.run.eval_module.state_dict().items()}
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_epoch = epoch
+        if stop:
+            self.stopped_epoch, self.stop_reason = epoch, reason
             self.run.stop_training = True
 
     def on_phase_end(self, phase: int) -> None:
@@ -118,11 +273,13 @@ class EarlyStopping(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+                "stopped_epoch": self.stopped_epoch, "stop_reason": self.stop_reason,
+                "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.tracker.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.stop_reason = state.get("stop_reason")
         self.best_weights = state["best_weights"]
 
 
@@ -165,20 +322,36 @@ class ModelCheckpoint(Callback):
     as ``best.pt`` (a model.pt package); with ``every_epoch`` also the epoch's own
     weights as ``epoch.pt``. (Every epoch's full training state is checkpointed anyway.)"""
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", save_best_only: bool = True,
-                 every_epoch: bool = False):
-        self.monitor, self.mode = monitor, mode
+    def __init__(self, monitor: str = "val_loss", mode: Mode = "min",
+                 save_best_only: bool = True, every_epoch: bool = False,
+                 min_delta: float = 0.0):
+        self.tracker = Monitor(monitor, mode, min_delta)
         self.save_best_only, self.every_epoch = save_best_only, every_epoch
-        self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
 
+    @property
+    def monitor(self) -> str:
+        return self.tracker.monitor
+
+    @property
+    def mode(self) -> Mode:
+        return self.tracker.mode
+
+    @property
+    def best(self) -> float:
+        return self.tracker.best
+
+    @property
+    def state_key(self) -> str:
+        return f"ModelCheckpoint[{self.monitor},{self.mode}]"
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        value = logs.get(self.monitor)
-        if value is None or math.isnan(value):
+        value = self.tracker.value(logs)
+        if value is None:
             return
-        if (value < self.best) if self.mode == "min" else (value > self.best):
-            self.best, self.best_epoch = value, epoch
+        if self.tracker.improved(value):
+            self.tracker.best, self.best_epoch = value, epoch
             self.best_weights = {k: v.detach().cpu().clone()
                                  for k, v in self.run.eval_module.state_dict().items()}
 
@@ -194,7 +367,7 @@ class ModelCheckpoint(Callback):
                 "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.tracker.best, self.best_epoch = state["best"], state["best_epoch"]
         self.best_weights = state["best_weights"]
 
 
@@ -318,8 +491,7 @@ class TensorBoard(Callback):
 class LambdaCallback(Callback):
     """Keras LambdaCallback: any hook as a plain function (or an import path to one)."""
 
-    HOOKS = ("on_phase_begin", "on_epoch_begin", "on_train_batch_end", "on_epoch_end",
-             "on_phase_end", "on_checkpoint")
+    HOOKS = HOOKS
 
     def __init__(self, **hooks: Callable[..., None] | str):
         unknown = set(hooks) - set(self.HOOKS)
@@ -348,6 +520,6 @@ def build_callbacks(specs: list[str | dict[str, Any]]) -> list[Callback]:
             raise ValueError(f"callback {name} is not a training.callbacks.Callback")
         try:
             out.append(cls(**kwargs))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"callback {name}: {e}") from None
     return out

@@ -220,7 +220,8 @@ def split(labels: np.ndarray, val_frac: float = 0.1, test_frac: float = 0.1,
     return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
-def kfold(labels: np.ndarray, indices: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold(labels: np.ndarray, indices: np.ndarray, k: int,
+          seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k folds over ``indices`` (positions into ``labels``): (train, val) pairs."""
     indices = np.asarray(indices)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -228,7 +229,8 @@ def kfold(labels: np.ndarray, indices: np.ndarray, k: int, seed: int = 0) -> lis
             for a, b in skf.split(indices, np.asarray(labels)[indices])]
 
 
-def load(root: str | Path, image_size: int, on_bad_image: str, min_per_class: int) -> DecodedDataset:
+def load(root: str | Path, image_size: int, on_bad_image: str,
+         min_per_class: int) -> DecodedDataset:
     """Discover, decode and check a dataset folder in one call (unreadable images as
     ``on_bad_image`` says, then min_per_class). A job instead decodes, writes its health
     report, then checks, so that a job failed for its data says what is wrong with it."""

@@ -7,7 +7,8 @@ data), as errors.json and a PNG grid of the worst of them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix

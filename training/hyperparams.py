@@ -2,19 +2,29 @@
 
 Every name and default comes from DESIGN.md (Hyperparameters). Unknown names are an error,
 never silently ignored, and every effective value (defaults included) is what gets stored.
+``load_hyperparameters`` reads a config file and ``--set`` assignments into the model, for
+every command line that takes them (the CLI and ``python -m services.jobs``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt,
-                      ValidationError, field_validator, model_validator)
+import tomllib
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 def storable(value: Any) -> Any:
@@ -147,7 +157,7 @@ class Hyperparameters(BaseModel):
         return storable(v)
 
     @model_validator(mode="after")
-    def _check(self) -> "Hyperparameters":
+    def _check(self) -> Hyperparameters:
         if self.phase1_epochs + self.phase2_epochs == 0:
             raise ValueError("phase1_epochs + phase2_epochs must be at least 1")
         if self.val_frac + self.test_frac >= 0.9:
@@ -255,7 +265,13 @@ def validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _load_config(path: str) -> dict[str, Any]:
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """The mapping of a ``.json``, ``.yaml``/``.yml`` or ``.toml`` file, or of its
+    ``hyperparameters`` key when it has one."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file not found: {path}")
@@ -269,15 +285,18 @@ def _load_config(path: str) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - every parser has its own error
-        raise ValueError(f"cannot parse {path}: {e}") from None
+        raise ValueError(f"cannot parse {path}: {_first_line(str(e))}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of hyperparameters")
     return data.get("hyperparameters", data)
 
 
 def load_hyperparameters(config: str | None, assignments: list[str]) -> Hyperparameters:
-    """``--config FILE`` then each ``--set key=value`` on top; ValueError on any problem."""
-    values: dict[str, Any] = _load_config(config) if config else {}
+    """``--config FILE`` then each ``--set key=value`` on top.
+
+    Raises ValueError with one line saying why (a missing or unparsable file, an unknown
+    name, an ill-typed value), so a command line can exit 2 before anything is written."""
+    values: dict[str, Any] = _read_config(config) if config else {}
     for a in assignments:
         key, value = parse_assignment(a)
         values[key] = value

@@ -1,26 +1,24 @@
-"""The two-phase training recipe, one epoch at a time, and Ray Train's worker function.
+"""The two-phase training recipe, one epoch at a time.
 
 ``TwoPhaseRun`` is the recipe: phase 1 trains a new head on a frozen backbone, phase 2
 unfreezes the last N backbone layers at a low lr with EarlyStopping (restore best) and the
 schedule (ReduceLROnPlateau by default). It is stepped with ``run_epoch()`` so the same code
-serves a Ray Train worker, a Tune trial (k folds in lockstep) and a plain process; its
-``state_dict`` holds everything a resumed run needs (phase, epoch, model, optimizer,
-schedule, callbacks, EMA, RNG).
+serves a Ray Train worker (training.ray_worker), a Tune trial (k folds in lockstep,
+tuning.cv) and a plain process; its ``state_dict`` holds everything a resumed run needs
+(phase, epoch, model, optimizer, schedule, callbacks, EMA, RNG).
 
-``train_loop_per_worker`` is what ``TorchTrainer`` runs: it resumes from
-``ray.train.get_checkpoint()``, reports every epoch with a checkpoint written by rank 0, and
-ends with one ``final`` report whose checkpoint holds model.pt.
+Here too: the optimizer and autocast choices, and the all-reduce helpers that make every
+rank see the same epoch figures and the same stop decision. Datasets, samplers and loaders
+are in training.loaders; sessions and checkpoint files in training.ray_worker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,20 +26,28 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
-from training.augment import eval_transform, train_transform
-from training.callbacks import (Callback, CallbackList, EarlyStopping, ProgressLogger,
-                                TerminateOnNaN, build_callbacks)
+from training.callbacks import (
+    Callback,
+    CallbackList,
+    EarlyStopping,
+    ProgressLogger,
+    TerminateOnNaN,
+    build_callbacks,
+)
 from training.hyperparams import Hyperparameters
+from training.loaders import train_loader, val_batches
 from training.losses import build_loss
-from training.model import (build_model, export_model, load_backbone_weights, set_phase,
-                            train_mode, trainable_parameters)
+from training.model import (
+    build_model,
+    export_model,
+    load_backbone_weights,
+    set_phase,
+    train_mode,
+    trainable_parameters,
+)
 from training.schedules import EpochSchedule
-
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
-RNG_FILE = "rng-{rank}.pt"  # every rank's own random state: exact resume on each worker
 
 
 @dataclass
@@ -60,42 +66,6 @@ class WorkerInfo:
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-class ArrayDataset(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor]):
-        self.images, self.labels, self.indices, self.transform = images, labels, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        j = self.indices[i]
-        return self.transform(torch.tensor(self.images[j])), int(self.labels[j])
-
-
-class DistributedWeightedSampler(Sampler[int]):
-    """Class-balanced sampling with replacement, the same draw on every rank, sharded by
-    rank: each epoch every rank sees its own slice of one seeded multinomial draw."""
-
-    def __init__(self, labels: np.ndarray, num_replicas: int, rank: int, seed: int):
-        counts = np.bincount(labels)
-        self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
-        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
-        self.num_samples = math.ceil(len(labels) / num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas,
-                                 replacement=True, generator=g)
-        return iter(draw[self.rank::self.num_replicas].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 def make_optimizer(hp: Hyperparameters, params: Iterable[nn.Parameter],
@@ -190,24 +160,9 @@ class TwoPhaseRun:
 
     def _make_train_loader(self) -> DataLoader:
         d = self.data
-        ds = ArrayDataset(d.images, d.labels, d.train_idx, train_transform(self.hp))
-        if self.hp.sampler == "weighted":
-            sampler: Sampler = DistributedWeightedSampler(d.labels[d.train_idx],
-                                                          self.world_size, self.rank, self.hp.seed)
-        else:
-            sampler = DistributedSampler(ds, num_replicas=self.world_size, rank=self.rank,
-                                         shuffle=True, seed=self.hp.seed)
-        per_rank = len(sampler)
-        workers = self.hp.loader_workers
-        # A last batch of one breaks BatchNorm in train mode; timm drops it too. Loader
-        # processes (augmentation off the training process) persist across epochs, and
-        # pinned memory lets the copy to the GPU overlap compute (non_blocking).
-        return DataLoader(ds, batch_size=self.hp.batch_size, sampler=sampler,
-                          drop_last=per_rank > self.hp.batch_size,
-                          pin_memory=self.device.type == "cuda", num_workers=workers,
-                          persistent_workers=workers > 0,
-                          prefetch_factor=self.hp.prefetch_factor if workers else None,
-                          generator=torch.Generator().manual_seed(self.hp.seed + self.rank))
+        return train_loader(self.hp, d.images, d.labels, d.train_idx, rank=self.rank,
+                            world_size=self.world_size,
+                            pin_memory=self.device.type == "cuda")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not _distributed():
@@ -321,27 +276,25 @@ class TwoPhaseRun:
         """Loss and accuracy on the whole validation split (each rank takes a slice)."""
         module = self.eval_module
         module.eval()
-        tf = eval_transform()
         total, correct, n = 0.0, 0, 0
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        bs = max(self.hp.batch_size, 64)
-        for s in range(0, len(self._val_idx), bs):
-            idx = self._val_idx[s:s + bs]
-            x = tf(torch.from_numpy(self.data.images[idx]))
-            y = torch.from_numpy(self.data.labels[idx])
+        for x, y in val_batches(self.data.images, self.data.labels, self._val_idx,
+                                max(self.hp.batch_size, 64)):
             x, y = self._to_device(x, y)
             with self._autocast():
                 out = module(x)
             total += loss_fn(out.float(), y).item()
             correct += int((out.argmax(1) == y).sum().item())
-            n += len(idx)
+            n += len(y)
         total, correct, n = _all_reduce([total, float(correct), float(n)], self.device)
         return total / max(n, 1), correct / max(n, 1)
 
     # ------------------------------------------------------------ state, export
     def state_dict(self) -> dict[str, Any]:
+        """Plain data only (checkpoints load with weights_only=True); format 2 keeps the
+        callbacks' state by key (1: a positional list, no longer read)."""
         return {
-            "format": 1, "phase_pos": self.phase_pos, "epoch": self.epoch,
+            "format": 2, "phase_pos": self.phase_pos, "epoch": self.epoch,
             "epoch_in_phase": self.epoch_in_phase, "finished": self.finished,
             "failure": self.failure, "restored_epoch": self.restored_epoch,
             "history": self.history,
@@ -382,105 +335,3 @@ class TwoPhaseRun:
         if state_dict is not None:
             package["state_dict"] = {k: v.detach().cpu() for k, v in state_dict.items()}
         return package
-
-
-# ------------------------------------------------------------------ sessions
-class Session:
-    """Where a run reports to and resumes from: Ray Train, Ray Tune or nothing."""
-
-    def worker(self) -> WorkerInfo:
-        return WorkerInfo()
-
-    def latest_state(self, rank: int = 0) -> tuple[dict[str, Any], Any] | None:
-        """(state, this rank's RNG state or None) of the latest checkpoint, if any."""
-        return None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None,
-               name: str) -> None:  # noqa: ARG002
-        return None
-
-
-class RayTrainSession(Session):
-    def __init__(self) -> None:
-        # Ray 2.60 names this logger by __file__, so LoggingConfig(log_level) misses its
-        # per-report INFO line ("Reporting training result ..."); quiet it here.
-        import logging
-
-        from ray.train.v2._internal.execution import context
-        logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-    def worker(self) -> WorkerInfo:
-        import ray.train
-        import ray.train.torch
-        ctx = ray.train.get_context()
-        return WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(),
-                          ray.train.torch.get_device())
-
-    def latest_state(self, rank: int = 0) -> tuple[dict[str, Any], Any] | None:
-        import ray.train
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return read_checkpoint(Path(d), rank)
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str) -> None:
-        import ray.train
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
-
-
-def read_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, Any], Any]:
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
-    rng_file = directory / RNG_FILE.format(rank=rank)
-    rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
-    return state, rng
-
-
-def write_checkpoint(run: TwoPhaseRun, directory: Path, final: bool = False) -> None:
-    """Every rank writes its RNG state; rank 0 the run's state, what the callbacks add,
-    and, at the end, the exported model. Ray merges the ranks' folders into one."""
-    torch.save(torch.get_rng_state(), directory / RNG_FILE.format(rank=run.rank))
-    if run.rank != 0:
-        return
-    torch.save(run.state_dict(), directory / STATE_FILE)
-    run.callbacks.on_checkpoint(directory)
-    if final:
-        torch.save(run.export(), directory / MODEL_FILE)
-
-
-def run_to_end(run: TwoPhaseRun, session: Session) -> dict[str, Any]:
-    """Step the run to its end, reporting every epoch with a checkpoint, then one final
-    report whose checkpoint also holds the exported model."""
-    restored = session.latest_state(run.rank)
-    if restored is not None:
-        run.load_state_dict(*restored)
-        if run.rank == 0 and not run.quiet:
-            print(f"resumed after epoch {run.epoch} (phase {run.phase})", flush=True)
-
-    def report(metrics: dict[str, Any], name: str, final: bool = False) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            write_checkpoint(run, Path(d), final)
-            session.report(metrics, d, name)
-
-    while not run.done:
-        logs = run.run_epoch()
-        report(logs, f"epoch-{logs['epoch']:04d}")
-    summary = run.summary()
-    report(summary, "final", final=True)
-    return summary
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """TorchTrainer's function. config: hyperparameters (dict), data (TrainData or an
-    ObjectRef to it), backbone_state (a state dict, an ObjectRef to one, or None)."""
-    import ray
-
-    def resolve(x: Any) -> Any:
-        return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-
-    session = RayTrainSession()
-    hp = Hyperparameters(**config["hyperparameters"])
-    run = TwoPhaseRun(hp, resolve(config["data"]), worker=session.worker(),
-                      backbone_state=resolve(config.get("backbone_state")))
-    run_to_end(run, session)

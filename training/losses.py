@@ -4,7 +4,7 @@ callable named by import path (``loss=package.module:function``)."""
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

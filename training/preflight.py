@@ -19,10 +19,16 @@ from torch.utils.data import DataLoader
 
 from training.augment import eval_transform, train_transform
 from training.hyperparams import Hyperparameters
-from training.loop import ArrayDataset, TrainData, make_optimizer
+from training.loaders import ArrayDataset
+from training.loop import TrainData, make_optimizer
 from training.losses import build_loss
-from training.model import (build_model, load_backbone_weights, set_phase, train_mode,
-                            trainable_parameters)
+from training.model import (
+    build_model,
+    load_backbone_weights,
+    set_phase,
+    train_mode,
+    trainable_parameters,
+)
 
 
 class _FrozenBatchNormStaysFrozen(torch.nn.Module):
@@ -36,7 +42,7 @@ class _FrozenBatchNormStaysFrozen(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def train(self, mode: bool = True) -> "_FrozenBatchNormStaysFrozen":
+    def train(self, mode: bool = True) -> _FrozenBatchNormStaysFrozen:
         super().train(mode)
         if mode:
             train_mode(self.model)

@@ -1,13 +1,15 @@
-"""Builds the Ray Train TorchTrainer for a job."""
+"""Builds the Ray Train TorchTrainer for a job, running training.ray_worker's
+``train_loop_per_worker`` on every worker."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from training.loop import train_loop_per_worker
+from training.ray_worker import train_loop_per_worker
 
 
 def build_trainer(loop_config: dict[str, Any], *, num_workers: int, use_gpu: bool,

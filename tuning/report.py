@@ -14,8 +14,9 @@ of the metric at the last reported epoch, ties by the smaller std, then by grid 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 STATUS_ORDER = {"completed": 0, "stopped_early": 1, "failed": 2}
 MODES = {"val_loss": "min", "val_accuracy": "max"}

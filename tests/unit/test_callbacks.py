@@ -1,15 +1,27 @@
 """The Keras/Lightning-style callbacks, run through the real loop via ``callbacks=``."""
 
 import csv
+import math
 
 import pytest
 import torch
 
-from training.callbacks import LambdaCallback, build_callbacks
+from tests.unit.test_loop import HP, fake_run, tiny_data
+from training.callbacks import (
+    CallbackList,
+    CSVLogger,
+    EarlyStopping,
+    LambdaCallback,
+    ModelCheckpoint,
+    Monitor,
+    RunView,
+    TerminateOnNaN,
+    build_callbacks,
+)
 from training.hyperparams import Hyperparameters
-from training.loop import RNG_FILE, STATE_FILE, TwoPhaseRun, read_checkpoint, write_checkpoint
+from training.loop import TwoPhaseRun
 from training.model import load_model
-from tests.unit.test_loop import HP, tiny_data
+from training.ray_worker import RNG_FILE, STATE_FILE, write_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
 
@@ -54,7 +66,8 @@ def test_model_checkpoint_keeps_the_best_epochs_weights(tmp_path):
 
 
 def test_learning_rate_scheduler_and_monitor():
-    run = run_with([{"name": "LearningRateScheduler", "schedule": "tests.unit.test_callbacks:halve"},
+    run = run_with([{"name": "LearningRateScheduler",
+                     "schedule": "tests.unit.test_callbacks:halve"},
                     {"name": "LearningRateMonitor", "logging_interval": "step"}],
                    schedule="none")
     # each phase restarts its epoch count: 0.01, 0.005 in both phases
@@ -104,15 +117,6 @@ def test_bad_callback_specs_are_clear_errors():
         Hyperparameters(callbacks=[{"kwargs": 1}])
 
 
-def test_each_rank_restores_its_own_random_state(tmp_path):
-    run = run_with([])
-    write_checkpoint(run, tmp_path)
-    torch.save(torch.manual_seed(123).get_state(), tmp_path / RNG_FILE.format(rank=1))
-    state, rng0 = read_checkpoint(tmp_path, 0)
-    _, rng1 = read_checkpoint(tmp_path, 1)
-    assert torch.equal(rng0, state["rng"]) and not torch.equal(rng0, rng1)
-
-
 from training.callbacks import Callback  # noqa: E402
 
 
@@ -128,3 +132,98 @@ class EpochCounter(Callback):
 
     def load_state_dict(self, state):
         self.seen = list(state["seen"])
+
+
+# --------------------------------------------- the callback contract (Lightning's pattern)
+def test_the_run_is_what_callbacks_see_through_run_view():
+    run = TwoPhaseRun(Hyperparameters(**HP), tiny_data(), quiet=True)
+    assert isinstance(run, RunView)
+    assert all(c.run is run for c in run.callbacks.callbacks)
+
+
+def test_a_misspelled_hook_is_an_error_not_a_silent_no_op():
+    callbacks = CallbackList([CSVLogger()], fake_run())
+    callbacks.on_epoch_end(1, {"loss": 1.0})  # every hook is a method
+    assert callbacks.callbacks[0].rows == [{"loss": 1.0}]
+    with pytest.raises(AttributeError, match="on_epoch_ends"):
+        callbacks.on_epoch_ends(1, {})
+    with pytest.raises(AttributeError):
+        callbacks.on_validation_end()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EarlyStopping(mode="maxx"),
+    lambda: ModelCheckpoint(mode="maxx"),
+    lambda: Monitor("val_loss", "maxx"),
+])
+def test_a_mode_other_than_min_or_max_is_refused(make):
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'maxx'"):
+        make()
+
+
+def test_a_bad_mode_in_the_hyperparameters_names_the_callback():
+    with pytest.raises(ValueError, match="callback ModelCheckpoint: mode must be 'min' or"):
+        build_callbacks([{"name": "ModelCheckpoint", "mode": "maxx"}])
+
+
+def test_monitor_improves_only_by_more_than_min_delta():
+    low = Monitor("val_loss", "min", min_delta=0.1)
+    assert low.best == math.inf and low.improved(1.0)
+    low.best = 1.0
+    assert not low.improved(0.95) and not low.improved(0.9) and low.improved(0.89)
+    high = Monitor("val_accuracy", "max", min_delta=-0.05)  # the sign is ignored
+    assert high.min_delta == 0.05 and high.best == -math.inf
+    high.best = 0.5
+    assert not high.improved(0.55) and high.improved(0.56)
+    assert low.value({"val_loss": float("nan")}) is None and low.value({}) is None
+    assert low.value({"val_loss": 2}) == 2.0
+
+
+def test_should_stop_says_why_after_patience_without_improvement():
+    es = EarlyStopping("val_loss", "min", patience=2, min_delta=0.1)
+    assert es.should_stop(1.0) == (False, None)
+    assert es.should_stop(0.95) == (False, None)  # within min_delta: one epoch waited
+    stop, reason = es.should_stop(0.92)
+    assert stop and es.wait == 2 and es.best == 1.0
+    assert reason == "val_loss did not improve by more than 0.1 for 2 epoch(s); best 1"
+    assert es.should_stop(0.5) == (False, None) and es.wait == 0  # improving resets
+    up = EarlyStopping("val_accuracy", "max", patience=1)
+    assert up.should_stop(0.7) == (False, None)
+    assert up.should_stop(0.6)[0] and up.best == 0.7
+
+
+def test_early_stopping_records_its_reason_and_stops_the_run():
+    run = fake_run()
+    es = EarlyStopping(patience=1)
+    es.set_run(run)
+    es.on_epoch_end(1, {"val_loss": 1.0})
+    es.on_epoch_end(2, {"val_loss": float("nan")})  # no value: neither better nor worse
+    assert not run.stop_training and es.wait == 0
+    es.on_epoch_end(3, {"val_loss": 1.5})
+    assert run.stop_training and es.stopped_epoch == 3 and "val_loss" in es.stop_reason
+
+
+def test_state_is_saved_by_key_and_round_trips():
+    def callbacks():
+        return CallbackList([TerminateOnNaN(), EarlyStopping(patience=3),
+                             ModelCheckpoint("val_accuracy", "max"), CSVLogger(),
+                             CSVLogger("other.csv")], fake_run())
+    first = callbacks()
+    for epoch, (loss, acc) in enumerate([(1.0, 0.5), (0.8, 0.6), (0.9, 0.55)], 1):
+        first.on_epoch_end(epoch, {"val_loss": loss, "val_accuracy": acc})
+    state = first.state_dict()
+    assert list(state) == ["EarlyStopping[val_loss,min]",
+                           "ModelCheckpoint[val_accuracy,max]", "CSVLogger", "CSVLogger#2"]
+    second = callbacks()
+    second.load_state_dict(state)
+    es, mc, csv_a, csv_b = second.callbacks[1:]
+    assert (es.best, es.best_epoch, es.wait) == (0.8, 2, 1)
+    assert (mc.best, mc.best_epoch) == (0.6, 2) and len(csv_a.rows) == len(csv_b.rows) == 3
+    # a checkpoint from other callbacks (or the old positional list) is refused
+    fewer = CallbackList([EarlyStopping(patience=3)], fake_run())
+    with pytest.raises(ValueError, match="state without a callback for"):
+        fewer.load_state_dict(state)
+    with pytest.raises(ValueError, match="no state for"):
+        callbacks().load_state_dict({})
+    with pytest.raises(ValueError, match="by state_key"):
+        fewer.load_state_dict([es.state_dict()])

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from services.cli import main
-from training.hyperparams import load_hyperparameters
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -32,21 +31,6 @@ def test_bad_arguments_exit_2_and_write_nothing(argv, message, tmp_path, capsys)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.db"))
-
-
-def test_config_file_then_set_overrides(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"hyperparameters": {"phase1_lr": 0.01,
-                                                                     "batch_size": 16}}))
-    (tmp_path / "c.toml").write_text("phase1_epochs = 3\nhflip = false\n")
-    (tmp_path / "c.yaml").write_text("backbone: resnet18\n")
-    hp = load_hyperparameters(str(tmp_path / "c.json"), ["batch_size=8"])
-    assert (hp.phase1_lr, hp.batch_size) == (0.01, 8)
-    hp = load_hyperparameters(str(tmp_path / "c.toml"), [])
-    assert (hp.phase1_epochs, hp.hflip) == (3, False)
-    assert load_hyperparameters(str(tmp_path / "c.yaml"), []).backbone == "resnet18"
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="cannot parse"):
-        load_hyperparameters(str(tmp_path / "bad.json"), [])
 
 
 def test_preflight_command_reports_health_and_suggests_an_lr(make_dataset, tmp_path, capsys):

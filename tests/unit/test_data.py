@@ -76,7 +76,8 @@ def test_small_class_and_missing_dataset(make_dataset, tmp_path):
 
 def test_manifest_layout(make_dataset):
     root = make_dataset(per_class=10)
-    rows = ["path,label"] + [f"class_{c}/{i:03d}.png,{'abc'[c]}" for c in range(3) for i in range(10)]
+    rows = ["path,label"] + [f"class_{c}/{i:03d}.png,{'abc'[c]}"
+                             for c in range(3) for i in range(10)]
     (root / "manifest.csv").write_text("\n".join(rows))
     index = data.discover(root)
     assert index.classes == ["a", "b", "c"] and len(index.paths) == 30

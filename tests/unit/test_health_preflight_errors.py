@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+from tests.unit.test_loop import HP, tiny_data
 from training import data as datasets
 from training.data import Split
 from training.errors import error_report, worst_examples_png
 from training.health import failing, health_report, near_duplicate_pairs
 from training.hyperparams import Hyperparameters
 from training.preflight import lr_range_test, overfit_one_batch
-from tests.unit.test_loop import HP, tiny_data
 
 
 def index_of(d, path):
@@ -48,7 +48,8 @@ def test_corrupt_file_tiny_class_imbalance_sizes_and_modes(make_dataset):
     d = datasets.decode(datasets.discover(root), 16, "skip")
     r = health_report(d, None, min_per_class=5, max_imbalance=10)
     kinds = {f["kind"]: f for f in r["findings"]}
-    assert kinds["unreadable"]["count"] == 1 and r["unreadable"][0]["path"] == "class_0/broken_0.png"
+    assert kinds["unreadable"]["count"] == 1
+    assert r["unreadable"][0]["path"] == "class_0/broken_0.png"
     assert r["small_classes"] == {"class_2": 3} and kinds["small_class"]["count"] == 1
     assert r["imbalance_ratio"] == pytest.approx(40 / 3) and "imbalance" in kinds
     assert r["per_class"] == {"class_0": 40, "class_1": 13, "class_2": 3}

@@ -1,8 +1,15 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from services.messages import parse_request
-from training.hyperparams import Hyperparameters, parse_assignment, validation_message
+from training.hyperparams import (
+    Hyperparameters,
+    load_hyperparameters,
+    parse_assignment,
+    validation_message,
+)
 
 
 def test_defaults_are_the_design_table():
@@ -85,7 +92,8 @@ def test_parse_assignment_rejects_unknown_and_malformed():
 def test_message_accepts_camel_case_and_requires_two_fields():
     r = parse_request(b'{"batchId": "b1", "dataset_uri": "s3://d/b1/", "totalImages": 9000,'
                       b' "hyperparameters": {"phase1_epochs": 3}}')
-    assert (r.batch_id, r.total_images, r.mode, r.hyperparameters.phase1_epochs) == ("b1", 9000, "train", 3)
+    assert (r.batch_id, r.total_images, r.mode) == ("b1", 9000, "train")
+    assert r.hyperparameters.phase1_epochs == 3
     with pytest.raises(ValueError, match="dataset_uri"):
         parse_request({"batch_id": "b1"})
     with pytest.raises(ValueError, match="unknown hyperparameter"):
@@ -108,3 +116,27 @@ def test_bounds_on_what_one_request_may_ask(values, field):
     with pytest.raises(ValidationError) as e:
         Hyperparameters(**values)
     assert validation_message(e.value).startswith(f"{field}: ")
+
+
+def test_config_file_then_set_overrides(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"hyperparameters": {"phase1_lr": 0.01,
+                                                                     "batch_size": 16}}))
+    (tmp_path / "c.toml").write_text("phase1_epochs = 3\nhflip = false\n")
+    (tmp_path / "c.yaml").write_text("backbone: resnet18\n")
+    hp = load_hyperparameters(str(tmp_path / "c.json"), ["batch_size=8"])
+    assert (hp.phase1_lr, hp.batch_size) == (0.01, 8)
+    hp = load_hyperparameters(str(tmp_path / "c.toml"), [])
+    assert (hp.phase1_epochs, hp.hflip) == (3, False)
+    assert load_hyperparameters(str(tmp_path / "c.yaml"), []).backbone == "resnet18"
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot parse") as e:
+        load_hyperparameters(str(tmp_path / "bad.json"), [])
+    assert "\n" not in str(e.value)
+    (tmp_path / "bad.yaml").write_text("a: [1,\n b: {\n")
+    with pytest.raises(ValueError, match="cannot parse") as e:
+        load_hyperparameters(str(tmp_path / "bad.yaml"), [])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown hyperparameter 'lr'"):
+        load_hyperparameters(None, ["lr=0.1"])
+    with pytest.raises(ValueError, match="batch_size"):
+        load_hyperparameters(None, ["batch_size=many"])

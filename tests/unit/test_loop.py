@@ -173,22 +173,6 @@ def test_gradient_clipping_bounds_the_update():
     assert 0 < step.item() < 1e-5
 
 
-def test_weighted_sampler_balances_classes_across_ranks():
-    from training.loop import DistributedWeightedSampler
-    labels = np.array([0] * 90 + [1] * 10)
-    draws = []
-    for rank in (0, 1):
-        s = DistributedWeightedSampler(labels, num_replicas=2, rank=rank, seed=0)
-        s.set_epoch(3)
-        draws.append(list(s))
-    assert len(draws[0]) == len(draws[1]) == 50
-    drawn = labels[np.array(draws[0] + draws[1])]
-    assert 0.35 < drawn.mean() < 0.65  # class 1 is 10 % of the data, about half the draws
-    s0 = DistributedWeightedSampler(labels, 2, 0, seed=0)
-    s0.set_epoch(3)
-    assert list(s0) == draws[0]  # the same draw for the same seed and epoch
-
-
 def test_bf16_autocast_and_loader_processes_run_on_the_cpu():
     hp = Hyperparameters(**{**HP, "amp": "bf16", "loader_workers": 1, "phase2_epochs": 0})
     run = TwoPhaseRun(hp, tiny_data(), quiet=True)

@@ -2,10 +2,19 @@ import pytest
 import torch
 from torch import nn
 
-from training.model import (WeightsError, build_model, export_model, head_prefix,
-                            layers_with_params, load_backbone_weights, load_model,
-                            read_state_dict, set_phase, train_mode)
 from training.hyperparams import Hyperparameters
+from training.model import (
+    WeightsError,
+    build_model,
+    export_model,
+    head_prefix,
+    layers_with_params,
+    load_backbone_weights,
+    load_model,
+    read_state_dict,
+    set_phase,
+    train_mode,
+)
 
 
 @pytest.mark.parametrize("backbone,head", [("mobilenet_v2", "classifier.1."), ("resnet18", "fc.1."),
@@ -31,7 +40,8 @@ def test_phase1_trains_only_the_head_and_phase2_exactly_the_last_n_layers():
     info = set_phase(m, 2, 50)
     assert trainable_layers(m) == layers[-50:] and info["unfrozen_layers"] == 50
     head = sum(p.numel() for n, p in m.named_parameters() if n.startswith("classifier.1."))
-    opened = sum(p.numel() for n, mod in layers_with_params(m)[-50:] for p in mod.parameters(recurse=False))
+    opened = sum(p.numel() for n, mod in layers_with_params(m)[-50:]
+                 for p in mod.parameters(recurse=False))
     assert info["trainable_params"] == head + opened
     set_phase(m, 2, 10_000)
     assert trainable_layers(m) == layers
@@ -72,7 +82,8 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
 
 def test_export_and_load_round_trip(tmp_path):
     m = build_model("mobilenet_v3_small", 3).eval()
-    pkg = export_model(m, Hyperparameters(backbone="mobilenet_v3_small", image_size=32), ["a", "b", "c"])
+    pkg = export_model(m, Hyperparameters(backbone="mobilenet_v3_small", image_size=32),
+                       ["a", "b", "c"])
     torch.save(pkg, tmp_path / "model.pt")
     m2, meta = load_model(tmp_path / "model.pt")
     x = torch.randn(2, 3, 32, 32)

@@ -1,0 +1,109 @@
+"""k folds in lockstep (tuning.cv), without Ray: the folds, the reports, the recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY
+from training import data
+from training.hyperparams import Hyperparameters
+from tuning.cv import CVData, FoldsInLockstep, aggregate, cv_folds
+
+
+def labels_of(counts: list[int]) -> np.ndarray:
+    return np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.int64)
+
+
+def test_folds_are_stratified_disjoint_cover_train_and_val_and_never_touch_test():
+    y = labels_of([60, 40, 20])
+    sp = data.split(y, 0.1, 0.1, seed=3)
+    folds = cv_folds(y, sp, k=4, seed=3)
+    pool = np.union1d(sp.train, sp.val)
+    assert len(folds) == 4
+    vals = np.concatenate([v for _, v in folds])
+    assert sorted(vals.tolist()) == pool.tolist()  # each train+val image validated once
+    for train, val in folds:
+        assert not set(train) & set(val)
+        assert sorted(np.concatenate([train, val]).tolist()) == pool.tolist()
+        assert not set(train) & set(sp.test) and not set(val) & set(sp.test)
+        # stratified: each class's share of the fold's val is its share of the pool
+        share = np.bincount(y[val], minlength=3) / len(val)
+        assert np.allclose(share, np.bincount(y[pool]) / len(pool), atol=0.05)
+    assert len(sp.test) == 12 and [len(v) for _, v in folds] == [27, 27, 27, 27]
+    # the same seed gives the same folds
+    again = cv_folds(y, sp, k=4, seed=3)
+    assert all((a[1] == b[1]).all() for a, b in zip(folds, again))
+
+
+def test_folds_need_k_images_of_every_class():
+    y = labels_of([30, 30, 4])
+    sp = data.split(y, 0.1, 0.1)
+    with pytest.raises(ValueError, match="k_folds=5 needs at least 5 images of every class"):
+        cv_folds(y, sp, k=5)
+    with pytest.raises(ValueError, match="overlaps"):
+        cv_folds(y, data.Split(sp.train, sp.val, sp.train[:2]), k=2)
+
+
+# ------------------------------------------------------------ lockstep, reports
+def _fold(i, val_loss, val_acc, *, done=False, ran=True, phase=1):
+    return {"fold": i, "epoch": 1, "phase": phase, "standing_epoch": 1, "ran": ran,
+            "done": done, "loss": 1.0, "accuracy": 0.5, "val_loss": val_loss,
+            "val_accuracy": val_acc, "lr": 1e-3}
+
+
+def test_aggregate_is_mean_and_population_std_over_folds():
+    folds = [_fold(0, 1.0, 0.5), _fold(1, 2.0, 0.7, done=True, ran=False, phase=2),
+             _fold(2, 3.0, 0.9)]
+    r = aggregate(4, folds, done=False, max_epochs=6)
+    assert (r["epoch"], r["max_epochs"], r["folds_done"], r["trial_done"]) == (4, 6, 1, False)
+    assert r["val_loss"] == pytest.approx(2.0)
+    assert r["val_loss_std"] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    assert r["val_accuracy"] == pytest.approx(0.7)
+    assert r["val_accuracy_std"] == pytest.approx(np.std([0.5, 0.7, 0.9]))
+    assert r["phase"] == 1  # the phase of the folds that trained this epoch
+    assert r["folds"] == folds
+
+
+class _Run:
+    def __init__(self, history, done=False, restored=None):
+        self.history, self.done, self.restored_epoch = history, done, restored
+
+
+def test_a_finished_fold_stands_at_its_restored_best_epoch():
+    h = [{"epoch": e, "val_loss": v} for e, v in ((1, 0.9), (2, 0.5), (3, 0.7))]
+    assert FoldsInLockstep.standing(_Run(h))["epoch"] == 3  # still going: its last epoch
+    assert FoldsInLockstep.standing(_Run(h, done=True))["epoch"] == 3
+    assert FoldsInLockstep.standing(_Run(h, done=True, restored=2))["val_loss"] == 0.5
+
+
+def test_folds_step_in_lockstep_with_the_train_job_recipe(make_dataset):
+    root = make_dataset(per_class=8, size=16)
+    hp = Hyperparameters(**{**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1})
+    d = data.load(root, hp.image_size, "fail", hp.min_per_class)
+    sp = data.split(d.labels, seed=0)
+    cv = FoldsInLockstep(hp, CVData(d.images, d.labels, d.classes,
+                                    cv_folds(d.labels, sp, 2)))
+    reports = []
+    while not cv.done:
+        reports.append(cv.step())
+    assert [r["epoch"] for r in reports] == [1, 2, 3] and cv.iteration == 3
+    assert [r["phase"] for r in reports] == [1, 1, 2]
+    assert reports[-1]["trial_done"] and reports[-1]["folds_done"] == 2
+    for r in reports:
+        assert [f["fold"] for f in r["folds"]] == [0, 1]
+        assert all(f["epoch"] == r["epoch"] and f["ran"] for f in r["folds"])
+        assert r["val_loss"] == pytest.approx(np.mean([f["val_loss"] for f in r["folds"]]))
+    # each fold is a TwoPhaseRun on its own fold (the same recipe as a train job)
+    assert [len(run.data.val_idx) for run in cv.runs] == [len(v) for _, v in
+                                                          cv_folds(d.labels, sp, 2)]
+    assert all(run.quiet for run in cv.runs) and cv.failure is None
+    with pytest.raises(RuntimeError):
+        cv.step()
+
+
+def test_a_diverged_fold_names_itself():
+    cv = FoldsInLockstep.__new__(FoldsInLockstep)
+    cv.runs = [_Run([]), _Run([])]
+    cv.runs[0].failure, cv.runs[1].failure = None, "loss became nan at epoch 2"
+    assert cv.failure == "fold 1 diverged: loss became nan at epoch 2"

@@ -1,0 +1,153 @@
+"""k-fold cross-validation inside one Ray Tune trial: the folds and the trainable.
+
+A trial trains its config on k stratified folds of train + val (the test split is never in
+a fold) with k ``TwoPhaseRun`` objects, the same recipe a train job runs, stepped in
+lockstep, one epoch of every fold per iteration (``FoldsInLockstep``). Each iteration
+reports the mean and std over folds of val_loss and val_accuracy (and every fold's own
+figures) with ``ray.tune.report``, so ASHA stops weak configs early on the cross-validated
+estimate, not on one split's noise. ``cv_trainable`` is that plain Tune function trainable,
+run in-process with the trial's own resources (tuning.search says why not a TorchTrainer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.data import Split, kfold
+from training.hyperparams import Hyperparameters
+from training.loop import TrainData, TwoPhaseRun, WorkerInfo
+from tuning.grid import total_epochs
+
+
+def cv_folds(labels: np.ndarray, split: Split, k: int,
+             seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k stratified folds over train + val; the test split is in none of them."""
+    pool = np.union1d(split.train, split.val)
+    if np.intersect1d(pool, split.test).size:
+        raise ValueError("the test split overlaps train + val")
+    if k < 2:
+        raise ValueError("k_folds must be at least 2")
+    counts = np.bincount(np.asarray(labels)[pool])
+    short = [i for i, n in enumerate(counts) if 0 < n < k]
+    if short or (counts == 0).any():
+        i = short[0] if short else int(np.argmin(counts))
+        raise ValueError(f"k_folds={k} needs at least {k} images of every class in train + "
+                         f"val; class index {i} has {counts[i]}")
+    return kfold(labels, pool, k, seed)
+
+
+@dataclass
+class CVData:
+    """What every trial shares (through the object store): decoded images and the folds."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+    def fold(self, i: int) -> TrainData:
+        train, val = self.folds[i]
+        return TrainData(self.images, self.labels, train, val, self.classes)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std())  # population std, as sklearn's CV results
+
+
+class FoldsInLockstep:
+    """k ``TwoPhaseRun`` objects, one per fold, stepped together: ``step()`` runs one
+    epoch of every fold that is still going and returns the iteration's report.
+
+    A fold that has finished (its epochs done, or phase 2's EarlyStopping) stands at its
+    final model, which is the restored best epoch when EarlyStopping restored one; its
+    figures are carried into the mean until every fold is done. A fold whose loss went
+    NaN/inf (TerminateOnNaN) makes the config ``diverged``.
+    """
+
+    def __init__(self, hp: Hyperparameters, data: CVData, *,
+                 backbone_state: dict[str, torch.Tensor] | None = None,
+                 device: torch.device | None = None, quiet: bool = True):
+        self.hp = hp
+        worker = WorkerInfo(device=device or torch.device("cpu"))
+        self.runs = [TwoPhaseRun(hp, data.fold(i), worker=worker,
+                                 backbone_state=backbone_state, quiet=quiet)
+                     for i in range(len(data.folds))]
+        self.iteration = 0
+        self.max_epochs = total_epochs(hp)
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.runs)
+
+    @property
+    def failure(self) -> str | None:
+        return next((f"fold {i} diverged: {r.failure}" for i, r in enumerate(self.runs)
+                     if r.failure), None)
+
+    def step(self) -> dict[str, Any]:
+        if self.done:
+            raise RuntimeError("every fold is finished")
+        self.iteration += 1
+        ran = []
+        for r in self.runs:
+            ran.append(not r.done)
+            if not r.done:
+                r.run_epoch()
+        return self.report(ran)
+
+    @staticmethod
+    def standing(run: TwoPhaseRun) -> dict[str, Any]:
+        """The figures of the model this fold stands at now."""
+        logs = run.history[-1]
+        if run.done and run.restored_epoch is not None:
+            logs = next((h for h in run.history if h["epoch"] == run.restored_epoch), logs)
+        return logs
+
+    def report(self, ran: list[bool] | None = None) -> dict[str, Any]:
+        ran = ran or [True] * len(self.runs)
+        folds = []
+        for i, (r, did) in enumerate(zip(self.runs, ran)):
+            s = self.standing(r)
+            folds.append({"fold": i, "epoch": r.epoch, "phase": s["phase"],
+                          "standing_epoch": s["epoch"], "ran": did, "done": r.done,
+                          **{k: float(s[k]) for k in ("loss", "accuracy", "val_loss",
+                                                       "val_accuracy", "lr")}})
+        return aggregate(self.iteration, folds, done=self.done,
+                         max_epochs=self.max_epochs)
+
+
+def aggregate(iteration: int, folds: list[dict[str, Any]], *, done: bool,
+              max_epochs: int) -> dict[str, Any]:
+    """One iteration's report: mean and std over folds of each figure, and the folds."""
+    out: dict[str, Any] = {"epoch": iteration, "max_epochs": max_epochs,
+                           "phase": max(f["phase"] for f in folds if f["ran"]) if any(
+                               f["ran"] for f in folds) else folds[0]["phase"],
+                           "folds_done": sum(f["done"] for f in folds), "trial_done": done}
+    for k in ("val_loss", "val_accuracy", "loss", "accuracy"):
+        out[k], out[f"{k}_std"] = _mean_std([f[k] for f in folds])
+    out["folds"] = folds
+    return out
+
+
+def cv_trainable(config: dict[str, Any], *, data: CVData, base: dict[str, Any],
+                 backbone_state: dict[str, torch.Tensor] | None = None) -> None:
+    """The Tune function trainable: one config, k folds in lockstep, a report per epoch."""
+    import ray
+    from ray import tune
+
+    hp = Hyperparameters(**{**base, **config})
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    device = torch.device("cuda") if resources.get("GPU") and torch.cuda.is_available() \
+        else torch.device("cpu")
+    cv = FoldsInLockstep(hp, data, backbone_state=backbone_state, device=device, quiet=True)
+    while not cv.done:
+        report = cv.step()
+        tune.report(report)  # NaN stays NaN here (ASHA ignores it); a diverged fold ends
+        if cv.failure:       # the trial as failed right after the epoch is on record
+            raise RuntimeError(cv.failure)
