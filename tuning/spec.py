@@ -21,6 +21,7 @@ from training.hyperparams import Hyperparameters
 from tuning.report import MODES
 
 Metric = Literal["val_loss", "val_accuracy"]
+MAX_CONFIGS = 256  # configs one search may train (grid combinations or random samples)
 assert set(get_args(Metric)) == set(MODES), "tuning.report.MODES names every metric"
 
 
@@ -33,7 +34,8 @@ class TuningSpec(BaseModel):
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     k_folds: int = Field(5, ge=2, le=20, validation_alias=AliasChoices("k_folds", "kFolds"))
-    num_samples: int = Field(1, ge=1, validation_alias=AliasChoices("num_samples", "numSamples"))
+    num_samples: int = Field(1, ge=1, le=MAX_CONFIGS,
+                             validation_alias=AliasChoices("num_samples", "numSamples"))
     metric: Metric = "val_loss"
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1, validation_alias=AliasChoices("grace_period",
@@ -49,6 +51,11 @@ class TuningSpec(BaseModel):
         unknown = sorted(set(grid) - set(Hyperparameters.model_fields))
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) in grid: {', '.join(unknown)}")
+        combinations = 1
+        for values in grid.values():
+            combinations *= max(len(values), 1)
+        if combinations > MAX_CONFIGS:
+            raise ValueError(f"the grid has {combinations} combinations; at most {MAX_CONFIGS}")
         for name, values in grid.items():
             if not values:
                 raise ValueError(f"grid for {name} is empty")

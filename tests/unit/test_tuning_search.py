@@ -88,3 +88,10 @@ def test_the_spec_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_search_is_bounded():
+    with pytest.raises(ValidationError, match="257 combinations; at most 256"):
+        TuningSpec(grid={"phase1_lr": [i * 1e-4 + 1e-4 for i in range(257)]})
+    with pytest.raises(ValidationError, match="num_samples"):
+        TuningSpec(num_samples=10_000)
