@@ -227,7 +227,7 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         check_plugins(parse_request(body).hyperparameters, settings)  # as the ingress does
     except ValueError as e:
         parser.error(str(e))
-    publish_request(settings.broker_url, settings.requests_queue, body)
+    publish_request(settings.amqp_url, settings.requests_queue, body)
     print(f"published batch {args.batch_id} on {settings.requests_queue}")
     return 0
 

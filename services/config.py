@@ -22,7 +22,7 @@ class Settings(BaseSettings):
                                       secrets_dir=os.environ.get("COLECIONADOR_SECRETS_DIR"))
 
     home: Path = Field(default_factory=lambda: Path.home() / ".colecionador")
-    database_url: str | None = None
+    database_url: SecretStr | None = None  # may hold a password: never printed
     auto_migrate: bool = True
 
     store_url: str | None = None  # a folder, file://..., or s3://bucket[/prefix]
@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
 
-    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     requests_queue: str = "training.requests"
     events_queue: str = "ModelEvaluation"
     publish_events: bool = True
@@ -63,7 +63,14 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.resolved_home / 'colecionador.db'}"
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.resolved_home / 'colecionador.db'}"
+
+    @property
+    def amqp_url(self) -> str:
+        """The broker's URL (it may hold a password: use it, never print it)."""
+        return self.broker_url.get_secret_value()
 
     @property
     def store(self) -> str:

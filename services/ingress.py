@@ -95,7 +95,7 @@ class Consumer:
             self.ready.set()
 
     async def _consume(self) -> None:
-        connection = await broker.connect(self.settings.broker_url)
+        connection = await broker.connect(self.settings.amqp_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self.prefetch)

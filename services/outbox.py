@@ -75,7 +75,7 @@ async def publish_pending_async(settings: Settings, *, job_id: int | None = None
     import aio_pika
 
     from services import broker
-    connection = await aio_pika.connect(settings.broker_url, timeout=10)
+    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         declared: set[str] = set()

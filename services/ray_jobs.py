@@ -120,10 +120,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
     The drivers read secrets from their node (environment or COLECIONADOR_SECRETS_DIR)."""
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if hasattr(value, "get_secret_value") or _has_password(str(value)):
+        if name in URL_SETTINGS:  # a URL travels when it holds no password
+            value = value.get_secret_value()
+        elif hasattr(value, "get_secret_value"):
+            continue  # tokens and keys: never
+        if _has_password(str(value)):
             continue
         env[f"COLECIONADOR_{name.upper()}"] = str(value)
     return env
+
+
+URL_SETTINGS = ("database_url", "broker_url")
 
 
 def job_missing(exc: Exception) -> bool:

@@ -159,7 +159,7 @@ def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
 
 
 def publish(settings, body) -> None:
-    publish_request(settings.broker_url, settings.requests_queue, body)
+    publish_request(settings.amqp_url, settings.requests_queue, body)
 
 
 def _wait_job(client: JobSubmissionClient, sid: str, timeout: float = 300) -> JobStatus:

@@ -110,7 +110,7 @@ async def submit_job(request: Annotated[TrainingRequest, Body()],
     publish = created or (job.status == "queued" and job.ray_job_id is None)
     if publish:
         try:
-            await asyncio.to_thread(publish_request, settings.broker_url,
+            await asyncio.to_thread(publish_request, settings.amqp_url,
                                     settings.requests_queue, request.to_json())
         except Exception as exc:  # noqa: BLE001 - the broker is down: the client retries
             log.error("job %s recorded, not published: %s", job.id, exc)
