@@ -41,7 +41,14 @@ from training.health import failing, health_report
 from training.hyperparams import Hyperparameters
 from training.loop import TrainData
 from training.metrics import classification_metrics
-from training.model import build_model, load_backbone_weights, load_model, read_state_dict
+from training.model import (
+    build_model,
+    is_weights_name,
+    load_backbone_weights,
+    load_model,
+    load_named_weights,
+    read_state_dict,
+)
 from training.plots import confusion_matrix_png, curves_png
 
 Say = Callable[[str], None]
@@ -122,11 +129,15 @@ def prepare_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, stor
 def load_weights(hp: Hyperparameters, n_classes: int,
                  settings: Settings) -> dict[str, torch.Tensor] | None:
     """The state dict named by ``hp.weights``, checked against the backbone (None when no
-    weights are named)."""
+    weights are named): torchvision's registered weights by name (``imagenet``,
+    ``IMAGENET1K_V2``...; cached under <home>/torch), or a file by path or s3:// URI."""
     if not hp.weights:
         return None
     try:
-        state = read_state_dict(fetch_file(hp.weights, settings))
+        if is_weights_name(hp.weights):
+            state = load_named_weights(hp.backbone, hp.weights, settings.resolved_home / "torch")
+        else:
+            state = read_state_dict(fetch_file(hp.weights, settings))
         load_backbone_weights(build_model(hp.backbone, n_classes, hp.dropout), state)
     except (FileNotFoundError, ValueError, StoreError) as e:
         raise StepFailed("weights", one_line(e)) from None
