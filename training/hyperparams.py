@@ -123,6 +123,9 @@ class Hyperparameters(BaseModel):
     gate_accuracy: float = Field(0.90, ge=0, le=1)
     gate_precision: float = Field(0.88, ge=0, le=1)
     gate_recall: float = Field(0.88, ge=0, le=1)
+    # the gate's rule on model.onnx (issue #16): rejected unless ONNX Runtime gives the same
+    # probabilities (training/export.py TOLERANCE) and top-1 labels as PyTorch on the test split
+    gate_onnx_parity: bool = False
 
     @field_validator("callbacks")
     @classmethod

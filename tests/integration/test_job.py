@@ -20,6 +20,7 @@ from services.messages import TrainingRequest
 from services.records import create_job
 from services.storage import open_store
 from tests.conftest import AMQP_URL, TINY
+from training.export import onnx_probs
 from training.hyperparams import Hyperparameters
 from training.model import build_model, load_model
 
@@ -74,7 +75,7 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     store = open_store(settings)
     prefix = "models/tiny/v1/"
     errors = json.loads(store.get_bytes(prefix + "errors.json"))
-    expected = {"confusion_matrix.png", "curves.png", "metrics.json", "model.pt",
+    expected = {"confusion_matrix.png", "curves.png", "metrics.json", "model.pt", "model.onnx",
                 "health.json", "errors.json"} | ({"errors.png"} if errors["errors"] else set())
     assert {k[len(prefix):] for k in store.list(prefix)} == expected
     assert errors["test_images"] == 4 and len(errors["worst"]) == errors["errors"]
@@ -91,6 +92,14 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     model, pkg = load_model(torch.load(store.path(prefix + "model.pt"), weights_only=True))
     assert pkg["classes"] == ["class_0", "class_1", "class_2"]
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    onnx = metrics["onnx"]  # model.onnx agrees with model.pt on the test split
+    assert onnx["passed"] and onnx["top1_agreement"] == 1.0 and onnx["test_images"] == 4
+    assert onnx["max_abs_diff"] <= onnx["tolerance"] and onnx["opset"] >= 17
+    assert onnx["input"]["shape"] == ["batch", 3, 32, 32]
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert onnx_probs(store.get_bytes(prefix + "model.onnx"), x.numpy()) == pytest.approx(
+            torch.softmax(model(x), 1).numpy(), abs=1e-4)
 
     event = take_event(events_queue)
     assert set(event) >= {"job_id", "batch_id", "model_name", "version", "status", "metrics",
