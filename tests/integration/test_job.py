@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import urllib.error
 import uuid
 
 import aio_pika
@@ -117,9 +118,9 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
 
 
 @pytest.mark.parametrize("case", ["small_class", "unreadable", "missing", "bad_weights",
-                                  "leakage"])
+                                  "leakage", "weights_offline", "weights_unknown"])
 def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
-        case, db_url, settings_for, make_dataset, tmp_path):
+        case, db_url, settings_for, make_dataset, tmp_path, monkeypatch):
     settings = settings_for(db_url)
     hp: dict = {}
     if case == "small_class":
@@ -135,6 +136,19 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
         for p in sorted(root.rglob("*.png")):
             shutil.copy(p, p.with_name("again_" + p.name))
         reason, hp = "health: ", {"fail_on": ["leakage"]}
+    elif case == "weights_offline":  # imagenet weights, not cached, no network
+        def offline(*args, **kwargs):
+            raise urllib.error.URLError("no network")
+        monkeypatch.setattr(torch.hub, "urlopen", offline)
+        folder = settings.resolved_home / "torch" / "hub" / "checkpoints"
+        root, hp = make_dataset(per_class=12), {"weights": "imagenet"}
+        reason = ("weights: imagenet weights for mobilenet_v3_small "
+                  "(MobileNet_V3_Small_Weights.IMAGENET1K_V1) are not cached and cannot be "
+                  f"downloaded (no network): put mobilenet_v3_small-047dcff4.pth in {folder}")
+    elif case == "weights_unknown":
+        root, hp = make_dataset(per_class=12), {"weights": "IMAGENET1K_V2"}
+        reason = ("weights: unknown weights 'IMAGENET1K_V2' for mobilenet_v3_small; "
+                  "valid names: imagenet, IMAGENET1K_V1, DEFAULT")
     else:
         torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "resnet.pt")
         root, reason = make_dataset(per_class=12), "weights: weights do not fit the backbone"
