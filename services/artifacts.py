@@ -4,12 +4,13 @@ folder holds. Every key the services write is spelled here, nowhere else."""
 from __future__ import annotations
 
 MODEL_FILE = "model.pt"  # weights + what rebuilds the model (training.model.export_model)
+ONNX_FILE = "model.onnx"  # the eval model in ONNX (training/export.py); absent if export failed
 
 # The files of models/<name>/v<version>/, in the order they are written; the optional ones
-# (errors.png, preflight.json, tuning.json) exist when the job made them.
+# (model.onnx, errors.png, preflight.json, tuning.json) exist when the job made them.
 VERSION_FILES = (MODEL_FILE, "metrics.json", "curves.png", "confusion_matrix.png",
                  "health.json", "errors.json")
-OPTIONAL_VERSION_FILES = ("errors.png", "preflight.json", "tuning.json")
+OPTIONAL_VERSION_FILES = (ONNX_FILE, "errors.png", "preflight.json", "tuning.json")
 
 
 def version_prefix(model_name: str, version: int) -> str:

@@ -4,7 +4,7 @@
     load_weights -> state dict        the backbone to start from, if any
     run_preflight -> Preflight        overfit one batch + LR range test, as a Ray task
     train -> TrainedModel             Ray Train's TorchTrainer over the two phases
-    evaluate -> Evaluation            test-set metrics, error report, the quality gate
+    evaluate -> Evaluation            test-set metrics, error report, model.onnx, the gate
     version_files -> dict             what models/<name>/v<N>/ will hold
 
 A step that fails raises ``StepFailed(step, reason)``; the driver (services/jobs.py)
@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.artifacts import CHECKPOINTS, MODEL_FILE, checkpoints_prefix, report_key
+from services.artifacts import (
+    CHECKPOINTS,
+    MODEL_FILE,
+    ONNX_FILE,
+    checkpoints_prefix,
+    report_key,
+)
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
@@ -37,11 +43,19 @@ from training import data as datasets
 from training.data import DecodedDataset, Split
 from training.errors import error_report, worst_examples_png
 from training.evaluate import GateResult, predict_probs, quality_gate
+from training.export import OnnxExport, export_with_parity
 from training.health import failing, health_report
 from training.hyperparams import Hyperparameters
 from training.loop import TrainData
 from training.metrics import classification_metrics
-from training.model import build_model, load_backbone_weights, load_model, read_state_dict
+from training.model import (
+    build_model,
+    is_weights_name,
+    load_backbone_weights,
+    load_model,
+    load_named_weights,
+    read_state_dict,
+)
 from training.plots import confusion_matrix_png, curves_png
 from training.ray_worker import MODEL_FILE as CHECKPOINT_MODEL_FILE
 
@@ -123,11 +137,15 @@ def prepare_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, stor
 def load_weights(hp: Hyperparameters, n_classes: int,
                  settings: Settings) -> dict[str, torch.Tensor] | None:
     """The state dict named by ``hp.weights``, checked against the backbone (None when no
-    weights are named)."""
+    weights are named): torchvision's registered weights by name (``imagenet``,
+    ``IMAGENET1K_V2``...; cached under <home>/torch), or a file by path or s3:// URI."""
     if not hp.weights:
         return None
     try:
-        state = read_state_dict(fetch_file(hp.weights, settings))
+        if is_weights_name(hp.weights):
+            state = load_named_weights(hp.backbone, hp.weights, settings.resolved_home / "torch")
+        else:
+            state = read_state_dict(fetch_file(hp.weights, settings))
         load_backbone_weights(build_model(hp.backbone, n_classes, hp.dropout), state)
     except (FileNotFoundError, ValueError, StoreError) as e:
         raise StepFailed("weights", one_line(e)) from None
@@ -231,21 +249,28 @@ class Evaluation:
     metrics: dict[str, Any]  # accuracy, precision, recall, f1, roc_auc, per class, n...
     errors: dict[str, Any]  # the error report
     gate: GateResult
+    onnx: OnnxExport | None = None  # model.onnx and its parity with PyTorch
 
     def event_metrics(self) -> dict[str, float]:
         return {k: self.metrics[k] for k in ("accuracy", "precision", "recall", "f1")}
 
 
 def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> Evaluation:
-    """Test-set metrics, the error report and the quality gate."""
+    """Test-set metrics, the error report, model.onnx with its parity check on the test
+    split (never fails the job: the report says why there is no model.onnx) and the
+    quality gate."""
     test_x, test_y, paths = data.test_set()
     try:
-        probs = predict_probs(trained.module(), test_x)
+        model = trained.module()
+        probs = predict_probs(model, test_x)
         metrics = classification_metrics(test_y, probs, data.decoded.classes)
         errors = error_report(test_y, probs, data.decoded.classes, paths)
     except Exception as e:  # noqa: BLE001
         raise StepFailed("evaluation", one_line(e)) from e
-    return Evaluation(metrics, errors, quality_gate(metrics, hp))
+    if not hp.export_onnx:
+        return Evaluation(metrics, errors, quality_gate(metrics, hp), None)
+    onnx = export_with_parity(model, hp.image_size, test_x)
+    return Evaluation(metrics, errors, quality_gate(metrics, hp, onnx.report), onnx)
 
 
 def version_files(job: TrainingJob, hp: Hyperparameters, data: PreparedData,
@@ -263,13 +288,16 @@ def version_files(job: TrainingJob, hp: Hyperparameters, data: PreparedData,
             "test": m, "gate": evaluation.gate.to_dict(), "training": trained.summary,
             "training_time_s": trained.training_time_s, "split": data.split.sizes(),
             "skipped_images": [{"path": p, "reason": r} for p, r in data.decoded.bad],
-            "hyperparameters": hp.effective(), "history": history}),
+            "hyperparameters": hp.effective(), "history": history,
+            "onnx": evaluation.onnx.report if evaluation.onnx else None}),
         "curves.png": curves_png(history, f"job {job.id}: {job.model_name}"),
         "confusion_matrix.png": confusion_matrix_png(
             m["confusion_matrix"], data.decoded.classes, f"{job.model_name}: test split"),
         "health.json": as_json(data.health),
         "errors.json": as_json(evaluation.errors),
     }
+    if evaluation.onnx is not None and evaluation.onnx.model is not None:
+        files[ONNX_FILE] = evaluation.onnx.model
     worst = worst_examples_png(evaluation.errors, data.test_set()[0])
     if worst is not None:
         files["errors.png"] = worst

@@ -21,7 +21,8 @@ SESSION = uuid.uuid4().hex[:8]
 # A tiny, fast recipe: the smallest torchvision classifier, small images, 1 + 1 epochs.
 TINY = {"backbone": "mobilenet_v3_small", "image_size": 32, "batch_size": 8,
         "phase1_epochs": 1, "phase2_epochs": 1, "unfreeze_last": 5, "min_per_class": 5,
-        "hflip": False, "gate_accuracy": 0.0, "gate_precision": 0.0, "gate_recall": 0.0}
+        "hflip": False, "gate_accuracy": 0.0, "gate_precision": 0.0, "gate_recall": 0.0,
+        "export_onnx": False}  # 7-15 s a job here: test_job's first test exports
 
 
 @pytest.fixture(autouse=True)

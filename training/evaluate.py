@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from training.augment import eval_transform
+from training.export import TOLERANCE
 from training.hyperparams import Hyperparameters
 from training.metrics import classification_metrics
 
@@ -61,9 +62,21 @@ class GateResult:
         return {"status": self.status, "rules": [asdict(r) for r in self.rules]}
 
 
-def quality_gate(metrics: dict[str, Any], hp: Hyperparameters) -> GateResult:
-    """Every rule is ``metric > threshold`` (strictly); all must pass to approve."""
+def quality_gate(metrics: dict[str, Any], hp: Hyperparameters,
+                 onnx: dict[str, Any] | None = None) -> GateResult:
+    """Every metric rule is ``metric > threshold`` (strictly); all must pass to approve.
+
+    With ``gate_onnx_parity`` one more rule, ``onnx_parity``: model.onnx's probabilities
+    within ``tolerance`` of PyTorch's and every top-1 label the same (``onnx``: metrics.json's
+    onnx section); its value is the max absolute difference, 1.0 (the most two
+    probabilities can differ) when there was no model.onnx to compare."""
     thresholds = {"accuracy": hp.gate_accuracy, "precision": hp.gate_precision,
                   "recall": hp.gate_recall}
-    return GateResult([GateRule(m, t, float(metrics[m]), float(metrics[m]) > t)
-                       for m, t in thresholds.items()])
+    rules = [GateRule(m, t, float(metrics[m]), float(metrics[m]) > t)
+             for m, t in thresholds.items()]
+    if hp.gate_onnx_parity:
+        onnx = onnx or {}
+        diff = onnx.get("max_abs_diff")
+        rules.append(GateRule("onnx_parity", float(onnx.get("tolerance", TOLERANCE)),
+                              1.0 if diff is None else float(diff), bool(onnx.get("passed"))))
+    return GateResult(rules)

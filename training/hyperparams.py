@@ -141,6 +141,10 @@ class Hyperparameters(BaseModel):
     gate_accuracy: float = Field(0.90, ge=0, le=1)
     gate_precision: float = Field(0.88, ge=0, le=1)
     gate_recall: float = Field(0.88, ge=0, le=1)
+    # the gate's rule on model.onnx (issue #16): rejected unless ONNX Runtime gives the same
+    # probabilities (training/export.py TOLERANCE) and top-1 labels as PyTorch on the test split
+    gate_onnx_parity: bool = False
+    export_onnx: bool = True  # model.onnx and its parity check with every version
 
     @field_validator("augment", "schedule", mode="before")
     @classmethod
@@ -169,6 +173,8 @@ class Hyperparameters(BaseModel):
         for spec in self.callbacks:
             if isinstance(spec, dict) and not isinstance(spec.get("name"), str):
                 raise ValueError("each callback is a name or {\"name\": ..., **arguments}")
+        if self.gate_onnx_parity and not self.export_onnx:
+            raise ValueError("gate_onnx_parity needs export_onnx")
         if sorted(self.milestones) != self.milestones:
             raise ValueError("milestones must be increasing")
         return self

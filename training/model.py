@@ -7,8 +7,10 @@ replaced by a fresh one for the job's classes, with the head's dropout set to ``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -69,6 +71,66 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict")
     return obj
+
+
+# ----------------------------------------------------------------- weights by name
+# ``imagenet`` (the backbone's DEFAULT weights), a member of the backbone's weights enum
+# (``IMAGENET1K_V2``, ``DEFAULT``) or its full name (``MobileNet_V2_Weights.IMAGENET1K_V2``).
+# Anything else (a path, an s3:// URI) is a file.
+_NAME = re.compile(r"(?:[A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
+
+
+def is_weights_name(value: str) -> bool:
+    """Does ``weights`` name torchvision's registered weights rather than a file?"""
+    return value.lower() == "imagenet" or _NAME.fullmatch(value) is not None
+
+
+def resolve_weights(backbone: str, name: str) -> Any:
+    """The torchvision ``WeightsEnum`` member that ``name`` means for ``backbone``;
+    WeightsError naming the valid names when there is none."""
+    try:
+        enum = tvm.get_model_weights(backbone)
+    except (ValueError, KeyError):
+        raise WeightsError(f"{backbone} has no registered pretrained weights "
+                           f"(asked for {name!r}): name a file instead") from None
+    valid = ["imagenet", *enum.__members__]
+    member = "DEFAULT" if name.lower() == "imagenet" else name
+    if "." in member:
+        enum_name, _, member = member.partition(".")
+        if enum_name != enum.__name__:
+            raise WeightsError(f"{name!r} are not weights of {backbone} "
+                               f"({enum.__name__}); valid names: {', '.join(valid)}")
+    try:
+        return enum[member]
+    except KeyError:
+        raise WeightsError(f"unknown weights {name!r} for {backbone}; "
+                           f"valid names: {', '.join(valid)}") from None
+
+
+def weights_file(weights: Any, torch_home: Path) -> Path:
+    """Where torch.hub keeps ``weights`` under ``torch_home``
+    (``<torch_home>/hub/checkpoints/<the URL's file name>``, as with ``TORCH_HOME``)."""
+    return Path(torch_home) / "hub" / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def load_named_weights(backbone: str, name: str, torch_home: Path) -> dict[str, torch.Tensor]:
+    """torchvision's registered weights for ``backbone``, through torch.hub's download and
+    cache under ``torch_home`` (downloaded once, read from the cache after). Offline and
+    not cached: WeightsError naming the file to put where."""
+    weights = resolve_weights(backbone, name)
+    path = weights_file(weights, torch_home)
+    try:
+        state = weights.get_state_dict(model_dir=str(path.parent), progress=False,
+                                       check_hash=True, weights_only=True)
+    except OSError as e:  # URLError, socket errors, a full disk
+        what = "imagenet" if name.lower() == "imagenet" else name
+        raise WeightsError(
+            f"{what} weights for {backbone} ({weights}) are not cached and cannot "
+            f"be downloaded ({getattr(e, 'reason', e)}): put {path.name} in {path.parent}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or truncated cache file
+        raise WeightsError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    return state
 
 
 def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import urllib.error
 import uuid
 
 import aio_pika
@@ -20,6 +21,7 @@ from services.messages import TrainingRequest
 from services.records import create_job
 from services.storage import open_store
 from tests.conftest import AMQP_URL, TINY
+from training.export import onnx_probs
 from training.hyperparams import Hyperparameters
 from training.model import build_model, load_model
 
@@ -47,7 +49,7 @@ def take_event(queue: str) -> dict:
 def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
         db_url, settings_for, make_dataset, ray_cluster, events_queue):
     settings = settings_for(db_url, publish_events=True, events_queue=events_queue)
-    req = request(make_dataset(per_class=12, size=16))
+    req = request(make_dataset(per_class=12, size=16), export_onnx=True)
     job, created = create_job(settings, req)
     assert created and job.status == "queued"
 
@@ -74,7 +76,7 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     store = open_store(settings)
     prefix = "models/tiny/v1/"
     errors = json.loads(store.get_bytes(prefix + "errors.json"))
-    expected = {"confusion_matrix.png", "curves.png", "metrics.json", "model.pt",
+    expected = {"confusion_matrix.png", "curves.png", "metrics.json", "model.pt", "model.onnx",
                 "health.json", "errors.json"} | ({"errors.png"} if errors["errors"] else set())
     assert {k[len(prefix):] for k in store.list(prefix)} == expected
     assert errors["test_images"] == 4 and len(errors["worst"]) == errors["errors"]
@@ -91,6 +93,14 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     model, pkg = load_model(torch.load(store.path(prefix + "model.pt"), weights_only=True))
     assert pkg["classes"] == ["class_0", "class_1", "class_2"]
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    onnx = metrics["onnx"]  # model.onnx agrees with model.pt on the test split
+    assert onnx["passed"] and onnx["top1_agreement"] == 1.0 and onnx["test_images"] == 4
+    assert onnx["max_abs_diff"] <= onnx["tolerance"] and onnx["opset"] >= 17
+    assert onnx["input"]["shape"] == ["batch", 3, 32, 32]
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert onnx_probs(store.get_bytes(prefix + "model.onnx"), x.numpy()) == pytest.approx(
+            torch.softmax(model(x), 1).numpy(), abs=1e-4)
 
     event = take_event(events_queue)
     assert set(event) >= {"job_id", "batch_id", "model_name", "version", "status", "metrics",
@@ -108,9 +118,9 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
 
 
 @pytest.mark.parametrize("case", ["small_class", "unreadable", "missing", "bad_weights",
-                                  "leakage"])
+                                  "leakage", "weights_offline", "weights_unknown"])
 def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
-        case, db_url, settings_for, make_dataset, tmp_path):
+        case, db_url, settings_for, make_dataset, tmp_path, monkeypatch):
     settings = settings_for(db_url)
     hp: dict = {}
     if case == "small_class":
@@ -126,6 +136,19 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
         for p in sorted(root.rglob("*.png")):
             shutil.copy(p, p.with_name("again_" + p.name))
         reason, hp = "health: ", {"fail_on": ["leakage"]}
+    elif case == "weights_offline":  # imagenet weights, not cached, no network
+        def offline(*args, **kwargs):
+            raise urllib.error.URLError("no network")
+        monkeypatch.setattr(torch.hub, "urlopen", offline)
+        folder = settings.resolved_home / "torch" / "hub" / "checkpoints"
+        root, hp = make_dataset(per_class=12), {"weights": "imagenet"}
+        reason = ("weights: imagenet weights for mobilenet_v3_small "
+                  "(MobileNet_V3_Small_Weights.IMAGENET1K_V1) are not cached and cannot be "
+                  f"downloaded (no network): put mobilenet_v3_small-047dcff4.pth in {folder}")
+    elif case == "weights_unknown":
+        root, hp = make_dataset(per_class=12), {"weights": "IMAGENET1K_V2"}
+        reason = ("weights: unknown weights 'IMAGENET1K_V2' for mobilenet_v3_small; "
+                  "valid names: imagenet, IMAGENET1K_V1, DEFAULT")
     else:
         torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "resnet.pt")
         root, reason = make_dataset(per_class=12), "weights: weights do not fit the backbone"

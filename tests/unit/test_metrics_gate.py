@@ -47,3 +47,23 @@ def test_gate_is_strictly_greater_and_records_every_rule():
     assert quality_gate({"accuracy": 0.91, "precision": 0.89, "recall": 0.881}, hp).approved
     low = Hyperparameters(gate_accuracy=0.5, gate_precision=0.5, gate_recall=0.5)
     assert quality_gate({"accuracy": 0.6, "precision": 0.6, "recall": 0.6}, low).approved
+
+
+def test_the_onnx_parity_rule_only_when_asked_for():
+    good = {"accuracy": 0.99, "precision": 0.99, "recall": 0.99}
+    same = {"opset": 20, "max_abs_diff": 2e-7, "top1_agreement": 1.0, "tolerance": 1e-4,
+            "passed": True}
+    assert list(quality_gate(good, Hyperparameters(), same).passed()) == [
+        "accuracy", "precision", "recall"]  # not asked for: no rule, whatever the export
+    assert quality_gate(good, Hyperparameters(), {"passed": False}).approved
+
+    hp = Hyperparameters(gate_onnx_parity=True)
+    g = quality_gate(good, hp, same)
+    assert g.approved and g.to_dict()["rules"][3] == {
+        "metric": "onnx_parity", "threshold": 1e-4, "value": 2e-7, "passed": True}
+    off = quality_gate(good, hp, {**same, "max_abs_diff": 0.3, "top1_agreement": 0.9,
+                                  "passed": False})
+    assert off.status == "rejected" and off.passed()["onnx_parity"] is False
+    for missing in (None, {"passed": False, "error": "export failed: ..."}):
+        g = quality_gate(good, hp, missing)  # no model.onnx: rejected, the worst difference
+        assert g.status == "rejected" and g.rules[3].value == 1.0

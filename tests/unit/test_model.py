@@ -1,6 +1,11 @@
+import time
+import urllib.error
+
 import pytest
 import torch
 from torch import nn
+from torchvision import models as tvm
+from torchvision.models import MobileNet_V2_Weights
 
 from training.hyperparams import Hyperparameters
 from training.model import (
@@ -8,12 +13,16 @@ from training.model import (
     build_model,
     export_model,
     head_prefix,
+    is_weights_name,
     layers_with_params,
     load_backbone_weights,
     load_model,
+    load_named_weights,
     read_state_dict,
+    resolve_weights,
     set_phase,
     train_mode,
+    weights_file,
 )
 
 
@@ -95,3 +104,65 @@ def test_export_and_load_round_trip(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model("not_a_net", 3)
+
+
+# ----------------------------------------------------------------- weights by name
+@pytest.mark.parametrize("value, expected", [
+    ("imagenet", True), ("ImageNet", True), ("IMAGENET1K_V2", True), ("DEFAULT", True),
+    ("MobileNet_V2_Weights.IMAGENET1K_V2", True), ("weights.pt", False),
+    ("/tmp/IMAGENET1K_V1", False), ("s3://bucket/w.pt", False), ("resnet.pth", False)])
+def test_weights_names_and_files_are_told_apart(value, expected):
+    assert is_weights_name(value) is expected
+
+
+@pytest.mark.parametrize("name, member", [
+    ("imagenet", "IMAGENET1K_V2"), ("DEFAULT", "IMAGENET1K_V2"),
+    ("IMAGENET1K_V1", "IMAGENET1K_V1"), ("MobileNet_V2_Weights.IMAGENET1K_V1", "IMAGENET1K_V1")])
+def test_weights_names_resolve_to_torchvisions_enum(name, member):
+    assert resolve_weights("mobilenet_v2", name) is MobileNet_V2_Weights[member]
+
+
+def test_an_unknown_weights_name_lists_the_valid_ones():
+    with pytest.raises(WeightsError, match="unknown weights 'IMAGENET9' for mobilenet_v2; "
+                       "valid names: imagenet, IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
+        resolve_weights("mobilenet_v2", "IMAGENET9")
+    with pytest.raises(WeightsError, match="not weights of mobilenet_v2 .*valid names"):
+        resolve_weights("mobilenet_v2", "ResNet18_Weights.IMAGENET1K_V1")
+
+
+def test_named_weights_load_from_the_cache(tmp_path):
+    """torchvision's own loader reads the file it expects under <torch home>/hub/checkpoints:
+    a state dict planted there (a fresh model's) is what the backbone gets."""
+    weights = MobileNet_V2_Weights.DEFAULT
+    path = weights_file(weights, tmp_path)
+    assert path == tmp_path / "hub" / "checkpoints" / "mobilenet_v2-7ebf99e0.pth"
+    path.parent.mkdir(parents=True)
+    planted = tvm.mobilenet_v2(weights=None).state_dict()
+    torch.save(planted, path)
+
+    state = load_named_weights("mobilenet_v2", "imagenet", tmp_path)
+    assert state.keys() == planted.keys()
+    assert all(torch.equal(state[k], planted[k]) for k in planted)
+    model = build_model("mobilenet_v2", 3)
+    report = load_backbone_weights(model, state)
+    assert report["skipped"] == ["classifier.1.bias", "classifier.1.weight"]  # the 1000 classes
+    own = model.state_dict()
+    assert all(torch.equal(own[k], planted[k]) for k in planted if not k.startswith("classifier"))
+
+
+def test_named_weights_offline_and_not_cached_say_which_file_to_put_where(tmp_path,
+                                                                           monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(torch.hub, "urlopen", offline)  # as offline, on any machine
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        load_named_weights("mobilenet_v2", "imagenet", tmp_path)
+    assert time.perf_counter() - t0 < 5
+    folder = tmp_path / "hub" / "checkpoints"
+    assert str(err.value) == (
+        "imagenet weights for mobilenet_v2 (MobileNet_V2_Weights.IMAGENET1K_V2) are not "
+        "cached and cannot be downloaded (Name or service not known): "
+        f"put mobilenet_v2-7ebf99e0.pth in {folder}")
+    assert "\n" not in str(err.value)
+    assert not any(folder.glob("*"))  # no partial file left behind
