@@ -32,7 +32,8 @@ def test_ray_job_submit_with_a_dataset_records_the_ray_job(ray_cluster, pg_url, 
                                                            tmp_path):
     sid, batch = f"submit-{uuid.uuid4().hex[:8]}", f"cli-{uuid.uuid4().hex[:8]}"
     job_env = {"COLECIONADOR_HOME": str(tmp_path / "home"), "COLECIONADOR_DATABASE_URL": pg_url,
-               "COLECIONADOR_PUBLISH_EVENTS": "false"}
+               "COLECIONADOR_PUBLISH_EVENTS": "false",
+               "COLECIONADOR_DATASET_ROOTS": str(tmp_path)}  # the operator's roots
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
     cmd = [RAY, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", sid,
            "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
