@@ -171,3 +171,29 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
         assert case in kinds
     if case == "leakage":
         assert "cross the train/val/test split" in outcome.error
+
+
+def test_hostile_files_are_skipped_and_listed_and_the_job_trains(
+        pg_url, settings_for, make_dataset, ray_cluster):
+    """A decompression-bomb header, an empty file, a truncated PNG and a 60 MB file are
+    unreadable images: with on_bad_image=skip the job trains without them and lists each."""
+    from tests.unit.test_data import _png_claiming
+    root = make_dataset(per_class=12, size=16)
+    bad = root / "class_0"
+    (bad / "bomb.png").write_bytes(_png_claiming(20000, 20000))
+    (bad / "empty.png").write_bytes(b"")
+    good = (root / "class_1" / "000.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    with open(bad / "huge.png", "wb") as f:
+        f.truncate(60 * 2**20)
+    settings = settings_for(pg_url)
+    job, _ = create_job(settings, request(root, on_bad_image="skip"))
+    outcome = run_job(job.id, settings, say=lambda _m: None)
+    assert outcome.status == "success", outcome.error
+    metrics = json.loads(open_store(settings).get_bytes(
+        f"models/tiny/v{outcome.version}/metrics.json"))
+    skipped = {s["path"]: s["reason"] for s in metrics["skipped_images"]}
+    assert set(skipped) == {f"class_0/{n}.png" for n in ("bomb", "empty", "truncated", "huge")}
+    assert "decompression bomb" in skipped["class_0/bomb.png"]
+    assert "over the 50 MB limit" in skipped["class_0/huge.png"]
+    assert metrics["split"]["train"] + metrics["split"]["val"] + metrics["split"]["test"] == 36
