@@ -16,9 +16,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/colecionador demo
 
-# ruff (lint) and import-linter's contracts (pyproject.toml): the habits, checked first
+# ruff (lint and format) and import-linter's contracts (pyproject.toml): the habits, checked first
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 test: lint

@@ -28,14 +28,16 @@ from sqlalchemy import create_engine, func, select, text
 from benchmarks.api_latency import make_settings, record_jobs
 
 CONCURRENCY = 8
-PG_ADMIN_URL = os.environ.get("COLECIONADOR_TEST_PG_URL",
-                              "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "COLECIONADOR_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
 
 
 async def _measure(call, calls: int) -> tuple[float, float]:
     async def worker(k: int) -> None:
         for _ in range(k):
             await call()
+
     await worker(20)  # warm: connections, statement caches
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*[worker(calls // CONCURRENCY) for _ in range(CONCURRENCY)])
@@ -45,11 +47,13 @@ async def _measure(call, calls: int) -> tuple[float, float]:
 async def sync_on_pool(url: str, calls: int) -> tuple[float, float]:
     from services.api import reads
     from services.db.session import session_factory
+
     sessions, pool = session_factory(url), ThreadPoolExecutor(CONCURRENCY)
 
     def page():
         with sessions() as s:
             return reads.job_page(s, None, 20, 0)
+
     loop = asyncio.get_running_loop()
     try:
         return await _measure(lambda: loop.run_in_executor(pool, page), calls)
@@ -62,17 +66,20 @@ async def async_driver(url: str, calls: int) -> tuple[float, float]:
 
     from services.api.schemas import Job, JobPage
     from services.db.models import TrainingJob
-    engine = create_async_engine(url, **({} if "sqlite" in url
-                                         else {"pool_size": CONCURRENCY}))
+
+    engine = create_async_engine(url, **({} if "sqlite" in url else {"pool_size": CONCURRENCY}))
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def page():
         async with sessions() as s:
-            jobs = (await s.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())
-                                    .limit(20))).all()
+            jobs = (
+                await s.scalars(select(TrainingJob).order_by(TrainingJob.id.desc()).limit(20))
+            ).all()
             total = await s.scalar(select(func.count()).select_from(TrainingJob))
-            return JobPage(items=[Job.model_validate(j) for j in jobs], total=total,
-                           limit=20, offset=0)
+            return JobPage(
+                items=[Job.model_validate(j) for j in jobs], total=total, limit=20, offset=0
+            )
+
     try:
         return await _measure(page, calls)
     finally:
@@ -96,25 +103,40 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
             settings = make_settings(Path(tmp))
             record_jobs(settings, 30)
             record_jobs(settings.model_copy(update={"database_url": pg}), 30)
-            runs = [("SQLite, sync + 8 threads", sync_on_pool, settings.db_url),
-                    ("PostgreSQL, psycopg2 + 8 threads", sync_on_pool, pg)]
+            runs = [
+                ("SQLite, sync + 8 threads", sync_on_pool, settings.db_url),
+                ("PostgreSQL, psycopg2 + 8 threads", sync_on_pool, pg),
+            ]
             if have_async:
-                runs[1:1] = [("SQLite, aiosqlite (asyncio)", async_driver,
-                              settings.db_url.replace("sqlite://", "sqlite+aiosqlite://"))]
-                runs.append(("PostgreSQL, asyncpg (asyncio)", async_driver,
-                             pg.replace("+psycopg2", "+asyncpg")))
+                runs[1:1] = [
+                    (
+                        "SQLite, aiosqlite (asyncio)",
+                        async_driver,
+                        settings.db_url.replace("sqlite://", "sqlite+aiosqlite://"),
+                    )
+                ]
+                runs.append(
+                    (
+                        "PostgreSQL, asyncpg (asyncio)",
+                        async_driver,
+                        pg.replace("+psycopg2", "+asyncpg"),
+                    )
+                )
             for _ in range(args.rounds):
                 for label, fn, url in runs:
                     wall, cpu = asyncio.run(fn(url, args.calls))
                     rows.append((label, args.calls / wall, 1000 * cpu / args.calls))
     finally:
         from services.db.session import get_engine
+
         get_engine(pg).dispose()
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-    print(f"\nThe API's list read, {CONCURRENCY} at once, {args.calls} calls per row, "
-          f"{args.rounds} rounds; load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nThe API's list read, {CONCURRENCY} at once, {args.calls} calls per row, "
+        f"{args.rounds} rounds; load average before: {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'driver':<36}{'calls/s':>9}{'CPU ms/call':>13}")
     for label, rate, cpu in rows:
         print(f"{label:<36}{rate:>9.0f}{cpu:>13.2f}")

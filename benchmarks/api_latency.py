@@ -43,8 +43,13 @@ def free_port() -> int:
 
 def make_settings(home: Path):
     from services.config import Settings
-    return Settings(home=home, database_url=f"sqlite:///{home / 'bench.db'}",
-                    api_token=None, api_read_token=None)
+
+    return Settings(
+        home=home,
+        database_url=f"sqlite:///{home / 'bench.db'}",
+        api_token=None,
+        api_read_token=None,
+    )
 
 
 def record_jobs(settings, n: int) -> None:
@@ -53,19 +58,37 @@ def record_jobs(settings, n: int) -> None:
     from services.db.session import session_factory
     from services.records import prepare_database
     from training.hyperparams import Hyperparameters
+
     prepare_database(settings)
     hp = Hyperparameters().effective()
     with session_factory(settings.db_url)() as s:
         for i in range(n):
-            job, _ = repo.create_job(s, batch_id=f"bench-{i:04d}", dataset_uri=f"s3://d/{i}/",
-                                     model_name="bench", total_images=9000,
-                                     hyperparameters=hp, num_workers=2, use_gpu=False)
+            job, _ = repo.create_job(
+                s,
+                batch_id=f"bench-{i:04d}",
+                dataset_uri=f"s3://d/{i}/",
+                model_name="bench",
+                total_images=9000,
+                hyperparameters=hp,
+                num_workers=2,
+                use_gpu=False,
+            )
             if i % 3 == 1:
                 for epoch in range(1, 11):
-                    repo.record_epoch(s, job.id, epoch, {
-                        "phase": 1 if epoch <= 5 else 2, "loss": 1 / epoch, "accuracy": 0.9,
-                        "val_loss": 1.1 / epoch, "val_accuracy": 0.88, "lr": 1e-3,
-                        "epoch_time_s": 12.5})
+                    repo.record_epoch(
+                        s,
+                        job.id,
+                        epoch,
+                        {
+                            "phase": 1 if epoch <= 5 else 2,
+                            "loss": 1 / epoch,
+                            "accuracy": 0.9,
+                            "val_loss": 1.1 / epoch,
+                            "val_accuracy": 0.88,
+                            "lr": 1e-3,
+                            "epoch_time_s": 12.5,
+                        },
+                    )
                 repo.finish_job(s, job.id, "success", accuracy=0.93)
             elif i % 3 == 2:
                 repo.finish_job(s, job.id, "failed", error="dataset: dataset not found")
@@ -84,8 +107,7 @@ async def wait_up(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0
-                    ) -> dict[str, Any]:
+async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0) -> dict[str, Any]:
     """Send GET ``url`` at ``rate``/s for ``warmup + duration`` s; of the requests
     scheduled after the warm-up: latencies of those served (200) and of every answer (200
     or a 503 that sheds it), from their scheduled send time, and the counts of each."""
@@ -131,14 +153,22 @@ async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0
         if not values:
             return float("nan")
         return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
-    return {"requests": n, "sent": sent, "errors": errors, "shed": shed,
-            "shed_pct": 100 * shed / sent if sent else 0.0,
-            "p50_ms": pct(latencies, 50), "p90_ms": pct(latencies, 90),
-            "p99_ms": pct(latencies, 99), "max_ms": latencies[-1] * 1000 if n else float("nan"),
-            "mean_ms": statistics.fmean(latencies) * 1000 if n else float("nan"),
-            "answer_max_ms": answered[-1] * 1000 if answered else float("nan"),
-            "within_1s_pct": 100 * sum(a <= 1.0 for a in answered) / sent if sent else 0.0,
-            "achieved_rps": n / elapsed if elapsed > 0 else 0.0}
+
+    return {
+        "requests": n,
+        "sent": sent,
+        "errors": errors,
+        "shed": shed,
+        "shed_pct": 100 * shed / sent if sent else 0.0,
+        "p50_ms": pct(latencies, 50),
+        "p90_ms": pct(latencies, 90),
+        "p99_ms": pct(latencies, 99),
+        "max_ms": latencies[-1] * 1000 if n else float("nan"),
+        "mean_ms": statistics.fmean(latencies) * 1000 if n else float("nan"),
+        "answer_max_ms": answered[-1] * 1000 if answered else float("nan"),
+        "within_1s_pct": 100 * sum(a <= 1.0 for a in answered) / sent if sent else 0.0,
+        "achieved_rps": n / elapsed if elapsed > 0 else 0.0,
+    }
 
 
 def _uvicorn_child(home: str, port: int) -> None:
@@ -147,46 +177,67 @@ def _uvicorn_child(home: str, port: int) -> None:
     import uvicorn
 
     from services.api import create_app
+
     logging.getLogger("uvicorn.access").disabled = True
-    uvicorn.run(create_app(make_settings(Path(home))), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(make_settings(Path(home))),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
-def bench_uvicorn(home: Path, path: str, rates: list[float], duration: float
-                  ) -> list[dict[str, Any]] | None:
+def bench_uvicorn(
+    home: Path, path: str, rates: list[float], duration: float
+) -> list[dict[str, Any]] | None:
     try:
         import uvicorn  # noqa: F401
     except ImportError:
         return None
     port = free_port()
-    proc = mp.get_context("spawn").Process(target=_uvicorn_child, args=(str(home), port),
-                                           daemon=True)
+    proc = mp.get_context("spawn").Process(
+        target=_uvicorn_child, args=(str(home), port), daemon=True
+    )
     proc.start()
     try:
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/healthz"))
-        return [asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", rate, duration))
-                for rate in rates]
+        return [
+            asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", rate, duration))
+            for rate in rates
+        ]
     finally:
         proc.terminate()
         proc.join(10)
 
 
-def bench_serve(settings, path: str, rates: list[float], duration: float,
-                **deployment: Any) -> list[dict[str, Any]]:
+def bench_serve(
+    settings, path: str, rates: list[float], duration: float, **deployment: Any
+) -> list[dict[str, Any]]:
     import ray
     from ray import serve
 
     from services.api import api_application
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port},
-                    logging_config={"log_level": "WARNING", "enable_access_log": False})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            logging_config={"log_level": "WARNING", "enable_access_log": False},
+        )
         serve.run(api_application(settings, **deployment), name="bench", route_prefix="/")
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/healthz"))
-        return [asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", rate, duration))
-                for rate in rates]
+        return [
+            asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", rate, duration))
+            for rate in rates
+        ]
     finally:
         try:
             serve.shutdown()
@@ -196,64 +247,93 @@ def bench_serve(settings, path: str, rates: list[float], duration: float,
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from services.api.deployment import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS
+
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rates", default="20,50,100,200",
-                   help="comma-separated request rates (req/s), each run in turn")
+    p.add_argument(
+        "--rates",
+        default="20,50,100,200",
+        help="comma-separated request rates (req/s), each run in turn",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds counted")
     p.add_argument("--jobs", type=int, default=30, help="jobs recorded in the database")
     p.add_argument("--limit", type=int, default=20, help="?limit= of GET /jobs")
-    p.add_argument("--servers", default="uvicorn,serve",
-                   help="which servers to measure: uvicorn, serve, or both")
+    p.add_argument(
+        "--servers",
+        default="uvicorn,serve",
+        help="which servers to measure: uvicorn, serve, or both",
+    )
     p.add_argument("--max-ongoing-requests", type=int, default=MAX_ONGOING_REQUESTS)
-    p.add_argument("--max-queued-requests", type=int, default=MAX_QUEUED_REQUESTS,
-                   help="-1: no shedding (Serve's default, the behaviour of issue #18)")
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=MAX_QUEUED_REQUESTS,
+        help="-1: no shedding (Serve's default, the behaviour of issue #18)",
+    )
     args = p.parse_args(argv)
     path = f"/jobs?limit={args.limit}"
     rates = [float(r) for r in args.rates.split(",")]
     servers = {s.strip() for s in args.servers.split(",")}
     rows: list[dict[str, Any]] = []
     load = os.getloadavg()[0]  # other work on the machine shows in the tail latencies
-    serve_name = (f"Ray Serve (ongoing {args.max_ongoing_requests}, "
-                  f"queued {args.max_queued_requests})")
+    serve_name = (
+        f"Ray Serve (ongoing {args.max_ongoing_requests}, queued {args.max_queued_requests})"
+    )
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
         home = Path(tmp)
         settings = make_settings(home)
         record_jobs(settings, args.jobs)
-        bare = bench_uvicorn(home, path, rates, args.duration) if "uvicorn" in servers \
-            else None
+        bare = bench_uvicorn(home, path, rates, args.duration) if "uvicorn" in servers else None
         for rate, r in zip(rates, bare or []):
             rows.append({"server": "uvicorn (1 process)", "rate": rate, **r})
         if "serve" in servers:
-            served = bench_serve(settings, path, rates, args.duration,
-                                 max_ongoing_requests=args.max_ongoing_requests,
-                                 max_queued_requests=args.max_queued_requests)
+            served = bench_serve(
+                settings,
+                path,
+                rates,
+                args.duration,
+                max_ongoing_requests=args.max_ongoing_requests,
+                max_queued_requests=args.max_queued_requests,
+            )
             for rate, r in zip(rates, served):
                 rows.append({"server": serve_name, "rate": rate, **r})
 
-    print(f"\nAPI latency: GET {path} ({args.limit} of {args.jobs} jobs, SQLite), open loop "
-          f"for {args.duration:g} s per rate after 1 s of warm-up, loopback; {os.cpu_count()} "
-          f"cores shared with the client; load average before: {load:.2f}")
-    print(f"{'server':<38}{'target/s':>9}{'sent':>6}{'200':>6}{'503 %':>7}{'errors':>7}"
-          f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'answer max':>11}{'<=1s %':>8}"
-          f"{'req/s':>8}")
+    print(
+        f"\nAPI latency: GET {path} ({args.limit} of {args.jobs} jobs, SQLite), open loop "
+        f"for {args.duration:g} s per rate after 1 s of warm-up, loopback; {os.cpu_count()} "
+        f"cores shared with the client; load average before: {load:.2f}"
+    )
+    print(
+        f"{'server':<38}{'target/s':>9}{'sent':>6}{'200':>6}{'503 %':>7}{'errors':>7}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'answer max':>11}{'<=1s %':>8}"
+        f"{'req/s':>8}"
+    )
     for r in rows:
-        print(f"{r['server']:<38}{r['rate']:>9g}{r['sent']:>6}{r['requests']:>6}"
-              f"{r['shed_pct']:>7.1f}{r['errors']:>7}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-              f"{r['max_ms']:>9.1f}{r['answer_max_ms']:>11.1f}{r['within_1s_pct']:>8.1f}"
-              f"{r['achieved_rps']:>8.1f}")
+        print(
+            f"{r['server']:<38}{r['rate']:>9g}{r['sent']:>6}{r['requests']:>6}"
+            f"{r['shed_pct']:>7.1f}{r['errors']:>7}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['max_ms']:>9.1f}{r['answer_max_ms']:>11.1f}{r['within_1s_pct']:>8.1f}"
+            f"{r['achieved_rps']:>8.1f}"
+        )
     bare_at = {r["rate"]: r for r in rows if r["server"].startswith("uvicorn")}
-    ratios = [(r, bare_at[r["rate"]]) for r in rows
-              if r["server"] == serve_name and r["rate"] in bare_at]
+    ratios = [
+        (r, bare_at[r["rate"]]) for r in rows if r["server"] == serve_name and r["rate"] in bare_at
+    ]
     if ratios:
-        print("Serve / uvicorn at the same rate (goal: served >= 0.80, p99 <= 3.0, every "
-              "answer within 1 s):")
+        print(
+            "Serve / uvicorn at the same rate (goal: served >= 0.80, p99 <= 3.0, every "
+            "answer within 1 s):"
+        )
         for s, u in ratios:
             served = s["achieved_rps"] / u["achieved_rps"] if u["achieved_rps"] else float("nan")
             p99 = s["p99_ms"] / u["p99_ms"] if u["p99_ms"] else float("nan")
-            print(f"  {s['rate']:>6g} req/s: served {served:.2f}, p99 {p99:.2f}, answered "
-                  f"within 1 s {s['within_1s_pct']:.1f} %")
-    print("(latency counts from each request's scheduled send time; 503: shed by Serve's "
-          "backpressure, answered at once; errors: anything else, or no answer within 30 s)")
+            print(
+                f"  {s['rate']:>6g} req/s: served {served:.2f}, p99 {p99:.2f}, answered "
+                f"within 1 s {s['within_1s_pct']:.1f} %"
+            )
+    print(
+        "(latency counts from each request's scheduled send time; 503: shed by Serve's "
+        "backpressure, answered at once; errors: anything else, or no answer within 30 s)"
+    )
     return rows
 
 

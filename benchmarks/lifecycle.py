@@ -62,12 +62,15 @@ def driver_death(settings: Settings, ray_jobs: RayJobs, runs: int) -> list[float
     out = []
     sf = session_factory(settings.db_url)
     for i in range(runs):
-        job, _ = create_job(settings, TrainingRequest(
-            batch_id=f"bench-death-{uuid.uuid4().hex[:8]}", dataset_uri="/nowhere"))
+        job, _ = create_job(
+            settings,
+            TrainingRequest(batch_id=f"bench-death-{uuid.uuid4().hex[:8]}", dataset_uri="/nowhere"),
+        )
         marker = f"colecionador-bench-{uuid.uuid4().hex[:8]}"
         sid = ray_jobs.client.submit_job(
             entrypoint=f"python -c 'import signal; signal.pause()' {marker}",
-            submission_id=f"{marker}-{i}")
+            submission_id=f"{marker}-{i}",
+        )
         with sf() as s:
             repo.record_attempt(s, job.id, sid)
             repo.start_job(s, job.id, sid)
@@ -79,6 +82,7 @@ def driver_death(settings: Settings, ray_jobs: RayJobs, runs: int) -> list[float
         def changed(job_id: int = job.id) -> bool:
             with sf() as s:
                 return repo.get_job(s, job_id).attempts == 2
+
         _wait(changed, 120)
         out.append(time.monotonic() - killed)
     return out
@@ -90,8 +94,12 @@ def broker_return(settings: Settings, proxy, runs: int, events: int = 20) -> lis
     for _ in range(runs):
         proxy.close()
         for _ in range(events):
-            job, _ = create_job(settings, TrainingRequest(
-                batch_id=f"bench-outbox-{uuid.uuid4().hex[:8]}", dataset_uri="/nowhere"))
+            job, _ = create_job(
+                settings,
+                TrainingRequest(
+                    batch_id=f"bench-outbox-{uuid.uuid4().hex[:8]}", dataset_uri="/nowhere"
+                ),
+            )
             lifecycle.cancel(settings, job.id, "benchmark")  # its event waits in the outbox
         with sf() as s:
             assert repo.count_pending_events(s) >= events
@@ -100,6 +108,7 @@ def broker_return(settings: Settings, proxy, runs: int, events: int = 20) -> lis
         def drained() -> bool:
             with sf() as s:
                 return repo.count_pending_events(s) == 0
+
         out.append(_wait(drained, 120))
     return out
 
@@ -117,11 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
     suffix = uuid.uuid4().hex[:6]
     proxy = TcpProxy(5672).open()
-    settings = Settings(home=home, publish_events=True, broker_url=proxy.url(AMQP),
-                        requests_queue=f"training.requests.bench-{suffix}",
-                        events_queue=f"ModelEvaluation.bench-{suffix}",
-                        ray_dashboard_url=cluster.dashboard_url,
-                        ray_auth_token_path=cluster.token_path)
+    settings = Settings(
+        home=home,
+        publish_events=True,
+        broker_url=proxy.url(AMQP),
+        requests_queue=f"training.requests.bench-{suffix}",
+        events_queue=f"ModelEvaluation.bench-{suffix}",
+        ray_dashboard_url=cluster.dashboard_url,
+        ray_auth_token_path=cluster.token_path,
+    )
     consumer = Consumer(settings)
     thread = threading.Thread(target=lambda: asyncio.run(consumer.run()), daemon=True)
     thread.start()
@@ -134,15 +147,22 @@ def main(argv: list[str] | None = None) -> None:
         thread.join(30)
         proxy.close()
         cluster.stop()
-        delete_queues(settings.requests_queue, settings.requests_queue + ".dead",
-                      settings.events_queue)
-    print(f"\nJob lifecycle (reconcile_interval_s {settings.reconcile_interval_s:g}, "
-          f"{args.runs} runs each)")
+        delete_queues(
+            settings.requests_queue, settings.requests_queue + ".dead", settings.events_queue
+        )
+    print(
+        f"\nJob lifecycle (reconcile_interval_s {settings.reconcile_interval_s:g}, "
+        f"{args.runs} runs each)"
+    )
     print(f"{'what':<52} {'p50 s':>6}  runs")
-    print(f"{'driver SIGKILLed -> row changed (next attempt)':<52} "
-          f"{statistics.median(deaths):6.1f}  " + ", ".join(f"{v:.1f}" for v in deaths))
-    print(f"{'broker back -> outbox backlog of 20 published':<52} "
-          f"{statistics.median(backlog):6.1f}  " + ", ".join(f"{v:.1f}" for v in backlog))
+    print(
+        f"{'driver SIGKILLed -> row changed (next attempt)':<52} "
+        f"{statistics.median(deaths):6.1f}  " + ", ".join(f"{v:.1f}" for v in deaths)
+    )
+    print(
+        f"{'broker back -> outbox backlog of 20 published':<52} "
+        f"{statistics.median(backlog):6.1f}  " + ", ".join(f"{v:.1f}" for v in backlog)
+    )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,9 @@ def _jpeg(img: Image.Image) -> Image.Image:
     return Image.open(buf).copy()
 
 
-def _crop(img: Image.Image, left: float, top: float, right: float, bottom: float
-          ) -> Image.Image:
+def _crop(img: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
     w, h = img.size
-    return img.crop((round(w * left), round(h * top), w - round(w * right),
-                     h - round(h * bottom)))
+    return img.crop((round(w * left), round(h * top), w - round(w * right), h - round(h * bottom)))
 
 
 def _resize(img: Image.Image) -> Image.Image:
@@ -56,17 +54,19 @@ TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "resized": _resize,
     "brightened": _brighten,
     "jpeg70": _jpeg,
-    "cropped": lambda im: _crop(im, .015, .015, .015, .015),
-    "cropped_corner": lambda im: _crop(im, .03, .03, 0, 0),
+    "cropped": lambda im: _crop(im, 0.015, 0.015, 0.015, 0.015),
+    "cropped_corner": lambda im: _crop(im, 0.03, 0.03, 0, 0),
     "mirrored": ImageOps.mirror,
-    "all": lambda im: ImageOps.mirror(_jpeg(_crop(_brighten(_resize(im)), .015, .015, .015,
-                                                  .015))),
+    "all": lambda im: ImageOps.mirror(
+        _jpeg(_crop(_brighten(_resize(im)), 0.015, 0.015, 0.015, 0.015))
+    ),
 }
 
 
 def write_digits(root: Path) -> Path:
     """All ten classes of digits, as the demo writes them."""
     from services.demo import write_digits as write
+
     return write(root, range(10))
 
 
@@ -74,6 +74,7 @@ def write_planted(root: Path, originals: int = 100, seed: int = 0) -> Path:
     """``originals`` textured photo crops under ``original/``, each copy under its
     transform's folder with the original's file stem."""
     from sklearn.datasets import load_sample_images
+
     rng = np.random.default_rng(seed)
     photos = [np.asarray(x) for x in load_sample_images().images]
     made = 0
@@ -82,7 +83,7 @@ def write_planted(root: Path, originals: int = 100, seed: int = 0) -> Path:
         side = int(rng.integers(96, 260))
         y = int(rng.integers(0, photo.shape[0] - side))
         x = int(rng.integers(0, photo.shape[1] - side))
-        img = Image.fromarray(photo[y:y + side, x:x + side])
+        img = Image.fromarray(photo[y : y + side, x : x + side])
         if np.asarray(img.convert("L")).std() < 20:  # a patch of sky is no picture
             continue
         img = img.resize((160, 160), Image.Resampling.BILINEAR)
@@ -97,8 +98,12 @@ def false_positives(root: Path, size: int) -> dict[str, float]:
     d = datasets.decode(datasets.discover(write_digits(root)), size)
     t0 = time.perf_counter()
     pairs = near_duplicates(d.images, RADIUS)
-    return {"images": len(d), "candidates": len(candidates(d.images, RADIUS, True)),
-            "confirmed": len(pairs), "seconds": time.perf_counter() - t0}
+    return {
+        "images": len(d),
+        "candidates": len(candidates(d.images, RADIUS, True)),
+        "confirmed": len(pairs),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def recall(root: Path, size: int) -> dict[str, float]:
@@ -121,10 +126,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         fp = false_positives(Path(tmp) / "digits", args.size)
         rec = recall(Path(tmp) / "planted", args.size)
-    print(f"\n== near duplicates: hash candidates (<= {RADIUS} bits, mirror too) confirmed by "
-          f"correlation >= {THRESHOLD} of 16x16 thumbnails, images at {args.size} px")
-    print(f"digits (no duplicates): {fp['images']} images, {fp['candidates']} candidate "
-          f"pairs, {fp['confirmed']} confirmed (false positives), {fp['seconds']:.1f} s")
+    print(
+        f"\n== near duplicates: hash candidates (<= {RADIUS} bits, mirror too) confirmed by "
+        f"correlation >= {THRESHOLD} of 16x16 thumbnails, images at {args.size} px"
+    )
+    print(
+        f"digits (no duplicates): {fp['images']} images, {fp['candidates']} candidate "
+        f"pairs, {fp['confirmed']} confirmed (false positives), {fp['seconds']:.1f} s"
+    )
     print(f"{'planted copy':<16}{'recall':>8}")
     for name, r in rec.items():
         print(f"{name:<16}{r:>8.2f}")

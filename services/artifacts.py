@@ -8,8 +8,14 @@ ONNX_FILE = "model.onnx"  # the eval model in ONNX (training/export.py); absent 
 
 # The files of models/<name>/v<version>/, in the order they are written; the optional ones
 # (model.onnx, errors.png, preflight.json, tuning.json) exist when the job made them.
-VERSION_FILES = (MODEL_FILE, "metrics.json", "curves.png", "confusion_matrix.png",
-                 "health.json", "errors.json")
+VERSION_FILES = (
+    MODEL_FILE,
+    "metrics.json",
+    "curves.png",
+    "confusion_matrix.png",
+    "health.json",
+    "errors.json",
+)
 OPTIONAL_VERSION_FILES = (ONNX_FILE, "errors.png", "preflight.json", "tuning.json")
 
 

@@ -20,8 +20,12 @@ from services.config import Settings
 from training.hyperparams import Hyperparameters, load_hyperparameters, validation_message
 
 
-def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                    hp: Hyperparameters, **request_fields: Any) -> int:
+def _record_and_run(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    hp: Hyperparameters,
+    **request_fields: Any,
+) -> int:
     """What train and tune share: check a local dataset, record the job (a known batch id
     starts nothing), run it here, report the verdict."""
     from services.fetch import local_path
@@ -29,16 +33,20 @@ def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
     from services.messages import TrainingRequest
     from services.records import create_job
     from services.trust import check_plugins
+
     path = local_path(args.dataset)
     if path is not None and not path.is_dir():
         parser.error(f"dataset not found: {args.dataset}")
     settings = Settings()
     if args.gpu:
         settings.use_gpu = True
-    request = TrainingRequest(batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
-                              dataset_uri=str(path.resolve()) if path else args.dataset,
-                              model_name=args.model_name, hyperparameters=hp,
-                              **request_fields)
+    request = TrainingRequest(
+        batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
+        dataset_uri=str(path.resolve()) if path else args.dataset,
+        model_name=args.model_name,
+        hyperparameters=hp,
+        **request_fields,
+    )
     try:  # the local user's dataset is theirs to name; code only from allowed modules
         check_plugins(hp, settings, request.tuning.grid if request.tuning else None)
     except ValueError as e:
@@ -47,8 +55,11 @@ def _record_and_run(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
         return 0 if job.status != "failed" else 1
-    print(f"job {job.id} queued ({request.mode}): {request.dataset_uri} -> model "
-          f"{request.model_name}", flush=True)
+    print(
+        f"job {job.id} queued ({request.mode}): {request.dataset_uri} -> model "
+        f"{request.model_name}",
+        flush=True,
+    )
     outcome = run_job(job.id, settings)
     print("\n".join(outcome.lines()))
     return 0 if outcome.status == "success" else 1
@@ -66,15 +77,22 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Grid search with k-fold CV and ASHA, then the best config trained, gated, versioned."""
     from tuning.grid import parse_grid, validate_grid
     from tuning.spec import TuningSpec
+
     try:
         hp = load_hyperparameters(args.config, args.set or [])
         grid = validate_grid(parse_grid(args.grid or []), hp)
-        options = {k: v for k, v in (("metric", args.metric), ("scheduler", args.scheduler),
-                                     ("grace_period", args.grace_period),
-                                     ("reduction_factor", args.reduction_factor),
-                                     ("max_concurrent", args.max_concurrent)) if v is not None}
-        spec = TuningSpec(grid=grid, k_folds=args.k_folds, num_samples=args.num_samples,
-                          **options)
+        options = {
+            k: v
+            for k, v in (
+                ("metric", args.metric),
+                ("scheduler", args.scheduler),
+                ("grace_period", args.grace_period),
+                ("reduction_factor", args.reduction_factor),
+                ("max_concurrent", args.max_concurrent),
+            )
+            if v is not None
+        }
+        spec = TuningSpec(grid=grid, k_folds=args.k_folds, num_samples=args.num_samples, **options)
     except ValidationError as e:
         parser.error(validation_message(e))
     except ValueError as e:
@@ -84,6 +102,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.demo import run_demo
+
     _, outcome = run_demo(Settings(), workers=args.workers)
     return 0 if outcome.status == "success" else 1
 
@@ -91,6 +110,7 @@ def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
 def _preflight_folder(settings: Settings) -> Path:
     """Where a preflight writes its report and pictures: a new folder under the home."""
     import time
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = settings.resolved_home / "reports" / f"preflight-{stamp}"
     n = 1
@@ -111,6 +131,7 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from training.health import blocking
     from training.loop import TrainData
     from training.preflight import preflight
+
     try:
         hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
@@ -130,13 +151,14 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except StepFailed as e:
         parser.error(str(e))
     sizes = split.sizes() if split is not None else "impossible (a class is too small)"
-    print(f"{report['images']} images, {report['classes']} classes, imbalance "
-          f"{report['imbalance_ratio']:.1f}, split {sizes}")
+    print(
+        f"{report['images']} images, {report['classes']} classes, imbalance "
+        f"{report['imbalance_ratio']:.1f}, split {sizes}"
+    )
     for f in report["findings"] or [{"message": "no findings"}]:
         print(f"health: {f['message']}")
     for c in report["label_conflicts"]:
-        print(f"label conflict: {c['a']} ({c['a_class']}) ~ {c['b']} ({c['b_class']}), "
-              f"{c['how']}")
+        print(f"label conflict: {c['a']} ({c['a_class']}) ~ {c['b']} ({c['b_class']}), {c['how']}")
     blockers = blocking(report, hp.fail_on, hp.on_bad_image)
     for m in blockers:
         print(f"would fail a job: {m}")
@@ -144,26 +166,33 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     out_dir.mkdir(parents=True)
     result: dict[str, Any] = {}
     if split is None:
-        print("preflight: overfit one batch and the LR range test skipped: no train split "
-              f"while a class has fewer than min_per_class ({hp.min_per_class}) images")
+        print(
+            "preflight: overfit one batch and the LR range test skipped: no train split "
+            f"while a class has fewer than min_per_class ({hp.min_per_class}) images"
+        )
     else:
-        data = TrainData(decoded.images, decoded.labels, split.train, split.val,
-                         decoded.classes)
+        data = TrainData(decoded.images, decoded.labels, split.train, split.val, decoded.classes)
         result = preflight(hp, data, state)
         png = Path(args.out) if args.out else out_dir / "lr_range.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         png.write_bytes(result.pop("png"))
         print(f"preflight: {result['overfit']['message']}")
-        print(f"LR range test: suggested phase1_lr {result['lr_range']['suggested_lr']:.2g} "
-              f"(curve: {png})")
+        print(
+            f"LR range test: suggested phase1_lr {result['lr_range']['suggested_lr']:.2g} "
+            f"(curve: {png})"
+        )
     whole = {"health": report, "would_fail": blockers, **result}
     (out_dir / "preflight.json").write_text(json.dumps(whole, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(whole, indent=2))
     learns = not result or result["overfit"]["passed"]
-    verdict = ("a job with these settings would fail" if blockers else
-               "a job with these settings would start" if learns else
-               "the recipe cannot fit one batch")
+    verdict = (
+        "a job with these settings would fail"
+        if blockers
+        else "a job with these settings would start"
+        if learns
+        else "the recipe cannot fit one batch"
+    )
     print(f"{verdict} (report: {out_dir})")
     return 0 if not blockers and learns else 1
 
@@ -174,6 +203,7 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from services.db.session import session_factory
     from services.records import prepare_database
     from services.storage import StoreError, open_store, read_json
+
     settings = Settings()
     prepare_database(settings)
     with session_factory(settings.db_url)() as s:
@@ -182,8 +212,10 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             print(f"{'id':>4}  {'status':<10} {'mode':<5} {'model':<16} {'accuracy':>8}  batch")
             for j in jobs:
                 acc = f"{j.accuracy:.4f}" if j.accuracy is not None else "-"
-                print(f"{j.id:>4}  {j.status:<10} {j.mode:<5} {j.model_name:<16} {acc:>8}  "
-                      f"{j.batch_id}")
+                print(
+                    f"{j.id:>4}  {j.status:<10} {j.mode:<5} {j.model_name:<16} {acc:>8}  "
+                    f"{j.batch_id}"
+                )
             return 0
         job = repo.get_job(s, args.job_id)
         if job is None:
@@ -200,12 +232,16 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         for f in (health or {}).get("findings", []):
             print(f"  health: {f['message']}")
         for r in repo.epoch_rows(s, job.id):
-            print(f"  epoch {r['epoch']:3d} phase {r['phase']} loss {r['loss']:.4f} "
-                  f"acc {r['accuracy']:.4f} val_loss {r['val_loss']:.4f} "
-                  f"val_acc {r['val_accuracy']:.4f} lr {r['lr']:.2g}")
+            print(
+                f"  epoch {r['epoch']:3d} phase {r['phase']} loss {r['loss']:.4f} "
+                f"acc {r['accuracy']:.4f} val_loss {r['val_loss']:.4f} "
+                f"val_acc {r['val_accuracy']:.4f} lr {r['lr']:.2g}"
+            )
         for mv in repo.job_versions(s, job.id):
-            print(f"  model {mv.model_name} v{mv.version}: {mv.status}  accuracy {mv.accuracy:.4f}"
-                  f"  precision {mv.precision:.4f}  recall {mv.recall:.4f}  {mv.model_path}")
+            print(
+                f"  model {mv.model_name} v{mv.version}: {mv.status}  accuracy {mv.accuracy:.4f}"
+                f"  precision {mv.precision:.4f}  recall {mv.recall:.4f}  {mv.model_path}"
+            )
     return 0
 
 
@@ -213,13 +249,18 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from services.broker import publish_request
     from services.messages import parse_request
     from services.trust import check_plugins
+
     try:
         hp = load_hyperparameters(args.config, args.set or [])
     except ValueError as e:
         parser.error(str(e))
-    body = {"batch_id": args.batch_id, "dataset_uri": args.dataset,
-            "model_name": args.model_name, "mode": "train",
-            "hyperparameters": hp.model_dump(mode="json", exclude_unset=True)}
+    body = {
+        "batch_id": args.batch_id,
+        "dataset_uri": args.dataset,
+        "model_name": args.model_name,
+        "mode": "train",
+        "hyperparameters": hp.model_dump(mode="json", exclude_unset=True),
+    }
     if args.total_images is not None:
         body["total_images"] = args.total_images
     settings = Settings()
@@ -235,6 +276,7 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services import ingress
     from services.ray_jobs import connect_ray
+
     settings = Settings()
     connect_ray(settings)
     if args.stop:
@@ -242,12 +284,16 @@ def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> i
         return 0
     if args.status:
         import ray
+
         print(json.dumps(ray.get(ingress.get_ingress().status.remote())))
         return 0
     actor = ingress.start_ingress(settings, prefetch=args.prefetch)
     import ray
-    print(f"ingress {ingress.ACTOR_NAME} consuming {settings.requests_queue}: "
-          f"{json.dumps(ray.get(actor.status.remote()))}")
+
+    print(
+        f"ingress {ingress.ACTOR_NAME} consuming {settings.requests_queue}: "
+        f"{json.dumps(ray.get(actor.status.remote()))}"
+    )
     return 0
 
 
@@ -278,20 +324,35 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     from services.api import api_application
     from services.api.deployment import autoscaling
     from services.ray_jobs import connect_ray
+
     settings = Settings()
     scale = {"num_replicas": args.replicas}
     if args.max_replicas is not None:
-        scale = {"autoscaling_config": autoscaling(
-            args.min_replicas, args.max_replicas,
-            target_ongoing_requests=args.target_ongoing_requests)}
+        scale = {
+            "autoscaling_config": autoscaling(
+                args.min_replicas,
+                args.max_replicas,
+                target_ongoing_requests=args.target_ongoing_requests,
+            )
+        }
     started_here = connect_ray(settings, start_local=True)
-    serve.start(proxy_location=args.proxy_location,
-                http_options={"host": args.host, "port": args.port})
-    limits = {k: v for k, v in (("max_ongoing_requests", args.max_ongoing_requests),
-                                ("max_queued_requests", args.max_queued_requests),
-                                ("retry_after_s", args.retry_after)) if v is not None}
-    serve.run(api_application(settings, num_cpus=args.num_cpus, **limits, **scale),
-              name=args.name, route_prefix=args.route_prefix)
+    serve.start(
+        proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port}
+    )
+    limits = {
+        k: v
+        for k, v in (
+            ("max_ongoing_requests", args.max_ongoing_requests),
+            ("max_queued_requests", args.max_queued_requests),
+            ("retry_after_s", args.retry_after),
+        )
+        if v is not None
+    }
+    serve.run(
+        api_application(settings, num_cpus=args.num_cpus, **limits, **scale),
+        name=args.name,
+        route_prefix=args.route_prefix,
+    )
     url = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
     print(f"colecionador API {args.name!r} at {url}/ (OpenAPI at {url}/docs)", flush=True)
     if settings.api_token is None:
@@ -308,6 +369,7 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
 
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.db.session import upgrade
+
     settings = Settings()
     upgrade(settings.db_url, args.revision)
     print(f"database at {args.revision}: {settings.db_url.split('@')[-1]}")
@@ -316,8 +378,8 @@ def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="colecionador",
-        description="Train, tune, judge and version image classifiers on Ray.")
+        prog="colecionador", description="Train, tune, judge and version image classifiers on Ray."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits")
@@ -327,41 +389,76 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train, evaluate, gate and version a model")
     train.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
     train.add_argument("--config", help="hyperparameters file (.json, .yaml, .toml)")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="a hyperparameter (repeatable); see DESIGN.md for names")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a hyperparameter (repeatable); see DESIGN.md for names",
+    )
     train.add_argument("--workers", type=int, default=None)
     train.add_argument("--gpu", action="store_true", help="one GPU per worker")
     train.add_argument("--batch-id", help="idempotency key (default: a new one)")
     train.add_argument("--model-name", default="classifier")
     train.set_defaults(func=cmd_train)
 
-    tune = sub.add_parser("tune", help="grid search with k-fold CV and ASHA, then train, "
-                                       "gate and version the best config")
+    tune = sub.add_parser(
+        "tune",
+        help="grid search with k-fold CV and ASHA, then train, gate and version the best config",
+    )
     tune.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
-    tune.add_argument("--grid", action="append", metavar="KEY=V1,V2",
-                      help="values to search for one hyperparameter (repeatable); "
-                           "list values as JSON: milestones=[3,6],[5,10]")
-    tune.add_argument("--k-folds", type=int, default=5,
-                      help="stratified folds of train + val per config (default 5)")
-    tune.add_argument("--num-samples", type=int, default=1,
-                      help="1: the whole grid; N > 1: a random search of N configs")
-    tune.add_argument("--max-concurrent", type=int, default=None,
-                      help="trials at a time (default: as many as the cluster fits)")
-    tune.add_argument("--metric", choices=["val_loss", "val_accuracy"], default="val_loss",
-                      help="what ASHA and the ranking use: the mean over folds")
-    tune.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
-                      help="asha stops weak configs early; fifo runs every one to the end")
-    tune.add_argument("--grace-period", type=int, default=1,
-                      help="ASHA: epochs before a config can be stopped")
-    tune.add_argument("--reduction-factor", type=float, default=2.0,
-                      help="ASHA: keep the best 1/F at each rung")
+    tune.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="values to search for one hyperparameter (repeatable); "
+        "list values as JSON: milestones=[3,6],[5,10]",
+    )
+    tune.add_argument(
+        "--k-folds",
+        type=int,
+        default=5,
+        help="stratified folds of train + val per config (default 5)",
+    )
+    tune.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="1: the whole grid; N > 1: a random search of N configs",
+    )
+    tune.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at a time (default: as many as the cluster fits)",
+    )
+    tune.add_argument(
+        "--metric",
+        choices=["val_loss", "val_accuracy"],
+        default="val_loss",
+        help="what ASHA and the ranking use: the mean over folds",
+    )
+    tune.add_argument(
+        "--scheduler",
+        choices=["asha", "fifo"],
+        default="asha",
+        help="asha stops weak configs early; fifo runs every one to the end",
+    )
+    tune.add_argument(
+        "--grace-period", type=int, default=1, help="ASHA: epochs before a config can be stopped"
+    )
+    tune.add_argument(
+        "--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/F at each rung"
+    )
     tune.add_argument("--config", help="base hyperparameters file (.json, .yaml, .toml)")
-    tune.add_argument("--set", action="append", metavar="KEY=VALUE",
-                      help="a base hyperparameter (repeatable)")
-    tune.add_argument("--workers", type=int, default=None,
-                      help="Ray Train workers of the final training")
-    tune.add_argument("--gpu", action="store_true",
-                      help="one GPU per trial and per final-training worker")
+    tune.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a base hyperparameter (repeatable)"
+    )
+    tune.add_argument(
+        "--workers", type=int, default=None, help="Ray Train workers of the final training"
+    )
+    tune.add_argument(
+        "--gpu", action="store_true", help="one GPU per trial and per final-training worker"
+    )
     tune.add_argument("--batch-id", help="idempotency key (default: a new one)")
     tune.add_argument("--model-name", default="classifier")
     tune.set_defaults(func=cmd_tune)
@@ -370,8 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
     pre.add_argument("--config")
     pre.add_argument("--set", action="append", metavar="KEY=VALUE")
-    pre.add_argument("--out", help="where to write the LR curve (default: the report's "
-                     "folder, <home>/reports/preflight-<time>/lr_range.png)")
+    pre.add_argument(
+        "--out",
+        help="where to write the LR curve (default: the report's "
+        "folder, <home>/reports/preflight-<time>/lr_range.png)",
+    )
     pre.add_argument("--json", help="also write the whole report here")
     pre.set_defaults(func=cmd_preflight)
 
@@ -401,29 +501,60 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--name", default="api", help="Serve application name")
     srv.add_argument("--route-prefix", default="/", help="URL path the app is served under")
     srv.add_argument("--num-cpus", type=float, default=0.0, help="CPUs reserved per replica")
-    srv.add_argument("--replicas", type=_positive_int, default=1,
-                     help="fixed number of replicas (ignored with --max-replicas)")
-    srv.add_argument("--min-replicas", type=_non_negative_int, default=1,
-                     help="autoscaling: fewest replicas (with --max-replicas)")
-    srv.add_argument("--max-replicas", type=_positive_int, default=None,
-                     help="autoscale between --min-replicas and this many replicas")
-    srv.add_argument("--target-ongoing-requests", type=float, default=None,
-                     help="autoscaling: requests in flight per replica it aims at "
-                          "(default: half of --max-ongoing-requests)")
+    srv.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=1,
+        help="fixed number of replicas (ignored with --max-replicas)",
+    )
+    srv.add_argument(
+        "--min-replicas",
+        type=_non_negative_int,
+        default=1,
+        help="autoscaling: fewest replicas (with --max-replicas)",
+    )
+    srv.add_argument(
+        "--max-replicas",
+        type=_positive_int,
+        default=None,
+        help="autoscale between --min-replicas and this many replicas",
+    )
+    srv.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=None,
+        help="autoscaling: requests in flight per replica it aims at "
+        "(default: half of --max-ongoing-requests)",
+    )
     # None: services/api/deployment.py's defaults (MAX_ONGOING_REQUESTS 8,
     # MAX_QUEUED_REQUESTS 16, RETRY_AFTER_S 1), not imported here to keep the CLI light
-    srv.add_argument("--max-ongoing-requests", type=_positive_int, default=None,
-                     help="requests a replica works on at once (default 8)")
-    srv.add_argument("--max-queued-requests", type=int, default=None,
-                     help="requests each proxy holds waiting for a replica; beyond it "
-                          "Serve answers 503 with Retry-After at once (default 16; "
-                          "-1: no limit)")
-    srv.add_argument("--retry-after", type=float, default=None,
-                     help="Retry-After seconds on a shed request (default 1)")
-    srv.add_argument("--proxy-location", default="EveryNode",
-                     choices=["EveryNode", "HeadOnly", "Disabled"],
-                     help="where Serve runs HTTP proxies: every node with a replica "
-                          "(default), the head node only, or none")
+    srv.add_argument(
+        "--max-ongoing-requests",
+        type=_positive_int,
+        default=None,
+        help="requests a replica works on at once (default 8)",
+    )
+    srv.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=None,
+        help="requests each proxy holds waiting for a replica; beyond it "
+        "Serve answers 503 with Retry-After at once (default 16; "
+        "-1: no limit)",
+    )
+    srv.add_argument(
+        "--retry-after",
+        type=float,
+        default=None,
+        help="Retry-After seconds on a shed request (default 1)",
+    )
+    srv.add_argument(
+        "--proxy-location",
+        default="EveryNode",
+        choices=["EveryNode", "HeadOnly", "Disabled"],
+        help="where Serve runs HTTP proxies: every node with a replica "
+        "(default), the head node only, or none",
+    )
     srv.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database schema")

@@ -18,8 +18,11 @@ class Settings(BaseSettings):
     # Secrets (the S3 secret key, API tokens, URLs with passwords) come from the node: its
     # environment, or files named colecionador_<setting> in COLECIONADOR_SECRETS_DIR (a
     # folder the cluster is started with). They never travel in a Ray job's runtime_env.
-    model_config = SettingsConfigDict(env_prefix="COLECIONADOR_", extra="ignore",
-                                      secrets_dir=os.environ.get("COLECIONADOR_SECRETS_DIR"))
+    model_config = SettingsConfigDict(
+        env_prefix="COLECIONADOR_",
+        extra="ignore",
+        secrets_dir=os.environ.get("COLECIONADOR_SECRETS_DIR"),
+    )
 
     home: Path = Field(default_factory=lambda: Path.home() / ".colecionador")
     database_url: SecretStr | None = None  # may hold a password: never printed

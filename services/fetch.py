@@ -71,8 +71,7 @@ def fetch_dataset(uri: str, settings: Settings) -> Path:
         objects = list_objects(client, bucket, prefix)
     except s3_errors() as e:
         if error_code(e) == "NoSuchBucket":
-            raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} "
-                                    f"for {uri}") from None
+            raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} for {uri}") from None
         raise StoreError(f"cannot list {uri}: {error_reason(e)}") from None
     objects = [o for o in objects if not o["Key"].endswith("/")]  # folder markers
     if not objects:
@@ -88,23 +87,24 @@ def fetch_dataset(uri: str, settings: Settings) -> Path:
     wanted: set[Path] = set()
     try:
         for o in objects:
-            rel = o["Key"][len(prefix):]
+            rel = o["Key"][len(prefix) :]
             target = (dest / rel).resolve()
             if root not in target.parents:
-                raise StoreError(f"refusing object s3://{bucket}/{o['Key']}: "
-                                 "its key leaves the dataset folder")
+                raise StoreError(
+                    f"refusing object s3://{bucket}/{o['Key']}: its key leaves the dataset folder"
+                )
             wanted.add(target)
             etag = str(o.get("ETag", ""))
-            if (target.is_file() and target.stat().st_size == o["Size"]
-                    and old.get(rel) == etag):
+            if target.is_file() and target.stat().st_size == o["Size"] and old.get(rel) == etag:
                 manifest[rel] = etag
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 client.download_file(bucket, o["Key"], str(target))
             except s3_errors() as e:
-                raise StoreError(f"cannot download s3://{bucket}/{o['Key']}: "
-                                 f"{error_reason(e)}") from None
+                raise StoreError(
+                    f"cannot download s3://{bucket}/{o['Key']}: {error_reason(e)}"
+                ) from None
             manifest[rel] = etag
     finally:
         _write_manifest(manifest_path, manifest)
@@ -139,8 +139,12 @@ def fetch_file(uri: str, settings: Settings) -> Path:
             raise FileNotFoundError(f"file not found: {uri}") from None
         raise StoreError(f"cannot fetch {uri}: {error_reason(e)}") from None
     etag = str(head.get("ETag", ""))
-    if (dest.is_file() and dest.stat().st_size == head.get("ContentLength")
-            and etag_file.is_file() and etag_file.read_text() == etag):
+    if (
+        dest.is_file()
+        and dest.stat().st_size == head.get("ContentLength")
+        and etag_file.is_file()
+        and etag_file.read_text() == etag
+    ):
         return dest
     folder.mkdir(parents=True, exist_ok=True)
     try:

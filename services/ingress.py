@@ -54,16 +54,27 @@ class Consumer:
     """The consuming loop and the reconciler, independent of Ray's actor machinery (the
     actor runs them on a thread of its own)."""
 
-    def __init__(self, settings: Settings, ray_jobs: RayJobs | None = None,
-                 prefetch: int = 4):
+    def __init__(self, settings: Settings, ray_jobs: RayJobs | None = None, prefetch: int = 4):
         self.settings, self.prefetch = settings, prefetch
         self.ray_jobs = ray_jobs
         self.stats: dict[str, Any] = {
-            "received": 0, "created": 0, "duplicates": 0, "dead_lettered": 0,
-            "submitted": 0, "submit_errors": 0, "requeued": 0, "consuming": False,
-            "reconnects": 0, "database_outages": 0, "last_error": None,
-            "reconciler_passes": 0, "resubmitted": 0, "failed_by_reconciler": 0,
-            "events_published": 0, "outbox_backlog": None}
+            "received": 0,
+            "created": 0,
+            "duplicates": 0,
+            "dead_lettered": 0,
+            "submitted": 0,
+            "submit_errors": 0,
+            "requeued": 0,
+            "consuming": False,
+            "reconnects": 0,
+            "database_outages": 0,
+            "last_error": None,
+            "reconciler_passes": 0,
+            "resubmitted": 0,
+            "failed_by_reconciler": 0,
+            "events_published": 0,
+            "outbox_backlog": None,
+        }
         self._stop: asyncio.Event | None = None
         self._database_down: asyncio.Event | None = None
         self._queue: AbstractQueue | None = None
@@ -100,8 +111,7 @@ class Consumer:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self.prefetch)
             queue = await broker.declare_requests(channel, self.settings.requests_queue)
-            self._dlx = await channel.get_exchange(self.settings.requests_queue +
-                                                   broker.DLX_SUFFIX)
+            self._dlx = await channel.get_exchange(self.settings.requests_queue + broker.DLX_SUFFIX)
             while not self._stop.is_set():
                 await self._consume_until_stop_or_outage(queue)
                 if self._database_down.is_set():
@@ -154,15 +164,16 @@ class Consumer:
                 self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
                 self.reconciler = Reconciler(self.settings, self.ray_jobs)
             counts = await asyncio.to_thread(self.reconciler.pass_once)
-            self.stats.update(reconciler_passes=counts["passes"],
-                              resubmitted=counts["resubmitted"],
-                              failed_by_reconciler=counts["failed"])
+            self.stats.update(
+                reconciler_passes=counts["passes"],
+                resubmitted=counts["resubmitted"],
+                failed_by_reconciler=counts["failed"],
+            )
         except Exception as e:  # noqa: BLE001 - Ray or the database away: next pass
             self._error(f"reconciler: {type(e).__name__}: {one_line(e)}")
         try:
             if self.settings.publish_events:
-                self.stats["events_published"] += await outbox.publish_pending_async(
-                    self.settings)
+                self.stats["events_published"] += await outbox.publish_pending_async(self.settings)
             self.stats["outbox_backlog"] = await asyncio.to_thread(_backlog, self.settings)
         except Exception as e:  # noqa: BLE001 - the broker is away: next pass
             self._error(f"outbox: {type(e).__name__}: {one_line(e)}")
@@ -174,8 +185,10 @@ class Consumer:
             pass
 
     def _error(self, text: str) -> None:
-        self.stats["last_error"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "error": text}
+        self.stats["last_error"] = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "error": text,
+        }
         log.warning(text)
 
     def stop(self) -> None:
@@ -185,11 +198,18 @@ class Consumer:
     # ------------------------------------------------------------------ messages
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         headers = dict(message.headers or {})
-        headers.update({"x-reason": reason[:1000],
-                        "x-original-queue": self.settings.requests_queue})
-        await self._dlx.publish(aio_pika.Message(
-            message.body, headers=headers, content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="")
+        headers.update(
+            {"x-reason": reason[:1000], "x-original-queue": self.settings.requests_queue}
+        )
+        await self._dlx.publish(
+            aio_pika.Message(
+                message.body,
+                headers=headers,
+                content_type=message.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key="",
+        )
         await message.ack()
         self.stats["dead_lettered"] += 1
         log.warning("dead-lettered a request: %s", reason)
@@ -217,8 +237,9 @@ class Consumer:
                 self.stats["submit_errors"] += 1
                 self._error(f"submit job {job.id}: {type(e).__name__}: {one_line(e)}")
 
-    async def _not_recorded(self, message: AbstractIncomingMessage, batch_id: str,
-                            e: Exception) -> None:
+    async def _not_recorded(
+        self, message: AbstractIncomingMessage, batch_id: str, e: Exception
+    ) -> None:
         """The database is down: requeue and stop consuming until it is back. A message
         that fails again while the database answers is refused for what it is."""
         reason = f"could not record batch {batch_id}: {type(e).__name__}: {one_line(e)}"
@@ -297,20 +318,25 @@ def start_ingress(settings: Settings, prefetch: int = 4, wait_s: float = 60.0) -
     it consumes. If the broker or the database is not reachable yet, it keeps retrying:
     its status says why it does not consume."""
     import ray
-    actor = _make_actor_class().options(
-        name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
-        get_if_exists=True).remote(settings_env(settings), prefetch)
+
+    actor = (
+        _make_actor_class()
+        .options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
+        .remote(settings_env(settings), prefetch)
+    )
     ray.get(actor.wait_ready.remote(wait_s))
     return actor
 
 
 def get_ingress() -> Any:
     import ray
+
     return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
 
 
 def stop_ingress() -> dict[str, Any]:
     import ray
+
     actor = get_ingress()
     status = ray.get(actor.stop.remote())
     ray.kill(actor)

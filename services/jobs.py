@@ -61,14 +61,16 @@ class JobOutcome:
         if self.status != "success":
             return [f"job {self.job_id} {self.status.upper()}: {self.error}"]
         m = self.metrics or {}
-        out = [f"job {self.job_id}: gate {(self.verdict or '').upper()} -> version "
-               f"{self.version}"]
+        out = [f"job {self.job_id}: gate {(self.verdict or '').upper()} -> version {self.version}"]
         for rule in (self.gate or {}).get("rules", []):
             mark = "pass" if rule["passed"] else "FAIL"
-            out.append(f"  {rule['metric']:<9} {rule['value']:.4f} > "
-                       f"{rule['threshold']:.2f}  {mark}")
-        out.append(f"  f1 {m.get('f1', 0):.4f}  roc_auc {m.get('roc_auc') or float('nan'):.4f}"
-                   f"  test images {m.get('n')}  training {self.training_time_s or 0:.0f} s")
+            out.append(
+                f"  {rule['metric']:<9} {rule['value']:.4f} > {rule['threshold']:.2f}  {mark}"
+            )
+        out.append(
+            f"  f1 {m.get('f1', 0):.4f}  roc_auc {m.get('roc_auc') or float('nan'):.4f}"
+            f"  test images {m.get('n')}  training {self.training_time_s or 0:.0f} s"
+        )
         out += [f"  {name:<21} {uri}" for name, uri in self.artifacts.items()]
         return out
 
@@ -80,16 +82,22 @@ def _archive_event(settings: Settings, store: Store | None, body: dict[str, Any]
     if store is None:
         return
     try:
-        store.put_bytes(event_key(body["job_id"]), json.dumps(
-            {"event": body, "published": published}, indent=2).encode())
+        store.put_bytes(
+            event_key(body["job_id"]),
+            json.dumps({"event": body, "published": published}, indent=2).encode(),
+        )
     except Exception as e:  # noqa: BLE001 - the outbox row is the record
         log.warning("event of job %s not archived: %s", body["job_id"], one_line(e))
 
 
-def _commit_version(settings: Settings, store: Store, job: TrainingJob,
-                    files: dict[str, bytes], ev: steps.Evaluation,
-                    training_time_s: float
-                    ) -> tuple[int, dict[str, str], dict[str, Any]] | None:
+def _commit_version(
+    settings: Settings,
+    store: Store,
+    job: TrainingJob,
+    files: dict[str, bytes],
+    ev: steps.Evaluation,
+    training_time_s: float,
+) -> tuple[int, dict[str, str], dict[str, Any]] | None:
     """Reserve the next version, upload every file, then commit the row together with the
     job's ``success`` and its event: no row ever points at an object that is not there,
     two jobs never write the same v<N>/ folder, and a job cancelled meanwhile keeps no
@@ -98,29 +106,51 @@ def _commit_version(settings: Settings, store: Store, job: TrainingJob,
     for _attempt in range(5):
         with session_factory(settings.db_url)() as s:
             mv = repo.reserve_version(
-                s, job.model_name, job_id=job.id, accuracy=m["accuracy"],
-                precision=m["precision"], recall=m["recall"], f1=m["f1"],
-                roc_auc=m.get("roc_auc"), status=ev.gate.status, gate=ev.gate.to_dict(),
-                model_path=lambda v: store.uri(version_prefix(job.model_name, v) + MODEL_FILE))
+                s,
+                job.model_name,
+                job_id=job.id,
+                accuracy=m["accuracy"],
+                precision=m["precision"],
+                recall=m["recall"],
+                f1=m["f1"],
+                roc_auc=m.get("roc_auc"),
+                status=ev.gate.status,
+                gate=ev.gate.to_dict(),
+                model_path=lambda v: store.uri(version_prefix(job.model_name, v) + MODEL_FILE),
+            )
             if mv is None:
                 continue  # another job took that number: the next one
             prefix = version_prefix(job.model_name, mv.version)
             try:
-                uris = {name: store.put_bytes(prefix + name, data)
-                        for name, data in files.items()}
+                uris = {name: store.put_bytes(prefix + name, data) for name, data in files.items()}
                 missing = [n for n in files if not store.exists(prefix + n)]
                 if missing:
                     raise RuntimeError(f"not in the store after upload: {', '.join(missing)}")
-                finished = repo.finish_job(s, job.id, "success", commit=False,
-                                           accuracy=m["accuracy"],
-                                           training_time_s=training_time_s, error=None)
+                finished = repo.finish_job(
+                    s,
+                    job.id,
+                    "success",
+                    commit=False,
+                    accuracy=m["accuracy"],
+                    training_time_s=training_time_s,
+                    error=None,
+                )
                 if not finished:  # cancelled while it evaluated: keep nothing
                     s.rollback()
                     store.delete_prefix(prefix)
                     return None
-                body = outbox.stage(s, settings, outbox.job_event(
-                    job, ev.gate.status, version=mv.version, metrics=m,
-                    gate=ev.gate.to_dict(), artifact_uri=uris[MODEL_FILE]))
+                body = outbox.stage(
+                    s,
+                    settings,
+                    outbox.job_event(
+                        job,
+                        ev.gate.status,
+                        version=mv.version,
+                        metrics=m,
+                        gate=ev.gate.to_dict(),
+                        artifact_uri=uris[MODEL_FILE],
+                    ),
+                )
                 s.commit()
             except Exception as e:
                 s.rollback()
@@ -130,8 +160,14 @@ def _commit_version(settings: Settings, store: Store, job: TrainingJob,
     raise StepFailed("store", f"could not reserve a version of {job.model_name}")
 
 
-def _run_steps(job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store,
-               resume: bool, say: Callable[[str], None]) -> JobOutcome:
+def _run_steps(
+    job: TrainingJob,
+    hp: Hyperparameters,
+    settings: Settings,
+    store: Store,
+    resume: bool,
+    say: Callable[[str], None],
+) -> JobOutcome:
     """Every step of a started job: its success, or the outcome the row already has when
     it was cancelled meanwhile. A failing step raises StepFailed."""
     try:  # the row may predate the operator's current allowlist: checked again here
@@ -141,6 +177,7 @@ def _run_steps(job: TrainingJob, hp: Hyperparameters, settings: Settings, store:
     data = steps.prepare_data(job, hp, settings, store, say)
     try:
         from training.callbacks import build_callbacks
+
         build_callbacks(hp.callbacks)  # a bad name fails here, not on every worker
     except (ValueError, TypeError) as e:
         raise StepFailed("callbacks", one_line(e)) from None
@@ -148,8 +185,10 @@ def _run_steps(job: TrainingJob, hp: Hyperparameters, settings: Settings, store:
     tuning: dict[str, Any] | None = None
     if job.mode == "tune":
         from services.tuning_job import tune_step
-        hp, tuning = tune_step(job, hp, data.decoded, data.split, backbone_state, store,
-                               settings, say)
+
+        hp, tuning = tune_step(
+            job, hp, data.decoded, data.split, backbone_state, store, settings, say
+        )
     train_data = data.train_data()
     pre = steps.run_preflight(job, hp, train_data, backbone_state, store, settings, say)
     hp = pre.hp
@@ -159,20 +198,28 @@ def _run_steps(job: TrainingJob, hp: Hyperparameters, settings: Settings, store:
             return _outcome_from_db(settings, job.id)  # cancelled while it trained
         history = repo.epoch_rows(s, job.id)
     evaluation = steps.evaluate(trained, data, hp)
-    files = steps.version_files(job, hp, data, trained, evaluation, history, pre.report,
-                                tuning)
-    stored = _commit_version(settings, store, job, files, evaluation,
-                             trained.training_time_s)
+    files = steps.version_files(job, hp, data, trained, evaluation, history, pre.report, tuning)
+    stored = _commit_version(settings, store, job, files, evaluation, trained.training_time_s)
     if stored is None:
         return _outcome_from_db(settings, job.id)
     version, uris, event = stored
-    return JobOutcome(job.id, "success", evaluation.gate.status, version, None,
-                      evaluation.metrics, evaluation.gate.to_dict(), uris, event,
-                      training_time_s=trained.training_time_s)
+    return JobOutcome(
+        job.id,
+        "success",
+        evaluation.gate.status,
+        version,
+        None,
+        evaluation.metrics,
+        evaluation.gate.to_dict(),
+        uris,
+        event,
+        training_time_s=trained.training_time_s,
+    )
 
 
-def run_job(job_id: int, settings: Settings,
-            say: Callable[[str], None] = lambda m: print(m, flush=True)) -> JobOutcome:
+def run_job(
+    job_id: int, settings: Settings, say: Callable[[str], None] = lambda m: print(m, flush=True)
+) -> JobOutcome:
     """Take job ``job_id`` through every step; never raises for a failing step.
 
     A ``mode: tune`` job first runs the search (services/tuning_job.py), records it,
@@ -220,10 +267,17 @@ def _outcome_from_db(settings: Settings, job_id: int) -> JobOutcome:
         mv = next(iter(repo.job_versions(s, job_id)), None)
     if mv is None:
         return JobOutcome(job.id, job.status, error=job.error)
-    return JobOutcome(job.id, job.status, mv.status, mv.version, job.error,
-                      {"accuracy": mv.accuracy, "precision": mv.precision,
-                       "recall": mv.recall, "f1": mv.f1}, mv.gate, {MODEL_FILE: mv.model_path},
-                      training_time_s=job.training_time_s)
+    return JobOutcome(
+        job.id,
+        job.status,
+        mv.status,
+        mv.version,
+        job.error,
+        {"accuracy": mv.accuracy, "precision": mv.precision, "recall": mv.recall, "f1": mv.f1},
+        mv.gate,
+        {MODEL_FILE: mv.model_path},
+        training_time_s=job.training_time_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             hp = load_hyperparameters(args.config, args.set or [])
         except ValueError as e:
             p.error(str(e))
-        request = TrainingRequest(batch_id=args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
-                                  dataset_uri=args.dataset, model_name=args.model_name,
-                                  hyperparameters=hp)
+        request = TrainingRequest(
+            batch_id=args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
+            dataset_uri=args.dataset,
+            model_name=args.model_name,
+            hyperparameters=hp,
+        )
         try:  # a Ray job is a request like any other: the operator's roots apply
             check_request(request, settings)
         except ValueError as e:
@@ -258,9 +315,17 @@ def main(argv: list[str] | None = None) -> int:
             with session_factory(settings.db_url)() as s:
                 repo.set_ray_job_id(s, job_id, current_submission_id())
     outcome = run_job(job_id, settings)
-    print(json.dumps({"job_id": outcome.job_id, "status": outcome.status,
-                      "verdict": outcome.verdict, "version": outcome.version,
-                      "error": outcome.error}))
+    print(
+        json.dumps(
+            {
+                "job_id": outcome.job_id,
+                "status": outcome.status,
+                "verdict": outcome.verdict,
+                "version": outcome.version,
+                "error": outcome.error,
+            }
+        )
+    )
     return 0 if outcome.status == "success" else 1
 
 

@@ -13,14 +13,20 @@ from services.db import repo
 from services.db.session import session_factory
 
 
-def cancel(settings: Settings, job_id: int, reason: str, *,
-           only_if_queued_without_ray_job: bool = False) -> dict[str, Any] | None:
+def cancel(
+    settings: Settings, job_id: int, reason: str, *, only_if_queued_without_ray_job: bool = False
+) -> dict[str, Any] | None:
     """Mark the job ``cancelled`` with its event unless it has already ended (or, with
     ``only_if_queued_without_ray_job``, unless it left the queue or has a Ray job).
     Returns the event, or None when the job's status did not allow it."""
     with session_factory(settings.db_url)() as s:
-        if not repo.cancel_job(s, job_id, error=reason, commit=False,
-                               only_if_queued_without_ray_job=only_if_queued_without_ray_job):
+        if not repo.cancel_job(
+            s,
+            job_id,
+            error=reason,
+            commit=False,
+            only_if_queued_without_ray_job=only_if_queued_without_ray_job,
+        ):
             s.rollback()
             return None
         job = repo.get_job(s, job_id)

@@ -21,14 +21,22 @@ class TrainingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    batch_id: str = Field(min_length=1, max_length=200,
-                          validation_alias=AliasChoices("batch_id", "batchId"))
-    dataset_uri: Text = Field(min_length=1, max_length=2000,
-                              validation_alias=AliasChoices("dataset_uri", "datasetUri"))
-    total_images: int | None = Field(None, ge=0, le=MAX_INT,
-                                     validation_alias=AliasChoices("total_images", "totalImages"))
-    model_name: str = Field("classifier", min_length=1, max_length=200, pattern=r"^[\w.\-]+$",
-                            validation_alias=AliasChoices("model_name", "modelName"))
+    batch_id: str = Field(
+        min_length=1, max_length=200, validation_alias=AliasChoices("batch_id", "batchId")
+    )
+    dataset_uri: Text = Field(
+        min_length=1, max_length=2000, validation_alias=AliasChoices("dataset_uri", "datasetUri")
+    )
+    total_images: int | None = Field(
+        None, ge=0, le=MAX_INT, validation_alias=AliasChoices("total_images", "totalImages")
+    )
+    model_name: str = Field(
+        "classifier",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\w.\-]+$",
+        validation_alias=AliasChoices("model_name", "modelName"),
+    )
 
     @field_validator("model_name")
     @classmethod
@@ -36,6 +44,7 @@ class TrainingRequest(BaseModel):
         if v.strip(".") == "":  # ".", "..": another model's folder in the store
             raise ValueError("model_name must be a plain folder name, not '.' or '..'")
         return v
+
     mode: Literal["train", "tune"] = "train"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     tuning: TuningSpec | None = None
@@ -49,8 +58,7 @@ class TrainingRequest(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=True)
-        data["hyperparameters"] = self.hyperparameters.model_dump(mode="json",
-                                                                 exclude_unset=True)
+        data["hyperparameters"] = self.hyperparameters.model_dump(mode="json", exclude_unset=True)
         return data
 
 

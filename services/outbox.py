@@ -30,19 +30,33 @@ log = logging.getLogger("colecionador.outbox")
 EVALUATION = "ModelEvaluation"
 
 
-def job_event(job: TrainingJob, status: str, *, version: int | None = None,
-              metrics: dict[str, Any] | None = None, gate: dict[str, Any] | None = None,
-              artifact_uri: str | None = None, error: str | None = None
-              ) -> ModelEvaluationEvent:
+def job_event(
+    job: TrainingJob,
+    status: str,
+    *,
+    version: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
+    artifact_uri: str | None = None,
+    error: str | None = None,
+) -> ModelEvaluationEvent:
     """The ModelEvaluation event of a job that ended: approved / rejected (with its
     version), failed or cancelled."""
     return ModelEvaluationEvent(
-        event_id=uuid.uuid4().hex, job_id=job.id, batch_id=job.batch_id,
-        model_name=job.model_name, version=version, status=status,
+        event_id=uuid.uuid4().hex,
+        job_id=job.id,
+        batch_id=job.batch_id,
+        model_name=job.model_name,
+        version=version,
+        status=status,
         metrics=EventMetrics(**{k: metrics[k] for k in EventMetrics.model_fields})
-        if metrics else None,
+        if metrics
+        else None,
         gate={r["metric"]: r["passed"] for r in (gate or {}).get("rules", [])},
-        artifact_uri=artifact_uri, finished_at=datetime.now(timezone.utc), error=error)
+        artifact_uri=artifact_uri,
+        finished_at=datetime.now(timezone.utc),
+        error=error,
+    )
 
 
 def stage(s: Session, settings: Settings, event: ModelEvaluationEvent) -> dict[str, Any]:
@@ -54,16 +68,18 @@ def stage(s: Session, settings: Settings, event: ModelEvaluationEvent) -> dict[s
     return body
 
 
-async def publish_pending_async(settings: Settings, *, job_id: int | None = None,
-                                limit: int = 500) -> int:
+async def publish_pending_async(
+    settings: Settings, *, job_id: int | None = None, limit: int = 500
+) -> int:
     """Publish unpublished events (of one job, or all), oldest first; returns how many.
     Raises when the broker cannot be reached: what was not confirmed stays pending."""
     sf = session_factory(settings.db_url)
 
     def pending() -> list[tuple[str, str, dict[str, Any]]]:
         with sf() as s:
-            return [(e.id, e.queue, e.body)
-                    for e in repo.pending_events(s, limit=limit, job_id=job_id)]
+            return [
+                (e.id, e.queue, e.body) for e in repo.pending_events(s, limit=limit, job_id=job_id)
+            ]
 
     def mark(event_id: str) -> None:
         with sf() as s:
@@ -75,6 +91,7 @@ async def publish_pending_async(settings: Settings, *, job_id: int | None = None
     import aio_pika
 
     from services import broker
+
     connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -83,11 +100,18 @@ async def publish_pending_async(settings: Settings, *, job_id: int | None = None
             if queue not in declared:
                 await broker.declare_events(channel, queue)
                 declared.add(queue)
-            await asyncio.wait_for(channel.default_exchange.publish(
-                aio_pika.Message(json.dumps(body).encode(), content_type="application/json",
-                                 message_id=event_id,
-                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=queue), 10)
+            await asyncio.wait_for(
+                channel.default_exchange.publish(
+                    aio_pika.Message(
+                        json.dumps(body).encode(),
+                        content_type="application/json",
+                        message_id=event_id,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=queue,
+                ),
+                10,
+            )
             await asyncio.to_thread(mark, event_id)
     return len(events)
 
@@ -106,6 +130,10 @@ def try_publish(settings: Settings, job_id: int) -> bool:
         publish_pending(settings, job_id=job_id)
         return True
     except Exception as e:  # noqa: BLE001 - the outbox keeps it
-        log.warning("event of job %s not published yet (%s): the ingress publishes it "
-                    "when the broker is back", job_id, e)
+        log.warning(
+            "event of job %s not published yet (%s): the ingress publishes it "
+            "when the broker is back",
+            job_id,
+            e,
+        )
         return False

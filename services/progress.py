@@ -18,8 +18,9 @@ class EpochRecorder(UserCallback):
     def __init__(self, database_url: str, job_id: int):
         self.database_url, self.job_id = database_url, job_id
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: Any) -> None:
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
         if not metrics or metrics[0].get("final") or "epoch" not in metrics[0]:
             return
         row = metrics[0]

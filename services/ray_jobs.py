@@ -68,13 +68,18 @@ def init_ray(settings: Settings) -> None:
     """Join the cluster at ``settings.ray_address``, or start a local Ray (one-shot
     commands) with Ray's own logging quiet; a no-op when already connected."""
     import ray
+
     if ray.is_initialized():
         return
     level, env = ray_logging(settings, os.environ)
     os.environ.update(env)
     logging.getLogger("ray").setLevel(level)
-    ray.init(address=settings.ray_address, logging_level=level,
-             configure_logging=True, log_to_driver=True)
+    ray.init(
+        address=settings.ray_address,
+        logging_level=level,
+        configure_logging=True,
+        log_to_driver=True,
+    )
 
 
 def connect_ray(settings: Settings, *, start_local: bool = False) -> bool:
@@ -82,11 +87,13 @@ def connect_ray(settings: Settings, *, start_local: bool = False) -> bool:
     colecionador's namespace, for the long-lived commands (ingress, serve). With
     ``start_local`` and no cluster running, start a local Ray; True if it was started."""
     import ray
+
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=settings.ray_address or "auto", namespace=NAMESPACE,
-                 logging_level="WARNING")
+        ray.init(
+            address=settings.ray_address or "auto", namespace=NAMESPACE, logging_level="WARNING"
+        )
         return False
     except ConnectionError:
         if not start_local or settings.ray_address:
@@ -144,9 +151,11 @@ class RayJobs:
 
     def __init__(self, settings: Settings, address: str | None = None):
         from ray.job_submission import JobSubmissionClient
+
         self.settings = settings
-        self.client = JobSubmissionClient(address or settings.ray_dashboard_url,
-                                          headers=auth_headers(settings))
+        self.client = JobSubmissionClient(
+            address or settings.ray_dashboard_url, headers=auth_headers(settings)
+        )
 
     def exists(self, sid: str) -> bool:
         try:
@@ -167,8 +176,11 @@ class RayJobs:
                     entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
                     submission_id=sid,
                     runtime_env={"env_vars": settings_env(self.settings)},
-                    metadata={"colecionador_job_id": str(job_id),
-                              "colecionador_attempt": str(attempt)})
+                    metadata={
+                        "colecionador_job_id": str(job_id),
+                        "colecionador_attempt": str(attempt),
+                    },
+                )
             except RuntimeError as e:
                 # a message and its duplicate handled at once both saw no Ray job: the
                 # one that lost the race finds the job the other submitted
@@ -197,8 +209,9 @@ class RayJobs:
             if status.is_terminal():
                 return status.value
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"Ray job {sid} is still {status.value} "
-                                   f"{wait_s:.0f} s after the stop request")
+                raise TimeoutError(
+                    f"Ray job {sid} is still {status.value} {wait_s:.0f} s after the stop request"
+                )
             time.sleep(0.2)
 
     def status(self, sid: str) -> tuple[str | None, str | None]:

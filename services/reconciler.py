@@ -36,8 +36,14 @@ class Decision:
     reason: str | None = None
 
 
-def decide(status: str, ray_job_id: str | None, ray_status: str | None,
-           ray_message: str | None, attempts: int, max_attempts: int) -> Decision:
+def decide(
+    status: str,
+    ray_job_id: str | None,
+    ray_status: str | None,
+    ray_message: str | None,
+    attempts: int,
+    max_attempts: int,
+) -> Decision:
     """What to do with one active job, given Ray's word on its latest Ray job."""
     if ray_job_id is None:
         # queued: submit it; training without a Ray job is a local `colecionador train`
@@ -72,8 +78,7 @@ class Reconciler:
             jobs = [(j.id, j.status, j.ray_job_id, j.attempts) for j in repo.active_jobs(s)]
         for job_id, status, sid, attempts in jobs:
             ray_status, message = self.ray_jobs.status(sid) if sid else (None, None)
-            d = decide(status, sid, ray_status, message, attempts,
-                       self.settings.max_job_attempts)
+            d = decide(status, sid, ray_status, message, attempts, self.settings.max_job_attempts)
             if d.action == "wait":
                 continue
             if d.action == "submit":
@@ -86,8 +91,9 @@ class Reconciler:
                     continue
                 repo.end_attempt(s, job_id, sid, ray_status or "GONE", d.reason)
             if d.action == "resubmit":
-                log.warning("job %s: %s; resubmitting as attempt %s", job_id, d.reason,
-                            attempts + 1)
+                log.warning(
+                    "job %s: %s; resubmitting as attempt %s", job_id, d.reason, attempts + 1
+                )
                 self.submit(job_id, attempts + 1)
                 self.stats["resubmitted"] += 1
             elif lifecycle.fail(self.settings, job_id, d.reason) is not None:

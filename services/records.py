@@ -27,16 +27,26 @@ def prepare_database(settings: Settings) -> None:
             _migrated.add(settings.db_url)
 
 
-def create_job(settings: Settings, request: TrainingRequest, *, num_workers: int | None = None,
-               use_gpu: bool | None = None) -> tuple[TrainingJob, bool]:
+def create_job(
+    settings: Settings,
+    request: TrainingRequest,
+    *,
+    num_workers: int | None = None,
+    use_gpu: bool | None = None,
+) -> tuple[TrainingJob, bool]:
     """Record a validated request as a queued job; a known batch_id returns that job
     (``created`` False), so a redelivered or duplicated request never starts a second one."""
     prepare_database(settings)
     with session_factory(settings.db_url)() as s:
         return repo.create_job(
-            s, batch_id=request.batch_id, dataset_uri=request.dataset_uri,
-            model_name=request.model_name, mode=request.mode,
+            s,
+            batch_id=request.batch_id,
+            dataset_uri=request.dataset_uri,
+            model_name=request.model_name,
+            mode=request.mode,
             total_images=request.total_images,
-            hyperparameters=request.hyperparameters.effective(), request=request.to_json(),
+            hyperparameters=request.hyperparameters.effective(),
+            request=request.to_json(),
             num_workers=num_workers or settings.workers,
-            use_gpu=settings.use_gpu if use_gpu is None else use_gpu)
+            use_gpu=settings.use_gpu if use_gpu is None else use_gpu,
+        )

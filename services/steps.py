@@ -85,24 +85,33 @@ class PreparedData:
         return d.images[idx], d.labels[idx], [d.paths[i] for i in idx]
 
 
-def inspect_dataset(folder: Path, hp: Hyperparameters
-                    ) -> tuple[DecodedDataset, Split | None, dict[str, Any]]:
+def inspect_dataset(
+    folder: Path, hp: Hyperparameters
+) -> tuple[DecodedDataset, Split | None, dict[str, Any]]:
     """Decode every image (unreadable ones left out and listed), split when every class
     has min_per_class images (None otherwise), and the health report of both. Nothing
     here fails for what the report finds: the caller decides (ValueError: no dataset)."""
     decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
     counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
-    split = (datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max,
-                            hp.test_max, hp.seed)
-             if counts.min() >= hp.min_per_class else None)
-    report = health_report(decoded, split, min_per_class=hp.min_per_class,
-                           max_imbalance=hp.max_imbalance,
-                           near_distance=hp.near_duplicate_distance, mirrored=hp.hflip)
+    split = (
+        datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max, hp.test_max, hp.seed)
+        if counts.min() >= hp.min_per_class
+        else None
+    )
+    report = health_report(
+        decoded,
+        split,
+        min_per_class=hp.min_per_class,
+        max_imbalance=hp.max_imbalance,
+        near_distance=hp.near_duplicate_distance,
+        mirrored=hp.hflip,
+    )
     return decoded, split, report
 
 
-def prepare_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store,
-                 say: Say) -> PreparedData:
+def prepare_data(
+    job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store, say: Say
+) -> PreparedData:
     """Fetch, decode and split; the health report is written before any check can fail
     the job, so a job failed for its data says what is wrong with it."""
     try:
@@ -129,13 +138,16 @@ def prepare_data(job: TrainingJob, hp: Hyperparameters, settings: Settings, stor
     assert split is not None  # every class has min_per_class images
     if decoded.bad:
         say(f"skipped {len(decoded.bad)} unreadable image(s)")
-    say(f"job {job.id}: {len(decoded)} images, {len(decoded.classes)} classes, "
-        f"split {split.sizes()}")
+    say(
+        f"job {job.id}: {len(decoded)} images, {len(decoded.classes)} classes, "
+        f"split {split.sizes()}"
+    )
     return PreparedData(decoded, split, report)
 
 
-def load_weights(hp: Hyperparameters, n_classes: int,
-                 settings: Settings) -> dict[str, torch.Tensor] | None:
+def load_weights(
+    hp: Hyperparameters, n_classes: int, settings: Settings
+) -> dict[str, torch.Tensor] | None:
     """The state dict named by ``hp.weights``, checked against the backbone (None when no
     weights are named): torchvision's registered weights by name (``imagenet``,
     ``IMAGENET1K_V2``...; cached under <home>/torch), or a file by path or s3:// URI."""
@@ -159,9 +171,15 @@ class Preflight:
     report: dict[str, Any] | None  # None: preflight was not asked for
 
 
-def run_preflight(job: TrainingJob, hp: Hyperparameters, train_data: TrainData,
-                  backbone_state: Any, store: Store, settings: Settings,
-                  say: Say) -> Preflight:
+def run_preflight(
+    job: TrainingJob,
+    hp: Hyperparameters,
+    train_data: TrainData,
+    backbone_state: Any,
+    store: Store,
+    settings: Settings,
+    say: Say,
+) -> Preflight:
     """Overfit one batch and the LR range test, as a Ray task with a worker's resources
     (a GPU with --gpu); fails the job if one batch cannot be overfit; with
     use_suggested_lr the suggestion becomes phase1_lr (recorded with the job)."""
@@ -202,13 +220,21 @@ class TrainedModel:
     training_time_s: float
 
     def module(self) -> torch.nn.Module:
-        model, _ = load_model(torch.load(io.BytesIO(self.package), map_location="cpu",
-                                         weights_only=True))
+        model, _ = load_model(
+            torch.load(io.BytesIO(self.package), map_location="cpu", weights_only=True)
+        )
         return model
 
 
-def train(job: TrainingJob, hp: Hyperparameters, train_data: TrainData, backbone_state: Any,
-          store: Store, settings: Settings, resume: bool) -> TrainedModel:
+def train(
+    job: TrainingJob,
+    hp: Hyperparameters,
+    train_data: TrainData,
+    backbone_state: Any,
+    store: Store,
+    settings: Settings,
+    resume: bool,
+) -> TrainedModel:
     """Ray Train's TorchTrainer over both phases, a checkpoint every epoch in the store
     (checkpoints/<job id>); with ``resume`` the run continues from its latest one."""
     import ray
@@ -220,13 +246,21 @@ def train(job: TrainingJob, hp: Hyperparameters, train_data: TrainData, backbone
     storage_path, filesystem = store.ray_storage(CHECKPOINTS)
     if not resume:  # a reused (storage_path, name) silently resumes an older run
         store.delete_prefix(checkpoints_prefix(job.id))
-    config = {"hyperparameters": hp.effective(), "data": ray.put(train_data),
-              "backbone_state": ray.put(backbone_state) if backbone_state is not None else None}
+    config = {
+        "hyperparameters": hp.effective(),
+        "data": ray.put(train_data),
+        "backbone_state": ray.put(backbone_state) if backbone_state is not None else None,
+    }
     trainer = build_trainer(
-        config, num_workers=job.num_workers or settings.workers,
-        use_gpu=bool(job.use_gpu), storage_path=storage_path, storage_filesystem=filesystem,
-        name=str(job.id), max_failures=settings.max_failures,
-        callbacks=[EpochRecorder(settings.db_url, job.id)])
+        config,
+        num_workers=job.num_workers or settings.workers,
+        use_gpu=bool(job.use_gpu),
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
+        name=str(job.id),
+        max_failures=settings.max_failures,
+        callbacks=[EpochRecorder(settings.db_url, job.id)],
+    )
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
@@ -273,26 +307,41 @@ def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> 
     return Evaluation(metrics, errors, quality_gate(metrics, hp, onnx.report), onnx)
 
 
-def version_files(job: TrainingJob, hp: Hyperparameters, data: PreparedData,
-                  trained: TrainedModel, evaluation: Evaluation, history: list[dict[str, Any]],
-                  preflight: dict[str, Any] | None = None,
-                  tuning: dict[str, Any] | None = None) -> dict[str, bytes]:
+def version_files(
+    job: TrainingJob,
+    hp: Hyperparameters,
+    data: PreparedData,
+    trained: TrainedModel,
+    evaluation: Evaluation,
+    history: list[dict[str, Any]],
+    preflight: dict[str, Any] | None = None,
+    tuning: dict[str, Any] | None = None,
+) -> dict[str, bytes]:
     """The files of the version folder (services/artifacts.py names them)."""
+
     def as_json(obj: Any) -> bytes:
         return json.dumps(obj, indent=2).encode()
 
     m = evaluation.metrics
     files = {
         MODEL_FILE: trained.package,
-        "metrics.json": as_json({
-            "test": m, "gate": evaluation.gate.to_dict(), "training": trained.summary,
-            "training_time_s": trained.training_time_s, "split": data.split.sizes(),
-            "skipped_images": [{"path": p, "reason": r} for p, r in data.decoded.bad],
-            "hyperparameters": hp.effective(), "history": history,
-            "onnx": evaluation.onnx.report if evaluation.onnx else None}),
+        "metrics.json": as_json(
+            {
+                "test": m,
+                "gate": evaluation.gate.to_dict(),
+                "training": trained.summary,
+                "training_time_s": trained.training_time_s,
+                "split": data.split.sizes(),
+                "skipped_images": [{"path": p, "reason": r} for p, r in data.decoded.bad],
+                "hyperparameters": hp.effective(),
+                "history": history,
+                "onnx": evaluation.onnx.report if evaluation.onnx else None,
+            }
+        ),
         "curves.png": curves_png(history, f"job {job.id}: {job.model_name}"),
         "confusion_matrix.png": confusion_matrix_png(
-            m["confusion_matrix"], data.decoded.classes, f"{job.model_name}: test split"),
+            m["confusion_matrix"], data.decoded.classes, f"{job.model_name}: test split"
+        ),
         "health.json": as_json(data.health),
         "errors.json": as_json(evaluation.errors),
     }

@@ -104,14 +104,22 @@ class LocalStore:
 def s3_client(settings: Settings):
     import boto3
     from botocore.config import Config
+
     return boto3.client(
-        "s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        region_name=settings.s3_region,
         aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=(settings.s3_secret_key.get_secret_value()
-                               if settings.s3_secret_key else None),
-        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
-                      connect_timeout=10, read_timeout=60,
-                      retries={"max_attempts": 5, "mode": "standard"}),
+        aws_secret_access_key=(
+            settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+        ),
+        config=Config(
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            connect_timeout=10,
+            read_timeout=60,
+            retries={"max_attempts": 5, "mode": "standard"},
+        ),
     )
 
 
@@ -145,6 +153,7 @@ def error_reason(e: BaseException) -> str:
 
 def s3_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
+
     return (BotoCoreError, ClientError)
 
 
@@ -179,14 +188,16 @@ class S3Store:
         except s3_errors() as e:
             if not is_missing(e):
                 where = self.settings.s3_endpoint or "AWS"
-                raise StoreError(f"cannot open bucket {self.bucket!r} at {where}: "
-                                 f"{error_reason(e)}") from None
+                raise StoreError(
+                    f"cannot open bucket {self.bucket!r} at {where}: {error_reason(e)}"
+                ) from None
         try:
             self.client.create_bucket(Bucket=self.bucket)
         except s3_errors() as e:
             if error_code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise StoreError(f"cannot create bucket {self.bucket!r}: "
-                                 f"{error_reason(e)}") from None
+                raise StoreError(
+                    f"cannot create bucket {self.bucket!r}: {error_reason(e)}"
+                ) from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         try:
@@ -236,20 +247,25 @@ class S3Store:
         keys = self._keys_under(prefix)  # folder markers too
         for i in range(0, len(keys), 1000):
             try:
-                response = self.client.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+                )
             except s3_errors() as e:
                 raise StoreError(f"cannot delete {self.uri(prefix)}: {error_reason(e)}") from None
             failed = response.get("Errors") or []
             if failed:
                 first = failed[0]
-                raise StoreError(f"cannot delete {len(failed)} object(s) under "
-                                 f"{self.uri(prefix)}, e.g. {first.get('Key')}: "
-                                 f"{first.get('Code')}: {first.get('Message')}")
+                raise StoreError(
+                    f"cannot delete {len(failed)} object(s) under "
+                    f"{self.uri(prefix)}, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')}: {first.get('Message')}"
+                )
 
     def ray_storage(self, sub: str) -> tuple[str, Any]:
         """Ray Train's storage_path and a pyarrow S3 filesystem for this endpoint."""
         from pyarrow import fs
+
         s = self.settings
         endpoint = urlparse(s.s3_endpoint) if s.s3_endpoint else None
         filesystem = fs.S3FileSystem(
@@ -258,7 +274,8 @@ class S3Store:
             region=s.s3_region,
             endpoint_override=endpoint.netloc if endpoint else None,
             scheme=endpoint.scheme if endpoint else "https",
-            force_virtual_addressing=False)
+            force_virtual_addressing=False,
+        )
         return f"{self.bucket}/{self.key(sub.strip('/'))}", filesystem
 
 
@@ -275,4 +292,4 @@ def open_store(settings: Settings) -> Store:
         store = S3Store(url, settings)
         store.ensure_bucket()
         return store
-    return LocalStore(url[len("file://"):] if url.startswith("file://") else url)
+    return LocalStore(url[len("file://") :] if url.startswith("file://") else url)

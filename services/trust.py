@@ -41,8 +41,9 @@ def under(location: str, roots: list[str]) -> bool:
         resolved = path.resolve()
         for root in roots:
             base = _local(root)
-            if base is not None and (resolved == base.resolve()
-                                     or base.resolve() in resolved.parents):
+            if base is not None and (
+                resolved == base.resolve() or base.resolve() in resolved.parents
+            ):
                 return True
         return False
     parsed = urlparse(location)
@@ -60,8 +61,9 @@ def under(location: str, roots: list[str]) -> bool:
     return False
 
 
-def check_plugins(hp: Hyperparameters, settings: Settings,
-                  grid: dict[str, list] | None = None) -> None:
+def check_plugins(
+    hp: Hyperparameters, settings: Settings, grid: dict[str, list] | None = None
+) -> None:
     """PluginRefused (a ValueError) naming the field for an import path outside the
     allowed modules or a callback file argument outside the run's folder, in the
     hyperparameters and in a tuning grid's values."""
@@ -76,13 +78,18 @@ def check_plugins(hp: Hyperparameters, settings: Settings,
 def check_request(request: TrainingRequest, settings: Settings) -> None:
     """ValueError naming the field when the request points outside the roots or names
     code outside the allowed plugin modules."""
-    check_plugins(request.hyperparameters, settings,
-                  request.tuning.grid if request.tuning else None)
+    check_plugins(
+        request.hyperparameters, settings, request.tuning.grid if request.tuning else None
+    )
     roots = settings.data_roots()
     if not under(request.dataset_uri, roots):
-        raise ValueError(f"dataset_uri: {request.dataset_uri!r} is not under an allowed root "
-                         f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)")
+        raise ValueError(
+            f"dataset_uri: {request.dataset_uri!r} is not under an allowed root "
+            f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)"
+        )
     weights = request.hyperparameters.weights
     if weights and not _is_name(weights) and not under(weights, settings.weights_roots()):
-        raise ValueError(f"hyperparameters.weights: {weights!r} is not under an allowed root "
-                         f"or the store's models/ (COLECIONADOR_DATASET_ROOTS)")
+        raise ValueError(
+            f"hyperparameters.weights: {weights!r} is not under an allowed root "
+            f"or the store's models/ (COLECIONADOR_DATASET_ROOTS)"
+        )

@@ -22,9 +22,16 @@ from training.hyperparams import Hyperparameters
 log = logging.getLogger("colecionador.tuning")
 
 
-def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
-              backbone_state: Any, store: Store, settings: Settings,
-              say: Callable[[str], None]) -> tuple[Hyperparameters, dict[str, Any]]:
+def tune_step(
+    job: TrainingJob,
+    hp: Hyperparameters,
+    decoded: Any,
+    split: Any,
+    backbone_state: Any,
+    store: Store,
+    settings: Settings,
+    say: Callable[[str], None],
+) -> tuple[Hyperparameters, dict[str, Any]]:
     """The search of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold CV
     on train + val (the test split stays held out) and ASHA; every trial recorded as it
     ends; the best config merged into the job's hyperparameters (same transaction as the
@@ -41,11 +48,17 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
     with sf() as s:
         previous = repo.latest_tuning_run(s, job.id)
         if previous is not None and previous.status == "completed":
-            say(f"job {job.id}: search already done (run {previous.id}); best config "
-                f"{tuning_report.config_text(previous.best_config or {})}")
+            say(
+                f"job {job.id}: search already done (run {previous.id}); best config "
+                f"{tuning_report.config_text(previous.best_config or {})}"
+            )
             trials = [_trial_dict(t) for t in repo.tuning_trials(s, previous.id)]
-            return hp, {"run_id": previous.id, "metric": previous.metric,
-                        "best_config": previous.best_config, "trials": trials}
+            return hp, {
+                "run_id": previous.id,
+                "metric": previous.metric,
+                "best_config": previous.best_config,
+                "trials": trials,
+            }
         if previous is not None and previous.status == "running":  # its driver died
             repo.finish_tuning_run(s, previous.id, "failed", error="interrupted")
     try:
@@ -56,20 +69,30 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
         raise StepFailed("tuning", one_line(e)) from None
     with sf() as s:
         run = repo.create_tuning_run(
-            s, job.id, grid=grid, base_hyperparameters=hp.effective(), k_folds=spec.k_folds,
-            num_samples=spec.num_samples, metric=spec.metric, mode=spec.mode,
+            s,
+            job.id,
+            grid=grid,
+            base_hyperparameters=hp.effective(),
+            k_folds=spec.k_folds,
+            num_samples=spec.num_samples,
+            metric=spec.metric,
+            mode=spec.mode,
             scheduler=spec.scheduler,
             grace_period=spec.grace_period if spec.scheduler == "asha" else None,
             reduction_factor=spec.reduction_factor if spec.scheduler == "asha" else None,
-            max_concurrent=spec.max_concurrent, resources=search.resources())
+            max_concurrent=spec.max_concurrent,
+            resources=search.resources(),
+        )
     run_id = run.id
     search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
     search.name = f"job-{job.id}-run-{run_id}"
     n_configs = len(expand_grid(grid)) if spec.num_samples <= 1 else spec.num_samples
-    say(f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {spec.k_folds} folds "
+    say(
+        f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {spec.k_folds} folds "
         f"of train + val ({len(split.train) + len(split.val)} images; the "
         f"{len(split.test)} test images held out), {spec.scheduler.upper()} on "
-        f"{spec.metric}")
+        f"{spec.metric}"
+    )
 
     def record(trial: Any) -> None:  # runs in this process as each trial ends
         c = tuning_report.summarize(trial, spec.metric)
@@ -82,16 +105,30 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
 
     init_ray(settings)
     try:
-        result = run_search(decoded.images, decoded.labels, decoded.classes, split, hp, spec,
-                            search, backbone_state=backbone_state, listener=record)
+        result = run_search(
+            decoded.images,
+            decoded.labels,
+            decoded.classes,
+            split,
+            hp,
+            spec,
+            search,
+            backbone_state=backbone_state,
+            listener=record,
+        )
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:
             repo.finish_tuning_run(s, run_id, "failed", error=one_line(e))
         raise StepFailed("tuning", one_line(e)) from e
     ranked = tuning_report.rank(result.trials, spec.metric)
     winner = tuning_report.best(ranked, spec.metric)
-    summary_fields = dict(max_t=result.max_t, folds=result.folds, epochs_run=result.epochs_run,
-                          fold_epochs_run=result.fold_epochs_run, wall_s=result.wall_s)
+    summary_fields = dict(
+        max_t=result.max_t,
+        folds=result.folds,
+        epochs_run=result.epochs_run,
+        fold_epochs_run=result.fold_epochs_run,
+        wall_s=result.wall_s,
+    )
     with sf() as s:
         by_index = {t.index: t for t in result.trials}
         for c in ranked:  # every trial again, in case a listener write failed
@@ -104,37 +141,74 @@ def tune_step(job: TrainingJob, hp: Hyperparameters, decoded: Any, split: Any,
             repo.finish_tuning_run(s, run_id, "failed", error=reason, **summary_fields)
             raise StepFailed("tuning", reason)
         merged = Hyperparameters(**{**hp.effective(), **winner.config})
-        repo.finish_tuning_run(s, run_id, "completed", best_trial_index=winner.index,
-                               best_config=winner.config,
-                               job_hyperparameters=merged.effective(), **summary_fields)
+        repo.finish_tuning_run(
+            s,
+            run_id,
+            "completed",
+            best_trial_index=winner.index,
+            best_config=winner.config,
+            job_hyperparameters=merged.effective(),
+            **summary_fields,
+        )
     say(tuning_report.table(ranked, spec.metric))
-    say(f"best config: {tuning_report.config_text(winner.config)} "
+    say(
+        f"best config: {tuning_report.config_text(winner.config)} "
         f"({spec.metric} {tuning_report.estimate_text(winner, spec.metric)} over "
         f"{spec.k_folds} folds); "
         f"{result.epochs_run} config-epochs ({result.fold_epochs_run} fold-epochs) in "
         f"{result.wall_s:.0f} s. "
-        f"Training it on the train split, judging it on the test split.")
-    return merged, {"run_id": run_id, "metric": spec.metric, "mode": spec.mode,
-                    "scheduler": spec.scheduler, "k_folds": spec.k_folds, "grid": grid,
-                    "best_config": winner.config, "max_t": result.max_t,
-                    "epochs_run": result.epochs_run,
-                    "trials": [c.to_dict() for c in ranked]}
+        f"Training it on the train split, judging it on the test split."
+    )
+    return merged, {
+        "run_id": run_id,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "scheduler": spec.scheduler,
+        "k_folds": spec.k_folds,
+        "grid": grid,
+        "best_config": winner.config,
+        "max_t": result.max_t,
+        "epochs_run": result.epochs_run,
+        "trials": [c.to_dict() for c in ranked],
+    }
 
 
 def _trial_fields(c: Any, history: list[dict[str, Any]], trial_id: str) -> dict[str, Any]:
     """A tuning_trials row from a tuning.report.ConfigSummary and the trial's history."""
     last, best = c.last or {}, c.best or {}
-    return dict(trial_index=c.index, trial_id=trial_id, config=c.config, status=c.status,
-                stopped_at=c.stopped_at, max_epochs=c.max_epochs,
-                mean_val_loss=last.get("val_loss"), std_val_loss=last.get("val_loss_std"),
-                mean_val_accuracy=last.get("val_accuracy"),
-                std_val_accuracy=last.get("val_accuracy_std"),
-                best_epoch=best.get("epoch"), best_mean=best.get(c.metric),
-                best_std=best.get(f"{c.metric}_std"), epochs=history, error=c.error)
+    return dict(
+        trial_index=c.index,
+        trial_id=trial_id,
+        config=c.config,
+        status=c.status,
+        stopped_at=c.stopped_at,
+        max_epochs=c.max_epochs,
+        mean_val_loss=last.get("val_loss"),
+        std_val_loss=last.get("val_loss_std"),
+        mean_val_accuracy=last.get("val_accuracy"),
+        std_val_accuracy=last.get("val_accuracy_std"),
+        best_epoch=best.get("epoch"),
+        best_mean=best.get(c.metric),
+        best_std=best.get(f"{c.metric}_std"),
+        epochs=history,
+        error=c.error,
+    )
 
 
 def _trial_dict(t: Any) -> dict[str, Any]:
-    return {k: getattr(t, k) for k in ("trial_index", "config", "status", "stopped_at",
-                                       "max_epochs", "mean_val_loss", "std_val_loss",
-                                       "mean_val_accuracy", "std_val_accuracy", "rank",
-                                       "error")}
+    return {
+        k: getattr(t, k)
+        for k in (
+            "trial_index",
+            "config",
+            "status",
+            "stopped_at",
+            "max_epochs",
+            "mean_val_loss",
+            "std_val_loss",
+            "mean_val_accuracy",
+            "std_val_accuracy",
+            "rank",
+            "error",
+        )
+    }

@@ -38,6 +38,7 @@ def message_count(queue: str) -> int:
             ch = await conn.channel()
             q = await ch.declare_queue(queue, passive=True)
             return q.declaration_result.message_count
+
     return asyncio.run(count())
 
 
@@ -48,6 +49,7 @@ def delete_queues(*names: str) -> None:
             ch = await conn.channel()
             for n in names:
                 await ch.queue_delete(n)
+
     try:
         asyncio.run(drop())
     except Exception:  # noqa: BLE001 - a queue may never have been declared

@@ -13,16 +13,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-PG_ADMIN_URL = os.environ.get("COLECIONADOR_TEST_PG_URL",
-                              "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "COLECIONADOR_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
 AMQP_URL = os.environ.get("COLECIONADOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SESSION = uuid.uuid4().hex[:8]
 
 # A tiny, fast recipe: the smallest torchvision classifier, small images, 1 + 1 epochs.
-TINY = {"backbone": "mobilenet_v3_small", "image_size": 32, "batch_size": 8,
-        "phase1_epochs": 1, "phase2_epochs": 1, "unfreeze_last": 5, "min_per_class": 5,
-        "hflip": False, "gate_accuracy": 0.0, "gate_precision": 0.0, "gate_recall": 0.0,
-        "export_onnx": False}  # 7-15 s a job here: test_job's first test exports
+TINY = {
+    "backbone": "mobilenet_v3_small",
+    "image_size": 32,
+    "batch_size": 8,
+    "phase1_epochs": 1,
+    "phase2_epochs": 1,
+    "unfreeze_last": 5,
+    "min_per_class": 5,
+    "hflip": False,
+    "gate_accuracy": 0.0,
+    "gate_precision": 0.0,
+    "gate_recall": 0.0,
+    "export_onnx": False,
+}  # 7-15 s a job here: test_job's first test exports
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +51,7 @@ def fresh_database(name: str):
     from sqlalchemy import create_engine, text
 
     from services.db.session import get_engine
+
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
@@ -78,6 +90,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     import ray
 
     from tests.raycluster import LocalRayCluster
+
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "colecionador_s3_secret_key").write_text(s3_server.secret_key)
     cluster = LocalRayCluster(num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets)})
@@ -86,6 +99,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     # Ray caches its auth mode and token per process (a module imported at collection
     # may have read them already): refresh both, as Ray's own test utilities do.
     from ray._private.authentication_test_utils import reset_auth_token_state
+
     reset_auth_token_state()
     try:
         ray.init(address=cluster.address, logging_level="WARNING", configure_logging=True)
@@ -114,6 +128,7 @@ def events_queue():
         async with conn:
             ch = await conn.channel()
             await ch.queue_delete(name)
+
     try:
         asyncio.run(drop())
     except Exception:  # noqa: BLE001 - the queue may never have been declared
@@ -129,6 +144,7 @@ def settings_for(tmp_path):
         kw.setdefault("broker_url", AMQP_URL)
         kw.setdefault("dataset_roots", f"{tmp_path},s3://d")  # made-up data, example URIs
         return Settings(home=tmp_path / "home", database_url=database_url, workers=2, **kw)
+
     return make
 
 
@@ -142,7 +158,7 @@ def _pattern(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
         img[:, ::4] = 1
         img[:, 1::4] = 1
     elif kind == 2:
-        img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+        img[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
     else:
         k = kind - 1
         img[(np.add.outer(np.arange(size) // k, np.arange(size) // k) % 2) == 0] = 1
@@ -150,8 +166,14 @@ def _pattern(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
-def write_dataset(root: Path, classes: int = 3, per_class: int | list[int] = 12,
-                  size: int = 16, corrupt: int = 0, seed: int = 0) -> Path:
+def write_dataset(
+    root: Path,
+    classes: int = 3,
+    per_class: int | list[int] = 12,
+    size: int = 16,
+    corrupt: int = 0,
+    seed: int = 0,
+) -> Path:
     """An ImageFolder of made-up, learnable grey images under ``root``."""
     rng = np.random.default_rng(seed)
     counts = per_class if isinstance(per_class, list) else [per_class] * classes
@@ -168,8 +190,10 @@ def write_dataset(root: Path, classes: int = 3, per_class: int | list[int] = 12,
 @pytest.fixture
 def make_dataset(tmp_path) -> Callable[..., Path]:
     """``make_dataset(per_class=..., corrupt=...)``: write_dataset under this test's tmp."""
+
     def make(name: str = "data", **kw) -> Path:
         return write_dataset(tmp_path / name, **kw)
+
     return make
 
 
@@ -181,5 +205,6 @@ def s3_server():
     ``bucket_name(hint)``: a fresh bucket name, unique in this session (not yet created).
     """
     from tests.s3server import SeaweedS3
+
     with SeaweedS3() as server:
         yield server

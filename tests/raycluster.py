@@ -32,8 +32,9 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
 
 
 class LocalRayCluster:
-    def __init__(self, num_cpus: int = 2, startup_timeout: float = 120.0,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self, num_cpus: int = 2, startup_timeout: float = 120.0, env: dict[str, str] | None = None
+    ):
         self.temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: socket paths
         self.token = secrets.token_hex(32)
         self.token_path = self.temp / "auth_token"
@@ -42,21 +43,36 @@ class LocalRayCluster:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+        }
         self.env.pop("RAY_ADDRESS", None)
         ray_bin = Path(sys.executable).with_name("ray")
-        cmd = [str(ray_bin), "start", "--head", "--block", f"--port={self.gcs_port}",
-               f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-               f"--ray-client-server-port={free_port()}",
-               f"--dashboard-agent-listen-port={free_port()}",
-               f"--temp-dir={self.temp}", "--disable-usage-stats"]
+        cmd = [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.gcs_port}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--temp-dir={self.temp}",
+            "--disable-usage-stats",
+        ]
         self.log_path = self.temp / "ray-start.log"
         self.log = open(self.log_path, "wb")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             self._wait_ready(startup_timeout)
         except Exception:
@@ -66,8 +82,9 @@ class LocalRayCluster:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        req = urllib.request.Request(f"{self.dashboard_url}/api/version",
-                                     headers={"Authorization": f"Bearer {self.token}"})
+        req = urllib.request.Request(
+            f"{self.dashboard_url}/api/version", headers={"Authorization": f"Bearer {self.token}"}
+        )
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited {self.proc.returncode}:\n{self.tail()}")

@@ -59,6 +59,7 @@ def _die_with_parent() -> None:
     """In the child, before exec: on Linux, SIGKILL it if the test process dies."""
     if sys.platform.startswith("linux"):
         import ctypes
+
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
@@ -76,9 +77,17 @@ def _tail(path: Path, lines: int = 40) -> str:
 class SeaweedS3:
     """One ``weed server -s3`` process; a context manager (``start``/``stop`` also work)."""
 
-    def __init__(self, access_key: str | None = None, secret_key: str | None = None, *,
-                 host: str = "127.0.0.1", region: str = "us-east-1",
-                 start_timeout: float = 90.0, grace: float = 1.0, attempts: int = 3):
+    def __init__(
+        self,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        region: str = "us-east-1",
+        start_timeout: float = 90.0,
+        grace: float = 1.0,
+        attempts: int = 3,
+    ):
         self.host, self.region = host, region
         self.access_key = access_key or "AK" + secrets.token_hex(8).upper()
         self.secret_key = secret_key or secrets.token_urlsafe(24)
@@ -110,12 +119,16 @@ class SeaweedS3:
         """A boto3 S3 client for this server (path-style, SigV4)."""
         import boto3
         from botocore.config import Config
+
         config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4", **config))
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4", **config),
+        )
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> SeaweedS3:
@@ -128,10 +141,21 @@ class SeaweedS3:
     def start(self) -> SeaweedS3:
         t0 = time.monotonic()
         self.tmp = Path(tempfile.mkdtemp(prefix="seaweed-test-"))
-        (self.tmp / "s3.json").write_text(json.dumps({"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (self.tmp / "s3.json").write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {"accessKey": self.access_key, "secretKey": self.secret_key}
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         last: Exception | None = None
         try:
             for attempt in range(self.attempts):
@@ -157,41 +181,62 @@ class SeaweedS3:
     def _launch(self, attempt: int) -> None:
         assert self.tmp is not None
         ports = free_ports(2 * len(_PORTS), self.host)
-        self.ports = dict(zip(_PORTS, ports[:len(_PORTS)]))
-        self.grpc_ports = dict(zip(_PORTS, ports[len(_PORTS):]))
+        self.ports = dict(zip(_PORTS, ports[: len(_PORTS)]))
+        self.grpc_ports = dict(zip(_PORTS, ports[len(_PORTS) :]))
         self._remove_sockets()  # stale ones of a dead server that had these ports
         data, logs = self.tmp / f"data{attempt}", self.tmp / "logs"
         data.mkdir()
         logs.mkdir(exist_ok=True)
         p, g = self.ports, self.grpc_ports
         cmd = [
-            weed_binary(), f"-logdir={logs}", "server",
-            f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
-            f"-master.port={p['master']}", f"-master.port.grpc={g['master']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={g['volume']}",
-            "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={g['filer']}",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={g['s3']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            weed_binary(),
+            f"-logdir={logs}",
+            "server",
+            f"-dir={data}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={g['master']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={g['volume']}",
+            "-filer",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={g['filer']}",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={g['s3']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={self.tmp / 's3.json'}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            "-master.telemetry=false",
             f"-filer.localSocket={self.tmp / 'filer.sock'}",
             f"-s3.localSocket={self.tmp / 's3.sock'}",
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.tmp,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.tmp,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         finally:
             log.close()
 
     def _fail(self, why: str) -> SeaweedStartError:
         return SeaweedStartError(
-            f"SeaweedFS S3 server {why} (log {self.log_path}):\n{_tail(self.log_path)}")
+            f"SeaweedFS S3 server {why} (log {self.log_path}):\n{_tail(self.log_path)}"
+        )
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll until list_buckets answers and a test object can be written and deleted."""
         from botocore.exceptions import BotoCoreError, ClientError
+
         client = self.client(connect_timeout=1, read_timeout=5)
         bucket, step, last = "warmup-" + secrets.token_hex(4), "list_buckets", None
         while True:
@@ -212,8 +257,9 @@ class SeaweedS3:
             except (BotoCoreError, ClientError) as e:
                 last = e
             if time.monotonic() > deadline:
-                raise self._fail(f"not ready after {self.start_timeout:.0f} s "
-                                 f"(step {step}: {last})")
+                raise self._fail(
+                    f"not ready after {self.start_timeout:.0f} s (step {step}: {last})"
+                )
             time.sleep(0.1)
 
     def _kill(self) -> None:

@@ -29,11 +29,13 @@ def train_transform(hp: Hyperparameters) -> v2.Compose:
         return eval_transform()
     steps: list[v2.Transform] = []
     if hp.rotation or hp.shift or hp.zoom:
-        steps.append(v2.RandomAffine(
-            degrees=hp.rotation,
-            translate=(hp.shift, hp.shift) if hp.shift else None,
-            scale=(1 - hp.zoom, 1 + hp.zoom) if hp.zoom else None,
-        ))
+        steps.append(
+            v2.RandomAffine(
+                degrees=hp.rotation,
+                translate=(hp.shift, hp.shift) if hp.shift else None,
+                scale=(1 - hp.zoom, 1 + hp.zoom) if hp.zoom else None,
+            )
+        )
     if hp.hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _to_float())

@@ -27,8 +27,14 @@ import torch
 from torch import nn
 
 Mode = Literal["min", "max"]
-HOOKS = ("on_phase_begin", "on_epoch_begin", "on_train_batch_end", "on_epoch_end",
-         "on_phase_end", "on_checkpoint")
+HOOKS = (
+    "on_phase_begin",
+    "on_epoch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_phase_end",
+    "on_checkpoint",
+)
 
 
 @runtime_checkable
@@ -180,8 +186,9 @@ class CallbackList:
 
     @property
     def wants_batches(self) -> bool:
-        return any(type(c).on_train_batch_end is not Callback.on_train_batch_end
-                   for c in self.callbacks)
+        return any(
+            type(c).on_train_batch_end is not Callback.on_train_batch_end for c in self.callbacks
+        )
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """``{state_key: state}`` of every callback that keeps state."""
@@ -192,14 +199,18 @@ class CallbackList:
         saved state, or a saved state without its callback, means the run's callbacks are
         not the checkpoint's: ValueError naming them."""
         if not isinstance(states, dict):
-            raise ValueError("callback state must be a mapping by state_key "
-                             "(a checkpoint from before states were saved by key)")
+            raise ValueError(
+                "callback state must be a mapping by state_key "
+                "(a checkpoint from before states were saved by key)"
+            )
         mine = {k: c for k, c in zip(self.keys, self.callbacks) if _stateful(c)}
         missing, unexpected = sorted(set(mine) - set(states)), sorted(set(states) - set(mine))
         if missing or unexpected:
-            raise ValueError(f"the checkpoint's callbacks differ from this run's: "
-                             f"no state for {missing or 'none'}, "
-                             f"state without a callback for {unexpected or 'none'}")
+            raise ValueError(
+                f"the checkpoint's callbacks differ from this run's: "
+                f"no state for {missing or 'none'}, "
+                f"state without a callback for {unexpected or 'none'}"
+            )
         for key, c in mine.items():
             c.load_state_dict(states[key])
 
@@ -209,8 +220,14 @@ class EarlyStopping(Callback):
     epochs; with ``restore_best_weights`` the best epoch's weights are put back when the
     phase ends (Keras EarlyStopping). ``should_stop`` is the decision alone."""
 
-    def __init__(self, monitor: str = "val_loss", mode: Mode = "min", patience: int = 5,
-                 min_delta: float = 0.0, restore_best_weights: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: Mode = "min",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = True,
+    ):
         self.tracker = Monitor(monitor, mode, min_delta)
         self.patience, self.restore_best_weights = patience, restore_best_weights
         self.best_epoch: int | None = None
@@ -247,8 +264,10 @@ class EarlyStopping(Callback):
             return False, None
         self.wait += 1
         if self.wait >= self.patience:
-            return True, (f"{self.monitor} did not improve by more than {self.min_delta:g} "
-                          f"for {self.wait} epoch(s); best {self.best:.6g}")
+            return True, (
+                f"{self.monitor} did not improve by more than {self.min_delta:g} "
+                f"for {self.wait} epoch(s); best {self.best:.6g}"
+            )
         return False, None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
@@ -260,8 +279,10 @@ class EarlyStopping(Callback):
         if improved:
             self.best_epoch = epoch
             if self.restore_best_weights:
-                self.best_weights = {k: v.detach().cpu().clone()
-                                     for k, v in self.run.eval_module.state_dict().items()}
+                self.best_weights = {
+                    k: v.detach().cpu().clone()
+                    for k, v in self.run.eval_module.state_dict().items()
+                }
         if stop:
             self.stopped_epoch, self.stop_reason = epoch, reason
             self.run.stop_training = True
@@ -272,9 +293,14 @@ class EarlyStopping(Callback):
             self.run.restored_epoch = self.best_epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "stopped_epoch": self.stopped_epoch, "stop_reason": self.stop_reason,
-                "best_weights": self.best_weights}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
+            "best_weights": self.best_weights,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.best, self.best_epoch = state["best"], state["best_epoch"]
@@ -302,16 +328,20 @@ class ProgressLogger(Callback):
     def on_phase_begin(self, phase: int) -> None:
         if self.run.rank == 0:
             info = self.run.phase_info
-            self._print(f"phase {phase}: {info['unfrozen_layers']} of {info['backbone_layers']}"
-                        f" backbone layers trainable, {info['trainable_params']:,} parameters,"
-                        f" lr {self.run.optimizer.param_groups[0]['lr']:.2g}")
+            self._print(
+                f"phase {phase}: {info['unfrozen_layers']} of {info['backbone_layers']}"
+                f" backbone layers trainable, {info['trainable_params']:,} parameters,"
+                f" lr {self.run.optimizer.param_groups[0]['lr']:.2g}"
+            )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.run.rank == 0:
-            self._print(f"epoch {epoch:3d} (phase {logs['phase']}) loss {logs['loss']:.4f}"
-                        f" acc {logs['accuracy']:.4f} val_loss {logs['val_loss']:.4f}"
-                        f" val_acc {logs['val_accuracy']:.4f} lr {logs['lr']:.2g}"
-                        f" {logs['epoch_time_s']:.1f}s")
+            self._print(
+                f"epoch {epoch:3d} (phase {logs['phase']}) loss {logs['loss']:.4f}"
+                f" acc {logs['accuracy']:.4f} val_loss {logs['val_loss']:.4f}"
+                f" val_acc {logs['val_accuracy']:.4f} lr {logs['lr']:.2g}"
+                f" {logs['epoch_time_s']:.1f}s"
+            )
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stdout, flush=True)
@@ -322,9 +352,14 @@ class ModelCheckpoint(Callback):
     as ``best.pt`` (a model.pt package); with ``every_epoch`` also the epoch's own
     weights as ``epoch.pt``. (Every epoch's full training state is checkpointed anyway.)"""
 
-    def __init__(self, monitor: str = "val_loss", mode: Mode = "min",
-                 save_best_only: bool = True, every_epoch: bool = False,
-                 min_delta: float = 0.0):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: Mode = "min",
+        save_best_only: bool = True,
+        every_epoch: bool = False,
+        min_delta: float = 0.0,
+    ):
         self.tracker = Monitor(monitor, mode, min_delta)
         self.save_best_only, self.every_epoch = save_best_only, every_epoch
         self.best_epoch: int | None = None
@@ -352,19 +387,25 @@ class ModelCheckpoint(Callback):
             return
         if self.tracker.improved(value):
             self.tracker.best, self.best_epoch = value, epoch
-            self.best_weights = {k: v.detach().cpu().clone()
-                                 for k, v in self.run.eval_module.state_dict().items()}
+            self.best_weights = {
+                k: v.detach().cpu().clone() for k, v in self.run.eval_module.state_dict().items()
+            }
 
     def on_checkpoint(self, directory: Path) -> None:
         if self.best_weights is not None:
-            torch.save({**self.run.export(self.best_weights), "epoch": self.best_epoch,
-                        self.monitor: self.best}, directory / "best.pt")
+            torch.save(
+                {
+                    **self.run.export(self.best_weights),
+                    "epoch": self.best_epoch,
+                    self.monitor: self.best,
+                },
+                directory / "best.pt",
+            )
         if self.every_epoch or not self.save_best_only:
             torch.save({**self.run.export(), "epoch": self.run.epoch}, directory / "epoch.pt")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch,
-                "best_weights": self.best_weights}
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.best, self.best_epoch = state["best"], state["best_epoch"]
@@ -375,8 +416,9 @@ class CSVLogger(Callback):
     """One CSV row per epoch (Keras CSVLogger): written into every checkpoint as
     ``filename`` and, on rank 0, to ``path`` when one is given."""
 
-    def __init__(self, filename: str = "history.csv", path: str | None = None,
-                 separator: str = ","):
+    def __init__(
+        self, filename: str = "history.csv", path: str | None = None, separator: str = ","
+    ):
         self.filename, self.path, self.separator = filename, path, separator
         self.rows: list[dict[str, Any]] = []
 
@@ -414,6 +456,7 @@ class LearningRateScheduler(Callback):
     def __init__(self, schedule: Callable[[int, float], float] | str):
         if isinstance(schedule, str):
             from training.losses import import_callable
+
             schedule = import_callable(schedule)
         self.schedule = schedule
 
@@ -469,6 +512,7 @@ class TensorBoard(Callback):
     def _open(self):
         if self._writer is None:
             from tensorboardX import SummaryWriter
+
             self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="colecionador-tb-")
             self._writer = SummaryWriter(self.log_dir)
         return self._writer
@@ -498,23 +542,39 @@ class LambdaCallback(Callback):
         if unknown:
             raise ValueError(f"unknown hook(s): {', '.join(sorted(unknown))}")
         from training.losses import import_callable
+
         for name, fn in hooks.items():
             setattr(self, name, import_callable(fn) if isinstance(fn, str) else fn)
 
 
-BUILTIN = {c.__name__: c for c in (EarlyStopping, TerminateOnNaN, ProgressLogger,
-                                   ModelCheckpoint, CSVLogger, LearningRateScheduler,
-                                   LearningRateMonitor, TensorBoard, LambdaCallback)}
+BUILTIN = {
+    c.__name__: c
+    for c in (
+        EarlyStopping,
+        TerminateOnNaN,
+        ProgressLogger,
+        ModelCheckpoint,
+        CSVLogger,
+        LearningRateScheduler,
+        LearningRateMonitor,
+        TensorBoard,
+        LambdaCallback,
+    )
+}
 
 
 def build_callbacks(specs: list[str | dict[str, Any]]) -> list[Callback]:
     """Callbacks from the ``callbacks`` hyperparameter: a built-in name (``CSVLogger``)
     or an import path (``package.module:Class``), alone or as ``{"name": ..., **kwargs}``."""
     from training.losses import import_callable
+
     out = []
     for spec in specs:
-        name, kwargs = (spec, {}) if isinstance(spec, str) else (
-            spec["name"], {k: v for k, v in spec.items() if k != "name"})
+        name, kwargs = (
+            (spec, {})
+            if isinstance(spec, str)
+            else (spec["name"], {k: v for k, v in spec.items() if k != "name"})
+        )
         cls = BUILTIN.get(name) or import_callable(name)
         if not (isinstance(cls, type) and issubclass(cls, Callback)):
             raise ValueError(f"callback {name} is not a training.callbacks.Callback")

@@ -105,8 +105,9 @@ def _from_manifest(root: Path) -> DatasetIndex:
     for n, r in enumerate(rows, start=2):  # line 1 is the header
         path = root / r["path"]
         if inside not in path.resolve().parents:
-            raise DataError(f"{MANIFEST} line {n}: {r['path']!r} is not a file inside the "
-                            "dataset folder")
+            raise DataError(
+                f"{MANIFEST} line {n}: {r['path']!r} is not a file inside the dataset folder"
+            )
         paths.append(path)
     labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
     if len(classes) < 2:
@@ -132,24 +133,32 @@ def _decode_one(path: Path, size: int, root: Path) -> _Decoded:
         raise UnreadableImage("outside the dataset folder (a symbolic link?)")
     n_bytes = path.stat().st_size
     if n_bytes > MAX_FILE_BYTES:
-        raise UnreadableImage(f"{n_bytes / 2**20:.0f} MB: over the {MAX_FILE_BYTES // 2**20} MB "
-                              "limit")
+        raise UnreadableImage(
+            f"{n_bytes / 2**20:.0f} MB: over the {MAX_FILE_BYTES // 2**20} MB limit"
+        )
     raw = path.read_bytes()
     with Image.open(io.BytesIO(raw)) as img:
         width, height = img.size
         if width * height > MAX_PIXELS:
-            raise UnreadableImage(f"{width}x{height} pixels: over the {MAX_PIXELS:,} limit "
-                                  "(a decompression bomb?)")
+            raise UnreadableImage(
+                f"{width}x{height} pixels: over the {MAX_PIXELS:,} limit (a decompression bomb?)"
+            )
         img.load()
         rgb = img.convert("RGB")
         resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
         ph = int(str(imagehash.phash(rgb)), 16)
-        return _Decoded(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy(),
-                        img.size, img.mode, hashlib.sha1(raw).hexdigest(), ph)
+        return _Decoded(
+            np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy(),
+            img.size,
+            img.mode,
+            hashlib.sha1(raw).hexdigest(),
+            ph,
+        )
 
 
-def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
-           threads: int = 4) -> DecodedDataset:
+def decode(
+    index: DatasetIndex, image_size: int, on_bad_image: str = "fail", threads: int = 4
+) -> DecodedDataset:
     """Decode every image to uint8 (3, S, S). Unreadable files fail or are skipped."""
 
     root = index.root.resolve()
@@ -157,25 +166,41 @@ def decode(index: DatasetIndex, image_size: int, on_bad_image: str = "fail",
     def work(p: Path) -> _Decoded | str:
         try:
             return _decode_one(p, image_size, root)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
-                SyntaxError) as e:
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            OSError,
+            ValueError,
+            SyntaxError,
+        ) as e:
             return f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(work, index.paths))
-    bad = [(str(p.relative_to(index.root)), r) for p, r in zip(index.paths, results)
-           if isinstance(r, str)]
+    bad = [
+        (str(p.relative_to(index.root)), r)
+        for p, r in zip(index.paths, results)
+        if isinstance(r, str)
+    ]
     check_bad(bad, on_bad_image)
     kept = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
     keep = [i for i, _ in kept]
-    images = (np.stack([r.array for _, r in kept]) if kept
-              else np.zeros((0, 3, image_size, image_size), np.uint8))
+    images = (
+        np.stack([r.array for _, r in kept])
+        if kept
+        else np.zeros((0, 3, image_size, image_size), np.uint8)
+    )
     return DecodedDataset(
-        images, index.labels[keep], list(index.classes), bad,
+        images,
+        index.labels[keep],
+        list(index.classes),
+        bad,
         paths=[index.paths[i].relative_to(index.root).as_posix() for i in keep],
-        sizes=[r.size for _, r in kept], modes=[r.mode for _, r in kept],
+        sizes=[r.size for _, r in kept],
+        modes=[r.mode for _, r in kept],
         sha1=[r.sha1 for _, r in kept],
-        phash=np.array([r.phash for _, r in kept], dtype=np.uint64))
+        phash=np.array([r.phash for _, r in kept], dtype=np.uint64),
+    )
 
 
 def check_bad(bad: list[tuple[str, str]], on_bad_image: str) -> None:
@@ -183,8 +208,10 @@ def check_bad(bad: list[tuple[str, str]], on_bad_image: str) -> None:
     if bad and on_bad_image == "fail":
         first = ", ".join(b[0] for b in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise DataError(f"{len(bad)} unreadable image(s): {first}{more} "
-                        "(set on_bad_image=skip to train without them)")
+        raise DataError(
+            f"{len(bad)} unreadable image(s): {first}{more} "
+            "(set on_bad_image=skip to train without them)"
+        )
 
 
 def check_min_per_class(labels: np.ndarray, classes: list[str], min_per_class: int) -> None:
@@ -201,8 +228,14 @@ def _holdout_size(n: int, frac: float, cap: int | None, n_classes: int) -> int:
     return max(size, n_classes)  # stratification needs one per class at least
 
 
-def split(labels: np.ndarray, val_frac: float = 0.1, test_frac: float = 0.1,
-          val_max: int | None = None, test_max: int | None = None, seed: int = 0) -> Split:
+def split(
+    labels: np.ndarray,
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    val_max: int | None = None,
+    test_max: int | None = None,
+    seed: int = 0,
+) -> Split:
     """Stratified, seeded split of indices into train / val / test.
 
     Sizes are ``round(n * frac)``, capped by ``*_max``; every class appears in every part in
@@ -215,22 +248,27 @@ def split(labels: np.ndarray, val_frac: float = 0.1, test_frac: float = 0.1,
     n_test = _holdout_size(n, test_frac, test_max, k)
     rest, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed)
     n_val = _holdout_size(n, val_frac, val_max, k)
-    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest],
-                                  random_state=seed + 1)
+    train, val = train_test_split(
+        rest, test_size=n_val, stratify=labels[rest], random_state=seed + 1
+    )
     return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
-def kfold(labels: np.ndarray, indices: np.ndarray, k: int,
-          seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold(
+    labels: np.ndarray, indices: np.ndarray, k: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k folds over ``indices`` (positions into ``labels``): (train, val) pairs."""
     indices = np.asarray(indices)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(np.sort(indices[a]), np.sort(indices[b]))
-            for a, b in skf.split(indices, np.asarray(labels)[indices])]
+    return [
+        (np.sort(indices[a]), np.sort(indices[b]))
+        for a, b in skf.split(indices, np.asarray(labels)[indices])
+    ]
 
 
-def load(root: str | Path, image_size: int, on_bad_image: str,
-         min_per_class: int) -> DecodedDataset:
+def load(
+    root: str | Path, image_size: int, on_bad_image: str, min_per_class: int
+) -> DecodedDataset:
     """Discover, decode and check a dataset folder in one call (unreadable images as
     ``on_bad_image`` says, then min_per_class). A job instead decodes, writes its health
     report, then checks, so that a job failed for its data says what is wrong with it."""

@@ -14,8 +14,14 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 
-def error_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                 paths: Sequence[str], top_k: int = 50, top_pairs: int = 10) -> dict[str, Any]:
+def error_report(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    paths: Sequence[str],
+    top_k: int = 50,
+    top_pairs: int = 10,
+) -> dict[str, Any]:
     y_true = np.asarray(y_true)
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
@@ -26,24 +32,41 @@ def error_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str],
     wrong = np.nonzero(pred != y_true)[0]
     worst = wrong[np.argsort(-conf[wrong], kind="stable")][:top_k]
     return {
-        "test_images": int(len(y_true)), "errors": int(len(wrong)),
-        "confused_pairs": [{"true": classes[a], "predicted": classes[b], "count": n,
-                            "share_of_true": n / max(int(cm[a].sum()), 1)}
-                           for n, a, b in off[:top_pairs]],
-        "worst": [{"index": int(i), "path": paths[i], "true": classes[y_true[i]],
-                   "predicted": classes[pred[i]], "confidence": float(conf[i]),
-                   "true_class_probability": float(probs[i, y_true[i]])} for i in worst],
+        "test_images": int(len(y_true)),
+        "errors": int(len(wrong)),
+        "confused_pairs": [
+            {
+                "true": classes[a],
+                "predicted": classes[b],
+                "count": n,
+                "share_of_true": n / max(int(cm[a].sum()), 1),
+            }
+            for n, a, b in off[:top_pairs]
+        ],
+        "worst": [
+            {
+                "index": int(i),
+                "path": paths[i],
+                "true": classes[y_true[i]],
+                "predicted": classes[pred[i]],
+                "confidence": float(conf[i]),
+                "true_class_probability": float(probs[i, y_true[i]]),
+            }
+            for i in worst
+        ],
     }
 
 
-def worst_examples_png(report: dict[str, Any], images: np.ndarray, cols: int = 6,
-                       limit: int = 24) -> bytes | None:
+def worst_examples_png(
+    report: dict[str, Any], images: np.ndarray, cols: int = 6, limit: int = 24
+) -> bytes | None:
     """A grid of the worst examples (``images``: uint8 (N, 3, H, W) of the test split,
     indexed like the report): true -> predicted and the confidence under each."""
     worst = report["worst"][:limit]
     if not worst:
         return None
     from training.plots import plt, png_bytes  # pyplot on the Agg backend
+
     cols = min(cols, len(worst))
     rows = (len(worst) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)

@@ -16,22 +16,28 @@ from training.metrics import classification_metrics
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int = 256,
-                  device: torch.device | str = "cpu") -> np.ndarray:
+def predict_probs(
+    model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Softmax probabilities for uint8 (N, 3, H, W) images."""
     model.eval().to(device)
     tf = eval_transform()
     out = []
     for s in range(0, len(images), batch_size):
-        x = tf(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size]))).to(device)
+        x = tf(torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size]))).to(device)
         out.append(torch.softmax(model(x).float(), dim=1).cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(out).numpy()
 
 
-def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: list[str],
-             device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     return classification_metrics(labels, predict_probs(model, images, device=device), classes)
 
 
@@ -62,21 +68,32 @@ class GateResult:
         return {"status": self.status, "rules": [asdict(r) for r in self.rules]}
 
 
-def quality_gate(metrics: dict[str, Any], hp: Hyperparameters,
-                 onnx: dict[str, Any] | None = None) -> GateResult:
+def quality_gate(
+    metrics: dict[str, Any], hp: Hyperparameters, onnx: dict[str, Any] | None = None
+) -> GateResult:
     """Every metric rule is ``metric > threshold`` (strictly); all must pass to approve.
 
     With ``gate_onnx_parity`` one more rule, ``onnx_parity``: model.onnx's probabilities
     within ``tolerance`` of PyTorch's and every top-1 label the same (``onnx``: metrics.json's
     onnx section); its value is the max absolute difference, 1.0 (the most two
     probabilities can differ) when there was no model.onnx to compare."""
-    thresholds = {"accuracy": hp.gate_accuracy, "precision": hp.gate_precision,
-                  "recall": hp.gate_recall}
-    rules = [GateRule(m, t, float(metrics[m]), float(metrics[m]) > t)
-             for m, t in thresholds.items()]
+    thresholds = {
+        "accuracy": hp.gate_accuracy,
+        "precision": hp.gate_precision,
+        "recall": hp.gate_recall,
+    }
+    rules = [
+        GateRule(m, t, float(metrics[m]), float(metrics[m]) > t) for m, t in thresholds.items()
+    ]
     if hp.gate_onnx_parity:
         onnx = onnx or {}
         diff = onnx.get("max_abs_diff")
-        rules.append(GateRule("onnx_parity", float(onnx.get("tolerance", TOLERANCE)),
-                              1.0 if diff is None else float(diff), bool(onnx.get("passed"))))
+        rules.append(
+            GateRule(
+                "onnx_parity",
+                float(onnx.get("tolerance", TOLERANCE)),
+                1.0 if diff is None else float(diff),
+                bool(onnx.get("passed")),
+            )
+        )
     return GateResult(rules)

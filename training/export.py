@@ -63,27 +63,47 @@ def export_onnx(model: nn.Module, image_size: int) -> tuple[bytes, dict[str, Any
                 warnings.simplefilter("ignore")
                 if exporter == "dynamo":
                     program = torch.onnx.export(
-                        model, example, dynamo=True, verbose=False, optimize=False,
-                        input_names=[INPUT], output_names=[OUTPUT],
-                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+                        model,
+                        example,
+                        dynamo=True,
+                        verbose=False,
+                        optimize=False,
+                        input_names=[INPUT],
+                        output_names=[OUTPUT],
+                        dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    )
                     data = program.model_proto.SerializeToString()
                 else:
                     buf = io.BytesIO()
-                    torch.onnx.export(model, example, buf, dynamo=False,
-                                      input_names=[INPUT], output_names=[OUTPUT],
-                                      dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+                    torch.onnx.export(
+                        model,
+                        example,
+                        buf,
+                        dynamo=False,
+                        input_names=[INPUT],
+                        output_names=[OUTPUT],
+                        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                    )
                     data = buf.getvalue()
         except Exception as e:  # noqa: BLE001 - each exporter fails in its own ways
             errors.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             continue
         import onnx
+
         proto = onnx.load_from_string(data)
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-        info = {"exporter": exporter, "opset": int(opset),
-                "export_s": round(time.perf_counter() - t0, 3),
-                "input": {"name": INPUT, "shape": ["batch", 3, image_size, image_size],
-                          "dtype": "float32"},
-                "output": OUTPUT, "size_bytes": len(data)}
+        info = {
+            "exporter": exporter,
+            "opset": int(opset),
+            "export_s": round(time.perf_counter() - t0, 3),
+            "input": {
+                "name": INPUT,
+                "shape": ["batch", 3, image_size, image_size],
+                "dtype": "float32",
+            },
+            "output": OUTPUT,
+            "size_bytes": len(data),
+        }
         if errors:
             info["fallback_from"] = errors
         return data, info
@@ -93,17 +113,21 @@ def export_onnx(model: nn.Module, image_size: int) -> tuple[bytes, dict[str, Any
 def onnx_probs(onnx_model: bytes, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Softmax probabilities of an ONNX classifier on onnxruntime's CPU provider."""
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-    out = [session.run([OUTPUT], {INPUT: x[s:s + batch_size]})[0]
-           for s in range(0, len(x), batch_size)]
+    out = [
+        session.run([OUTPUT], {INPUT: x[s : s + batch_size]})[0]
+        for s in range(0, len(x), batch_size)
+    ]
     return torch.softmax(torch.from_numpy(np.concatenate(out)).float(), dim=1).numpy()
 
 
 @torch.inference_mode()
-def parity(onnx_model: bytes, model: nn.Module, images: np.ndarray,
-           tolerance: float = TOLERANCE) -> dict[str, Any]:
+def parity(
+    onnx_model: bytes, model: nn.Module, images: np.ndarray, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
     """ONNX against PyTorch on uint8 ``(N, 3, S, S)`` images: the max absolute difference of
     the softmax probabilities and the share of equal top-1 labels; passed when the
     difference is within ``tolerance`` and every top-1 label agrees."""
@@ -112,22 +136,34 @@ def parity(onnx_model: bytes, model: nn.Module, images: np.ndarray,
         return {"passed": False, "error": "no test images to compare on", "test_images": 0}
     x = _normalised(images)
     model = model.eval().cpu()
-    ref = torch.cat([torch.softmax(model(x[s:s + 256]).float(), dim=1)
-                     for s in range(0, len(x), 256)]).numpy()
+    ref = torch.cat(
+        [torch.softmax(model(x[s : s + 256]).float(), dim=1) for s in range(0, len(x), 256)]
+    ).numpy()
     got = onnx_probs(onnx_model, x.numpy())
     diff: float | None = float(np.abs(got - ref).max())
     agreement = float((got.argmax(1) == ref.argmax(1)).mean())
     if not math.isfinite(diff):  # NaN in either: nothing JSON or a gate rule can hold
-        return {"max_abs_diff": None, "top1_agreement": agreement, "tolerance": tolerance,
-                "test_images": int(len(images)), "passed": False,
-                "error": "non-finite probabilities"}
-    return {"max_abs_diff": diff, "top1_agreement": agreement, "tolerance": tolerance,
-            "test_images": int(len(images)), "parity_s": round(time.perf_counter() - t0, 3),
-            "passed": bool(diff <= tolerance and agreement == 1.0)}
+        return {
+            "max_abs_diff": None,
+            "top1_agreement": agreement,
+            "tolerance": tolerance,
+            "test_images": int(len(images)),
+            "passed": False,
+            "error": "non-finite probabilities",
+        }
+    return {
+        "max_abs_diff": diff,
+        "top1_agreement": agreement,
+        "tolerance": tolerance,
+        "test_images": int(len(images)),
+        "parity_s": round(time.perf_counter() - t0, 3),
+        "passed": bool(diff <= tolerance and agreement == 1.0),
+    }
 
 
-def export_with_parity(model: nn.Module, image_size: int, images: np.ndarray,
-                       tolerance: float = TOLERANCE) -> OnnxExport:
+def export_with_parity(
+    model: nn.Module, image_size: int, images: np.ndarray, tolerance: float = TOLERANCE
+) -> OnnxExport:
     """Export and check on ``images`` (the test split); never raises: a model that cannot
     be exported or run comes back without bytes, its report saying why."""
     try:
@@ -137,6 +173,8 @@ def export_with_parity(model: nn.Module, image_size: int, images: np.ndarray,
     try:
         check = parity(data, model, images, tolerance)
     except Exception as e:  # noqa: BLE001 - onnxruntime cannot load or run the graph
-        check = {"passed": False, "error": f"onnxruntime: {type(e).__name__}: "
-                                           f"{str(e).splitlines()[0][:300]}"}
+        check = {
+            "passed": False,
+            "error": f"onnxruntime: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+        }
     return OnnxExport(data, {**info, **check})

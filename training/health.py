@@ -21,8 +21,15 @@ from scipy.sparse.csgraph import connected_components
 from training.data import DecodedDataset, Split
 from training.near_duplicates import CONFIRMED_BY, hash_pairs, near_duplicates
 
-FINDING_KINDS = ("imbalance", "small_class", "unreadable", "duplicates", "near_duplicates",
-                 "label_conflicts", "leakage")
+FINDING_KINDS = (
+    "imbalance",
+    "small_class",
+    "unreadable",
+    "duplicates",
+    "near_duplicates",
+    "label_conflicts",
+    "leakage",
+)
 
 
 @dataclass(frozen=True)
@@ -38,23 +45,38 @@ def _split_of(split: Split, n: int) -> np.ndarray:
     return part
 
 
-def near_duplicate_pairs(hashes: np.ndarray, max_distance: int,
-                         chunk: int = 2048) -> list[tuple[int, int, int]]:
+def near_duplicate_pairs(
+    hashes: np.ndarray, max_distance: int, chunk: int = 2048
+) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance), i < j, whose 64-bit hashes differ in at most
     ``max_distance`` bits: a vectorised all-pairs popcount, in chunks."""
     return hash_pairs(hashes, None, max_distance, chunk)
 
 
-def label_conflicts(data: DecodedDataset, exact_pairs: list[tuple[int, int]],
-                    near: list[Any]) -> list[dict[str, Any]]:
+def label_conflicts(
+    data: DecodedDataset, exact_pairs: list[tuple[int, int]], near: list[Any]
+) -> list[dict[str, Any]]:
     """Duplicate pairs whose two images carry different classes: both paths, both
     classes, and how the pair was found."""
     how = [(i, j, "same bytes") for i, j in exact_pairs] + [
-        (p.i, p.j, f"pixel correlation {p.similarity:.3f}"
-         + (" (mirror image)" if p.mirrored else "")) for p in near]
-    return [{"a": data.paths[i], "a_class": data.classes[data.labels[i]],
-             "b": data.paths[j], "b_class": data.classes[data.labels[j]], "how": h}
-            for i, j, h in how if data.labels[i] != data.labels[j]]
+        (
+            p.i,
+            p.j,
+            f"pixel correlation {p.similarity:.3f}" + (" (mirror image)" if p.mirrored else ""),
+        )
+        for p in near
+    ]
+    return [
+        {
+            "a": data.paths[i],
+            "a_class": data.classes[data.labels[i]],
+            "b": data.paths[j],
+            "b_class": data.classes[data.labels[j]],
+            "how": h,
+        }
+        for i, j, h in how
+        if data.labels[i] != data.labels[j]
+    ]
 
 
 def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
@@ -71,9 +93,16 @@ def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     return sorted((g for g in comp.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_class: int = 10,
-                  max_imbalance: float = 10.0, near_distance: int = 10,
-                  mirrored: bool = True, max_listed: int = 50) -> dict[str, Any]:
+def health_report(
+    data: DecodedDataset,
+    split: Split | None = None,
+    *,
+    min_per_class: int = 10,
+    max_imbalance: float = 10.0,
+    near_distance: int = 10,
+    mirrored: bool = True,
+    max_listed: int = 50,
+) -> dict[str, Any]:
     """The report as JSON-ready data: ``findings`` (kind, message, count) and the details.
 
     ``near_distance`` is the hash radius of near-duplicate candidates, each confirmed in
@@ -91,8 +120,11 @@ def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_c
     exact = [g for g in by_sha.values() if len(g) > 1]
     exact_pairs = [(g[0], j) for g in exact for j in g[1:]]
     same_bytes = {(min(i, j), max(i, j)) for g in exact for i in g for j in g if i != j}
-    near = (near_duplicates(data.images, near_distance, mirrored=mirrored, exclude=same_bytes)
-            if len(data.images) == n else [])
+    near = (
+        near_duplicates(data.images, near_distance, mirrored=mirrored, exclude=same_bytes)
+        if len(data.images) == n
+        else []
+    )
     groups = _groups(n, exact_pairs + [(p.i, p.j) for p in near])
     conflicts = label_conflicts(data, exact_pairs, near)
 
@@ -100,38 +132,79 @@ def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_c
     leaks = [g for g in groups if part is not None and len({part[i] for i in g}) > 1]
 
     def describe(group: list[int]) -> list[dict[str, Any]]:
-        return [{"path": data.paths[i], "class": data.classes[data.labels[i]],
-                 "split": part[i] if part is not None else None} for i in group]
+        return [
+            {
+                "path": data.paths[i],
+                "class": data.classes[data.labels[i]],
+                "split": part[i] if part is not None else None,
+            }
+            for i in group
+        ]
 
     widths = np.array([w for w, _ in data.sizes]) if data.sizes else np.zeros(0)
     heights = np.array([h for _, h in data.sizes]) if data.sizes else np.zeros(0)
     findings: list[Finding] = []
     if imbalance > max_imbalance:
-        findings.append(Finding("imbalance", f"imbalance ratio {imbalance:.1f} (largest / "
-                                f"smallest class) exceeds {max_imbalance:g}", 1))
+        findings.append(
+            Finding(
+                "imbalance",
+                f"imbalance ratio {imbalance:.1f} (largest / "
+                f"smallest class) exceeds {max_imbalance:g}",
+                1,
+            )
+        )
     if small:
-        findings.append(Finding("small_class", "classes with fewer than "
-                                f"{min_per_class} images: " +
-                                ", ".join(f"{c} ({k})" for c, k in small.items()), len(small)))
+        findings.append(
+            Finding(
+                "small_class",
+                "classes with fewer than "
+                f"{min_per_class} images: " + ", ".join(f"{c} ({k})" for c, k in small.items()),
+                len(small),
+            )
+        )
     if data.bad:
-        findings.append(Finding("unreadable", f"{len(data.bad)} unreadable file(s): " +
-                                ", ".join(p for p, _ in data.bad[:3]), len(data.bad)))
+        findings.append(
+            Finding(
+                "unreadable",
+                f"{len(data.bad)} unreadable file(s): " + ", ".join(p for p, _ in data.bad[:3]),
+                len(data.bad),
+            )
+        )
     if exact:
-        findings.append(Finding("duplicates", f"{sum(len(g) - 1 for g in exact)} exact "
-                                f"duplicate file(s) in {len(exact)} group(s)", len(exact)))
+        findings.append(
+            Finding(
+                "duplicates",
+                f"{sum(len(g) - 1 for g in exact)} exact "
+                f"duplicate file(s) in {len(exact)} group(s)",
+                len(exact),
+            )
+        )
     if near:
-        findings.append(Finding("near_duplicates", f"{len(near)} near-duplicate pair(s) "
-                                f"({CONFIRMED_BY})", len(near)))
+        findings.append(
+            Finding(
+                "near_duplicates", f"{len(near)} near-duplicate pair(s) ({CONFIRMED_BY})", len(near)
+            )
+        )
     if conflicts:
         first = conflicts[0]
-        findings.append(Finding("label_conflicts", f"{len(conflicts)} picture(s) filed under "
-                                f"two classes, e.g. {first['a']} ({first['a_class']}) ~ "
-                                f"{first['b']} ({first['b_class']}), {first['how']}",
-                                len(conflicts)))
+        findings.append(
+            Finding(
+                "label_conflicts",
+                f"{len(conflicts)} picture(s) filed under "
+                f"two classes, e.g. {first['a']} ({first['a_class']}) ~ "
+                f"{first['b']} ({first['b_class']}), {first['how']}",
+                len(conflicts),
+            )
+        )
     if leaks:
         first = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
-        findings.append(Finding("leakage", f"{len(leaks)} duplicate group(s) cross the "
-                                f"train/val/test split, e.g. {first}", len(leaks)))
+        findings.append(
+            Finding(
+                "leakage",
+                f"{len(leaks)} duplicate group(s) cross the train/val/test split, e.g. {first}",
+                len(leaks),
+            )
+        )
     return {
         "images": n,
         "classes": len(data.classes),
@@ -140,9 +213,16 @@ def health_report(data: DecodedDataset, split: Split | None = None, *, min_per_c
         "small_classes": small,
         "unreadable": [{"path": p, "reason": r} for p, r in data.bad],
         "exact_duplicates": [describe(g) for g in exact[:max_listed]],
-        "near_duplicates": [{"a": data.paths[p.i], "b": data.paths[p.j],
-                             "distance": p.distance, "similarity": p.similarity,
-                             "mirrored": p.mirrored} for p in near[:max_listed]],
+        "near_duplicates": [
+            {
+                "a": data.paths[p.i],
+                "b": data.paths[p.j],
+                "distance": p.distance,
+                "similarity": p.similarity,
+                "mirrored": p.mirrored,
+            }
+            for p in near[:max_listed]
+        ],
         "near_duplicates_confirmed_by": CONFIRMED_BY,
         "label_conflicts": conflicts[:max_listed],
         "leakage": [describe(g) for g in leaks[:max_listed]],
@@ -163,11 +243,9 @@ def failing(report: dict[str, Any], fail_on: list[str]) -> list[str]:
     return [f["message"] for f in report["findings"] if f["kind"] in fail_on]
 
 
-
 def blocking(report: dict[str, Any], fail_on: list[str], on_bad_image: str) -> list[str]:
     """Messages of the findings that would fail a job with these settings: small classes
     always (the split needs min_per_class), unreadable files unless ``on_bad_image`` is
     skip, and the kinds in ``fail_on``."""
     always = {"small_class"} | ({"unreadable"} if on_bad_image == "fail" else set())
-    return [f["message"] for f in report["findings"]
-            if f["kind"] in always or f["kind"] in fail_on]
+    return [f["message"] for f in report["findings"] if f["kind"] in always or f["kind"] in fail_on]

@@ -61,8 +61,9 @@ Schedule = Literal[
 class Hyperparameters(BaseModel):
     """Effective training settings of one job (or one tuning trial)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
     # model
     backbone: Text = Field("mobilenet_v2", max_length=100)
@@ -129,9 +130,9 @@ class Hyperparameters(BaseModel):
     on_bad_image: Literal["fail", "skip"] = "fail"
 
     # data health and preflight (before training)
-    fail_on: list[Literal["imbalance", "duplicates", "near_duplicates", "leakage",
-                        "label_conflicts"]] = Field(
-        default_factory=list)
+    fail_on: list[
+        Literal["imbalance", "duplicates", "near_duplicates", "leakage", "label_conflicts"]
+    ] = Field(default_factory=list)
     max_imbalance: float = Field(10.0, ge=1)
     near_duplicate_distance: int = Field(10, ge=0, le=32)  # hash candidates, then pixels
     preflight: bool = False
@@ -172,7 +173,7 @@ class Hyperparameters(BaseModel):
             )
         for spec in self.callbacks:
             if isinstance(spec, dict) and not isinstance(spec.get("name"), str):
-                raise ValueError("each callback is a name or {\"name\": ..., **arguments}")
+                raise ValueError('each callback is a name or {"name": ..., **arguments}')
         if self.gate_onnx_parity and not self.export_onnx:
             raise ValueError("gate_onnx_parity needs export_onnx")
         if sorted(self.milestones) != self.milestones:
@@ -287,6 +288,7 @@ def _read_config(path: str) -> dict[str, Any]:
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
             import yaml
+
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)

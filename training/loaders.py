@@ -22,8 +22,13 @@ from training.hyperparams import Hyperparameters
 
 
 class ArrayDataset(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ):
         self.images, self.labels, self.indices, self.transform = images, labels, indices, transform
 
     def __len__(self) -> int:
@@ -49,43 +54,58 @@ class DistributedWeightedSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas,
-                                 replacement=True, generator=g)
-        return iter(draw[self.rank::self.num_replicas].tolist())
+        draw = torch.multinomial(
+            self.weights, self.num_samples * self.num_replicas, replacement=True, generator=g
+        )
+        return iter(draw[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
 
 
-def train_loader(hp: Hyperparameters, images: np.ndarray, labels: np.ndarray,
-                 indices: np.ndarray, *, rank: int = 0, world_size: int = 1,
-                 pin_memory: bool = False) -> DataLoader:
+def train_loader(
+    hp: Hyperparameters,
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
     """This rank's training DataLoader over ``indices``, augmented by ``hp``; call
     ``loader.sampler.set_epoch(epoch)`` before each epoch."""
     ds = ArrayDataset(images, labels, indices, train_transform(hp))
     if hp.sampler == "weighted":
-        sampler: Sampler = DistributedWeightedSampler(labels[indices], world_size, rank,
-                                                      hp.seed)
+        sampler: Sampler = DistributedWeightedSampler(labels[indices], world_size, rank, hp.seed)
     else:
-        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=hp.seed)
+        sampler = DistributedSampler(
+            ds, num_replicas=world_size, rank=rank, shuffle=True, seed=hp.seed
+        )
     per_rank = len(sampler)
     workers = hp.loader_workers
     # A last batch of one breaks BatchNorm in train mode; timm drops it too. Loader
     # processes (augmentation off the training process) persist across epochs, and
     # pinned memory lets the copy to the GPU overlap compute (non_blocking).
-    return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler,
-                      drop_last=per_rank > hp.batch_size, pin_memory=pin_memory,
-                      num_workers=workers, persistent_workers=workers > 0,
-                      prefetch_factor=hp.prefetch_factor if workers else None,
-                      generator=torch.Generator().manual_seed(hp.seed + rank))
+    return DataLoader(
+        ds,
+        batch_size=hp.batch_size,
+        sampler=sampler,
+        drop_last=per_rank > hp.batch_size,
+        pin_memory=pin_memory,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=hp.prefetch_factor if workers else None,
+        generator=torch.Generator().manual_seed(hp.seed + rank),
+    )
 
 
-def val_batches(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
-                batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def val_batches(
+    images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) of ``indices`` in order, ``batch_size`` at a time, eval-transformed:
     no shuffling and no loader processes, so every validation sees the same batches."""
     tf = eval_transform()
     for s in range(0, len(indices), batch_size):
-        idx = indices[s:s + batch_size]
+        idx = indices[s : s + batch_size]
         yield tf(torch.from_numpy(images[idx])), torch.from_numpy(labels[idx])

@@ -68,8 +68,9 @@ class WorkerInfo:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def make_optimizer(hp: Hyperparameters, params: Iterable[nn.Parameter],
-                   lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    hp: Hyperparameters, params: Iterable[nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
     if hp.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
     if hp.optimizer == "adamw":
@@ -104,10 +105,16 @@ def _all_reduce(values: list[float], device: torch.device, op=None) -> list[floa
 class TwoPhaseRun:
     """The recipe as a stepper: ``while not run.done: logs = run.run_epoch()``."""
 
-    def __init__(self, hp: Hyperparameters, data: TrainData, *,
-                 worker: WorkerInfo | None = None,
-                 backbone_state: dict[str, torch.Tensor] | None = None,
-                 callbacks: Iterable[Callback] = (), quiet: bool = False):
+    def __init__(
+        self,
+        hp: Hyperparameters,
+        data: TrainData,
+        *,
+        worker: WorkerInfo | None = None,
+        backbone_state: dict[str, torch.Tensor] | None = None,
+        callbacks: Iterable[Callback] = (),
+        quiet: bool = False,
+    ):
         self.hp, self.data = hp, data
         worker = worker or WorkerInfo()
         self.rank, self.world_size, self.device = worker.rank, worker.world_size, worker.device
@@ -115,24 +122,39 @@ class TwoPhaseRun:
         torch.manual_seed(hp.seed)
         self.num_classes = len(data.classes)
         self.module = build_model(hp.backbone, self.num_classes, hp.dropout)
-        self.weights_info = (load_backbone_weights(self.module, backbone_state)
-                             if backbone_state is not None else None)
+        self.weights_info = (
+            load_backbone_weights(self.module, backbone_state)
+            if backbone_state is not None
+            else None
+        )
         self.channels_last = self.device.type == "cuda"
         self.module.to(self.device)
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.module
-        self.ema = (AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay),
-                                  use_buffers=True) if hp.ema_decay else None)
+        self.ema = (
+            AveragedModel(
+                self.module, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True
+            )
+            if hp.ema_decay
+            else None
+        )
         self.loss_fn = build_loss(hp, data.labels[data.train_idx], self.num_classes)
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
         self.amp_dtype = resolve_amp(hp.amp, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         self.extra_callbacks = list(callbacks) + build_callbacks(hp.callbacks)
-        self.phases = [(p, e, lr) for p, e, lr in ((1, hp.phase1_epochs, hp.phase1_lr),
-                                                    (2, hp.phase2_epochs, hp.phase2_lr)) if e > 0]
+        self.phases = [
+            (p, e, lr)
+            for p, e, lr in (
+                (1, hp.phase1_epochs, hp.phase1_lr),
+                (2, hp.phase2_epochs, hp.phase2_lr),
+            )
+            if e > 0
+        ]
         self.epoch = 0  # epochs done, across phases
         self.epoch_in_phase = 0
         self.history: list[dict[str, Any]] = []
@@ -141,7 +163,7 @@ class TwoPhaseRun:
         self.restored_epoch: int | None = None
         self.finished = False
         self._train_loader = self._make_train_loader()
-        self._val_idx = data.val_idx[self.rank::self.world_size]
+        self._val_idx = data.val_idx[self.rank :: self.world_size]
         self._begin_phase(0)
 
     # ------------------------------------------------------------------ set-up
@@ -160,9 +182,15 @@ class TwoPhaseRun:
 
     def _make_train_loader(self) -> DataLoader:
         d = self.data
-        return train_loader(self.hp, d.images, d.labels, d.train_idx, rank=self.rank,
-                            world_size=self.world_size,
-                            pin_memory=self.device.type == "cuda")
+        return train_loader(
+            self.hp,
+            d.images,
+            d.labels,
+            d.train_idx,
+            rank=self.rank,
+            world_size=self.world_size,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not _distributed():
@@ -173,8 +201,15 @@ class TwoPhaseRun:
     def _phase_callbacks(self, phase: int) -> list[Callback]:
         cbs: list[Callback] = [TerminateOnNaN()]
         if phase == 2:
-            cbs.append(EarlyStopping("val_loss", "min", self.hp.early_stopping_patience,
-                                     self.hp.min_delta, restore_best_weights=True))
+            cbs.append(
+                EarlyStopping(
+                    "val_loss",
+                    "min",
+                    self.hp.early_stopping_patience,
+                    self.hp.min_delta,
+                    restore_best_weights=True,
+                )
+            )
         if not self.quiet:
             cbs.append(ProgressLogger())
         return cbs + self.extra_callbacks
@@ -204,14 +239,23 @@ class TwoPhaseRun:
         loss, acc, seen = self._train_one_epoch()
         train_s = time.perf_counter() - t0
         val_loss, val_acc = self.validate()
-        logs = {"epoch": self.epoch, "phase": phase, "epoch_in_phase": self.epoch_in_phase,
-                "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
-                "lr": lr, "epoch_time_s": time.perf_counter() - t0,
-                "images_per_s": seen / train_s if train_s > 0 else 0.0}
+        logs = {
+            "epoch": self.epoch,
+            "phase": phase,
+            "epoch_in_phase": self.epoch_in_phase,
+            "loss": loss,
+            "accuracy": acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": lr,
+            "epoch_time_s": time.perf_counter() - t0,
+            "images_per_s": seen / train_s if train_s > 0 else 0.0,
+        }
         self.callbacks.on_epoch_end(self.epoch, logs)  # callbacks see the epoch as it ran
         self.schedule.step(val_loss)
-        self.stop_training = bool(_all_reduce([float(self.stop_training)], self.device,
-                                              dist.ReduceOp.MAX)[0])
+        self.stop_training = bool(
+            _all_reduce([float(self.stop_training)], self.device, dist.ReduceOp.MAX)[0]
+        )
         self.history.append(logs)
         if self.stop_training or self.epoch_in_phase >= epochs:
             self.callbacks.on_phase_end(phase)
@@ -255,8 +299,7 @@ class TwoPhaseRun:
             if step:
                 if hp.grad_clip:
                     self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(trainable_parameters(self.module),
-                                                   hp.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(trainable_parameters(self.module), hp.grad_clip)
                 self.scaler.step(opt)
                 self.scaler.update()
                 opt.zero_grad(set_to_none=True)
@@ -266,8 +309,9 @@ class TwoPhaseRun:
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
             if self._batch_hooks:  # only then pay for the host sync of .item()
-                self.callbacks.on_train_batch_end(i, {"batch": i, "size": len(y),
-                                                      "loss": loss.item()})
+                self.callbacks.on_train_batch_end(
+                    i, {"batch": i, "size": len(y), "loss": loss.item()}
+                )
         s, c, n = _all_reduce([total.item(), float(correct.item()), float(seen)], self.device)
         return s / max(n, 1), c / max(n, 1), int(n)
 
@@ -278,8 +322,9 @@ class TwoPhaseRun:
         module.eval()
         total, correct, n = 0.0, 0, 0
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        for x, y in val_batches(self.data.images, self.data.labels, self._val_idx,
-                                max(self.hp.batch_size, 64)):
+        for x, y in val_batches(
+            self.data.images, self.data.labels, self._val_idx, max(self.hp.batch_size, 64)
+        ):
             x, y = self._to_device(x, y)
             with self._autocast():
                 out = module(x)
@@ -294,14 +339,20 @@ class TwoPhaseRun:
         """Plain data only (checkpoints load with weights_only=True); format 2 keeps the
         callbacks' state by key (1: a positional list, no longer read)."""
         return {
-            "format": 2, "phase_pos": self.phase_pos, "epoch": self.epoch,
-            "epoch_in_phase": self.epoch_in_phase, "finished": self.finished,
-            "failure": self.failure, "restored_epoch": self.restored_epoch,
+            "format": 2,
+            "phase_pos": self.phase_pos,
+            "epoch": self.epoch,
+            "epoch_in_phase": self.epoch_in_phase,
+            "finished": self.finished,
+            "failure": self.failure,
+            "restored_epoch": self.restored_epoch,
             "history": self.history,
             "model": self.module.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-            "callbacks": self.callbacks.state_dict(), "scaler": self.scaler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "callbacks": self.callbacks.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": torch.get_rng_state(),
         }
 
@@ -323,11 +374,14 @@ class TwoPhaseRun:
 
     def summary(self) -> dict[str, Any]:
         best = min(self.history, key=lambda r: r["val_loss"]) if self.history else None
-        return {"final": True, "epochs": self.epoch, "failure": self.failure,
-                "restored_epoch": self.restored_epoch,
-                "best_val_loss": best["val_loss"] if best else None,
-                "best_val_accuracy": max((r["val_accuracy"] for r in self.history),
-                                         default=None)}
+        return {
+            "final": True,
+            "epochs": self.epoch,
+            "failure": self.failure,
+            "restored_epoch": self.restored_epoch,
+            "best_val_loss": best["val_loss"] if best else None,
+            "best_val_accuracy": max((r["val_accuracy"] for r in self.history), default=None),
+        }
 
     def export(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """A model.pt package of the evaluated weights (or of ``state_dict``)."""

@@ -91,20 +91,25 @@ def resolve_weights(backbone: str, name: str) -> Any:
     try:
         enum = tvm.get_model_weights(backbone)
     except (ValueError, KeyError):
-        raise WeightsError(f"{backbone} has no registered pretrained weights "
-                           f"(asked for {name!r}): name a file instead") from None
+        raise WeightsError(
+            f"{backbone} has no registered pretrained weights "
+            f"(asked for {name!r}): name a file instead"
+        ) from None
     valid = ["imagenet", *enum.__members__]
     member = "DEFAULT" if name.lower() == "imagenet" else name
     if "." in member:
         enum_name, _, member = member.partition(".")
         if enum_name != enum.__name__:
-            raise WeightsError(f"{name!r} are not weights of {backbone} "
-                               f"({enum.__name__}); valid names: {', '.join(valid)}")
+            raise WeightsError(
+                f"{name!r} are not weights of {backbone} "
+                f"({enum.__name__}); valid names: {', '.join(valid)}"
+            )
     try:
         return enum[member]
     except KeyError:
-        raise WeightsError(f"unknown weights {name!r} for {backbone}; "
-                           f"valid names: {', '.join(valid)}") from None
+        raise WeightsError(
+            f"unknown weights {name!r} for {backbone}; valid names: {', '.join(valid)}"
+        ) from None
 
 
 def weights_file(weights: Any, torch_home: Path) -> Path:
@@ -120,8 +125,9 @@ def load_named_weights(backbone: str, name: str, torch_home: Path) -> dict[str, 
     weights = resolve_weights(backbone, name)
     path = weights_file(weights, torch_home)
     try:
-        state = weights.get_state_dict(model_dir=str(path.parent), progress=False,
-                                       check_hash=True, weights_only=True)
+        state = weights.get_state_dict(
+            model_dir=str(path.parent), progress=False, check_hash=True, weights_only=True
+        )
     except OSError as e:  # URLError, socket errors, a full disk
         what = "imagenet" if name.lower() == "imagenet" else name
         raise WeightsError(
@@ -150,8 +156,10 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> d
             detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if wrong:
             k = wrong[0]
-            detail.append(f"{len(wrong)} of another shape (e.g. {k}: "
-                          f"{tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+            detail.append(
+                f"{len(wrong)} of another shape (e.g. {k}: "
+                f"{tuple(state[k].shape)} vs {tuple(own[k].shape)})"
+            )
         raise WeightsError("weights do not fit the backbone: " + ", ".join(detail))
     model.load_state_dict({k: state[k] for k in backbone_keys}, strict=False)
     unused = sorted(set(state) - set(backbone_keys))
@@ -162,9 +170,11 @@ def layers_with_params(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Backbone modules that own parameters, input end first (the head excluded)."""
     model = _unwrap(model)
     head = head_prefix(model)
-    return [(n, m) for n, m in model.named_modules()
-            if n and not (n + ".").startswith(head)
-            and any(True for _ in m.parameters(recurse=False))]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if n and not (n + ".").startswith(head) and any(True for _ in m.parameters(recurse=False))
+    ]
 
 
 def set_phase(model: nn.Module, phase: int, unfreeze_last: int) -> dict[str, int]:
@@ -177,13 +187,17 @@ def set_phase(model: nn.Module, phase: int, unfreeze_last: int) -> dict[str, int
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(head)
     layers = layers_with_params(model)
-    opened = layers[len(layers) - min(unfreeze_last, len(layers)):] if phase == 2 else []
+    opened = layers[len(layers) - min(unfreeze_last, len(layers)) :] if phase == 2 else []
     for _, m in opened:
         for p in m.parameters(recurse=False):
             p.requires_grad = True
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"phase": phase, "unfrozen_layers": len(opened), "backbone_layers": len(layers),
-            "trainable_params": trainable}
+    return {
+        "phase": phase,
+        "unfrozen_layers": len(opened),
+        "backbone_layers": len(layers),
+        "trainable_params": trainable,
+    }
 
 
 def train_mode(model: nn.Module) -> None:
@@ -210,10 +224,14 @@ MODEL_FORMAT = "colecionador.model/1"
 def export_model(module: nn.Module, hp: Any, classes: list[str]) -> dict[str, Any]:
     """model.pt: the weights and what it takes to rebuild and feed the model."""
     from training.augment import IMAGENET_MEAN, IMAGENET_STD
+
     return {
         "format": MODEL_FORMAT,
-        "backbone": hp.backbone, "num_classes": len(classes), "classes": list(classes),
-        "image_size": hp.image_size, "dropout": hp.dropout,
+        "backbone": hp.backbone,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "image_size": hp.image_size,
+        "dropout": hp.dropout,
         "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "hyperparameters": hp.effective(),
         "state_dict": {k: v.detach().cpu() for k, v in _unwrap(module).state_dict().items()},

@@ -30,11 +30,19 @@ HASH_SIDE = 32
 WORK_SIDE = 64  # smaller images are upscaled to this before the crop alignments
 # crop boxes (left, top, right, bottom) as fractions of the side: none, 1.5 % all round,
 # 3 % off two adjacent sides (a crop that also shifts the content)
-ALIGNMENTS = ((0, 0, 0, 0), (.015, .015, .015, .015), (.03, .03, 0, 0), (0, 0, .03, .03),
-              (.03, 0, 0, .03), (0, .03, .03, 0))
-CONFIRMED_BY = (f"perceptual-hash candidates confirmed by normalised correlation >= "
-                f"{THRESHOLD} of {THUMB}x{THUMB} grayscale thumbnails (best over mirror "
-                "and 3 % crop alignments)")
+ALIGNMENTS = (
+    (0, 0, 0, 0),
+    (0.015, 0.015, 0.015, 0.015),
+    (0.03, 0.03, 0, 0),
+    (0, 0, 0.03, 0.03),
+    (0.03, 0, 0, 0.03),
+    (0, 0.03, 0.03, 0),
+)
+CONFIRMED_BY = (
+    f"perceptual-hash candidates confirmed by normalised correlation >= "
+    f"{THRESHOLD} of {THUMB}x{THUMB} grayscale thumbnails (best over mirror "
+    "and 3 % crop alignments)"
+)
 
 
 @dataclass(frozen=True)
@@ -74,23 +82,25 @@ def phash(thumbs: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def hash_pairs(a: np.ndarray, b: np.ndarray | None, max_distance: int,
-               chunk: int = 2048) -> list[tuple[int, int, int]]:
+def hash_pairs(
+    a: np.ndarray, b: np.ndarray | None, max_distance: int, chunk: int = 2048
+) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance), i < j, with ``a[i]`` and ``b[j]`` (``a[j]`` when ``b`` is
     None) within ``max_distance`` bits: a vectorised all-pairs popcount, in chunks."""
     a = np.asarray(a, dtype=np.uint64)
     b = a if b is None else np.asarray(b, dtype=np.uint64)
     pairs: list[tuple[int, int, int]] = []
     for start in range(0, len(a), chunk):
-        dist = np.bitwise_count(a[start:start + chunk, None] ^ b[None, :])
+        dist = np.bitwise_count(a[start : start + chunk, None] ^ b[None, :])
         for i, j in zip(*np.nonzero(dist <= max_distance)):
             if i + start < j:
                 pairs.append((int(i + start), int(j), int(dist[i, j])))
     return pairs
 
 
-def candidates(images: np.ndarray, max_distance: int, mirrored: bool
-               ) -> dict[tuple[int, int], tuple[int, bool]]:
+def candidates(
+    images: np.ndarray, max_distance: int, mirrored: bool
+) -> dict[tuple[int, int], tuple[int, bool]]:
     """(i, j) -> (hash distance, mirrored) for every pair the hash proposes."""
     thumbs = hash_thumbnails(images)
     h = phash(thumbs)
@@ -122,8 +132,9 @@ def aligned_thumbnails(images: np.ndarray, mirror: bool = False) -> np.ndarray:
     return flat
 
 
-def similarity(images: np.ndarray, pairs: list[tuple[int, int, bool]],
-               chunk: int = 4096) -> np.ndarray:
+def similarity(
+    images: np.ndarray, pairs: list[tuple[int, int, bool]], chunk: int = 4096
+) -> np.ndarray:
     """Best normalised correlation of each pair (i, j, mirrored): i's full thumbnail
     against each alignment of j (mirrored when asked), and the other way round."""
     if not pairs:
@@ -146,14 +157,21 @@ def similarity(images: np.ndarray, pairs: list[tuple[int, int, bool]],
     return out
 
 
-def near_duplicates(images: np.ndarray, max_distance: int = 10, *, mirrored: bool = True,
-                    threshold: float = THRESHOLD, exclude: set[tuple[int, int]] = frozenset()
-                    ) -> list[NearPair]:
+def near_duplicates(
+    images: np.ndarray,
+    max_distance: int = 10,
+    *,
+    mirrored: bool = True,
+    threshold: float = THRESHOLD,
+    exclude: set[tuple[int, int]] = frozenset(),
+) -> list[NearPair]:
     """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index order;
     ``exclude`` drops pairs known already (exact duplicates)."""
-    cand = {k: v for k, v in candidates(images, max_distance, mirrored).items()
-            if k not in exclude}
+    cand = {k: v for k, v in candidates(images, max_distance, mirrored).items() if k not in exclude}
     keys = sorted(cand)
     sims = similarity(images, [(i, j, cand[(i, j)][1]) for i, j in keys])
-    return [NearPair(i, j, cand[(i, j)][0], cand[(i, j)][1], round(float(s), 4))
-            for (i, j), s in zip(keys, sims) if s >= threshold]
+    return [
+        NearPair(i, j, cand[(i, j)][0], cand[(i, j)][1], round(float(s), 4))
+        for (i, j), s in zip(keys, sims)
+        if s >= threshold
+    ]

@@ -49,8 +49,9 @@ def curves_figure(rows: Sequence[dict[str, Any]], title: str = ""):
     return fig
 
 
-def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str],
-                         title: str = "") -> bytes:
+def confusion_matrix_png(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = ""
+) -> bytes:
     n = len(classes)
     size = max(4.0, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -63,7 +64,14 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str]
     for i in range(n):
         for j in range(n):
             v = matrix[i][j]
-            ax.text(j, i, str(v), ha="center", va="center",
-                    color="white" if v > peak / 2 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                color="white" if v > peak / 2 else "black",
+                fontsize=8,
+            )
     ax.set_title(title or "confusion matrix")
     return png_bytes(fig)

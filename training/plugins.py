@@ -50,7 +50,8 @@ def check_import_path(field: str, path: str, allowed: Sequence[str]) -> None:
         raise PluginRefused(
             f"{field}: {path!r} is outside the allowed plugin modules "
             f"({', '.join(allowed) or 'none: built-ins only'}; the operator sets "
-            "COLECIONADOR_PLUGIN_MODULES)")
+            "COLECIONADOR_PLUGIN_MODULES)"
+        )
 
 
 def check_file_argument(field: str, value: Any) -> None:
@@ -59,12 +60,12 @@ def check_file_argument(field: str, value: Any) -> None:
         raise PluginRefused(f"{field}: must be a file or folder name")
     for flavour in (PurePosixPath(value), PureWindowsPath(value)):
         if flavour.is_absolute() or flavour.anchor or ".." in flavour.parts:
-            raise PluginRefused(f"{field}: {value!r} must be a name inside the run's own "
-                                "folder (relative, no '..')")
+            raise PluginRefused(
+                f"{field}: {value!r} must be a name inside the run's own folder (relative, no '..')"
+            )
 
 
-def import_paths(loss: str, callbacks: list[str | dict[str, Any]]
-                 ) -> Iterator[tuple[str, str]]:
+def import_paths(loss: str, callbacks: list[str | dict[str, Any]]) -> Iterator[tuple[str, str]]:
     """(field, import path) for every import path a loss and callbacks name."""
     if ":" in loss:
         yield "hyperparameters.loss", loss
@@ -75,8 +76,12 @@ def import_paths(loss: str, callbacks: list[str | dict[str, Any]]
             yield f"{field}.name", name
         if isinstance(spec, dict):
             for key, value in spec.items():
-                if key != "name" and isinstance(value, str) and ":" in value \
-                        and key not in FILE_ARGUMENTS:
+                if (
+                    key != "name"
+                    and isinstance(value, str)
+                    and ":" in value
+                    and key not in FILE_ARGUMENTS
+                ):
                     yield f"{field}.{key}", value  # schedule, LambdaCallback's hooks
 
 

@@ -40,8 +40,7 @@ class Session:
         """(state, this rank's RNG state or None) of the latest checkpoint, if any."""
         return None
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None,
-               name: str) -> None:  # noqa: ARG002
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str) -> None:  # noqa: ARG002
         return None
 
 
@@ -52,17 +51,19 @@ class RayTrainSession(Session):
         import logging
 
         from ray.train.v2._internal.execution import context
+
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
     def worker(self) -> WorkerInfo:
         import ray.train
         import ray.train.torch
+
         ctx = ray.train.get_context()
-        return WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(),
-                          ray.train.torch.get_device())
+        return WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
     def latest_state(self, rank: int = 0) -> tuple[dict[str, Any], Any] | None:
         import ray.train
+
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
@@ -71,6 +72,7 @@ class RayTrainSession(Session):
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None, name: str) -> None:
         import ray.train
+
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
@@ -85,11 +87,17 @@ def _load_plain(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        why = next((ln.strip().removeprefix("WeightsUnpickler error: ").split(". Please")[0]
-                    for ln in str(e).splitlines()
-                    if ln.strip().startswith("WeightsUnpickler error")), "not plain data")
-        raise UnsafeCheckpoint(f"refused to load {path.name} of checkpoint {path.parent}: "
-                               f"{why}") from None
+        why = next(
+            (
+                ln.strip().removeprefix("WeightsUnpickler error: ").split(". Please")[0]
+                for ln in str(e).splitlines()
+                if ln.strip().startswith("WeightsUnpickler error")
+            ),
+            "not plain data",
+        )
+        raise UnsafeCheckpoint(
+            f"refused to load {path.name} of checkpoint {path.parent}: {why}"
+        ) from None
 
 
 def read_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, Any], Any]:
@@ -145,6 +153,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     session = RayTrainSession()
     hp = Hyperparameters(**config["hyperparameters"])
-    run = TwoPhaseRun(hp, resolve(config["data"]), worker=session.worker(),
-                      backbone_state=resolve(config.get("backbone_state")))
+    run = TwoPhaseRun(
+        hp,
+        resolve(config["data"]),
+        worker=session.worker(),
+        backbone_state=resolve(config.get("backbone_state")),
+    )
     run_to_end(run, session)

@@ -19,8 +19,9 @@ from training.hyperparams import Hyperparameters
 def _main_scheduler(optimizer: Optimizer, hp: Hyperparameters, epochs: int, lr0: float):
     name = hp.schedule
     if name == "plateau":
-        return sch.ReduceLROnPlateau(optimizer, mode="min", factor=hp.factor,
-                                     patience=hp.plateau_patience)
+        return sch.ReduceLROnPlateau(
+            optimizer, mode="min", factor=hp.factor, patience=hp.plateau_patience
+        )
     if name == "none":
         return sch.LambdaLR(optimizer, lambda _t: 1.0)
     if name == "step":
@@ -30,15 +31,20 @@ def _main_scheduler(optimizer: Optimizer, hp: Hyperparameters, epochs: int, lr0:
     if name == "exponential":
         return sch.ExponentialLR(optimizer, gamma=hp.gamma)
     if name == "cosine":
-        return sch.CosineAnnealingLR(optimizer, T_max=hp.t_max or max(epochs, 1),
-                                     eta_min=hp.lr_min)
+        return sch.CosineAnnealingLR(optimizer, T_max=hp.t_max or max(epochs, 1), eta_min=hp.lr_min)
     if name == "cyclical":
-        return sch.CyclicLR(optimizer, base_lr=hp.lr_min, max_lr=lr0,
-                            step_size_up=hp.cycle_half, mode="triangular",
-                            cycle_momentum=False)
+        return sch.CyclicLR(
+            optimizer,
+            base_lr=hp.lr_min,
+            max_lr=lr0,
+            step_size_up=hp.cycle_half,
+            mode="triangular",
+            cycle_momentum=False,
+        )
     if name == "onecycle":
-        return sch.OneCycleLR(optimizer, max_lr=lr0, total_steps=max(epochs, 2),
-                              cycle_momentum=False)
+        return sch.OneCycleLR(
+            optimizer, max_lr=lr0, total_steps=max(epochs, 2), cycle_momentum=False
+        )
     raise ValueError(f"unknown schedule {name!r}")
 
 

@@ -12,10 +12,19 @@ from ray.train.torch import TorchTrainer
 from training.ray_worker import train_loop_per_worker
 
 
-def build_trainer(loop_config: dict[str, Any], *, num_workers: int, use_gpu: bool,
-                  storage_path: str, name: str, max_failures: int = 1,
-                  callbacks: Sequence[Any] = (), storage_filesystem: Any = None,
-                  keep_checkpoints: int = 2, log_level: str = "WARNING") -> TorchTrainer:
+def build_trainer(
+    loop_config: dict[str, Any],
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    storage_path: str,
+    name: str,
+    max_failures: int = 1,
+    callbacks: Sequence[Any] = (),
+    storage_filesystem: Any = None,
+    keep_checkpoints: int = 2,
+    log_level: str = "WARNING",
+) -> TorchTrainer:
     """A TorchTrainer running the two-phase loop on ``num_workers`` workers.
 
     ``name`` must be unique per job: Ray resumes a run whose (storage_path, name) exists.
@@ -25,7 +34,9 @@ def build_trainer(loop_config: dict[str, Any], *, num_workers: int, use_gpu: boo
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
-            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
             callbacks=list(callbacks),

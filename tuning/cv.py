@@ -23,8 +23,9 @@ from training.loop import TrainData, TwoPhaseRun, WorkerInfo
 from tuning.grid import total_epochs
 
 
-def cv_folds(labels: np.ndarray, split: Split, k: int,
-             seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def cv_folds(
+    labels: np.ndarray, split: Split, k: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """k stratified folds over train + val; the test split is in none of them."""
     pool = np.union1d(split.train, split.val)
     if np.intersect1d(pool, split.test).size:
@@ -35,8 +36,10 @@ def cv_folds(labels: np.ndarray, split: Split, k: int,
     short = [i for i, n in enumerate(counts) if 0 < n < k]
     if short or (counts == 0).any():
         i = short[0] if short else int(np.argmin(counts))
-        raise ValueError(f"k_folds={k} needs at least {k} images of every class in train + "
-                         f"val; class index {i} has {counts[i]}")
+        raise ValueError(
+            f"k_folds={k} needs at least {k} images of every class in train + "
+            f"val; class index {i} has {counts[i]}"
+        )
     return kfold(labels, pool, k, seed)
 
 
@@ -69,14 +72,21 @@ class FoldsInLockstep:
     NaN/inf (TerminateOnNaN) makes the config ``diverged``.
     """
 
-    def __init__(self, hp: Hyperparameters, data: CVData, *,
-                 backbone_state: dict[str, torch.Tensor] | None = None,
-                 device: torch.device | None = None, quiet: bool = True):
+    def __init__(
+        self,
+        hp: Hyperparameters,
+        data: CVData,
+        *,
+        backbone_state: dict[str, torch.Tensor] | None = None,
+        device: torch.device | None = None,
+        quiet: bool = True,
+    ):
         self.hp = hp
         worker = WorkerInfo(device=device or torch.device("cpu"))
-        self.runs = [TwoPhaseRun(hp, data.fold(i), worker=worker,
-                                 backbone_state=backbone_state, quiet=quiet)
-                     for i in range(len(data.folds))]
+        self.runs = [
+            TwoPhaseRun(hp, data.fold(i), worker=worker, backbone_state=backbone_state, quiet=quiet)
+            for i in range(len(data.folds))
+        ]
         self.iteration = 0
         self.max_epochs = total_epochs(hp)
 
@@ -86,8 +96,9 @@ class FoldsInLockstep:
 
     @property
     def failure(self) -> str | None:
-        return next((f"fold {i} diverged: {r.failure}" for i, r in enumerate(self.runs)
-                     if r.failure), None)
+        return next(
+            (f"fold {i} diverged: {r.failure}" for i, r in enumerate(self.runs) if r.failure), None
+        )
 
     def step(self) -> dict[str, Any]:
         if self.done:
@@ -113,29 +124,49 @@ class FoldsInLockstep:
         folds = []
         for i, (r, did) in enumerate(zip(self.runs, ran)):
             s = self.standing(r)
-            folds.append({"fold": i, "epoch": r.epoch, "phase": s["phase"],
-                          "standing_epoch": s["epoch"], "ran": did, "done": r.done,
-                          **{k: float(s[k]) for k in ("loss", "accuracy", "val_loss",
-                                                       "val_accuracy", "lr")}})
-        return aggregate(self.iteration, folds, done=self.done,
-                         max_epochs=self.max_epochs)
+            folds.append(
+                {
+                    "fold": i,
+                    "epoch": r.epoch,
+                    "phase": s["phase"],
+                    "standing_epoch": s["epoch"],
+                    "ran": did,
+                    "done": r.done,
+                    **{
+                        k: float(s[k])
+                        for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+                    },
+                }
+            )
+        return aggregate(self.iteration, folds, done=self.done, max_epochs=self.max_epochs)
 
 
-def aggregate(iteration: int, folds: list[dict[str, Any]], *, done: bool,
-              max_epochs: int) -> dict[str, Any]:
+def aggregate(
+    iteration: int, folds: list[dict[str, Any]], *, done: bool, max_epochs: int
+) -> dict[str, Any]:
     """One iteration's report: mean and std over folds of each figure, and the folds."""
-    out: dict[str, Any] = {"epoch": iteration, "max_epochs": max_epochs,
-                           "phase": max(f["phase"] for f in folds if f["ran"]) if any(
-                               f["ran"] for f in folds) else folds[0]["phase"],
-                           "folds_done": sum(f["done"] for f in folds), "trial_done": done}
+    out: dict[str, Any] = {
+        "epoch": iteration,
+        "max_epochs": max_epochs,
+        "phase": max(f["phase"] for f in folds if f["ran"])
+        if any(f["ran"] for f in folds)
+        else folds[0]["phase"],
+        "folds_done": sum(f["done"] for f in folds),
+        "trial_done": done,
+    }
     for k in ("val_loss", "val_accuracy", "loss", "accuracy"):
         out[k], out[f"{k}_std"] = _mean_std([f[k] for f in folds])
     out["folds"] = folds
     return out
 
 
-def cv_trainable(config: dict[str, Any], *, data: CVData, base: dict[str, Any],
-                 backbone_state: dict[str, torch.Tensor] | None = None) -> None:
+def cv_trainable(
+    config: dict[str, Any],
+    *,
+    data: CVData,
+    base: dict[str, Any],
+    backbone_state: dict[str, torch.Tensor] | None = None,
+) -> None:
     """The Tune function trainable: one config, k folds in lockstep, a report per epoch."""
     import ray
     from ray import tune
@@ -143,11 +174,14 @@ def cv_trainable(config: dict[str, Any], *, data: CVData, base: dict[str, Any],
     hp = Hyperparameters(**{**base, **config})
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    device = torch.device("cuda") if resources.get("GPU") and torch.cuda.is_available() \
+    device = (
+        torch.device("cuda")
+        if resources.get("GPU") and torch.cuda.is_available()
         else torch.device("cpu")
+    )
     cv = FoldsInLockstep(hp, data, backbone_state=backbone_state, device=device, quiet=True)
     while not cv.done:
         report = cv.step()
         tune.report(report)  # NaN stays NaN here (ASHA ignores it); a diverged fold ends
-        if cv.failure:       # the trial as failed right after the epoch is on record
+        if cv.failure:  # the trial as failed right after the epoch is on record
             raise RuntimeError(cv.failure)

@@ -73,8 +73,7 @@ def parse_grid(assignments: Iterable[str]) -> dict[str, list[Any]]:
             raise ValueError(f"--grid expects key=v1,v2,..., got {text!r}")
         key, raw = (p.strip() for p in text.split("=", 1))
         if key in grid:
-            raise ValueError(f"grid key {key!r} given twice; list its values once: "
-                             f"{key}=v1,v2")
+            raise ValueError(f"grid key {key!r} given twice; list its values once: {key}=v1,v2")
         values = []
         for piece in _split_values(raw):
             if not piece:
@@ -85,13 +84,13 @@ def parse_grid(assignments: Iterable[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def validate_grid(grid: Mapping[str, Sequence[Any]],
-                  base: Hyperparameters | Mapping[str, Any] | None = None) -> dict[str, list[Any]]:
+def validate_grid(
+    grid: Mapping[str, Sequence[Any]], base: Hyperparameters | Mapping[str, Any] | None = None
+) -> dict[str, list[Any]]:
     """Check a grid against the recipe and return it with each value as the recipe reads
     it (``"1e-3"`` -> 0.001). Every value is validated on top of ``base`` (like ``--set``)
     and so is every combination (e.g. phase1_epochs=0 with phase2_epochs=0)."""
-    base_values = (base.effective() if isinstance(base, Hyperparameters)
-                   else dict(base or {}))
+    base_values = base.effective() if isinstance(base, Hyperparameters) else dict(base or {})
     clean: dict[str, list[Any]] = {}
     for key, values in grid.items():
         if key not in Hyperparameters.model_fields:
@@ -135,6 +134,7 @@ def search_space(grid: Mapping[str, Sequence[Any]], num_samples: int = 1) -> dic
     """Tune's param_space: ``tune.grid_search`` per key, or ``tune.choice`` per key for a
     random search of ``num_samples`` > 1 configs."""
     from ray import tune
+
     if num_samples <= 1:
         return {k: tune.grid_search(list(v)) for k, v in grid.items()}
     return {k: tune.choice(list(v)) for k, v in grid.items()}

@@ -34,10 +34,13 @@ def _num(x: Any) -> float | None:
 
 
 def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"epoch": int(row["epoch"]),
-            "val_loss": _num(row.get("val_loss")), "val_loss_std": _num(row.get("val_loss_std")),
-            "val_accuracy": _num(row.get("val_accuracy")),
-            "val_accuracy_std": _num(row.get("val_accuracy_std"))}
+    return {
+        "epoch": int(row["epoch"]),
+        "val_loss": _num(row.get("val_loss")),
+        "val_loss_std": _num(row.get("val_loss_std")),
+        "val_accuracy": _num(row.get("val_accuracy")),
+        "val_accuracy_std": _num(row.get("val_accuracy_std")),
+    }
 
 
 @dataclass
@@ -74,31 +77,45 @@ def summarize(trial: Any, metric: str = "val_loss") -> ConfigSummary:
     history = list(get("history") or [])
     sign = 1.0 if MODES[metric] == "min" else -1.0
     last = _figures(history[-1]) if history else None
-    scored = [(sign * v, i) for i, h in enumerate(history)
-              if (v := _num(h.get(metric))) is not None]
+    scored = [
+        (sign * v, i) for i, h in enumerate(history) if (v := _num(h.get(metric))) is not None
+    ]
     best = _figures(history[min(scored)[1]]) if scored else None
     stopped_at = int(history[-1]["epoch"]) if history else 0
-    return ConfigSummary(int(get("index")), str(get("trial_id")), dict(get("config") or {}),
-                         str(get("status")), stopped_at, get("max_epochs"), last, best,
-                         get("error"), metric=metric)
+    return ConfigSummary(
+        int(get("index")),
+        str(get("trial_id")),
+        dict(get("config") or {}),
+        str(get("status")),
+        stopped_at,
+        get("max_epochs"),
+        last,
+        best,
+        get("error"),
+        metric=metric,
+    )
 
 
 def sort_key(c: ConfigSummary, metric: str) -> tuple:
     sign = 1.0 if MODES[metric] == "min" else -1.0
     mean, std = c.mean(metric), c.std(metric)
-    return (STATUS_ORDER.get(c.status, 3),
-            mean is None,  # no finite estimate: last in its group
-            round(sign * mean, 12) if mean is not None else 0.0,
-            std if std is not None else math.inf,
-            c.index)
+    return (
+        STATUS_ORDER.get(c.status, 3),
+        mean is None,  # no finite estimate: last in its group
+        round(sign * mean, 12) if mean is not None else 0.0,
+        std if std is not None else math.inf,
+        c.index,
+    )
 
 
 def rank(trials: Iterable[Any], metric: str = "val_loss") -> list[ConfigSummary]:
     """Summaries in ranking order, ``rank`` set 1..n."""
     if metric not in MODES:
         raise ValueError(f"metric must be one of {', '.join(MODES)}")
-    ranked = sorted((t if isinstance(t, ConfigSummary) else summarize(t, metric)
-                     for t in trials), key=lambda c: sort_key(c, metric))
+    ranked = sorted(
+        (t if isinstance(t, ConfigSummary) else summarize(t, metric) for t in trials),
+        key=lambda c: sort_key(c, metric),
+    )
     for i, c in enumerate(ranked, 1):
         c.rank = i
     return ranked
@@ -144,10 +161,12 @@ def trial_line(trial: Any, metric: str = "val_loss", total: int | None = None) -
     c = trial if isinstance(trial, ConfigSummary) else summarize(trial, metric)
     n = f"{c.index + 1}/{total}" if total else f"{c.index + 1}"
     of = f"/{c.max_epochs}" if c.max_epochs else ""
-    text = (f"trial {n} {c.status} at epoch {c.stopped_at}{of}: "
-            f"val_loss {_pm(c.mean('val_loss'), c.std('val_loss'))}, "
-            f"val_accuracy {_pm(c.mean('val_accuracy'), c.std('val_accuracy'))}  "
-            f"{config_text(c.config)}")
+    text = (
+        f"trial {n} {c.status} at epoch {c.stopped_at}{of}: "
+        f"val_loss {_pm(c.mean('val_loss'), c.std('val_loss'))}, "
+        f"val_accuracy {_pm(c.mean('val_accuracy'), c.std('val_accuracy'))}  "
+        f"{config_text(c.config)}"
+    )
     if c.error:
         text += f"  ({c.error})"
     return text
@@ -155,17 +174,20 @@ def trial_line(trial: Any, metric: str = "val_loss", total: int | None = None) -
 
 def table(ranked: list[ConfigSummary], metric: str = "val_loss") -> str:
     """The ranked configs as a printable table (mean ± std over folds)."""
-    head = (f"{'rank':>4}  {'status':<13} {'epochs':>6}  {'val_loss':<19} "
-            f"{'val_accuracy':<17} {'best epoch (' + metric + ')':<26} config")
+    head = (
+        f"{'rank':>4}  {'status':<13} {'epochs':>6}  {'val_loss':<19} "
+        f"{'val_accuracy':<17} {'best epoch (' + metric + ')':<26} config"
+    )
     lines = [head, "-" * len(head)]
     for c in ranked:
         of = f"{c.stopped_at}/{c.max_epochs}" if c.max_epochs else str(c.stopped_at)
         b = "-"
         if c.best is not None:
             b = f"{c.best['epoch']}: {_pm(c.mean(metric, 'best'), c.std(metric, 'best'))}"
-        lines.append(f"{c.rank:>4}  {c.status:<13} {of:>6}  "
-                     f"{_pm(c.mean('val_loss'), c.std('val_loss')):<19} "
-                     f"{_pm(c.mean('val_accuracy'), c.std('val_accuracy')):<17} "
-                     f"{b:<26} {config_text(c.config)}"
-                     + (f"  ({c.error})" if c.error else ""))
+        lines.append(
+            f"{c.rank:>4}  {c.status:<13} {of:>6}  "
+            f"{_pm(c.mean('val_loss'), c.std('val_loss')):<19} "
+            f"{_pm(c.mean('val_accuracy'), c.std('val_accuracy')):<17} "
+            f"{b:<26} {config_text(c.config)}" + (f"  ({c.error})" if c.error else "")
+        )
     return "\n".join(lines)

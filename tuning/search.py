@@ -56,10 +56,16 @@ class TrialOutcome:
         return self.history[-1]["epoch"] if self.history else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "trial_id": self.trial_id, "config": self.config,
-                "status": self.status, "stopped_at": self.stopped_at,
-                "max_epochs": self.max_epochs, "error": self.error,
-                "history": self.history}
+        return {
+            "index": self.index,
+            "trial_id": self.trial_id,
+            "config": self.config,
+            "status": self.status,
+            "stopped_at": self.stopped_at,
+            "max_epochs": self.max_epochs,
+            "error": self.error,
+            "history": self.history,
+        }
 
 
 def error_line(trial: Any) -> str:
@@ -72,6 +78,7 @@ def error_line(trial: Any) -> str:
         path = trial.pickled_error_file
         if path and os.path.exists(path):
             import cloudpickle
+
             with open(path, "rb") as f:
                 err = cloudpickle.load(f)
             cause = getattr(err, "cause", None) or err
@@ -92,13 +99,18 @@ def error_line(trial: Any) -> str:
     if len(lines) == 1:
         return lines[0][:500]
     # a traceback's last line is the exception itself ("RuntimeError: fold 1 diverged...")
-    line = next((ln for ln in reversed(lines) if ":" in ln and not ln.startswith("File ")),
-                lines[-1] if lines else "the trial failed")
+    line = next(
+        (ln for ln in reversed(lines) if ":" in ln and not ln.startswith("File ")),
+        lines[-1] if lines else "the trial failed",
+    )
     return line[:500]
 
 
-def _make_collector(keys: list[str], listener: Callable[[TrialOutcome], None] | None,
-                    on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None):
+def _make_collector(
+    keys: list[str],
+    listener: Callable[[TrialOutcome], None] | None,
+    on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None,
+):
     """A Tune callback (built here so the module imports without Ray Tune) that keeps
     every trial's reports in the driver and tells ``listener`` when a trial ends."""
     from ray import tune
@@ -120,8 +132,7 @@ def _make_collector(keys: list[str], listener: Callable[[TrialOutcome], None] | 
             t = self.trials.get(trial.trial_id)
             if t is None:
                 config = {k: trial.config[k] for k in self.keys if k in trial.config}
-                index = next((i for i, x in enumerate(trials) if x is trial),
-                             len(self.trials))
+                index = next((i for i, x in enumerate(trials) if x is trial), len(self.trials))
                 t = TrialOutcome(index, trial.trial_id, config)
                 self.trials[trial.trial_id] = t
             return t
@@ -159,9 +170,21 @@ def _make_collector(keys: list[str], listener: Callable[[TrialOutcome], None] | 
     return Collector(keys, listener, on_result)  # no closures: the class is pickled too
 
 
-REPORT_KEYS = ("epoch", "phase", "max_epochs", "folds_done", "trial_done", "val_loss",
-               "val_loss_std", "val_accuracy", "val_accuracy_std", "loss", "loss_std",
-               "accuracy", "accuracy_std")
+REPORT_KEYS = (
+    "epoch",
+    "phase",
+    "max_epochs",
+    "folds_done",
+    "trial_done",
+    "val_loss",
+    "val_loss_std",
+    "val_accuracy",
+    "val_accuracy_std",
+    "loss",
+    "loss_std",
+    "accuracy",
+    "accuracy_std",
+)
 
 
 @dataclass
@@ -206,8 +229,10 @@ class SearchResult:
     @property
     def fold_epochs_run(self) -> int:
         """Epochs actually trained, counting every fold of every trial."""
-        return sum(sum(1 for h in t.history for f in h.get("folds", []) if f.get("ran"))
-                   for t in self.trials)
+        return sum(
+            sum(1 for h in t.history for f in h.get("folds", []) if f.get("ran"))
+            for t in self.trials
+        )
 
 
 @contextlib.contextmanager
@@ -229,12 +254,19 @@ def _quiet_tune():
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
-def run_search(images: np.ndarray, labels: np.ndarray, classes: list[str], split: Split,
-               base: Hyperparameters, spec: TuningSpec, run: SearchRun | None = None, *,
-               backbone_state: dict[str, torch.Tensor] | None = None,
-               listener: Callable[[TrialOutcome], None] | None = None,
-               on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None = None,
-               ) -> SearchResult:
+def run_search(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    split: Split,
+    base: Hyperparameters,
+    spec: TuningSpec,
+    run: SearchRun | None = None,
+    *,
+    backbone_state: dict[str, torch.Tensor] | None = None,
+    listener: Callable[[TrialOutcome], None] | None = None,
+    on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None = None,
+) -> SearchResult:
     """Run the whole search of ``spec`` on top of ``base`` on the connected Ray cluster;
     every trial ends in the result (a failed trial is recorded, not raised). ``listener``
     hears each trial as it ends, ``on_result`` each report."""
@@ -248,13 +280,17 @@ def run_search(images: np.ndarray, labels: np.ndarray, classes: list[str], split
     max_t = max_epochs(grid, base)
     folds = cv_folds(labels, split, spec.k_folds, base.seed)
     data = CVData(images, labels, list(classes), folds)
-    trainable = tune.with_parameters(cv_trainable, data=data, base=base.effective(),
-                                     backbone_state=backbone_state)
+    trainable = tune.with_parameters(
+        cv_trainable, data=data, base=base.effective(), backbone_state=backbone_state
+    )
     trainable = tune.with_resources(trainable, run.resources())
     if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=min(spec.grace_period, max_t),
-                                  reduction_factor=spec.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=min(spec.grace_period, max_t),
+            reduction_factor=spec.reduction_factor,
+        )
     else:
         scheduler = FIFOScheduler()
     collector = _make_collector(list(grid), listener, on_result)
@@ -267,19 +303,27 @@ def run_search(images: np.ndarray, labels: np.ndarray, classes: list[str], split
         trainable,
         param_space=search_space(grid, spec.num_samples),
         tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, scheduler=scheduler,
-            num_samples=spec.num_samples, reuse_actors=True,
+            metric=spec.metric,
+            mode=spec.mode,
+            scheduler=scheduler,
+            num_samples=spec.num_samples,
+            reuse_actors=True,
             # the concurrency limit goes to the generator: Tune ignores
             # max_concurrent_trials when it is handed a search generator
-            search_alg=BasicVariantGenerator(random_state=base.seed,
-                                             max_concurrent=spec.max_concurrent or 0)),
+            search_alg=BasicVariantGenerator(
+                random_state=base.seed, max_concurrent=spec.max_concurrent or 0
+            ),
+        ),
         run_config=tune.RunConfig(
-            name=run.name or f"tune-{int(time.time())}", storage_path=storage_path,
+            name=run.name or f"tune-{int(time.time())}",
+            storage_path=storage_path,
             storage_filesystem=run.storage_filesystem,
             # the JSON logger only: Tune's CSV and TensorBoard loggers cannot log the
             # per-fold list (and warn every epoch); result.json is what Tune reads back
             callbacks=[collector, JsonLoggerCallback()],
-            verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
     t0 = time.perf_counter()
     try:

@@ -34,16 +34,18 @@ class TuningSpec(BaseModel):
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     k_folds: int = Field(5, ge=2, le=20, validation_alias=AliasChoices("k_folds", "kFolds"))
-    num_samples: int = Field(1, ge=1, le=MAX_CONFIGS,
-                             validation_alias=AliasChoices("num_samples", "numSamples"))
+    num_samples: int = Field(
+        1, ge=1, le=MAX_CONFIGS, validation_alias=AliasChoices("num_samples", "numSamples")
+    )
     metric: Metric = "val_loss"
     scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, validation_alias=AliasChoices("grace_period",
-                                                                     "gracePeriod"))
-    reduction_factor: float = Field(2.0, gt=1, validation_alias=AliasChoices(
-        "reduction_factor", "reductionFactor"))
-    max_concurrent: int | None = Field(None, ge=1, validation_alias=AliasChoices(
-        "max_concurrent", "maxConcurrent"))
+    grace_period: int = Field(1, ge=1, validation_alias=AliasChoices("grace_period", "gracePeriod"))
+    reduction_factor: float = Field(
+        2.0, gt=1, validation_alias=AliasChoices("reduction_factor", "reductionFactor")
+    )
+    max_concurrent: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("max_concurrent", "maxConcurrent")
+    )
 
     @field_validator("grid")
     @classmethod

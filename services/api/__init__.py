@@ -36,18 +36,23 @@ log = logging.getLogger("colecionador.api")
 CANCEL_WAIT_S = 30.0  # how long POST /jobs/{id}/cancel waits for the Ray job to end
 
 
-def create_app(settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S,
-               db_threads: int = DB_THREADS) -> FastAPI:
+def create_app(
+    settings: Settings, *, cancel_wait_s: float = CANCEL_WAIT_S, db_threads: int = DB_THREADS
+) -> FastAPI:
     """The FastAPI app of DESIGN.md ("HTTP") for ``settings``; ``db_threads`` database
     calls at once (the deployment makes it its ``max_ongoing_requests``)."""
     app = FastAPI(
-        title="colecionador", version="0.1.0",
+        title="colecionador",
+        version="0.1.0",
         description="Training jobs, their per-epoch metrics, and model versions with the "
-                    "quality gate's outcome. Writes need `Authorization: Bearer <token>` "
-                    "(COLECIONADOR_API_TOKEN); reads are open unless "
-                    "COLECIONADOR_API_READ_TOKEN is set.",
+        "quality gate's outcome. Writes need `Authorization: Bearer <token>` "
+        "(COLECIONADOR_API_TOKEN); reads are open unless "
+        "COLECIONADOR_API_READ_TOKEN is set.",
         responses={422: {"model": ErrorOut, "description": "invalid request"}},
-        docs_url=None, redoc_url=None, openapi_url=None)  # edges.docs_routes: read rule
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )  # edges.docs_routes: read rule
     app.state.settings, app.state.cancel_wait_s = settings, cancel_wait_s
     app.state.db, app.state.store = Database(settings, db_threads), StoreReader(settings)
     app.add_middleware(ConditionalGetMiddleware)  # ETag on reads, 304 on If-None-Match
@@ -75,8 +80,11 @@ async def _invalid(_request: Request, exc: RequestValidationError) -> JSONRespon
 
 async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     log.error("database error: %s", exc)
-    return JSONResponse({"detail": "the database is unavailable; try again"},
-                        status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -87,4 +95,5 @@ async def _crash(request: Request, exc: Exception) -> JSONResponse:
 def api_application(settings: Settings, **kw: Any) -> Any:
     """The bound Serve application, for ``serve.run(api_application(settings), name=...)``."""
     from services.api.deployment import api_deployment
+
     return api_deployment(settings, **kw).bind()

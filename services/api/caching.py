@@ -68,8 +68,7 @@ class ConditionalGetMiddleware:
         await self.app(scope, receive, capture)
 
     @staticmethod
-    async def _answer(start: Message, body: bytes, if_none_match: bytes | None,
-                      send: Send) -> None:
+    async def _answer(start: Message, body: bytes, if_none_match: bytes | None, send: Send) -> None:
         headers: list[Any] = list(start.get("headers", []))
         names = {k.lower() for k, _ in headers}
         etag = next((v for k, v in headers if k.lower() == b"etag"), None)

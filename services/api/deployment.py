@@ -35,38 +35,56 @@ MAX_QUEUED_REQUESTS = 16
 RETRY_AFTER_S = 1.0
 
 
-def autoscaling(min_replicas: int, max_replicas: int, *,
-                target_ongoing_requests: float | None = None, **extra: Any
-                ) -> AutoscalingConfig:
+def autoscaling(
+    min_replicas: int,
+    max_replicas: int,
+    *,
+    target_ongoing_requests: float | None = None,
+    **extra: Any,
+) -> AutoscalingConfig:
     """Serve's autoscaler between ``min_replicas`` and ``max_replicas``, aiming at
     ``target_ongoing_requests`` per replica (default: half of MAX_ONGOING_REQUESTS)."""
-    target = MAX_ONGOING_REQUESTS / 2 if target_ongoing_requests is None \
-        else target_ongoing_requests
-    return AutoscalingConfig(min_replicas=min_replicas, max_replicas=max_replicas,
-                             target_ongoing_requests=target, **extra)
+    target = (
+        MAX_ONGOING_REQUESTS / 2 if target_ongoing_requests is None else target_ongoing_requests
+    )
+    return AutoscalingConfig(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        target_ongoing_requests=target,
+        **extra,
+    )
 
 
-def api_deployment(settings: Settings, *, num_cpus: float = 0.0, num_replicas: int = 1,
-                   autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
-                   max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
-                   max_queued_requests: int = MAX_QUEUED_REQUESTS,
-                   retry_after_s: float | None = RETRY_AFTER_S,
-                   cancel_wait_s: float = CANCEL_WAIT_S) -> Any:
+def api_deployment(
+    settings: Settings,
+    *,
+    num_cpus: float = 0.0,
+    num_replicas: int = 1,
+    autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
+    max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
+    max_queued_requests: int = MAX_QUEUED_REQUESTS,
+    retry_after_s: float | None = RETRY_AFTER_S,
+    cancel_wait_s: float = CANCEL_WAIT_S,
+) -> Any:
     """``num_cpus`` defaults to 0: the API waits on I/O, and on a small cluster a reserved
     CPU would keep a training worker from starting. With ``autoscaling_config`` the
     replica count follows the load and ``num_replicas`` is ignored.
     ``max_queued_requests=-1`` turns shedding off (Serve's default: an unbounded queue)."""
     app = create_app(settings, cancel_wait_s=cancel_wait_s, db_threads=max_ongoing_requests)
-    scale: dict[str, Any] = ({"autoscaling_config": autoscaling_config}
-                             if autoscaling_config is not None
-                             else {"num_replicas": num_replicas})
+    scale: dict[str, Any] = (
+        {"autoscaling_config": autoscaling_config}
+        if autoscaling_config is not None
+        else {"num_replicas": num_replicas}
+    )
 
-    @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": num_cpus},
-                      max_ongoing_requests=max_ongoing_requests,
-                      max_queued_requests=max_queued_requests,
-                      backpressure_config=BackpressureConfig(status_code=503,
-                                                             retry_after_s=retry_after_s),
-                      **scale)
+    @serve.deployment(
+        name=DEPLOYMENT_NAME,
+        ray_actor_options={"num_cpus": num_cpus},
+        max_ongoing_requests=max_ongoing_requests,
+        max_queued_requests=max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
+        **scale,
+    )
     @serve.ingress(app)
     class ColecionadorApi:
         """colecionador's HTTP API (services.api.create_app)."""

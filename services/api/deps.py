@@ -70,7 +70,8 @@ class Database:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="api-db")
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(self.call, fn, *args))
+            self._pool, functools.partial(self.call, fn, *args)
+        )
 
 
 async def get_db(request: Request) -> Database:
@@ -143,8 +144,11 @@ def _check_read(request: Request, settings: Settings, basic: bool) -> None:
     challenge = 'Basic realm="colecionador"' if basic else "Bearer"
     token = _presented(request, basic)
     if token is None:
-        raise HTTPException(401, "a token is needed to read: Authorization: Bearer "
-                            "<token>", headers={"WWW-Authenticate": challenge})
+        raise HTTPException(
+            401,
+            "a token is needed to read: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": challenge},
+        )
     if not _matches(token, settings.api_read_token, settings.api_token):
         raise HTTPException(403, "invalid token")
 
@@ -164,14 +168,21 @@ async def _read_basic(request: Request, settings: SettingsDep) -> None:
 _bearer = HTTPBearer(auto_error=False, description="COLECIONADOR_API_TOKEN")
 
 
-async def _require_write(settings: SettingsDep, creds: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def _require_write(
+    settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     if settings.api_token is None:
-        raise HTTPException(403, "writes are disabled: no API token is configured "
-                            "(set COLECIONADOR_API_TOKEN on the server)")
+        raise HTTPException(
+            403,
+            "writes are disabled: no API token is configured "
+            "(set COLECIONADOR_API_TOKEN on the server)",
+        )
     if creds is None or not creds.credentials:
-        raise HTTPException(401, "a token is needed: Authorization: Bearer <token>",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "a token is needed: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not _matches(creds.credentials, settings.api_token):
         raise HTTPException(403, "invalid token")
 

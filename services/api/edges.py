@@ -22,8 +22,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from services.api.deps import READ_PAGE
 
 MAX_BODY_BYTES = 1 * 2**20  # a training request is a few KB
-PAGE_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
-            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+PAGE_CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 UNSANDBOXED = ("/docs", "/redoc")
 
 
@@ -49,6 +51,7 @@ class BodyLimit:
                 if seen > self.max_bytes:
                     raise _TooLarge
             return message
+
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
@@ -56,9 +59,16 @@ class BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps({"detail": f"the request body is over {self.max_bytes} bytes"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body.encode()})
 
 
@@ -83,13 +93,17 @@ class SecurityHeaders:
                 headers = list(message.get("headers") or [])
                 names = {k.lower() for k, _ in headers}
                 headers.append((b"x-content-type-options", b"nosniff"))
-                html = any(k.lower() == b"content-type" and v.startswith(b"text/html")
-                           for k, v in headers)
+                html = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
+                )
                 if html and sandboxed and b"content-security-policy" not in names:
-                    headers += [(b"content-security-policy", PAGE_CSP.encode()),
-                                (b"x-frame-options", b"DENY")]
+                    headers += [
+                        (b"content-security-policy", PAGE_CSP.encode()),
+                        (b"x-frame-options", b"DENY"),
+                    ]
                 message = {**message, "headers": headers}
             await send(message)
+
         await self.app(scope, receive, with_headers)
 
 
@@ -107,11 +121,11 @@ async def openapi(request: Request) -> JSONResponse:
 
 @docs_routes.get("/docs")
 async def swagger(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url=f"{_root(request)}/openapi.json",
-                               title="colecionador API")
+    return get_swagger_ui_html(
+        openapi_url=f"{_root(request)}/openapi.json", title="colecionador API"
+    )
 
 
 @docs_routes.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(openapi_url=f"{_root(request)}/openapi.json",
-                          title="colecionador API")
+    return get_redoc_html(openapi_url=f"{_root(request)}/openapi.json", title="colecionador API")

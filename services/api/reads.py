@@ -34,8 +34,9 @@ def job_detail(s: Any, job_id: int) -> JobDetail | None:
     job = repo.get_job(s, job_id)
     if job is None:
         return None
-    return JobDetail.from_row(job, repo.hyperparameters(s, job_id),
-                              list(repo.job_versions(s, job_id)))
+    return JobDetail.from_row(
+        job, repo.hyperparameters(s, job_id), list(repo.job_versions(s, job_id))
+    )
 
 
 def job_detail_by_batch(s: Any, batch_id: str) -> JobDetail | None:
@@ -45,8 +46,12 @@ def job_detail_by_batch(s: Any, batch_id: str) -> JobDetail | None:
 
 def job_page(s: Any, status: str | None, limit: int, offset: int) -> JobPage:
     jobs = repo.list_jobs(s, status=status, limit=limit, offset=offset)
-    return JobPage(items=[Job.model_validate(j) for j in jobs],
-                   total=repo.count_jobs(s, status), limit=limit, offset=offset)
+    return JobPage(
+        items=[Job.model_validate(j) for j in jobs],
+        total=repo.count_jobs(s, status),
+        limit=limit,
+        offset=offset,
+    )
 
 
 def metric_rows(s: Any, job_id: int) -> list[MetricRow]:
@@ -70,7 +75,8 @@ def version_detail(s: Any, mv: Any, store: StoreReader | None = None) -> Version
         prefix = version_prefix(mv.model_name, mv.version)
         try:
             detail.evaluation = json_safe(
-                json.loads(store.bytes(prefix + "metrics.json")).get("test"))
+                json.loads(store.bytes(prefix + "metrics.json")).get("test")
+            )
         except Exception as exc:  # noqa: BLE001 - the row still answers
             detail.evaluation_error = f"{type(exc).__name__}: {exc}"[:500]
         detail.errors = store.json(prefix + "errors.json")
@@ -86,6 +92,7 @@ def _render_curves(db: Database, job_id: int) -> bytes | None:
     if not rows:
         return None
     from training.plots import curves_png
+
     clean = [{k: (float("nan") if v is None else v) for k, v in r.items()} for r in rows]
     with _plot_lock:
         return curves_png(clean, f"job {job_id}")
@@ -99,8 +106,7 @@ async def curves_png(db: Database, job_id: int) -> Response:
     return Response(png, media_type=PNG, headers={"Cache-Control": "no-cache"})
 
 
-async def confusion_png(db: Database, store: StoreReader, name: str,
-                        version: int) -> Response:
+async def confusion_png(db: Database, store: StoreReader, name: str, version: int) -> Response:
     """The test split's confusion matrix, as stored with the version."""
     if await db(repo.get_version, name, version) is None:
         raise not_found(f"version {version} of model {name}")
@@ -115,4 +121,5 @@ async def confusion_png(db: Database, store: StoreReader, name: str,
 
 
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {PNG: {}}, "description": "a PNG image"}}
+    200: {"content": {PNG: {}}, "description": "a PNG image"}
+}

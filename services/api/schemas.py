@@ -66,11 +66,15 @@ class JobDetail(Job):
     versions: list[VersionRef] = Field(description="the model versions this job made")
 
     @classmethod
-    def from_row(cls, job: Any, hyperparameters: dict[str, Any],
-                 versions: list[Any]) -> JobDetail:
-        return cls(**Job.model_validate(job).model_dump(), hyperparameters=hyperparameters,
-                   versions=[VersionRef(model_name=v.model_name, version=v.version,
-                                        status=v.status) for v in versions])
+    def from_row(cls, job: Any, hyperparameters: dict[str, Any], versions: list[Any]) -> JobDetail:
+        return cls(
+            **Job.model_validate(job).model_dump(),
+            hyperparameters=hyperparameters,
+            versions=[
+                VersionRef(model_name=v.model_name, version=v.version, status=v.status)
+                for v in versions
+            ],
+        )
 
 
 class JobPage(BaseModel):
@@ -120,8 +124,9 @@ class Gate(BaseModel):
     @classmethod
     def from_row(cls, raw: dict[str, Any] | None, status: str) -> Gate:
         raw = raw or {}
-        return cls(status=raw.get("status", status),
-                   rules=[GateRuleOut(**r) for r in raw.get("rules", [])])
+        return cls(
+            status=raw.get("status", status), rules=[GateRuleOut(**r) for r in raw.get("rules", [])]
+        )
 
 
 class VersionSummary(BaseModel):
@@ -139,10 +144,19 @@ class VersionSummary(BaseModel):
 
     @classmethod
     def from_row(cls, mv: Any) -> VersionSummary:
-        return cls(model_name=mv.model_name, version=mv.version, job_id=mv.job_id,
-                   status=mv.status, accuracy=mv.accuracy, precision=mv.precision,
-                   recall=mv.recall, f1=mv.f1, roc_auc=mv.roc_auc,
-                   artifact_uri=mv.model_path, trained_at=mv.trained_at)
+        return cls(
+            model_name=mv.model_name,
+            version=mv.version,
+            job_id=mv.job_id,
+            status=mv.status,
+            accuracy=mv.accuracy,
+            precision=mv.precision,
+            recall=mv.recall,
+            f1=mv.f1,
+            roc_auc=mv.roc_auc,
+            artifact_uri=mv.model_path,
+            trained_at=mv.trained_at,
+        )
 
 
 class VersionDetail(VersionSummary):
@@ -151,21 +165,33 @@ class VersionDetail(VersionSummary):
     gate: Gate
     artifacts: dict[str, str] = Field(description="URIs of the files of this version")
     evaluation: dict[str, Any] | None = Field(
-        None, description="metrics.json's test section from the store: per-class figures "
-                          "and the confusion matrix (null if the store cannot be read)")
+        None,
+        description="metrics.json's test section from the store: per-class figures "
+        "and the confusion matrix (null if the store cannot be read)",
+    )
     evaluation_error: str | None = None
     errors: dict[str, Any] | None = Field(
-        None, description="errors.json: the most-confused class pairs and the test images "
-                          "wrong with the highest confidence (null if not stored)")
+        None,
+        description="errors.json: the most-confused class pairs and the test images "
+        "wrong with the highest confidence (null if not stored)",
+    )
 
     @classmethod
     def from_row(cls, mv: Any, batch_id: str | None = None) -> VersionDetail:  # type: ignore[override]
         base = mv.model_path.rsplit("/", 1)[0]
-        return cls(**VersionSummary.from_row(mv).model_dump(), batch_id=batch_id,
-                   metrics={"accuracy": mv.accuracy, "precision": mv.precision,
-                            "recall": mv.recall, "f1": mv.f1, "roc_auc": mv.roc_auc},
-                   gate=Gate.from_row(mv.gate, mv.status),
-                   artifacts={name: f"{base}/{name}" for name in VERSION_FILES})
+        return cls(
+            **VersionSummary.from_row(mv).model_dump(),
+            batch_id=batch_id,
+            metrics={
+                "accuracy": mv.accuracy,
+                "precision": mv.precision,
+                "recall": mv.recall,
+                "f1": mv.f1,
+                "roc_auc": mv.roc_auc,
+            },
+            gate=Gate.from_row(mv.gate, mv.status),
+            artifacts={name: f"{base}/{name}" for name in VERSION_FILES},
+        )
 
 
 class ModelSummary(BaseModel):
@@ -176,9 +202,12 @@ class ModelSummary(BaseModel):
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ModelSummary:
-        return cls(name=row["name"], versions=row["versions"],
-                   latest=VersionSummary.from_row(row["latest"]),
-                   latest_approved=row["latest_approved"])
+        return cls(
+            name=row["name"],
+            versions=row["versions"],
+            latest=VersionSummary.from_row(row["latest"]),
+            latest_approved=row["latest_approved"],
+        )
 
 
 class ErrorOut(BaseModel):

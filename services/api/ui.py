@@ -76,15 +76,18 @@ def _badge(status: str) -> str:
 
 def _page(title: str, body: str, root: str, refresh: bool = False) -> str:
     meta = '<meta http-equiv="refresh" content="10">' if refresh else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
-            f'<header><h1><a href="{e(root)}/">colecionador</a> · {e(title)}</h1></header>'
-            f"<main>{body}</main></body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
+        f'<header><h1><a href="{e(root)}/">colecionador</a> · {e(title)}</h1></header>'
+        f"<main>{body}</main></body></html>"
+    )
 
 
-def _table(headers: list[str], rows: str, *, table_id: str | None = None,
-           empty: str | None = None) -> str:
+def _table(
+    headers: list[str], rows: str, *, table_id: str | None = None, empty: str | None = None
+) -> str:
     """A table: a header cell per name, then ``rows`` (``<tr>`` markup), or one row
     spanning every column that says ``empty`` when there are none."""
     if not rows and empty is not None:
@@ -102,9 +105,15 @@ def _jobs_table(jobs: list[Job], root: str) -> str:
         f'<td class="clip">{e(j.model_name)}</td><td>{e(j.mode)}</td>'
         f"<td>{_badge(j.status)}</td><td class=num>{_fmt(j.accuracy)}</td>"
         f"<td class=when>{_when(j.created_at)}</td><td class=when>{_when(j.finished_at)}</td>"
-        f'<td class="error">{e(j.error) if j.error else ""}</td></tr>' for j in jobs)
-    return _table(["id", "batch", "model", "mode", "status", "accuracy", "created",
-                   "finished", "error"], rows, table_id="jobs", empty="no jobs")
+        f'<td class="error">{e(j.error) if j.error else ""}</td></tr>'
+        for j in jobs
+    )
+    return _table(
+        ["id", "batch", "model", "mode", "status", "accuracy", "created", "finished", "error"],
+        rows,
+        table_id="jobs",
+        empty="no jobs",
+    )
 
 
 def _models_table(models: list[ModelSummary], root: str) -> str:
@@ -115,82 +124,138 @@ def _models_table(models: list[ModelSummary], root: str) -> str:
         f"<td class=num>{m.versions}</td>"
         f"<td class=num>{'v' + str(m.latest_approved) if m.latest_approved else '–'}</td>"
         f'<td><a href="{e(root)}/ui/jobs/{m.latest.job_id}">job {m.latest.job_id}</a></td>'
-        f"<td>{_when(m.latest.trained_at)}</td></tr>" for m in models)
-    return _table(["model", "latest", "gate", "accuracy", "precision", "recall", "versions",
-                   "latest approved", "job", "trained"], rows, table_id="models",
-                  empty="no model versions yet")
+        f"<td>{_when(m.latest.trained_at)}</td></tr>"
+        for m in models
+    )
+    return _table(
+        [
+            "model",
+            "latest",
+            "gate",
+            "accuracy",
+            "precision",
+            "recall",
+            "versions",
+            "latest approved",
+            "job",
+            "trained",
+        ],
+        rows,
+        table_id="models",
+        empty="no model versions yet",
+    )
 
 
 def _gate_table(v: VersionDetail) -> str:
     rows = "".join(
         f'<tr data-rule="{e(r.metric)}"><td>{e(r.metric)}</td><td class=num>{_fmt(r.value)}</td>'
         f"<td class=num>&gt; {_fmt(r.threshold, 2)}</td>"
-        f"<td>{_badge('pass' if r.passed else 'fail')}</td></tr>" for r in v.gate.rules)
-    return (f'<section class="gate" data-version="{v.version}"><h2>Model {e(v.model_name)} '
-            f"v{v.version}: gate {_badge(v.gate.status)}</h2>"
-            + _table(["rule", "value", "threshold", "outcome"], rows) +
-            f'<p class="muted">artifact: {e(v.artifact_uri)}</p></section>')
+        f"<td>{_badge('pass' if r.passed else 'fail')}</td></tr>"
+        for r in v.gate.rules
+    )
+    return (
+        f'<section class="gate" data-version="{v.version}"><h2>Model {e(v.model_name)} '
+        f"v{v.version}: gate {_badge(v.gate.status)}</h2>"
+        + _table(["rule", "value", "threshold", "outcome"], rows)
+        + f'<p class="muted">artifact: {e(v.artifact_uri)}</p></section>'
+    )
 
 
 def _health_section(health: dict[str, Any] | None) -> str:
     if health is None:
         return ""
-    items = "".join(f'<li data-kind="{e(f["kind"])}">{e(f["message"])}</li>'
-                    for f in health.get("findings", []))
-    return ('<section id="health"><h2>Data health</h2>'
-            f'<p class="muted">{health.get("images")} images, {health.get("classes")} classes,'
-            f' imbalance {_fmt(health.get("imbalance_ratio"), 1)}</p>'
-            + (f"<ul>{items}</ul>" if items else '<p class="muted">no findings</p>')
-            + _label_conflicts_table(health.get("label_conflicts") or [])
-            + "</section>")
+    items = "".join(
+        f'<li data-kind="{e(f["kind"])}">{e(f["message"])}</li>' for f in health.get("findings", [])
+    )
+    return (
+        '<section id="health"><h2>Data health</h2>'
+        f'<p class="muted">{health.get("images")} images, {health.get("classes")} classes,'
+        f" imbalance {_fmt(health.get('imbalance_ratio'), 1)}</p>"
+        + (f"<ul>{items}</ul>" if items else '<p class="muted">no findings</p>')
+        + _label_conflicts_table(health.get("label_conflicts") or [])
+        + "</section>"
+    )
 
 
 def _label_conflicts_table(conflicts: list[dict[str, Any]]) -> str:
     """The same picture under two classes: both paths, both classes, how it was found."""
     if not conflicts:
         return ""
-    rows = "".join(f"<tr><td>{e(c['a'])}</td><td>{e(c['a_class'])}</td><td>{e(c['b'])}</td>"
-                   f"<td>{e(c['b_class'])}</td><td>{e(c['how'])}</td></tr>" for c in conflicts)
-    return ("<h3>Label conflicts</h3>"
-            + _table(["image", "class", "same picture", "class", "found by"], rows,
-                     table_id="label-conflicts"))
+    rows = "".join(
+        f"<tr><td>{e(c['a'])}</td><td>{e(c['a_class'])}</td><td>{e(c['b'])}</td>"
+        f"<td>{e(c['b_class'])}</td><td>{e(c['how'])}</td></tr>"
+        for c in conflicts
+    )
+    return "<h3>Label conflicts</h3>" + _table(
+        ["image", "class", "same picture", "class", "found by"], rows, table_id="label-conflicts"
+    )
 
 
-def _job_page(job: JobDetail, rows: list[MetricRow], versions: list[VersionDetail],
-              root: str, health: dict[str, Any] | None = None) -> str:
-    info = [("batch", job.batch_id), ("model", job.model_name), ("mode", job.mode),
-            ("dataset", job.dataset_uri), ("images", job.total_images),
-            ("workers", job.num_workers), ("gpu", job.use_gpu), ("Ray job", job.ray_job_id),
-            ("created", _when(job.created_at)), ("started", _when(job.started_at)),
-            ("finished", _when(job.finished_at)), ("accuracy", _fmt(job.accuracy)),
-            ("training time", f"{job.training_time_s:.1f} s" if job.training_time_s else None)]
-    body = (f'<p>Status {_badge(job.status)}</p>'
-            + (f'<p class="error" id="error">{e(job.error)}</p>' if job.error else "")
-            + "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info) + "</dl>")
+def _job_page(
+    job: JobDetail,
+    rows: list[MetricRow],
+    versions: list[VersionDetail],
+    root: str,
+    health: dict[str, Any] | None = None,
+) -> str:
+    info = [
+        ("batch", job.batch_id),
+        ("model", job.model_name),
+        ("mode", job.mode),
+        ("dataset", job.dataset_uri),
+        ("images", job.total_images),
+        ("workers", job.num_workers),
+        ("gpu", job.use_gpu),
+        ("Ray job", job.ray_job_id),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("accuracy", _fmt(job.accuracy)),
+        ("training time", f"{job.training_time_s:.1f} s" if job.training_time_s else None),
+    ]
+    body = (
+        f"<p>Status {_badge(job.status)}</p>"
+        + (f'<p class="error" id="error">{e(job.error)}</p>' if job.error else "")
+        + "<dl>"
+        + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info)
+        + "</dl>"
+    )
     body += "".join(_gate_table(v) for v in versions) or (
-        '<h2>Gate</h2><p class="muted" id="no-gate">no model version (yet)</p>')
+        '<h2>Gate</h2><p class="muted" id="no-gate">no model version (yet)</p>'
+    )
     body += _health_section(health)
     if rows:
-        body += (f'<h2>Training curves</h2><img class="plot" id="curves" alt="training curves" '
-                 f'src="{e(root)}/ui/jobs/{job.id}/curves.png">')
+        body += (
+            f'<h2>Training curves</h2><img class="plot" id="curves" alt="training curves" '
+            f'src="{e(root)}/ui/jobs/{job.id}/curves.png">'
+        )
         epochs = "".join(
             f"<tr><td class=num>{r.epoch}</td><td class=num>{r.phase}</td>"
             f"<td class=num>{_fmt(r.loss)}</td><td class=num>{_fmt(r.accuracy)}</td>"
             f"<td class=num>{_fmt(r.val_loss)}</td><td class=num>{_fmt(r.val_accuracy)}</td>"
             f"<td class=num>{_fmt(r.lr, 6) if r.lr is None else f'{r.lr:.2g}'}</td>"
-            f"<td class=num>{_fmt(r.epoch_time_s, 1)}</td></tr>" for r in rows)
-        body += "<h2>Epochs</h2>" + _table(["epoch", "phase", "loss", "accuracy", "val loss",
-                                            "val accuracy", "lr", "time (s)"], epochs,
-                                           table_id="epochs")
+            f"<td class=num>{_fmt(r.epoch_time_s, 1)}</td></tr>"
+            for r in rows
+        )
+        body += "<h2>Epochs</h2>" + _table(
+            ["epoch", "phase", "loss", "accuracy", "val loss", "val accuracy", "lr", "time (s)"],
+            epochs,
+            table_id="epochs",
+        )
     else:
         body += '<h2>Training curves</h2><p class="muted" id="no-curves">no epochs recorded yet</p>'
     for v in versions:
-        body += (f"<h2>Confusion matrix ({e(v.model_name)} v{v.version}, test split)</h2>"
-                 f'<img class="plot" alt="confusion matrix" '
-                 f'src="{e(root)}/ui/models/{e(v.model_name)}/versions/{v.version}/'
-                 'confusion_matrix.png">')
-    body += ("<h2>Hyperparameters</h2><details><summary>every effective value</summary><pre>"
-             + e(json.dumps(job.hyperparameters, indent=2, sort_keys=True)) + "</pre></details>")
+        body += (
+            f"<h2>Confusion matrix ({e(v.model_name)} v{v.version}, test split)</h2>"
+            f'<img class="plot" alt="confusion matrix" '
+            f'src="{e(root)}/ui/models/{e(v.model_name)}/versions/{v.version}/'
+            'confusion_matrix.png">'
+        )
+    body += (
+        "<h2>Hyperparameters</h2><details><summary>every effective value</summary><pre>"
+        + e(json.dumps(job.hyperparameters, indent=2, sort_keys=True))
+        + "</pre></details>"
+    )
     return _page(f"job {job.id}", body, root, refresh=job.status not in FINAL_STATUSES)
 
 
@@ -205,33 +270,35 @@ async def home(request: Request, db: DbDep, status: StatusFilter | None = None) 
 
     def both(s: Any) -> tuple[JobPage, list[ModelSummary]]:
         return reads.job_page(s, status, 100, 0), reads.models(s)
+
     page, models = await db(both)
     root = _root(request)
-    filters = " ".join(
-        f'<a href="{e(root)}/?status={s}">{_badge(s)}</a>' for s in JOB_STATUSES)
+    filters = " ".join(f'<a href="{e(root)}/?status={s}">{_badge(s)}</a>' for s in JOB_STATUSES)
     shown = f"{len(page.items)} of {page.total}" + (f" {e(status)}" if status else "")
-    body = ("<h2>Models: latest version and gate verdict</h2>" + _models_table(models, root)
-            + f'<h2>Jobs <span class="muted">({shown}, newest first)</span></h2>'
-            + f'<p class="filters">filter: <a href="{e(root)}/">all</a> {filters}</p>'
-            + _jobs_table(page.items, root)
-            + f'<p class="muted">API: <a href="{e(root)}/docs">{e(root)}/docs</a></p>')
+    body = (
+        "<h2>Models: latest version and gate verdict</h2>"
+        + _models_table(models, root)
+        + f'<h2>Jobs <span class="muted">({shown}, newest first)</span></h2>'
+        + f'<p class="filters">filter: <a href="{e(root)}/">all</a> {filters}</p>'
+        + _jobs_table(page.items, root)
+        + f'<p class="muted">API: <a href="{e(root)}/docs">{e(root)}/docs</a></p>'
+    )
     active = any(j.status not in FINAL_STATUSES for j in page.items)
     return HTMLResponse(_page("status", body, root, refresh=active))
 
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-async def job_page(request: Request, job_id: JobId, db: DbDep,
-                   store: StoreDep) -> HTMLResponse:
+async def job_page(request: Request, job_id: JobId, db: DbDep, store: StoreDep) -> HTMLResponse:
     def load(s: Any) -> tuple[JobDetail | None, list[MetricRow], list[VersionDetail]]:
         job = reads.job_detail(s, job_id)
         if job is None:
             return None, [], []
         return job, reads.metric_rows(s, job_id), reads.job_versions(s, job_id)
+
     job, rows, versions = await db(load)
     root = _root(request)
     if job is None:
-        return HTMLResponse(_page("not found", f"<p>No job {job_id}.</p>", root),
-                            status_code=404)
+        return HTMLResponse(_page("not found", f"<p>No job {job_id}.</p>", root), status_code=404)
     health = await asyncio.to_thread(store.json, report_key(job_id, "health.json"))
     return HTMLResponse(_job_page(job, rows, versions, root, health))
 
@@ -242,6 +309,7 @@ async def job_page_curves(job: JobDep, db: DbDep) -> Response:
 
 
 @router.get("/ui/models/{name}/versions/{version}/confusion_matrix.png")
-async def job_page_confusion(name: ModelName, version: VersionNo, db: DbDep,
-                             store: StoreDep) -> Response:
+async def job_page_confusion(
+    name: ModelName, version: VersionNo, db: DbDep, store: StoreDep
+) -> Response:
     return await reads.confusion_png(db, store, name, version)

@@ -66,9 +66,11 @@ class TrainingJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     metrics: Mapped[list[TrainingMetric]] = relationship(
-        back_populates="job", order_by="TrainingMetric.epoch", cascade="all, delete-orphan")
+        back_populates="job", order_by="TrainingMetric.epoch", cascade="all, delete-orphan"
+    )
     hyperparameters: Mapped[list[Hyperparameter]] = relationship(
-        back_populates="job", cascade="all, delete-orphan")
+        back_populates="job", cascade="all, delete-orphan"
+    )
 
 
 class TrainingMetric(Base):
@@ -76,8 +78,9 @@ class TrainingMetric(Base):
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_training_metrics_job_epoch"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
-                                        index=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
     epoch: Mapped[int] = mapped_column(Integer)
     phase: Mapped[int] = mapped_column(Integer)
     loss: Mapped[float | None] = mapped_column(Float)
@@ -96,8 +99,9 @@ class Hyperparameter(Base):
 
     __tablename__ = "hyperparameters"
 
-    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
-                                        primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSONType, nullable=True)
 
@@ -106,11 +110,11 @@ class Hyperparameter(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_name", "version",
-                                       name="uq_model_versions_name_version"),
-                      # a model's latest approved version, GET /models (migration 0004)
-                      Index("ix_model_versions_name_status_version", "model_name", "status",
-                            "version"))
+    __table_args__ = (
+        UniqueConstraint("model_name", "version", name="uq_model_versions_name_version"),
+        # a model's latest approved version, GET /models (migration 0004)
+        Index("ix_model_versions_name_status_version", "model_name", "status", "version"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_name: Mapped[str] = mapped_column(String(200), index=True)
@@ -135,8 +139,9 @@ class JobAttempt(Base):
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_attempts_job_attempt"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
-                                        index=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
     attempt: Mapped[int] = mapped_column(Integer)  # 1, 2, ...
     ray_job_id: Mapped[str] = mapped_column(String(200))
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -154,7 +159,8 @@ class Event(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the event_id
     job_id: Mapped[int | None] = mapped_column(
-        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
     kind: Mapped[str] = mapped_column(String(40))  # ModelEvaluation
     queue: Mapped[str | None] = mapped_column(String(200))  # None: not to be published
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -174,8 +180,9 @@ class TuningRun(Base):
     __tablename__ = "tuning_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"),
-                                        index=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
     status: Mapped[str] = mapped_column(String(20), default="running")
     grid: Mapped[dict[str, Any]] = mapped_column(JSONType)
     base_hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -200,7 +207,8 @@ class TuningRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     trials: Mapped[list[TuningTrial]] = relationship(
-        back_populates="run", order_by="TuningTrial.trial_index", cascade="all, delete-orphan")
+        back_populates="run", order_by="TuningTrial.trial_index", cascade="all, delete-orphan"
+    )
 
 
 class TuningTrial(Base):
@@ -208,12 +216,12 @@ class TuningTrial(Base):
     its best epoch), the per-fold figures of every epoch, and how it ended."""
 
     __tablename__ = "tuning_trials"
-    __table_args__ = (UniqueConstraint("run_id", "trial_index",
-                                       name="uq_tuning_trials_run_index"),)
+    __table_args__ = (UniqueConstraint("run_id", "trial_index", name="uq_tuning_trials_run_index"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("tuning_runs.id", ondelete="CASCADE"),
-                                        index=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("tuning_runs.id", ondelete="CASCADE"), index=True
+    )
     trial_index: Mapped[int] = mapped_column(Integer)  # the order Tune made the trials in
     trial_id: Mapped[str] = mapped_column(String(100))  # Ray Tune's id
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the tuned values

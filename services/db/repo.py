@@ -29,11 +29,19 @@ from services.db.models import (
 METRIC_FIELDS = ("phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
 
 
-def create_job(s: Session, *, batch_id: str, dataset_uri: str, model_name: str,
-               mode: str = "train", total_images: int | None = None,
-               hyperparameters: dict[str, Any], request: dict[str, Any] | None = None,
-               num_workers: int | None = None, use_gpu: bool | None = None,
-               ) -> tuple[TrainingJob, bool]:
+def create_job(
+    s: Session,
+    *,
+    batch_id: str,
+    dataset_uri: str,
+    model_name: str,
+    mode: str = "train",
+    total_images: int | None = None,
+    hyperparameters: dict[str, Any],
+    request: dict[str, Any] | None = None,
+    num_workers: int | None = None,
+    use_gpu: bool | None = None,
+) -> tuple[TrainingJob, bool]:
     """Insert a queued job and its effective hyperparameters in one transaction.
 
     batch_id is unique: a known batch_id returns the existing job and ``created=False``,
@@ -42,9 +50,17 @@ def create_job(s: Session, *, batch_id: str, dataset_uri: str, model_name: str,
     existing = get_job_by_batch(s, batch_id)
     if existing is not None:
         return existing, False
-    job = TrainingJob(batch_id=batch_id, dataset_uri=dataset_uri, model_name=model_name,
-                      mode=mode, total_images=total_images, status="queued", request=request,
-                      num_workers=num_workers, use_gpu=use_gpu)
+    job = TrainingJob(
+        batch_id=batch_id,
+        dataset_uri=dataset_uri,
+        model_name=model_name,
+        mode=mode,
+        total_images=total_images,
+        status="queued",
+        request=request,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+    )
     job.hyperparameters = [Hyperparameter(name=k, value=v) for k, v in hyperparameters.items()]
     s.add(job)
     try:
@@ -66,8 +82,9 @@ def get_job_by_batch(s: Session, batch_id: str) -> TrainingJob | None:
     return s.scalar(select(TrainingJob).where(TrainingJob.batch_id == batch_id))
 
 
-def list_jobs(s: Session, status: str | None = None, limit: int = 50,
-              offset: int = 0) -> Sequence[TrainingJob]:
+def list_jobs(
+    s: Session, status: str | None = None, limit: int = 50, offset: int = 0
+) -> Sequence[TrainingJob]:
     q = select(TrainingJob).order_by(TrainingJob.id.desc()).limit(limit).offset(offset)
     if status:
         q = q.where(TrainingJob.status == status)
@@ -77,14 +94,21 @@ def list_jobs(s: Session, status: str | None = None, limit: int = 50,
 RUNNABLE = ACTIVE_STATUSES
 
 
-def _update_job_if(s: Session, job_id: int, conditions: list[Any], *, commit: bool = True,
-                   **values: Any) -> bool:
+def _update_job_if(
+    s: Session, job_id: int, conditions: list[Any], *, commit: bool = True, **values: Any
+) -> bool:
     """One conditional UPDATE of a job (committed unless ``commit`` is False): it never
     overwrites a status another process has just set. True if the job matched
     ``conditions`` and was updated."""
-    done = s.execute(
-        update(TrainingJob).where(TrainingJob.id == job_id, *conditions).values(**values)
-        .execution_options(synchronize_session=False)).rowcount == 1
+    done = (
+        s.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, *conditions)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
     if commit:
         s.commit()
     return done
@@ -93,26 +117,42 @@ def _update_job_if(s: Session, job_id: int, conditions: list[Any], *, commit: bo
 def start_job(s: Session, job_id: int, ray_job_id: str | None = None) -> bool:
     """queued / training / evaluating -> training (started_at stamped once): a job
     cancelled in the meantime stays cancelled. True if started."""
-    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)], status="training",
-                          started_at=func.coalesce(TrainingJob.started_at, utcnow()),
-                          ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id))
+    return _update_job_if(
+        s,
+        job_id,
+        [TrainingJob.status.in_(RUNNABLE)],
+        status="training",
+        started_at=func.coalesce(TrainingJob.started_at, utcnow()),
+        ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id),
+    )
 
 
 def mark_evaluating(s: Session, job_id: int, training_time_s: float) -> bool:
     """training -> evaluating, unless the job was cancelled meanwhile."""
-    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)],
-                          status="evaluating", training_time_s=training_time_s)
+    return _update_job_if(
+        s,
+        job_id,
+        [TrainingJob.status.in_(RUNNABLE)],
+        status="evaluating",
+        training_time_s=training_time_s,
+    )
 
 
-def finish_job(s: Session, job_id: int, status: str, *, commit: bool = True,
-               **fields: Any) -> bool:
+def finish_job(s: Session, job_id: int, status: str, *, commit: bool = True, **fields: Any) -> bool:
     """success / failed, stamping finished_at, unless the job was cancelled meanwhile.
     With ``commit=False`` the caller commits (the version row and the final status in one
     transaction)."""
     if status not in ("success", "failed"):
         raise ValueError(f"not a finishing status: {status!r}")
-    return _update_job_if(s, job_id, [TrainingJob.status.in_(RUNNABLE)], commit=commit,
-                          status=status, finished_at=utcnow(), **fields)
+    return _update_job_if(
+        s,
+        job_id,
+        [TrainingJob.status.in_(RUNNABLE)],
+        commit=commit,
+        status=status,
+        finished_at=utcnow(),
+        **fields,
+    )
 
 
 def hyperparameters(s: Session, job_id: int) -> dict[str, Any]:
@@ -123,38 +163,50 @@ def hyperparameters(s: Session, job_id: int) -> dict[str, Any]:
 def record_epoch(s: Session, job_id: int, epoch: int, values: dict[str, Any]) -> None:
     """Upsert the row of one epoch: (job_id, epoch) is unique, so a resumed run that
     reports an epoch again overwrites it instead of recording it twice."""
-    row = {"job_id": job_id, "epoch": epoch, "recorded_at": utcnow(),
-           **{k: values.get(k) for k in METRIC_FIELDS}}
+    row = {
+        "job_id": job_id,
+        "epoch": epoch,
+        "recorded_at": utcnow(),
+        **{k: values.get(k) for k in METRIC_FIELDS},
+    }
     insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(TrainingMetric).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id", "epoch"],
-        set_={k: stmt.excluded[k] for k in (*METRIC_FIELDS, "recorded_at")})
+        set_={k: stmt.excluded[k] for k in (*METRIC_FIELDS, "recorded_at")},
+    )
     s.execute(stmt)
     s.commit()
 
 
 def epoch_rows(s: Session, job_id: int) -> list[dict[str, Any]]:
-    rows = s.scalars(select(TrainingMetric).where(TrainingMetric.job_id == job_id)
-                     .order_by(TrainingMetric.epoch)).all()
+    rows = s.scalars(
+        select(TrainingMetric).where(TrainingMetric.job_id == job_id).order_by(TrainingMetric.epoch)
+    ).all()
     return [{"epoch": r.epoch, **{k: getattr(r, k) for k in METRIC_FIELDS}} for r in rows]
 
 
 def next_version(s: Session, model_name: str) -> int:
-    current = s.scalar(select(func.max(ModelVersion.version))
-                       .where(ModelVersion.model_name == model_name))
+    current = s.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.model_name == model_name)
+    )
     return (current or 0) + 1
 
 
-def reserve_version(s: Session, model_name: str, *, model_path: Callable[[int], str] | str,
-                    **fields: Any) -> ModelVersion | None:
+def reserve_version(
+    s: Session, model_name: str, *, model_path: Callable[[int], str] | str, **fields: Any
+) -> ModelVersion | None:
     """Insert the next version of ``model_name`` without committing: the row reserves the
     number (PostgreSQL's unique index makes a concurrent job wait, then fail) until the
     caller commits or rolls back. ``model_path``: the artifact URI, or a function of the
     version number that gives it. None if another job took that number first."""
     version = next_version(s, model_name)
-    mv = ModelVersion(model_name=model_name, version=version, **fields,
-                      model_path=model_path(version) if callable(model_path) else model_path)
+    mv = ModelVersion(
+        model_name=model_name,
+        version=version,
+        **fields,
+        model_path=model_path(version) if callable(model_path) else model_path,
+    )
     s.add(mv)
     try:
         s.flush()
@@ -165,17 +217,22 @@ def reserve_version(s: Session, model_name: str, *, model_path: Callable[[int], 
 
 
 def versions(s: Session, model_name: str) -> Sequence[ModelVersion]:
-    return s.scalars(select(ModelVersion).where(ModelVersion.model_name == model_name)
-                     .order_by(ModelVersion.version)).all()
+    return s.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.model_name == model_name)
+        .order_by(ModelVersion.version)
+    ).all()
 
 
 def get_version(s: Session, model_name: str, version: int) -> ModelVersion | None:
-    return s.scalar(select(ModelVersion).where(ModelVersion.model_name == model_name,
-                                               ModelVersion.version == version))
+    return s.scalar(
+        select(ModelVersion).where(
+            ModelVersion.model_name == model_name, ModelVersion.version == version
+        )
+    )
 
 
-def latest_version(s: Session, model_name: str,
-                   status: str | None = None) -> ModelVersion | None:
+def latest_version(s: Session, model_name: str, status: str | None = None) -> ModelVersion | None:
     q = select(ModelVersion).where(ModelVersion.model_name == model_name)
     if status:
         q = q.where(ModelVersion.status == status)
@@ -198,73 +255,113 @@ def set_ray_job_id(s: Session, job_id: int, ray_job_id: str) -> None:
 # ------------------------------------------------------- attempts and the outbox (issue 13)
 def active_jobs(s: Session) -> Sequence[TrainingJob]:
     """Every job that has not ended (queued, training, evaluating), oldest first."""
-    return s.scalars(select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_STATUSES))
-                     .order_by(TrainingJob.id)).all()
+    return s.scalars(
+        select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_STATUSES)).order_by(TrainingJob.id)
+    ).all()
 
 
 def record_attempt(s: Session, job_id: int, ray_job_id: str) -> int:
     """A Ray job now runs job ``job_id``: the next attempt, its submission id on the row.
     Idempotent: the attempt that already has ``ray_job_id`` is not recorded twice.
     Returns the attempt's number."""
-    last = s.scalar(select(JobAttempt).where(JobAttempt.job_id == job_id)
-                    .order_by(JobAttempt.attempt.desc()).limit(1))
+    last = s.scalar(
+        select(JobAttempt)
+        .where(JobAttempt.job_id == job_id)
+        .order_by(JobAttempt.attempt.desc())
+        .limit(1)
+    )
     if last is not None and last.ray_job_id == ray_job_id:
         return last.attempt
     attempt = (last.attempt if last else 0) + 1
     s.add(JobAttempt(job_id=job_id, attempt=attempt, ray_job_id=ray_job_id))
-    s.execute(update(TrainingJob).where(TrainingJob.id == job_id)
-              .values(attempts=attempt, ray_job_id=ray_job_id)
-              .execution_options(synchronize_session=False))
+    s.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id)
+        .values(attempts=attempt, ray_job_id=ray_job_id)
+        .execution_options(synchronize_session=False)
+    )
     s.commit()
     return attempt
 
 
-def end_attempt(s: Session, job_id: int, ray_job_id: str, ray_status: str | None,
-                message: str | None, *, commit: bool = True) -> None:
+def end_attempt(
+    s: Session,
+    job_id: int,
+    ray_job_id: str,
+    ray_status: str | None,
+    message: str | None,
+    *,
+    commit: bool = True,
+) -> None:
     """What Ray said when the attempt's Ray job ended (or vanished)."""
-    s.execute(update(JobAttempt).where(JobAttempt.job_id == job_id,
-                                       JobAttempt.ray_job_id == ray_job_id,
-                                       JobAttempt.ended_at.is_(None))
-              .values(ended_at=utcnow(), ray_status=ray_status, message=message)
-              .execution_options(synchronize_session=False))
+    s.execute(
+        update(JobAttempt)
+        .where(
+            JobAttempt.job_id == job_id,
+            JobAttempt.ray_job_id == ray_job_id,
+            JobAttempt.ended_at.is_(None),
+        )
+        .values(ended_at=utcnow(), ray_status=ray_status, message=message)
+        .execution_options(synchronize_session=False)
+    )
     if commit:
         s.commit()
 
 
 def job_attempts(s: Session, job_id: int) -> Sequence[JobAttempt]:
-    return s.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id)
-                     .order_by(JobAttempt.attempt)).all()
+    return s.scalars(
+        select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)
+    ).all()
 
 
-def add_event(s: Session, event_id: str, job_id: int | None, kind: str, queue: str | None,
-              body: dict[str, Any]) -> None:
+def add_event(
+    s: Session,
+    event_id: str,
+    job_id: int | None,
+    kind: str,
+    queue: str | None,
+    body: dict[str, Any],
+) -> None:
     """Stage an event in the outbox; the caller commits it with the change it reports."""
     s.add(Event(id=event_id, job_id=job_id, kind=kind, queue=queue, body=json_safe(body)))
 
 
 def pending_events(s: Session, limit: int = 100, job_id: int | None = None) -> Sequence[Event]:
     """Unpublished events that have a queue, oldest first."""
-    q = (select(Event).where(Event.published_at.is_(None), Event.queue.is_not(None))
-         .order_by(Event.created_at, Event.id).limit(limit))
+    q = (
+        select(Event)
+        .where(Event.published_at.is_(None), Event.queue.is_not(None))
+        .order_by(Event.created_at, Event.id)
+        .limit(limit)
+    )
     if job_id is not None:
         q = q.where(Event.job_id == job_id)
     return s.scalars(q).all()
 
 
 def count_pending_events(s: Session) -> int:
-    return int(s.scalar(select(func.count()).select_from(Event).where(
-        Event.published_at.is_(None), Event.queue.is_not(None))) or 0)
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.published_at.is_(None), Event.queue.is_not(None))
+        )
+        or 0
+    )
 
 
 def mark_published(s: Session, event_id: str) -> None:
-    s.execute(update(Event).where(Event.id == event_id, Event.published_at.is_(None))
-              .values(published_at=utcnow()).execution_options(synchronize_session=False))
+    s.execute(
+        update(Event)
+        .where(Event.id == event_id, Event.published_at.is_(None))
+        .values(published_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     s.commit()
 
 
 def job_events(s: Session, job_id: int) -> Sequence[Event]:
-    return s.scalars(select(Event).where(Event.job_id == job_id)
-                     .order_by(Event.created_at)).all()
+    return s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.created_at)).all()
 
 
 # ------------------------------------------------ HTTP API (services/api/) reads and cancel
@@ -278,24 +375,45 @@ def count_jobs(s: Session, status: str | None = None) -> int:
 def list_models(s: Session) -> list[dict[str, Any]]:
     """Every model name with its number of versions, its latest version (the row) and the
     number of its latest approved version (None if none was approved), by name."""
-    counts = (select(ModelVersion.model_name, func.count().label("n"),
-                     func.max(ModelVersion.version).label("latest"))
-              .group_by(ModelVersion.model_name).subquery())
-    approved = (select(ModelVersion.model_name, func.max(ModelVersion.version).label("v"))
-                .where(ModelVersion.status == "approved")
-                .group_by(ModelVersion.model_name).subquery())
+    counts = (
+        select(
+            ModelVersion.model_name,
+            func.count().label("n"),
+            func.max(ModelVersion.version).label("latest"),
+        )
+        .group_by(ModelVersion.model_name)
+        .subquery()
+    )
+    approved = (
+        select(ModelVersion.model_name, func.max(ModelVersion.version).label("v"))
+        .where(ModelVersion.status == "approved")
+        .group_by(ModelVersion.model_name)
+        .subquery()
+    )
     rows = s.execute(
         select(ModelVersion, counts.c.n, approved.c.v)
-        .join(counts, (ModelVersion.model_name == counts.c.model_name)
-              & (ModelVersion.version == counts.c.latest))
+        .join(
+            counts,
+            (ModelVersion.model_name == counts.c.model_name)
+            & (ModelVersion.version == counts.c.latest),
+        )
         .outerjoin(approved, ModelVersion.model_name == approved.c.model_name)
-        .order_by(ModelVersion.model_name)).all()
-    return [{"name": mv.model_name, "versions": n, "latest": mv, "latest_approved": v}
-            for mv, n, v in rows]
+        .order_by(ModelVersion.model_name)
+    ).all()
+    return [
+        {"name": mv.model_name, "versions": n, "latest": mv, "latest_approved": v}
+        for mv, n, v in rows
+    ]
 
 
-def cancel_job(s: Session, job_id: int, *, only_if_queued_without_ray_job: bool = False,
-               error: str | None = None, commit: bool = True) -> bool:
+def cancel_job(
+    s: Session,
+    job_id: int,
+    *,
+    only_if_queued_without_ray_job: bool = False,
+    error: str | None = None,
+    commit: bool = True,
+) -> bool:
     """Mark a job ``cancelled`` unless it is already final (success, failed, cancelled);
     with ``only_if_queued_without_ray_job`` only while it is still queued and has no Ray
     job. One conditional UPDATE, so it never overwrites a status another process has
@@ -303,8 +421,9 @@ def cancel_job(s: Session, job_id: int, *, only_if_queued_without_ray_job: bool 
     conditions = [TrainingJob.status.not_in(FINAL_STATUSES)]
     if only_if_queued_without_ray_job:
         conditions += [TrainingJob.status == "queued", TrainingJob.ray_job_id.is_(None)]
-    return _update_job_if(s, job_id, conditions, commit=commit, status="cancelled",
-                          finished_at=utcnow(), error=error)
+    return _update_job_if(
+        s, job_id, conditions, commit=commit, status="cancelled", finished_at=utcnow(), error=error
+    )
 
 
 # ----------------------------------------------------------------- tuning (issue 5)
@@ -312,6 +431,7 @@ def json_safe(value: Any) -> Any:
     """NaN and inf become None: PostgreSQL's JSONB rejects them and JSON has no spelling
     for them (a diverged fold's loss is the usual source)."""
     import math
+
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -325,8 +445,7 @@ def json_safe(value: Any) -> Any:
 
 def create_tuning_run(s: Session, job_id: int, **fields: Any) -> TuningRun:
     """Insert a ``running`` tuning run of a job (grid, base hyperparameters, settings)."""
-    run = TuningRun(job_id=job_id, status="running",
-                    **{k: json_safe(v) for k, v in fields.items()})
+    run = TuningRun(job_id=job_id, status="running", **{k: json_safe(v) for k, v in fields.items()})
     s.add(run)
     s.commit()
     return run
@@ -334,8 +453,11 @@ def create_tuning_run(s: Session, job_id: int, **fields: Any) -> TuningRun:
 
 def record_trial(s: Session, run_id: int, *, trial_index: int, **fields: Any) -> TuningTrial:
     """Insert or update the row of one trial ((run_id, trial_index) is unique)."""
-    row = s.scalar(select(TuningTrial).where(TuningTrial.run_id == run_id,
-                                             TuningTrial.trial_index == trial_index))
+    row = s.scalar(
+        select(TuningTrial).where(
+            TuningTrial.run_id == run_id, TuningTrial.trial_index == trial_index
+        )
+    )
     if row is None:
         row = TuningTrial(run_id=run_id, trial_index=trial_index)
         s.add(row)
@@ -353,9 +475,14 @@ def set_trial_ranks(s: Session, run_id: int, ranks: dict[int, int]) -> None:
     s.commit()
 
 
-def finish_tuning_run(s: Session, run_id: int, status: str, *,
-                      job_hyperparameters: dict[str, Any] | None = None,
-                      **fields: Any) -> TuningRun:
+def finish_tuning_run(
+    s: Session,
+    run_id: int,
+    status: str,
+    *,
+    job_hyperparameters: dict[str, Any] | None = None,
+    **fields: Any,
+) -> TuningRun:
     """Close a run (``completed`` or ``failed``); with ``job_hyperparameters`` the job's
     effective hyperparameters are replaced in the same transaction, so a run is never
     completed without its winner merged into the job."""
@@ -374,8 +501,10 @@ def finish_tuning_run(s: Session, run_id: int, status: str, *,
 
 
 def _replace_hyperparameters(s: Session, job_id: int, values: dict[str, Any]) -> None:
-    rows = {r.name: r for r in
-            s.scalars(select(Hyperparameter).where(Hyperparameter.job_id == job_id)).all()}
+    rows = {
+        r.name: r
+        for r in s.scalars(select(Hyperparameter).where(Hyperparameter.job_id == job_id)).all()
+    }
     for name, value in values.items():
         if name in rows:
             rows[name].value = json_safe(value)
@@ -393,17 +522,21 @@ def set_hyperparameters(s: Session, job_id: int, values: dict[str, Any]) -> None
 
 
 def tuning_runs(s: Session, job_id: int) -> Sequence[TuningRun]:
-    return s.scalars(select(TuningRun).where(TuningRun.job_id == job_id)
-                     .order_by(TuningRun.id)).all()
+    return s.scalars(
+        select(TuningRun).where(TuningRun.job_id == job_id).order_by(TuningRun.id)
+    ).all()
 
 
 def latest_tuning_run(s: Session, job_id: int) -> TuningRun | None:
-    return s.scalar(select(TuningRun).where(TuningRun.job_id == job_id)
-                    .order_by(TuningRun.id.desc()).limit(1))
+    return s.scalar(
+        select(TuningRun).where(TuningRun.job_id == job_id).order_by(TuningRun.id.desc()).limit(1)
+    )
 
 
 def tuning_trials(s: Session, run_id: int) -> Sequence[TuningTrial]:
     """The trials of a run, best first where ranked, then in the order Tune made them."""
-    return s.scalars(select(TuningTrial).where(TuningTrial.run_id == run_id)
-                     .order_by(TuningTrial.rank.is_(None), TuningTrial.rank,
-                               TuningTrial.trial_index)).all()
+    return s.scalars(
+        select(TuningTrial)
+        .where(TuningTrial.run_id == run_id)
+        .order_by(TuningTrial.rank.is_(None), TuningTrial.rank, TuningTrial.trial_index)
+    ).all()

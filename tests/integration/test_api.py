@@ -46,9 +46,18 @@ pytestmark = pytest.mark.integration
 WRITE, READ = "w-" + uuid.uuid4().hex, "r-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {WRITE}"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DESIGN_PATHS = ["/healthz", "/jobs", "/jobs/{job_id}", "/jobs/by-batch/{batch_id}",
-                "/jobs/{job_id}/metrics", "/jobs/{job_id}/curves.png", "/jobs/{job_id}/cancel",
-                "/models", "/models/{name}/versions", "/models/{name}/versions/{version}"]
+DESIGN_PATHS = [
+    "/healthz",
+    "/jobs",
+    "/jobs/{job_id}",
+    "/jobs/by-batch/{batch_id}",
+    "/jobs/{job_id}/metrics",
+    "/jobs/{job_id}/curves.png",
+    "/jobs/{job_id}/cancel",
+    "/models",
+    "/models/{name}/versions",
+    "/models/{name}/versions/{version}",
+]
 
 
 def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
@@ -82,22 +91,35 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
     model = f"api-{SESSION}"
     queue = f"training.requests.api-{SESSION}-{uuid.uuid4().hex[:6]}"
     settings = Settings(
-        home=home, database_url=api_db, broker_url=AMQP_URL, requests_queue=queue,
-        workers=2, publish_events=False,
+        home=home,
+        database_url=api_db,
+        broker_url=AMQP_URL,
+        requests_queue=queue,
+        workers=2,
+        publish_events=False,
         store_url=f"s3://{s3_server.bucket_name('api')}/colecionador",
-        s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
         s3_secret_key=SecretStr(s3_server.secret_key),
-        ray_dashboard_url=ray_cluster.dashboard_url, ray_auth_token_path=ray_cluster.token_path,
-        api_token=SecretStr(WRITE), api_read_token=None, dataset_roots=f"{home},s3://d")
+        ray_dashboard_url=ray_cluster.dashboard_url,
+        ray_auth_token_path=ray_cluster.token_path,
+        api_token=SecretStr(WRITE),
+        api_read_token=None,
+        dataset_roots=f"{home},s3://d",
+    )
     data = write_dataset(home / "data")
 
     def request(batch: str, uri: str, **hp) -> TrainingRequest:
-        return TrainingRequest(batch_id=batch, dataset_uri=uri, model_name=model,
-                               total_images=36, hyperparameters=Hyperparameters(**{**TINY, **hp}))
+        return TrainingRequest(
+            batch_id=batch,
+            dataset_uri=uri,
+            model_name=model,
+            total_images=36,
+            hyperparameters=Hyperparameters(**{**TINY, **hp}),
+        )
 
     # A: a real job on the cluster; recall > 1.0 can never pass: v1 is rejected by one rule
-    trained, _ = create_job(settings, request(f"api-trained-{SESSION}", str(data),
-                                              gate_recall=1.0))
+    trained, _ = create_job(settings, request(f"api-trained-{SESSION}", str(data), gate_recall=1.0))
     outcome = run_job(trained.id, settings, say=lambda _m: None)
     assert outcome.status == "success" and outcome.verdict == "rejected", outcome.error
     # B: fails at the data step; C: queued; D: recorded as a success that made v2 (approved)
@@ -107,13 +129,28 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
     recorded, _ = create_job(settings, request(f"api-recorded-{SESSION}", str(data)))
     with session_factory(api_db)() as s:
         repo.finish_job(s, recorded.id, "success", accuracy=0.97)
-        repo.reserve_version(s, model, job_id=recorded.id, accuracy=0.97,
-                         precision=0.96, recall=0.95, f1=0.955, status="approved",
-                         gate={"status": "approved", "rules": [
-                             {"metric": m, "threshold": t, "value": v, "passed": True}
-                             for m, t, v in (("accuracy", 0.9, 0.97), ("precision", 0.88, 0.96),
-                                             ("recall", 0.88, 0.95))]},
-                         model_path=f"{settings.store}/models/{model}/v2/model.pt")
+        repo.reserve_version(
+            s,
+            model,
+            job_id=recorded.id,
+            accuracy=0.97,
+            precision=0.96,
+            recall=0.95,
+            f1=0.955,
+            status="approved",
+            gate={
+                "status": "approved",
+                "rules": [
+                    {"metric": m, "threshold": t, "value": v, "passed": True}
+                    for m, t, v in (
+                        ("accuracy", 0.9, 0.97),
+                        ("precision", 0.88, 0.96),
+                        ("recall", 0.88, 0.95),
+                    )
+                ],
+            },
+            model_path=f"{settings.store}/models/{model}/v2/model.pt",
+        )
         s.commit()
 
     port = free_port()
@@ -123,9 +160,19 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
         serve.run(api_application(settings, cancel_wait_s=60), name="api", route_prefix="/")
         wait_until(lambda: _answers(f"{url}/healthz"), 60, "the API on Serve")
         yield SimpleNamespace(
-            url=url, port=port, settings=settings, model=model, queue=queue, cluster=ray_cluster,
-            trained=trained.id, failed=failed.id, queued=queued.id, recorded=recorded.id,
-            outcome=outcome, batch={"trained": trained.batch_id, "failed": failed.batch_id})
+            url=url,
+            port=port,
+            settings=settings,
+            model=model,
+            queue=queue,
+            cluster=ray_cluster,
+            trained=trained.id,
+            failed=failed.id,
+            queued=queued.id,
+            recorded=recorded.id,
+            outcome=outcome,
+            batch={"trained": trained.batch_id, "failed": failed.batch_id},
+        )
     finally:
         serve.shutdown()  # only Serve: the session's cluster stays up
         delete_queues(queue, queue + ".dead")
@@ -148,14 +195,16 @@ def deploy(api):
         name = f"api-{uuid.uuid4().hex[:6]}"
         queue = f"training.requests.api-{SESSION}-{uuid.uuid4().hex[:6]}"
         settings = api.settings.model_copy(update={"requests_queue": queue, **overrides})
-        serve.run(api_application(settings, **(deployment or {})), name=name,
-                  route_prefix=f"/{name}")
+        serve.run(
+            api_application(settings, **(deployment or {})), name=name, route_prefix=f"/{name}"
+        )
         names.append(name)
         queues.extend([queue, queue + ".dead"])
         base = f"{api.url}/{name}"
         wait_until(lambda: _answers(f"{base}/healthz"), 60, f"app {name}")
-        return SimpleNamespace(url=base, queue=queue, settings=settings,
-                               client=httpx.Client(base_url=base, timeout=30))
+        return SimpleNamespace(
+            url=base, queue=queue, settings=settings, client=httpx.Client(base_url=base, timeout=30)
+        )
 
     yield make
     for name in names:
@@ -164,9 +213,14 @@ def deploy(api):
 
 
 def body(batch: str | None = None, **extra) -> dict:
-    return {"batchId": batch or f"http-{uuid.uuid4().hex[:8]}", "dataset_uri": "s3://d/x/",
-            "totalImages": 10, "model_name": "from-http",
-            "hyperparameters": {"phase1_epochs": 1, "batch_size": 8}, **extra}
+    return {
+        "batchId": batch or f"http-{uuid.uuid4().hex[:8]}",
+        "dataset_uri": "s3://d/x/",
+        "totalImages": 10,
+        "model_name": "from-http",
+        "hyperparameters": {"phase1_epochs": 1, "batch_size": 8},
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------- reads
@@ -190,6 +244,7 @@ def test_jobs_filters_limit_and_offset(client, api):
 
     def ids_for(**params):
         return [j["id"] for j in client.get("/jobs", params=params).json()["items"]]
+
     assert ids_for(status="success") == sorted([api.trained, api.recorded], reverse=True)
     assert ids_for(status="failed") == [api.failed]
     assert ids_for(status="queued") == [api.queued]
@@ -197,10 +252,15 @@ def test_jobs_filters_limit_and_offset(client, api):
     assert ids_for(limit=2) == ids[:2] and ids_for(limit=2, offset=2) == ids[2:]
     assert ids_for(limit=3, offset=3) == ids[3:]
     page = client.get("/jobs", params={"status": "success", "limit": 1, "offset": 1}).json()
-    assert page["total"] == 2 and [j["id"] for j in page["items"]] == [min(api.trained,
-                                                                            api.recorded)]
-    for params, field in (({"status": "finished"}, "status"), ({"limit": 0}, "limit"),
-                          ({"limit": 501}, "limit"), ({"offset": -1}, "offset")):
+    assert page["total"] == 2 and [j["id"] for j in page["items"]] == [
+        min(api.trained, api.recorded)
+    ]
+    for params, field in (
+        ({"status": "finished"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"offset": -1}, "offset"),
+    ):
         r = client.get("/jobs", params=params)
         assert r.status_code == 422, params
         assert [e["loc"] for e in r.json()["detail"]] == [["query", field]]
@@ -209,7 +269,10 @@ def test_jobs_filters_limit_and_offset(client, api):
 def test_one_job_by_id_and_by_batch_and_404s(client, api):
     job = client.get(f"/jobs/{api.trained}").json()
     assert (job["status"], job["model_name"], job["batch_id"]) == (
-        "success", api.model, api.batch["trained"])
+        "success",
+        api.model,
+        api.batch["trained"],
+    )
     assert job["accuracy"] == pytest.approx(api.outcome.metrics["accuracy"])
     assert job["training_time_s"] > 0 and job["num_workers"] == 2 and job["error"] is None
     assert job["hyperparameters"] == Hyperparameters(**{**TINY, "gate_recall": 1.0}).effective()
@@ -218,10 +281,12 @@ def test_one_job_by_id_and_by_batch_and_404s(client, api):
     failed = client.get(f"/jobs/by-batch/{api.batch['failed']}").json()
     assert failed["status"] == "failed" and failed["error"].startswith("dataset:")
 
-    for path, detail in ((f"/jobs/{10**6}", f"no job {10**6}"),
-                         ("/jobs/by-batch/no-such-batch", "no job for batch no-such-batch"),
-                         (f"/jobs/{10**6}/metrics", f"no job {10**6}"),
-                         (f"/jobs/{10**6}/curves.png", f"no job {10**6}")):
+    for path, detail in (
+        (f"/jobs/{10**6}", f"no job {10**6}"),
+        ("/jobs/by-batch/no-such-batch", "no job for batch no-such-batch"),
+        (f"/jobs/{10**6}/metrics", f"no job {10**6}"),
+        (f"/jobs/{10**6}/curves.png", f"no job {10**6}"),
+    ):
         r = client.get(path)
         assert (r.status_code, r.json()) == (404, {"detail": detail}), path
     r = client.get("/jobs/seven")
@@ -231,24 +296,35 @@ def test_one_job_by_id_and_by_batch_and_404s(client, api):
 def test_metrics_rows_and_curves_png(client, api):
     rows = client.get(f"/jobs/{api.trained}/metrics").json()
     assert [(r["epoch"], r["phase"], r["lr"]) for r in rows] == [(1, 1, 1e-3), (2, 2, 1e-5)]
-    assert all(r[k] is not None for r in rows for k in
-               ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s"))
+    assert all(
+        r[k] is not None
+        for r in rows
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+    )
     png = client.get(f"/jobs/{api.trained}/curves.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content.startswith(PNG_MAGIC) and len(png.content) > 10_000
     assert client.get(f"/jobs/{api.queued}/metrics").json() == []
     r = client.get(f"/jobs/{api.queued}/curves.png")
-    assert (r.status_code, r.json()) == (404, {"detail": f"job {api.queued} has no epochs "
-                                                         "recorded yet"})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"detail": f"job {api.queued} has no epochs recorded yet"},
+    )
 
 
 def test_models_versions_and_the_gate_rule_by_rule(client, api, s3_server):
     (model,) = [m for m in client.get("/models").json() if m["name"] == api.model]
-    assert (model["versions"], model["latest"]["version"], model["latest"]["status"],
-            model["latest_approved"]) == (2, 2, "approved", 2)
+    assert (
+        model["versions"],
+        model["latest"]["version"],
+        model["latest"]["status"],
+        model["latest_approved"],
+    ) == (2, 2, "approved", 2)
     versions = client.get(f"/models/{api.model}/versions").json()
     assert [(v["version"], v["status"], v["job_id"]) for v in versions] == [
-        (1, "rejected", api.trained), (2, "approved", api.recorded)]
+        (1, "rejected", api.trained),
+        (2, "approved", api.recorded),
+    ]
 
     v1 = client.get(f"/models/{api.model}/versions/1").json()
     prefix = f"{api.settings.store}/models/{api.model}/v1"
@@ -287,9 +363,10 @@ def test_models_versions_and_the_gate_rule_by_rule(client, api, s3_server):
     r = client.get(f"/jobs/{api.recorded}/health")  # recorded by hand: no report
     assert r.status_code == 404 and "no health report" in r.json()["detail"]
 
-    for path, detail in (("/models/nobody/versions", "no model nobody"),
-                         (f"/models/{api.model}/versions/9",
-                          f"no version 9 of model {api.model}")):
+    for path, detail in (
+        ("/models/nobody/versions", "no model nobody"),
+        (f"/models/{api.model}/versions/9", f"no version 9 of model {api.model}"),
+    ):
         r = client.get(path)
         assert (r.status_code, r.json()) == (404, {"detail": detail})
     r = client.get(f"/models/{api.model}/versions/latest")
@@ -305,18 +382,26 @@ def test_post_jobs_needs_the_token_publishes_once_recorded_and_is_idempotent(dep
     r = c.post("/jobs", json=request)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert "Bearer" in r.json()["detail"]
-    assert c.post("/jobs", json=request, headers={"Authorization": "Bearer wrong"}
-                  ).status_code == 403
+    assert (
+        c.post("/jobs", json=request, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    )
     basic = base64.b64encode(f"x:{WRITE}".encode()).decode()  # writes take only Bearer
-    assert c.post("/jobs", json=request,
-                  headers={"Authorization": f"Basic {basic}"}).status_code == 401
+    assert (
+        c.post("/jobs", json=request, headers={"Authorization": f"Basic {basic}"}).status_code
+        == 401
+    )
     assert c.get(f"/jobs/by-batch/{request['batchId']}").status_code == 404  # nothing written
 
     r = c.post("/jobs", json=request, headers=AUTH)
     assert r.status_code == 202, r.text
     first = r.json()
-    assert first == {"job_id": first["job_id"], "batch_id": request["batchId"],
-                     "status": "queued", "created": True, "published": True}
+    assert first == {
+        "job_id": first["job_id"],
+        "batch_id": request["batchId"],
+        "status": "queued",
+        "created": True,
+        "published": True,
+    }
     message = next_message(app.queue)[0]  # what the ingress will consume
     assert message["batch_id"] == request["batchId"] and message["total_images"] == 10
     assert TrainingRequest.model_validate(message).hyperparameters.batch_size == 8
@@ -336,25 +421,34 @@ def test_post_jobs_needs_the_token_publishes_once_recorded_and_is_idempotent(dep
     assert message_count(app.queue) == 0
 
 
-@pytest.mark.parametrize("change,loc,msg", [
-    ({"hyperparameters": {"learning_rate": 0.1}}, ["body", "hyperparameters", "learning_rate"],
-     "unknown hyperparameter"),
-    ({"hyperparameters": {"batch_size": 0}}, ["body", "hyperparameters", "batch_size"],
-     "greater than 0"),
-    ({"dataset_uri": None}, ["body", "dataset_uri"], ""),
-    ({"mode": "predict"}, ["body", "mode"], "'train' or 'tune'"),
-    ({"batchId": "a/b"}, ["body", "batchId"], "no '/'"),  # named as the client sent it
-    ({"totalImages": 2**40}, ["body", "totalImages"], "less than or equal"),
-    ({"dataset_uri": "s3://d/\x00"}, ["body", "dataset_uri"], "NUL"),
-    ({"colour": "red"}, ["body", "colour"], "unknown field"),
-])
+@pytest.mark.parametrize(
+    "change,loc,msg",
+    [
+        (
+            {"hyperparameters": {"learning_rate": 0.1}},
+            ["body", "hyperparameters", "learning_rate"],
+            "unknown hyperparameter",
+        ),
+        (
+            {"hyperparameters": {"batch_size": 0}},
+            ["body", "hyperparameters", "batch_size"],
+            "greater than 0",
+        ),
+        ({"dataset_uri": None}, ["body", "dataset_uri"], ""),
+        ({"mode": "predict"}, ["body", "mode"], "'train' or 'tune'"),
+        ({"batchId": "a/b"}, ["body", "batchId"], "no '/'"),  # named as the client sent it
+        ({"totalImages": 2**40}, ["body", "totalImages"], "less than or equal"),
+        ({"dataset_uri": "s3://d/\x00"}, ["body", "dataset_uri"], "NUL"),
+        ({"colour": "red"}, ["body", "colour"], "unknown field"),
+    ],
+)
 def test_a_bad_body_is_422_naming_the_field_and_writes_nothing(client, change, loc, msg):
     request = {k: v for k, v in {**body(), **change}.items() if v is not None}
     before = client.get("/jobs").json()["total"]
     r = client.post("/jobs", json=request, headers=AUTH)
     assert r.status_code == 422, r.text
     (error,) = r.json()["detail"]
-    assert error["loc"][:len(loc)] == loc and msg in error["msg"]
+    assert error["loc"][: len(loc)] == loc and msg in error["msg"]
     assert client.get("/jobs").json()["total"] == before
 
 
@@ -366,15 +460,26 @@ def test_cancel_a_queued_job_then_409_and_it_never_runs(deploy, api):
     assert c.post(f"/jobs/{job_id}/cancel").status_code == 401
     r = c.post(f"/jobs/{job_id}/cancel", headers=AUTH)
     assert r.status_code == 200, r.text
-    assert r.json() == {"job_id": job_id, "status": "cancelled", "ray_job_id": None,
-                        "ray_job_status": None}
+    assert r.json() == {
+        "job_id": job_id,
+        "status": "cancelled",
+        "ray_job_id": None,
+        "ray_job_status": None,
+    }
     r = c.post(f"/jobs/{job_id}/cancel", headers=AUTH)
-    assert (r.status_code, r.json()) == (409, {"detail": f"job {job_id} has already ended: "
-                                                         "cancelled"})
+    assert (r.status_code, r.json()) == (
+        409,
+        {"detail": f"job {job_id} has already ended: cancelled"},
+    )
     # the same request again finds the cancelled job and does not enqueue it again
     again = c.post("/jobs", json=request, headers=AUTH).json()
-    assert again == {"job_id": job_id, "batch_id": request["batchId"], "status": "cancelled",
-                     "created": False, "published": False}
+    assert again == {
+        "job_id": job_id,
+        "batch_id": request["batchId"],
+        "status": "cancelled",
+        "created": False,
+        "published": False,
+    }
     assert message_count(app.queue) == 0
     # and were it submitted anyway, the job's driver returns without running it
     outcome = run_job(job_id, app.settings, say=lambda _m: None)
@@ -384,32 +489,43 @@ def test_cancel_a_queued_job_then_409_and_it_never_runs(deploy, api):
     assert job["finished_at"] is not None and c.get(f"/jobs/{job_id}/metrics").json() == []
     # a finished job cannot be cancelled; an unknown one is not found
     r = c.post(f"/jobs/{api.trained}/cancel", headers=AUTH)
-    assert (r.status_code, r.json()) == (409, {"detail": f"job {api.trained} has already "
-                                                         "ended: success"})
+    assert (r.status_code, r.json()) == (
+        409,
+        {"detail": f"job {api.trained} has already ended: success"},
+    )
     assert c.post(f"/jobs/{10**6}/cancel", headers=AUTH).status_code == 404
 
 
 def test_cancel_stops_the_running_ray_job_and_marks_the_job_cancelled(client, api):
     settings = api.settings
-    ray_client = JobSubmissionClient(api.cluster.dashboard_url,
-                                     headers=auth_headers(settings))
-    job, _ = create_job(settings, TrainingRequest(batch_id=f"api-wait-{uuid.uuid4().hex[:6]}",
-                                                  dataset_uri="s3://d/wait/"))
+    ray_client = JobSubmissionClient(api.cluster.dashboard_url, headers=auth_headers(settings))
+    job, _ = create_job(
+        settings,
+        TrainingRequest(batch_id=f"api-wait-{uuid.uuid4().hex[:6]}", dataset_uri="s3://d/wait/"),
+    )
     sid = f"api-test-wait-{job.id}-{uuid.uuid4().hex[:6]}"
     # a driver that waits for the stop signal (it ends only when cancelled)
-    ray_client.submit_job(entrypoint=f"{sys.executable} -c 'import signal; signal.pause()'",
-                          submission_id=sid)
+    ray_client.submit_job(
+        entrypoint=f"{sys.executable} -c 'import signal; signal.pause()'", submission_id=sid
+    )
     try:
         with session_factory(settings.db_url)() as s:
             repo.set_ray_job_id(s, job.id, sid)
             repo.start_job(s, job.id)
-        wait_until(lambda: ray_client.get_job_status(sid) == JobStatus.RUNNING, 120,
-                   "the waiting Ray job running")
+        wait_until(
+            lambda: ray_client.get_job_status(sid) == JobStatus.RUNNING,
+            120,
+            "the waiting Ray job running",
+        )
         t0 = time.monotonic()
         r = client.post(f"/jobs/{job.id}/cancel", headers=AUTH)
         assert r.status_code == 200, r.text
-        assert r.json() == {"job_id": job.id, "status": "cancelled", "ray_job_id": sid,
-                            "ray_job_status": "STOPPED"}
+        assert r.json() == {
+            "job_id": job.id,
+            "status": "cancelled",
+            "ray_job_id": sid,
+            "ray_job_status": "STOPPED",
+        }
         assert time.monotonic() - t0 < 60
         assert ray_client.get_job_status(sid) == JobStatus.STOPPED  # Ray says so too
         row = client.get(f"/jobs/{job.id}").json()
@@ -438,15 +554,34 @@ def test_colecionador_serve_deploys_a_read_token_app(api):
     route prefix."""
     name = f"api-cli-{uuid.uuid4().hex[:4]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
-    env.update(settings_env(api.settings), COLECIONADOR_RAY_ADDRESS=api.cluster.address,
-               COLECIONADOR_API_TOKEN=WRITE, COLECIONADOR_API_READ_TOKEN=READ,
-               COLECIONADOR_S3_SECRET_KEY=api.settings.s3_secret_key.get_secret_value(),
-               RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN_PATH=str(api.cluster.token_path))
+    env.update(
+        settings_env(api.settings),
+        COLECIONADOR_RAY_ADDRESS=api.cluster.address,
+        COLECIONADOR_API_TOKEN=WRITE,
+        COLECIONADOR_API_READ_TOKEN=READ,
+        COLECIONADOR_S3_SECRET_KEY=api.settings.s3_secret_key.get_secret_value(),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(api.cluster.token_path),
+    )
     cli = Path(sys.executable).with_name("colecionador")
-    done = subprocess.run([str(cli), "serve", "--host", "127.0.0.1", "--port", str(api.port),
-                           "--name", name, "--route-prefix", f"/{name}"],
-                          env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            str(cli),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api.port),
+            "--name",
+            name,
+            "--route-prefix",
+            f"/{name}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     try:
         assert done.returncode == 0, done.stderr[-3000:]
         base = f"{api.url}/{name}"
@@ -459,8 +594,12 @@ def test_colecionador_serve_deploys_a_read_token_app(api):
         for token in (READ, WRITE):
             r = c.get("/jobs", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200 and r.json()["total"] >= 4
-        assert c.get(f"/models/{api.model}/versions/1",
-                     headers={"Authorization": f"Bearer {READ}"}).status_code == 200
+        assert (
+            c.get(
+                f"/models/{api.model}/versions/1", headers={"Authorization": f"Bearer {READ}"}
+            ).status_code
+            == 200
+        )
         r = c.post("/jobs", json=body(), headers={"Authorization": f"Bearer {READ}"})
         assert r.status_code == 403  # the read token cannot write
         page = c.get("/")
@@ -485,8 +624,10 @@ def test_over_capacity_excess_requests_get_503_with_retry_after_at_once(deploy, 
     queueing. (Issue #18: without the bound, the proxy queued without limit and requests
     waited 50-97 s.) Counts and a generous bound, not a timing benchmark."""
     import concurrent.futures as cf
-    app = deploy(deployment={"max_ongoing_requests": 1, "max_queued_requests": 1,
-                             "retry_after_s": 2})
+
+    app = deploy(
+        deployment={"max_ongoing_requests": 1, "max_queued_requests": 1, "retry_after_s": 2}
+    )
     path = f"{app.url}/jobs/{api.trained}/curves.png"
     assert httpx.get(path, timeout=30).status_code == 200  # warm: matplotlib imported
 
@@ -510,11 +651,22 @@ def test_over_capacity_excess_requests_get_503_with_retry_after_at_once(deploy, 
     assert httpx.get(path, timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize("path", [
-    "/jobs", "/jobs?status=success", "/jobs/{trained}", "/jobs/{trained}/metrics",
-    "/jobs/{trained}/curves.png", "/models", "/models/{model}/versions/1",
-    "/models/{model}/versions/1/confusion_matrix.png", "/", "/ui/jobs/{trained}",
-    "/ui/jobs/{trained}/curves.png"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs",
+        "/jobs?status=success",
+        "/jobs/{trained}",
+        "/jobs/{trained}/metrics",
+        "/jobs/{trained}/curves.png",
+        "/models",
+        "/models/{model}/versions/1",
+        "/models/{model}/versions/1/confusion_matrix.png",
+        "/",
+        "/ui/jobs/{trained}",
+        "/ui/jobs/{trained}/curves.png",
+    ],
+)
 def test_a_repeated_get_with_if_none_match_answers_304(client, api, path):
     url = path.format(trained=api.trained, model=api.model)
     first = client.get(url)
@@ -559,16 +711,26 @@ def test_migration_0004_read_indexes_upgrade_downgrade_and_match_the_models(empt
 
     from services.db.models import Base
     from services.db.session import alembic_config, get_engine
-    read_indexes = {("training_jobs", "ix_training_jobs_status_id", ("status", "id")),
-                    ("model_versions", "ix_model_versions_name_status_version",
-                     ("model_name", "status", "version"))}
+
+    read_indexes = {
+        ("training_jobs", "ix_training_jobs_status_id", ("status", "id")),
+        (
+            "model_versions",
+            "ix_model_versions_name_status_version",
+            ("model_name", "status", "version"),
+        ),
+    }
     cfg = alembic_config(empty_db_url)
     engine = create_engine(empty_db_url)
 
     def indexes() -> set[tuple[str, str, tuple[str, ...]]]:
         found = inspect(engine)
-        return {(t, i["name"], tuple(i["column_names"]))
-                for t in ("training_jobs", "model_versions") for i in found.get_indexes(t)}
+        return {
+            (t, i["name"], tuple(i["column_names"]))
+            for t in ("training_jobs", "model_versions")
+            for i in found.get_indexes(t)
+        }
+
     try:
         command.upgrade(cfg, "head")
         assert read_indexes <= indexes()
@@ -582,9 +744,15 @@ def test_migration_0004_read_indexes_upgrade_downgrade_and_match_the_models(empt
         assert read_indexes <= indexes()
         if empty_db_url.startswith("sqlite"):  # the status list reads through the index
             with engine.connect() as conn:
-                plan = " ".join(str(row[-1]) for row in conn.execute(text(
-                    "EXPLAIN QUERY PLAN SELECT * FROM training_jobs WHERE status = 'queued' "
-                    "ORDER BY id DESC LIMIT 20")))
+                plan = " ".join(
+                    str(row[-1])
+                    for row in conn.execute(
+                        text(
+                            "EXPLAIN QUERY PLAN SELECT * FROM training_jobs "
+                            "WHERE status = 'queued' ORDER BY id DESC LIMIT 20"
+                        )
+                    )
+                )
             assert "ix_training_jobs_status_id" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         engine.dispose()
@@ -595,18 +763,34 @@ def test_migration_0004_read_indexes_upgrade_downgrade_and_match_the_models(empt
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium") or "/usr/bin/chromium"
     return subprocess.run(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-         "--window-size=1200,900", *args],
-        capture_output=True, text=True, timeout=120)
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--window-size=1200,900",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists(),
-                    reason="no chromium: apt could not install Debian's chromium package "
-                           "(.ci/run tries)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists(),
+    reason="no chromium: apt could not install Debian's chromium package (.ci/run tries)",
+)
 def test_status_page_in_headless_chromium(api, tmp_path):
     from PIL import Image
+
     pages = {"home": f"{api.url}/", "job": f"{api.url}/ui/jobs/{api.trained}"}
     doms = {}
     for name, url in pages.items():
@@ -622,8 +806,12 @@ def test_status_page_in_headless_chromium(api, tmp_path):
         doms[name] = dom.stdout
 
     home = doms["home"]
-    for job_id, status in ((api.trained, "success"), (api.failed, "failed"),
-                           (api.queued, "queued"), (api.recorded, "success")):
+    for job_id, status in (
+        (api.trained, "success"),
+        (api.failed, "failed"),
+        (api.queued, "queued"),
+        (api.recorded, "success"),
+    ):
         row = re.search(rf'<tr data-job-id="{job_id}">.*?</tr>', home, re.S)
         assert row and f'data-status="{status}"' in row.group(0), job_id
         assert f'href="/ui/jobs/{job_id}"' in row.group(0)
@@ -635,8 +823,10 @@ def test_status_page_in_headless_chromium(api, tmp_path):
     assert gate and 'data-status="rejected"' in gate.group(0)
     rules = re.findall(r'<tr data-rule="(\w+)">.*?data-status="(\w+)"', gate.group(0), re.S)
     assert rules == [("accuracy", "pass"), ("precision", "pass"), ("recall", "fail")]
-    assert f'<img class="plot" id="curves" alt="training curves" ' \
-           f'src="/ui/jobs/{api.trained}/curves.png">' in job
+    assert (
+        f'<img class="plot" id="curves" alt="training curves" '
+        f'src="/ui/jobs/{api.trained}/curves.png">' in job
+    )
     assert re.search(r'<table id="epochs">.*?</table>', job, re.S).group(0).count("<tr>") == 3
     assert api.batch["trained"] in job and 'id="error"' not in job
     assert '<section id="health"><h2>Data health</h2>' in job and "36 images, 3 classes" in job
@@ -663,8 +853,13 @@ def test_schemathesis_finds_no_server_error(api):
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=15, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=15,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case) -> None:  # called right below, in this iteration
             label = operation.label  # noqa: B023
             calls[label] = calls.get(label, 0) + 1

@@ -20,15 +20,19 @@ pytestmark = pytest.mark.integration
 
 
 def test_train_command_with_weights_from_a_file_and_skipped_images(
-        make_dataset, tmp_path, ray_cluster, pg_url, capsys, monkeypatch):
+    make_dataset, tmp_path, ray_cluster, pg_url, capsys, monkeypatch
+):
     monkeypatch.setenv("COLECIONADOR_PUBLISH_EVENTS", "false")
     monkeypatch.setenv("COLECIONADOR_DATABASE_URL", pg_url)  # the production database
     source = build_model("mobilenet_v3_small", 10)  # weights "the tests make"
     torch.save(source.state_dict(), tmp_path / "backbone.pt")
     root = make_dataset(per_class=12, corrupt=2)
     sets = [f"{k}={v}" for k, v in TINY.items()] + [
-        f"weights={tmp_path / 'backbone.pt'}", "on_bad_image=skip", "preflight=true",
-        "use_suggested_lr=true"]
+        f"weights={tmp_path / 'backbone.pt'}",
+        "on_bad_image=skip",
+        "preflight=true",
+        "use_suggested_lr=true",
+    ]
     argv = ["train", "--dataset", str(root), "--model-name", "cli", "--batch-id", "cli-1"]
     for s in sets:
         argv += ["--set", s]
@@ -49,12 +53,15 @@ def test_train_command_with_weights_from_a_file_and_skipped_images(
         assert repo.epoch_rows(s, job.id)[0]["lr"] == pytest.approx(hps["phase1_lr"])
     assert store.get_bytes(f"reports/job-{job.id}/lr_range.png")[:4] == b"\x89PNG"
     metrics = json.loads(store.get_bytes("models/cli/v1/metrics.json"))
-    assert [b["path"] for b in metrics["skipped_images"]] == ["class_0/broken_0.png",
-                                                              "class_0/broken_1.png"]
+    assert [b["path"] for b in metrics["skipped_images"]] == [
+        "class_0/broken_0.png",
+        "class_0/broken_1.png",
+    ]
     # the first conv stays frozen in both phases (unfreeze_last=5): it is the file's tensor
     pkg = torch.load(store.path("models/cli/v1/model.pt"), weights_only=True)
-    assert torch.equal(pkg["state_dict"]["features.0.0.weight"],
-                       source.state_dict()["features.0.0.weight"])
+    assert torch.equal(
+        pkg["state_dict"]["features.0.0.weight"], source.state_dict()["features.0.0.weight"]
+    )
 
     # the same batch id again starts nothing; status shows the job
     assert main(argv) == 0
@@ -64,15 +71,23 @@ def test_train_command_with_weights_from_a_file_and_skipped_images(
     assert "success" in out and "model cli v1: approved" in out and "epoch   2 phase 2" in out
 
 
-def test_demo_runs_both_jobs_and_the_second_starts_from_the_first(ray_cluster, monkeypatch,
-                                                                   capsys):
+def test_demo_runs_both_jobs_and_the_second_starts_from_the_first(ray_cluster, monkeypatch, capsys):
     monkeypatch.setenv("COLECIONADOR_PUBLISH_EVENTS", "false")
-    quick = {"image_size": 16, "batch_size": 64, "gate_accuracy": 0.0, "gate_precision": 0.0,
-             "gate_recall": 0.0}
-    monkeypatch.setattr(demo, "BACKBONE_RECIPE", {**demo.BACKBONE_RECIPE, **quick,
-                                                  "phase2_epochs": 1})
-    monkeypatch.setattr(demo, "TRANSFER_RECIPE", {**demo.TRANSFER_RECIPE, **quick,
-                                                  "phase1_epochs": 1, "phase2_epochs": 1})
+    quick = {
+        "image_size": 16,
+        "batch_size": 64,
+        "gate_accuracy": 0.0,
+        "gate_precision": 0.0,
+        "gate_recall": 0.0,
+    }
+    monkeypatch.setattr(
+        demo, "BACKBONE_RECIPE", {**demo.BACKBONE_RECIPE, **quick, "phase2_epochs": 1}
+    )
+    monkeypatch.setattr(
+        demo,
+        "TRANSFER_RECIPE",
+        {**demo.TRANSFER_RECIPE, **quick, "phase1_epochs": 1, "phase2_epochs": 1},
+    )
     backbone, outcome = demo.run_demo(Settings())
     assert backbone.status == outcome.status == "success"
     out = capsys.readouterr().out

@@ -42,35 +42,54 @@ def upload_tree(s3_server, root, bucket: str, prefix: str) -> str:
 def own_database():
     """A database of this test's own: the ingress's reconciler takes every queued job."""
     from tests.conftest import fresh_database
+
     with fresh_database(f"colecionador_ingress_{uuid.uuid4().hex[:8]}") as url:
         yield url
 
 
 def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
-        own_database, ray_cluster, settings_for, make_dataset, queues, s3_server):
+    own_database, ray_cluster, settings_for, make_dataset, queues, s3_server
+):
     pg_url = own_database
     requests, events = queues
     store_bucket = s3_server.bucket_name("models")
     datasets_bucket = s3_server.bucket_name("datasets")
-    settings = settings_for(pg_url, publish_events=True, requests_queue=requests,
-                            events_queue=events, ray_dashboard_url=ray_cluster.dashboard_url,
-                            ray_auth_token_path=ray_cluster.token_path,
-                            store_url=f"s3://{store_bucket}/colecionador",
-                            dataset_roots=f"s3://{datasets_bucket}/datasets",
-                            s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
-                            s3_secret_key=s3_server.secret_key,
-                            api_token="api-" + uuid.uuid4().hex,
-                            broker_url="amqp://guest:guest@127.0.0.1:5672/")
+    settings = settings_for(
+        pg_url,
+        publish_events=True,
+        requests_queue=requests,
+        events_queue=events,
+        ray_dashboard_url=ray_cluster.dashboard_url,
+        ray_auth_token_path=ray_cluster.token_path,
+        store_url=f"s3://{store_bucket}/colecionador",
+        dataset_roots=f"s3://{datasets_bucket}/datasets",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        api_token="api-" + uuid.uuid4().hex,
+        broker_url="amqp://guest:guest@127.0.0.1:5672/",
+    )
     batch = f"lote-{uuid.uuid4().hex[:8]}"
     root = make_dataset(per_class=12)
     dataset_uri = upload_tree(s3_server, root, datasets_bucket, f"datasets/{batch}")
-    body = {"batchId": batch, "dataset_uri": dataset_uri, "totalImages": 36,
-            "model_name": "ingressed", "hyperparameters": TINY}
+    body = {
+        "batchId": batch,
+        "dataset_uri": dataset_uri,
+        "totalImages": 36,
+        "model_name": "ingressed",
+        "hyperparameters": TINY,
+    }
 
     actor = ingress.start_ingress(settings)
     try:
-        publish(settings, {"batch_id": "bad", "dataset_uri": str(root),
-                           "hyperparameters": {"learning_rate": 0.1}})
+        publish(
+            settings,
+            {
+                "batch_id": "bad",
+                "dataset_uri": str(root),
+                "hyperparameters": {"learning_rate": 0.1},
+            },
+        )
         publish(settings, body)
         publish(settings, body)  # a duplicate: the same batch
 
@@ -98,15 +117,18 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
         assert [v.version for v in repo.job_versions(s, job.id)] == [1]
         assert len(repo.epoch_rows(s, job.id)) == 2
     # the model, its pictures and the Ray Train checkpoints are in the S3 bucket
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(
-        Bucket=store_bucket, Prefix="colecionador/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in s3_server.client().list_objects_v2(Bucket=store_bucket, Prefix="colecionador/")[
+            "Contents"
+        ]
+    ]
     for name in ("model.pt", "metrics.json", "curves.png", "confusion_matrix.png"):
         assert f"colecionador/models/ingressed/v1/{name}" in keys
     assert event["artifact_uri"] == f"s3://{store_bucket}/colecionador/models/ingressed/v1/model.pt"
     assert any(k.startswith(f"colecionador/checkpoints/{job.id}/final/") for k in keys)
     assert f"colecionador/events/job-{job.id}.json" in keys
-    client = JobSubmissionClient(ray_cluster.dashboard_url,
-                                 headers=auth_headers(settings))
+    client = JobSubmissionClient(ray_cluster.dashboard_url, headers=auth_headers(settings))
     # the driver publishes the event before it exits: await the Ray job's end, then ask
     assert _wait_job(client, job.ray_job_id, timeout=120) == JobStatus.SUCCEEDED
     # no secret travelled with the Ray job: the driver read the S3 key from its node
@@ -117,7 +139,8 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
 
 
 def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
-        ray_cluster, settings_for, make_dataset, queues):
+    ray_cluster, settings_for, make_dataset, queues
+):
     """The ingress died between commit and submit: the reconciler submits what is
     pending (its own database: the reconciler takes every queued job it finds)."""
     from services.messages import TrainingRequest
@@ -125,16 +148,25 @@ def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
     from services.records import create_job
     from tests.conftest import fresh_database
     from training.hyperparams import Hyperparameters
+
     requests, events = queues
     with fresh_database(f"colecionador_orphans_{uuid.uuid4().hex[:8]}") as url:
-        settings = settings_for(url, requests_queue=requests, events_queue=events,
-                                ray_dashboard_url=ray_cluster.dashboard_url,
-                                ray_auth_token_path=ray_cluster.token_path)
+        settings = settings_for(
+            url,
+            requests_queue=requests,
+            events_queue=events,
+            ray_dashboard_url=ray_cluster.dashboard_url,
+            ray_auth_token_path=ray_cluster.token_path,
+        )
         # a job that fails fast at the data step: we test submission, not training
-        job, _ = create_job(settings, TrainingRequest(
-            batch_id=f"orphan-{uuid.uuid4().hex[:6]}",
-            dataset_uri=str(make_dataset(per_class=2)),
-            hyperparameters=Hyperparameters(**TINY)))
+        job, _ = create_job(
+            settings,
+            TrainingRequest(
+                batch_id=f"orphan-{uuid.uuid4().hex[:6]}",
+                dataset_uri=str(make_dataset(per_class=2)),
+                hyperparameters=Hyperparameters(**TINY),
+            ),
+        )
         assert job.ray_job_id is None
         ray_jobs = RayJobs(settings)
         reconciler = Reconciler(settings, ray_jobs)
@@ -149,6 +181,7 @@ def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
         class LostTheRace(RayJobs):
             def exists(self, sid: str) -> bool:  # it looked before the other one submitted
                 return False
+
         assert LostTheRace(settings).submit(job.id, job.batch_id) == sid  # not "already exists"
         assert _wait_job(ray_jobs.client, sid) == JobStatus.FAILED  # exits 1 on failure
         with session_factory(url)() as s:
@@ -168,5 +201,6 @@ def _wait_job(client: JobSubmissionClient, sid: str, timeout: float = 300) -> Jo
     async def tail() -> None:
         async for _ in client.tail_job_logs(sid):
             pass
+
     asyncio.run(asyncio.wait_for(tail(), timeout))  # ends when the job ends
     return client.get_job_status(sid)

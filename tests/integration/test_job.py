@@ -29,9 +29,13 @@ pytestmark = pytest.mark.integration
 
 
 def request(root, **hp) -> TrainingRequest:
-    return TrainingRequest(batch_id=f"batch-{uuid.uuid4().hex[:8]}", dataset_uri=str(root),
-                           model_name="tiny", total_images=36,
-                           hyperparameters=Hyperparameters(**{**TINY, **hp}))
+    return TrainingRequest(
+        batch_id=f"batch-{uuid.uuid4().hex[:8]}",
+        dataset_uri=str(root),
+        model_name="tiny",
+        total_images=36,
+        hyperparameters=Hyperparameters(**{**TINY, **hp}),
+    )
 
 
 def take_event(queue: str) -> dict:
@@ -43,11 +47,13 @@ def take_event(queue: str) -> dict:
             msg = await q.get(timeout=10, fail=True)
             await msg.ack()
             return json.loads(msg.body)
+
     return asyncio.run(get())
 
 
 def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
-        db_url, settings_for, make_dataset, ray_cluster, events_queue):
+    db_url, settings_for, make_dataset, ray_cluster, events_queue
+):
     settings = settings_for(db_url, publish_events=True, events_queue=events_queue)
     req = request(make_dataset(per_class=12, size=16), export_onnx=True)
     job, created = create_job(settings, req)
@@ -64,8 +70,11 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
         assert row.training_time_s > 0 and row.started_at <= row.finished_at
         epochs = repo.epoch_rows(s, job.id)
         assert [(r["epoch"], r["phase"], r["lr"]) for r in epochs] == [(1, 1, 1e-3), (2, 2, 1e-5)]
-        assert all(r[k] is not None for r in epochs for k in
-                   ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s"))
+        assert all(
+            r[k] is not None
+            for r in epochs
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+        )
         hps = repo.hyperparameters(s, job.id)
         assert hps == Hyperparameters(**TINY).effective()
         (mv,) = s.query(ModelVersion).filter_by(job_id=job.id).all()
@@ -76,9 +85,16 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     store = open_store(settings)
     prefix = "models/tiny/v1/"
     errors = json.loads(store.get_bytes(prefix + "errors.json"))
-    expected = {"confusion_matrix.png", "curves.png", "metrics.json", "model.pt", "model.onnx",
-                "health.json", "errors.json"} | ({"errors.png"} if errors["errors"] else set())
-    assert {k[len(prefix):] for k in store.list(prefix)} == expected
+    expected = {
+        "confusion_matrix.png",
+        "curves.png",
+        "metrics.json",
+        "model.pt",
+        "model.onnx",
+        "health.json",
+        "errors.json",
+    } | ({"errors.png"} if errors["errors"] else set())
+    assert {k[len(prefix) :] for k in store.list(prefix)} == expected
     assert errors["test_images"] == 4 and len(errors["worst"]) == errors["errors"]
     assert all(w["path"].startswith("class_") for w in errors["worst"])
     health = json.loads(store.get_bytes(prefix + "health.json"))
@@ -100,13 +116,27 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         assert onnx_probs(store.get_bytes(prefix + "model.onnx"), x.numpy()) == pytest.approx(
-            torch.softmax(model(x), 1).numpy(), abs=1e-4)
+            torch.softmax(model(x), 1).numpy(), abs=1e-4
+        )
 
     event = take_event(events_queue)
-    assert set(event) >= {"job_id", "batch_id", "model_name", "version", "status", "metrics",
-                          "gate", "artifact_uri", "finished_at"}
+    assert set(event) >= {
+        "job_id",
+        "batch_id",
+        "model_name",
+        "version",
+        "status",
+        "metrics",
+        "gate",
+        "artifact_uri",
+        "finished_at",
+    }
     assert (event["job_id"], event["batch_id"], event["version"], event["status"]) == (
-        job.id, req.batch_id, 1, "approved")
+        job.id,
+        req.batch_id,
+        1,
+        "approved",
+    )
     assert set(event["metrics"]) == {"accuracy", "precision", "recall", "f1"}
     assert event["gate"] == {"accuracy": True, "precision": True, "recall": True}
     assert event["artifact_uri"] == mv.model_path
@@ -117,18 +147,33 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     assert run_job(job.id, settings).version == 1
 
 
-@pytest.mark.parametrize("case", ["small_class", "unreadable", "missing", "bad_weights",
-                                  "leakage", "weights_offline", "weights_unknown"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "small_class",
+        "unreadable",
+        "missing",
+        "bad_weights",
+        "leakage",
+        "weights_offline",
+        "weights_unknown",
+    ],
+)
 def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
-        case, db_url, settings_for, make_dataset, tmp_path, monkeypatch):
+    case, db_url, settings_for, make_dataset, tmp_path, monkeypatch
+):
     settings = settings_for(db_url)
     hp: dict = {}
     if case == "small_class":
-        root, reason = make_dataset(per_class=[12, 12, 3]), \
-            "dataset: classes with fewer than 5 images: class_2 (3)"
+        root, reason = (
+            make_dataset(per_class=[12, 12, 3]),
+            "dataset: classes with fewer than 5 images: class_2 (3)",
+        )
     elif case == "unreadable":
-        root, reason = make_dataset(per_class=12, corrupt=1), \
-            "dataset: 1 unreadable image(s): class_0/broken_0.png"
+        root, reason = (
+            make_dataset(per_class=12, corrupt=1),
+            "dataset: 1 unreadable image(s): class_0/broken_0.png",
+        )
     elif case == "missing":
         root, reason = tmp_path / "nowhere", "dataset: dataset not found"
     elif case == "leakage":  # every image twice: copies land on both sides of the split
@@ -137,18 +182,24 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
             shutil.copy(p, p.with_name("again_" + p.name))
         reason, hp = "health: ", {"fail_on": ["leakage"]}
     elif case == "weights_offline":  # imagenet weights, not cached, no network
+
         def offline(*args, **kwargs):
             raise urllib.error.URLError("no network")
+
         monkeypatch.setattr(torch.hub, "urlopen", offline)
         folder = settings.resolved_home / "torch" / "hub" / "checkpoints"
         root, hp = make_dataset(per_class=12), {"weights": "imagenet"}
-        reason = ("weights: imagenet weights for mobilenet_v3_small "
-                  "(MobileNet_V3_Small_Weights.IMAGENET1K_V1) are not cached and cannot be "
-                  f"downloaded (no network): put mobilenet_v3_small-047dcff4.pth in {folder}")
+        reason = (
+            "weights: imagenet weights for mobilenet_v3_small "
+            "(MobileNet_V3_Small_Weights.IMAGENET1K_V1) are not cached and cannot be "
+            f"downloaded (no network): put mobilenet_v3_small-047dcff4.pth in {folder}"
+        )
     elif case == "weights_unknown":
         root, hp = make_dataset(per_class=12), {"weights": "IMAGENET1K_V2"}
-        reason = ("weights: unknown weights 'IMAGENET1K_V2' for mobilenet_v3_small; "
-                  "valid names: imagenet, IMAGENET1K_V1, DEFAULT")
+        reason = (
+            "weights: unknown weights 'IMAGENET1K_V2' for mobilenet_v3_small; "
+            "valid names: imagenet, IMAGENET1K_V1, DEFAULT"
+        )
     else:
         torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "resnet.pt")
         root, reason = make_dataset(per_class=12), "weights: weights do not fit the backbone"
@@ -166,18 +217,22 @@ def test_a_failing_step_fails_the_job_with_its_reason_and_writes_no_version(
     stored = json.loads(store.get_bytes(f"events/job-{job.id}.json"))
     assert stored["event"]["status"] == "failed" and stored["event"]["error"] == outcome.error
     if case in ("small_class", "unreadable", "leakage"):  # the report says what is wrong
-        kinds = {f["kind"] for f in json.loads(
-            store.get_bytes(f"reports/job-{job.id}/health.json"))["findings"]}
+        kinds = {
+            f["kind"]
+            for f in json.loads(store.get_bytes(f"reports/job-{job.id}/health.json"))["findings"]
+        }
         assert case in kinds
     if case == "leakage":
         assert "cross the train/val/test split" in outcome.error
 
 
 def test_hostile_files_are_skipped_and_listed_and_the_job_trains(
-        pg_url, settings_for, make_dataset, ray_cluster):
+    pg_url, settings_for, make_dataset, ray_cluster
+):
     """A decompression-bomb header, an empty file, a truncated PNG and a 60 MB file are
     unreadable images: with on_bad_image=skip the job trains without them and lists each."""
     from tests.unit.test_data import _png_claiming
+
     root = make_dataset(per_class=12, size=16)
     bad = root / "class_0"
     (bad / "bomb.png").write_bytes(_png_claiming(20000, 20000))
@@ -190,8 +245,9 @@ def test_hostile_files_are_skipped_and_listed_and_the_job_trains(
     job, _ = create_job(settings, request(root, on_bad_image="skip"))
     outcome = run_job(job.id, settings, say=lambda _m: None)
     assert outcome.status == "success", outcome.error
-    metrics = json.loads(open_store(settings).get_bytes(
-        f"models/tiny/v{outcome.version}/metrics.json"))
+    metrics = json.loads(
+        open_store(settings).get_bytes(f"models/tiny/v{outcome.version}/metrics.json")
+    )
     skipped = {s["path"]: s["reason"] for s in metrics["skipped_images"]}
     assert set(skipped) == {f"class_0/{n}.png" for n in ("bomb", "empty", "truncated", "huge")}
     assert "decompression bomb" in skipped["class_0/bomb.png"]

@@ -55,15 +55,23 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
 
 def publish_all(queue: str, bodies: list[dict]) -> None:
     """Publish every body at once (one connection, concurrent publishes, confirmed)."""
+
     async def go() -> None:
         conn = await aio_pika.connect(AMQP_URL)
         async with conn:
             ch = await conn.channel(publisher_confirms=True)
             from services import broker
+
             await broker.declare_requests(ch, queue)
-            await asyncio.gather(*(ch.default_exchange.publish(
-                aio_pika.Message(json.dumps(b).encode()), routing_key=queue)
-                for b in bodies))
+            await asyncio.gather(
+                *(
+                    ch.default_exchange.publish(
+                        aio_pika.Message(json.dumps(b).encode()), routing_key=queue
+                    )
+                    for b in bodies
+                )
+            )
+
     asyncio.run(go())
 
 
@@ -79,8 +87,7 @@ class RunningConsumer:
 
     def __init__(self, settings):
         self.consumer = Consumer(settings)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.consumer.run()),
-                                       daemon=True)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.consumer.run()), daemon=True)
 
     def __enter__(self) -> Consumer:
         self.thread.start()
@@ -97,14 +104,24 @@ def closed_dashboard() -> str:
 
 # --------------------------------------------------------------------------- the outbox
 def test_an_event_waits_in_the_outbox_while_the_broker_is_away_then_goes_out_once(
-        pg_url, settings_for, make_dataset, events_queue):
+    pg_url, settings_for, make_dataset, events_queue
+):
     with TcpProxy(5672) as proxy:
-        settings = settings_for(pg_url, publish_events=True, events_queue=events_queue,
-                                broker_url=proxy.url("amqp://guest:guest@127.0.0.1:{port}/"),
-                                ray_dashboard_url=closed_dashboard())
-        job, _ = create_job(settings, TrainingRequest(
-            batch_id=f"outbox-{uuid.uuid4().hex[:8]}", dataset_uri=str(make_dataset(
-                per_class=2)), hyperparameters=Hyperparameters(**TINY)))
+        settings = settings_for(
+            pg_url,
+            publish_events=True,
+            events_queue=events_queue,
+            broker_url=proxy.url("amqp://guest:guest@127.0.0.1:{port}/"),
+            ray_dashboard_url=closed_dashboard(),
+        )
+        job, _ = create_job(
+            settings,
+            TrainingRequest(
+                batch_id=f"outbox-{uuid.uuid4().hex[:8]}",
+                dataset_uri=str(make_dataset(per_class=2)),
+                hyperparameters=Hyperparameters(**TINY),
+            ),
+        )
         proxy.close()  # the broker is away while the job ends
         outcome = run_job(job.id, settings, say=lambda _m: None)
         assert outcome.status == "failed"
@@ -136,15 +153,20 @@ def _declared(queue: str) -> bool:
 
 # ----------------------------------------------------------------------- the consumer
 def test_an_ingress_started_with_the_broker_away_consumes_once_it_is_back(
-        pg_url, settings_for, queues):
+    pg_url, settings_for, queues
+):
     requests, events = queues
     batch = f"late-{uuid.uuid4().hex[:8]}"
     with TcpProxy(5672) as proxy:
         proxy.close()
-        settings = settings_for(pg_url, requests_queue=requests, events_queue=events,
-                                broker_url=proxy.url("amqp://guest:guest@127.0.0.1:{port}/"),
-                                ray_dashboard_url=closed_dashboard(),
-                                reconcile_interval_s=60)
+        settings = settings_for(
+            pg_url,
+            requests_queue=requests,
+            events_queue=events,
+            broker_url=proxy.url("amqp://guest:guest@127.0.0.1:{port}/"),
+            ray_dashboard_url=closed_dashboard(),
+            reconcile_interval_s=60,
+        )
         with RunningConsumer(settings) as consumer:
             wait_for(lambda: consumer.stats["reconnects"] >= 1, 30, "a failed connect")
             assert not consumer.stats["consuming"]
@@ -160,17 +182,23 @@ def test_an_ingress_started_with_the_broker_away_consumes_once_it_is_back(
 
 
 def test_a_database_outage_during_intake_loses_nothing_and_does_not_spin(
-        settings_for, queues, tmp_path):
+    settings_for, queues, tmp_path
+):
     """30 s without the database: the consumer requeues what it holds once, stops
     consuming, and takes every message (one job per batch) when the database is back."""
     from tests.conftest import fresh_database
+
     requests, events = queues
     with fresh_database(f"colecionador_outage_{SESSION}") as url, TcpProxy(5432) as proxy:
         name = url.rsplit("/", 1)[1]
         via_proxy = PG_ADMIN_URL.rsplit("@", 1)[0] + f"@127.0.0.1:{proxy.port}/{name}"
-        settings = settings_for(via_proxy, requests_queue=requests, events_queue=events,
-                                ray_dashboard_url=closed_dashboard(),
-                                reconcile_interval_s=60)
+        settings = settings_for(
+            via_proxy,
+            requests_queue=requests,
+            events_queue=events,
+            ray_dashboard_url=closed_dashboard(),
+            reconcile_interval_s=60,
+        )
         batches = [f"outage-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
         bodies = [{"batch_id": b, "dataset_uri": "s3://d/nowhere/"} for b in batches]
         with RunningConsumer(settings) as consumer:
@@ -184,8 +212,11 @@ def test_a_database_outage_during_intake_loses_nothing_and_does_not_spin(
                 time.sleep(1)
             received_during = consumer.stats["received"]
             proxy.open()
-            wait_for(lambda: consumer.stats["created"] + consumer.stats["duplicates"] == 12,
-                     120, "every message recorded")
+            wait_for(
+                lambda: consumer.stats["created"] + consumer.stats["duplicates"] == 12,
+                120,
+                "every message recorded",
+            )
             stats = dict(consumer.stats)
         assert received_during <= 4
         assert (stats["created"], stats["duplicates"], stats["dead_lettered"]) == (8, 4, 0)
@@ -197,18 +228,27 @@ def test_a_database_outage_during_intake_loses_nothing_and_does_not_spin(
 
 
 def test_200_concurrent_messages_with_duplicates_make_one_job_and_one_event_each(
-        pg_url, settings_for, queues):
+    pg_url, settings_for, queues
+):
     requests, events = queues
-    settings = settings_for(pg_url, requests_queue=requests, events_queue=events,
-                            publish_events=True, ray_dashboard_url=closed_dashboard(),
-                            reconcile_interval_s=60)
+    settings = settings_for(
+        pg_url,
+        requests_queue=requests,
+        events_queue=events,
+        publish_events=True,
+        ray_dashboard_url=closed_dashboard(),
+        reconcile_interval_s=60,
+    )
     batches = [f"many-{i}-{uuid.uuid4().hex[:6]}" for i in range(100)]
     bodies = [{"batch_id": b, "dataset_uri": "s3://d/nowhere/"} for b in batches] * 2
     with RunningConsumer(settings) as consumer:
         wait_for(lambda: consumer.stats["consuming"], 60, "consuming")
         publish_all(requests, bodies)
-        wait_for(lambda: consumer.stats["created"] + consumer.stats["duplicates"] == 200,
-                 180, "200 messages recorded")
+        wait_for(
+            lambda: consumer.stats["created"] + consumer.stats["duplicates"] == 200,
+            180,
+            "200 messages recorded",
+        )
         assert (consumer.stats["created"], consumer.stats["duplicates"]) == (100, 100)
     with session_factory(pg_url)() as s:
         ids = [repo.get_job_by_batch(s, b).id for b in batches]
@@ -224,17 +264,25 @@ def test_200_concurrent_messages_with_duplicates_make_one_job_and_one_event_each
 
 # ------------------------------------------------------------------ one final word
 def test_a_cancel_racing_the_end_of_evaluation_leaves_no_version(
-        pg_url, ray_cluster, settings_for, make_dataset, monkeypatch):
+    pg_url, ray_cluster, settings_for, make_dataset, monkeypatch
+):
     settings = settings_for(pg_url)
-    job, _ = create_job(settings, TrainingRequest(
-        batch_id=f"race-{uuid.uuid4().hex[:8]}", dataset_uri=str(make_dataset(per_class=12)),
-        model_name=f"race-{uuid.uuid4().hex[:6]}", hyperparameters=Hyperparameters(**TINY)))
+    job, _ = create_job(
+        settings,
+        TrainingRequest(
+            batch_id=f"race-{uuid.uuid4().hex[:8]}",
+            dataset_uri=str(make_dataset(per_class=12)),
+            model_name=f"race-{uuid.uuid4().hex[:6]}",
+            hyperparameters=Hyperparameters(**TINY),
+        ),
+    )
     real_evaluate = steps.evaluate
 
     def evaluate_then_cancelled(*args, **kw):  # the cancel lands while it evaluates
         result = real_evaluate(*args, **kw)
         assert lifecycle.cancel(settings, job.id, "cancelled during evaluation")
         return result
+
     monkeypatch.setattr(steps, "evaluate", evaluate_then_cancelled)
     outcome = run_job(job.id, settings, say=lambda _m: None)
     assert (outcome.status, outcome.version) == ("cancelled", None)
@@ -252,30 +300,48 @@ def test_a_cancel_racing_the_end_of_evaluation_leaves_no_version(
 def own_database():
     """A database of this test's own: the ingress's reconciler takes every queued job."""
     from tests.conftest import fresh_database
+
     with fresh_database(f"colecionador_lifecycle_{uuid.uuid4().hex[:8]}") as url:
         yield url
 
 
 def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
-        own_database, ray_cluster, settings_for, make_dataset, queues):
+    own_database, ray_cluster, settings_for, make_dataset, queues
+):
     pg_url = own_database
     requests, events = queues
-    settings = settings_for(pg_url, publish_events=True, requests_queue=requests,
-                            events_queue=events, ray_dashboard_url=ray_cluster.dashboard_url,
-                            ray_auth_token_path=ray_cluster.token_path,
-                            reconcile_interval_s=1, max_job_attempts=2)
+    settings = settings_for(
+        pg_url,
+        publish_events=True,
+        requests_queue=requests,
+        events_queue=events,
+        ray_dashboard_url=ray_cluster.dashboard_url,
+        ray_auth_token_path=ray_cluster.token_path,
+        reconcile_interval_s=1,
+        max_job_attempts=2,
+    )
     batch = f"killed-{uuid.uuid4().hex[:8]}"
     hp = {**TINY, "phase1_epochs": 3, "phase2_epochs": 3}
     start_ingress(settings)
     try:
-        publish_all(requests, [{"batch_id": batch, "dataset_uri": str(make_dataset(
-            per_class=12)), "model_name": "survivor", "hyperparameters": hp}])
+        publish_all(
+            requests,
+            [
+                {
+                    "batch_id": batch,
+                    "dataset_uri": str(make_dataset(per_class=12)),
+                    "model_name": "survivor",
+                    "hyperparameters": hp,
+                }
+            ],
+        )
         sf = session_factory(pg_url)
 
         def training_job():
             with sf() as s:
                 job = repo.get_job_by_batch(s, batch)
                 return job if job and repo.epoch_rows(s, job.id) else None
+
         job = wait_for(training_job, 300, "an epoch recorded", every=0.1)
         ray_jobs = RayJobs(settings)
         pid = int(ray_jobs.client.get_job_info(job.ray_job_id).driver_info.pid)
@@ -285,6 +351,7 @@ def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
         def resubmitted():
             with sf() as s:
                 return repo.get_job(s, job.id).attempts == 2
+
         wait_for(resubmitted, 120, "the second attempt")
         noticed_s = time.monotonic() - killed
         event, _ = next_message(events, timeout=600)
@@ -297,9 +364,14 @@ def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
         assert "-9" in (first.message or "") or "FAILED" in first.message
         assert epochs == [1, 2, 3, 4, 5, 6]  # resumed: no epoch recorded twice
         assert (event["job_id"], event["status"], event["version"]) == (job.id, "approved", 1)
-        status = wait_for(lambda: ray_jobs.client.get_job_status(second.ray_job_id)
-                          .is_terminal() and ray_jobs.client.get_job_status(
-                              second.ray_job_id), 120, "the second driver's end")
+        status = wait_for(
+            lambda: (
+                ray_jobs.client.get_job_status(second.ray_job_id).is_terminal()
+                and ray_jobs.client.get_job_status(second.ray_job_id)
+            ),
+            120,
+            "the second driver's end",
+        )
         assert status.value == "SUCCEEDED"
         assert message_count(events) == 0  # exactly one event
         print(f"\nthe row changed {noticed_s:.1f} s after the driver was killed")

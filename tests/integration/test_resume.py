@@ -39,28 +39,54 @@ class DieOnce(Callback):
         self.first = False
 
     def on_train_batch_end(self, batch, logs):
-        if (self.run.epoch, self.run.rank, batch) == (self.epoch, self.rank, self.batch) \
-                and not self.marker.exists():
+        if (self.run.epoch, self.run.rank, batch) == (
+            self.epoch,
+            self.rank,
+            self.batch,
+        ) and not self.marker.exists():
             self.marker.write_text(f"rank {self.rank} died in epoch {self.epoch}")
             os._exit(1)
 
 
 def run(settings, root, callbacks):
-    hp = {**TINY, "phase1_epochs": 2, "phase2_epochs": 2, "early_stopping_patience": 1,
-          "callbacks": callbacks}
-    job, _ = create_job(settings, TrainingRequest(
-        batch_id=f"resume-{uuid.uuid4().hex[:8]}", dataset_uri=str(root), model_name="resume",
-        hyperparameters=Hyperparameters(**hp)))
+    hp = {
+        **TINY,
+        "phase1_epochs": 2,
+        "phase2_epochs": 2,
+        "early_stopping_patience": 1,
+        "callbacks": callbacks,
+    }
+    job, _ = create_job(
+        settings,
+        TrainingRequest(
+            batch_id=f"resume-{uuid.uuid4().hex[:8]}",
+            dataset_uri=str(root),
+            model_name="resume",
+            hyperparameters=Hyperparameters(**hp),
+        ),
+    )
     return run_job(job.id, settings)
 
 
 def test_a_worker_that_dies_mid_epoch_resumes_to_the_same_result(
-        ray_cluster, pg_url, settings_for, make_dataset, tmp_path):
+    ray_cluster, pg_url, settings_for, make_dataset, tmp_path
+):
     settings = settings_for(pg_url, max_failures=1, plugin_modules="tests.*")
     root = make_dataset(per_class=24)  # 3 batches per rank and epoch: batch 1 is mid-epoch
     marker = tmp_path / "died"
-    dying = run(settings, root, ["CSVLogger", {"name": "tests.integration.test_resume:DieOnce",
-                                               "epoch": 3, "rank": 1, "marker": str(marker)}])
+    dying = run(
+        settings,
+        root,
+        [
+            "CSVLogger",
+            {
+                "name": "tests.integration.test_resume:DieOnce",
+                "epoch": 3,
+                "rank": 1,
+                "marker": str(marker),
+            },
+        ],
+    )
     assert marker.read_text() == "rank 1 died in epoch 3"  # it did die, in phase 2
     assert dying.status == "success", dying.error
     # the new worker group started from a checkpoint, not from scratch; which one depends
@@ -87,5 +113,6 @@ def test_a_worker_that_dies_mid_epoch_resumes_to_the_same_result(
     # the merged final checkpoint holds both ranks' RNG states and the callback's CSV
     final = Path(store.path(f"checkpoints/{dying.job_id}/final"))
     assert {"state.pt", "rng-0.pt", "rng-1.pt", "model.pt", "history.csv"} <= {
-        p.name for p in final.iterdir()}
+        p.name for p in final.iterdir()
+    }
     assert len((final / "history.csv").read_text().strip().splitlines()) == 1 + len(a)

@@ -21,12 +21,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def s3_settings(s3_server, settings_for):
     """Settings pointing at the test server: ``s3_settings(store_url, **overrides)``."""
+
     def make(store_url: str | None = None, **kw):
         kw.setdefault("s3_endpoint", s3_server.endpoint)
         kw.setdefault("s3_access_key", s3_server.access_key)
         kw.setdefault("s3_secret_key", s3_server.secret_key)
         kw.setdefault("s3_region", s3_server.region)
         return settings_for(store_url=store_url, **kw)
+
     return make
 
 
@@ -47,17 +49,18 @@ def s3_calls(monkeypatch):
 
     def counting(settings):
         client = real(settings)
-        client.meta.events.register(
-            "before-call.s3", lambda model, **_: calls.update([model.name]))
+        client.meta.events.register("before-call.s3", lambda model, **_: calls.update([model.name]))
         return client
+
     monkeypatch.setattr(storage, "s3_client", counting)
     monkeypatch.setattr(fetch, "s3_client", counting)
     return calls
 
 
 def raw_keys(s3_server, bucket: str, prefix: str = "") -> list[str]:
-    pages = s3_server.client().get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix)
+    pages = (
+        s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    )
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
@@ -73,8 +76,11 @@ def upload_tree(s3_server, folder: Path, bucket: str, prefix: str) -> dict[str, 
 
 
 def local_tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------- the S3 store
@@ -97,8 +103,12 @@ def test_put_get_exists_list_delete(s3_server, s3_settings, bucket, prefix):
     base = f"{prefix}/" if prefix else ""
     # an object beside the store's prefix: a prefixed store never sees or touches it
     s3_server.client().put_object(Bucket=bucket, Key="outside/keep.txt", Body=b"keep")
-    keys = {"models/m/v1/model.pt": b"weights", "models/m/v1/metrics.json": b"{}",
-            "models/m/v10/model.pt": b"other run", "models/m/v1x": b"sibling file"}
+    keys = {
+        "models/m/v1/model.pt": b"weights",
+        "models/m/v1/metrics.json": b"{}",
+        "models/m/v10/model.pt": b"other run",
+        "models/m/v1x": b"sibling file",
+    }
     for key, data in keys.items():
         uri = store.put_bytes(key, data)
         assert uri == f"s3://{bucket}/{base}{key}" == store.uri(key)
@@ -130,8 +140,7 @@ def test_put_get_exists_list_delete(s3_server, s3_settings, bucket, prefix):
     assert raw_keys(s3_server, bucket, "outside/") == ["outside/keep.txt"]
 
 
-def test_prefixed_store_delete_all_keeps_the_rest_of_the_bucket(s3_server, s3_settings,
-                                                                 bucket):
+def test_prefixed_store_delete_all_keeps_the_rest_of_the_bucket(s3_server, s3_settings, bucket):
     s3_server.client().put_object(Bucket=bucket, Key="other/a", Body=b"a")
     s3_server.client().put_object(Bucket=bucket, Key="app-old/a", Body=b"a")  # "app" + more
     store = open_store(s3_settings(f"s3://{bucket}/app"))
@@ -150,8 +159,7 @@ def test_folder_markers_are_not_listed_but_are_deleted(s3_server, s3_settings, b
         client.put_object(Bucket=bucket, Key=marker, Body=b"")
     store.put_bytes("checkpoints/1/sub/state.pkl", b"s")
     store.put_bytes("checkpoints/10/state.pkl", b"t")
-    assert store.list("checkpoints") == ["checkpoints/1/sub/state.pkl",
-                                         "checkpoints/10/state.pkl"]
+    assert store.list("checkpoints") == ["checkpoints/1/sub/state.pkl", "checkpoints/10/state.pkl"]
     store.delete_prefix("checkpoints/1")  # what a fresh run of job 1 does
     assert raw_keys(s3_server, bucket) == ["p/checkpoints/", "p/checkpoints/10/state.pkl"]
 
@@ -167,6 +175,7 @@ def test_upload_failure_is_a_one_line_store_error(s3_server, s3_settings, bucket
     assert store.list("") == []
 
     from tests.s3server import free_ports
+
     down = s3_settings(s3_endpoint=f"http://127.0.0.1:{free_ports(1)[0]}")  # nobody there
     t0 = time.monotonic()
     with pytest.raises(StoreError, match=r"^upload of s3://\S+/x/k failed: Could not connect"):
@@ -179,8 +188,9 @@ def test_upload_failure_is_a_one_line_store_error(s3_server, s3_settings, bucket
 
 @pytest.mark.parametrize("wrong", ["secret", "access"])
 def test_wrong_credentials_fail_fast_and_clearly(s3_server, s3_settings, bucket, wrong):
-    bad = {"s3_secret_key": "not-the-secret"} if wrong == "secret" else \
-          {"s3_access_key": "AKNOBODY"}
+    bad = (
+        {"s3_secret_key": "not-the-secret"} if wrong == "secret" else {"s3_access_key": "AKNOBODY"}
+    )
     settings = s3_settings(f"s3://{bucket}/p", **bad)
     code = "SignatureDoesNotMatch" if wrong == "secret" else "InvalidAccessKeyId"
     t0 = time.monotonic()
@@ -240,23 +250,36 @@ def _transcript(store) -> list:
 
 
 EXPECTED = [
-    ("put", "a/b/c.txt", b"1", True), ("put", "a/b/d.txt", b"22", True),
-    ("put", "a/bc.txt", b"3", True), ("put", "z.bin", b"\x00\xff", True),
+    ("put", "a/b/c.txt", b"1", True),
+    ("put", "a/b/d.txt", b"22", True),
+    ("put", "a/bc.txt", b"3", True),
+    ("put", "z.bin", b"\x00\xff", True),
     ("put", "a/b/c.txt", b"one", True),
-    ("get", "a/b/c.txt", b"one"), ("get", "z.bin", b"\x00\xff"),
+    ("get", "a/b/c.txt", b"one"),
+    ("get", "z.bin", b"\x00\xff"),
     ("get", "a/missing", "StoreError"),
-    ("exists", "a/b/c.txt", True), ("exists", "a/b", False), ("exists", "a/bc.txt", True),
+    ("exists", "a/b/c.txt", True),
+    ("exists", "a/b", False),
+    ("exists", "a/bc.txt", True),
     ("exists", "nope", False),
     ("list", "", ["a/b/c.txt", "a/b/d.txt", "a/bc.txt", "z.bin"]),
     ("list", "a", ["a/b/c.txt", "a/b/d.txt", "a/bc.txt"]),
-    ("list", "a/b", ["a/b/c.txt", "a/b/d.txt"]), ("list", "a/b/", ["a/b/c.txt", "a/b/d.txt"]),
-    ("list", "a/bc.txt", ["a/bc.txt"]), ("list", "a/b/c.txt", ["a/b/c.txt"]),
-    ("list", "nope", []), ("list", "a/b/c", []),
+    ("list", "a/b", ["a/b/c.txt", "a/b/d.txt"]),
+    ("list", "a/b/", ["a/b/c.txt", "a/b/d.txt"]),
+    ("list", "a/bc.txt", ["a/bc.txt"]),
+    ("list", "a/b/c.txt", ["a/b/c.txt"]),
+    ("list", "nope", []),
+    ("list", "a/b/c", []),
     ("uri", "a/b/c.txt", True),
-    ("delete", "a/b", None), ("list", "", ["a/bc.txt", "z.bin"]),
-    ("delete", "does/not/exist", None), ("delete", "a/bc.txt", None), ("list", "", ["z.bin"]),
-    ("delete", "", None), ("list", "", []),
-    ("put", "again", b"x", True), ("list", "", ["again"]),
+    ("delete", "a/b", None),
+    ("list", "", ["a/bc.txt", "z.bin"]),
+    ("delete", "does/not/exist", None),
+    ("delete", "a/bc.txt", None),
+    ("list", "", ["z.bin"]),
+    ("delete", "", None),
+    ("list", "", []),
+    ("put", "again", b"x", True),
+    ("list", "", ["again"]),
 ]
 
 
@@ -274,9 +297,9 @@ def test_local_and_s3_stores_behave_the_same(kind, tmp_path, s3_server, s3_setti
 
 
 # ----------------------------------------------------------------- Ray's storage
-def test_ray_storage_is_a_working_pyarrow_filesystem(s3_server, s3_settings, bucket,
-                                                      tmp_path):
+def test_ray_storage_is_a_working_pyarrow_filesystem(s3_server, s3_settings, bucket, tmp_path):
     from pyarrow import fs as pafs
+
     store = open_store(s3_settings(f"s3://{bucket}/some/prefix"))
     path, filesystem = store.ray_storage("checkpoints")
     assert path == f"{bucket}/some/prefix/checkpoints"
@@ -298,8 +321,9 @@ def test_ray_storage_is_a_working_pyarrow_filesystem(s3_server, s3_settings, buc
 
 
 # ----------------------------------------------------------------- fetching
-def test_fetch_dataset_downloads_once_then_only_changes(s3_server, s3_settings, bucket,
-                                                        make_dataset, s3_calls):
+def test_fetch_dataset_downloads_once_then_only_changes(
+    s3_server, s3_settings, bucket, make_dataset, s3_calls
+):
     folder = make_dataset("ds", classes=3, per_class=4, size=8)
     files = upload_tree(s3_server, folder, bucket, "datasets/batch-1")
     client = s3_server.client()
@@ -327,8 +351,9 @@ def test_fetch_dataset_downloads_once_then_only_changes(s3_server, s3_settings, 
     new_bytes = bytes(reversed(files[changed]))
     client.put_object(Bucket=bucket, Key=f"datasets/batch-1/{changed}", Body=new_bytes)
     client.delete_object(Bucket=bucket, Key="datasets/batch-1/class_2/003.png")
-    client.put_object(Bucket=bucket, Key="datasets/batch-1/class_3/000.png",
-                      Body=files["class_0/000.png"])
+    client.put_object(
+        Bucket=bucket, Key="datasets/batch-1/class_3/000.png", Body=files["class_0/000.png"]
+    )
     s3_calls.clear()
     fetch_dataset(uri, settings)
     assert s3_calls["GetObject"] == 2
@@ -342,9 +367,11 @@ def test_fetch_dataset_empty_prefix_or_missing_bucket(s3_server, s3_settings, bu
     s3_server.client().put_object(Bucket=bucket, Key="datasets/only-marker/", Body=b"")
     settings = s3_settings()
     for batch in ("none", "only-marker"):
-        with pytest.raises(FileNotFoundError,
-                           match=rf"dataset not found: no objects under "
-                                 rf"s3://{bucket}/datasets/{batch}/$"):
+        with pytest.raises(
+            FileNotFoundError,
+            match=rf"dataset not found: no objects under "
+            rf"s3://{bucket}/datasets/{batch}/$",
+        ):
             fetch_dataset(f"s3://{bucket}/datasets/{batch}", settings)
     missing = s3_server.bucket_name("nobucket")
     with pytest.raises(FileNotFoundError, match=f"no bucket '{missing}'"):

@@ -31,26 +31,50 @@ TOKEN = "w-" + uuid.uuid4().hex
 # (what, the request's fields, the field the refusal names)
 HOSTILE = [
     ("code as the loss", {"hyperparameters": {"loss": "os:system"}}, "hyperparameters.loss"),
-    ("a hook that exits", {"hyperparameters": {"callbacks": [
-        {"name": "LambdaCallback", "on_epoch_end": "os:_exit"}]}},
-     "hyperparameters.callbacks.0.on_epoch_end"),
-    ("any class as a callback", {"hyperparameters": {"callbacks": ["subprocess:Popen"]}},
-     "hyperparameters.callbacks.0.name"),
-    ("CSVLogger over the database", {"hyperparameters": {"callbacks": [
-        {"name": "CSVLogger", "path": "{home}/colecionador.db"}]}},
-     "hyperparameters.callbacks.0.path"),
-    ("TensorBoard copying /etc", {"hyperparameters": {"callbacks": [
-        {"name": "TensorBoard", "log_dir": "/etc"}]}}, "hyperparameters.callbacks.0.log_dir"),
+    (
+        "a hook that exits",
+        {
+            "hyperparameters": {
+                "callbacks": [{"name": "LambdaCallback", "on_epoch_end": "os:_exit"}]
+            }
+        },
+        "hyperparameters.callbacks.0.on_epoch_end",
+    ),
+    (
+        "any class as a callback",
+        {"hyperparameters": {"callbacks": ["subprocess:Popen"]}},
+        "hyperparameters.callbacks.0.name",
+    ),
+    (
+        "CSVLogger over the database",
+        {
+            "hyperparameters": {
+                "callbacks": [{"name": "CSVLogger", "path": "{home}/colecionador.db"}]
+            }
+        },
+        "hyperparameters.callbacks.0.path",
+    ),
+    (
+        "TensorBoard copying /etc",
+        {"hyperparameters": {"callbacks": [{"name": "TensorBoard", "log_dir": "/etc"}]}},
+        "hyperparameters.callbacks.0.log_dir",
+    ),
     ("/etc as the dataset", {"dataset_uri": "/etc"}, "dataset_uri"),
     ("the whole file system", {"dataset_uri": "/"}, "dataset_uri"),
     ("out of the root by ..", {"dataset_uri": "{root}/../../etc"}, "dataset_uri"),
     ("another bucket", {"dataset_uri": "s3://private/secrets/"}, "dataset_uri"),
-    ("weights from /etc/passwd", {"hyperparameters": {"weights": "/etc/passwd"}},
-     "hyperparameters.weights"),
+    (
+        "weights from /etc/passwd",
+        {"hyperparameters": {"weights": "/etc/passwd"}},
+        "hyperparameters.weights",
+    ),
     ("'..' as the model", {"model_name": ".."}, "model_name"),
     ("'.' as the model", {"model_name": "."}, "model_name"),
-    ("code in a tuning grid", {"mode": "tune", "tuning": {"grid": {"loss": ["os:system"]}}},
-     "hyperparameters.loss"),
+    (
+        "code in a tuning grid",
+        {"mode": "tune", "tuning": {"grid": {"loss": ["os:system"]}}},
+        "hyperparameters.loss",
+    ),
     ("a huge dataset_uri", {"dataset_uri": "{root}/" + "a" * 3000}, "dataset_uri"),
 ]
 
@@ -60,19 +84,23 @@ def trust_settings(settings_for, tmp_path):
     root = tmp_path / "datasets"
     root.mkdir()
     suffix = uuid.uuid4().hex[:6]
-    return settings_for(f"sqlite:///{tmp_path / 'trust.db'}", dataset_roots=str(root),
-                        api_token=SecretStr(TOKEN),
-                        requests_queue=f"training.requests.trust-{SESSION}-{suffix}",
-                        ray_dashboard_url=f"http://127.0.0.1:{free_port()}",
-                        reconcile_interval_s=60)
+    return settings_for(
+        f"sqlite:///{tmp_path / 'trust.db'}",
+        dataset_roots=str(root),
+        api_token=SecretStr(TOKEN),
+        requests_queue=f"training.requests.trust-{SESSION}-{suffix}",
+        ray_dashboard_url=f"http://127.0.0.1:{free_port()}",
+        reconcile_interval_s=60,
+    )
 
 
 def _body(fields: dict, settings) -> dict:
     root = settings.data_roots()[0]
     body = {"batch_id": f"hostile-{uuid.uuid4().hex[:8]}", "dataset_uri": f"{root}/lote"}
     for k, v in fields.items():
-        body[k] = json.loads(json.dumps(v).replace("{home}", str(settings.resolved_home))
-                             .replace("{root}", root))
+        body[k] = json.loads(
+            json.dumps(v).replace("{home}", str(settings.resolved_home)).replace("{root}", root)
+        )
     return body
 
 
@@ -83,12 +111,12 @@ def _no_rows(settings) -> None:
 
 
 @pytest.mark.parametrize("what,fields,field", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_requests_over_http_get_422_naming_the_field(trust_settings, what, fields,
-                                                            field):
+def test_hostile_requests_over_http_get_422_naming_the_field(trust_settings, what, fields, field):
     before = set(trust_settings.resolved_home.rglob("*"))
     c = TestClient(create_app(trust_settings))
-    r = c.post("/jobs", json=_body(fields, trust_settings),
-               headers={"Authorization": f"Bearer {TOKEN}"})
+    r = c.post(
+        "/jobs", json=_body(fields, trust_settings), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert r.status_code == 422, r.text
     locs = [".".join(str(p) for p in d["loc"][1:]) for d in r.json()["detail"]]
     assert field in locs, r.json()
@@ -115,7 +143,9 @@ def test_hostile_requests_on_the_queue_are_dead_lettered_with_the_reason(trust_s
                 ch = await conn.channel(publisher_confirms=True)
                 for b in bodies:
                     await ch.default_exchange.publish(
-                        aio_pika.Message(json.dumps(b).encode()), routing_key=queue)
+                        aio_pika.Message(json.dumps(b).encode()), routing_key=queue
+                    )
+
         asyncio.run(publish())
         reasons = {}
         for _ in bodies:

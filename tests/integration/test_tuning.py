@@ -29,13 +29,19 @@ BASE = {**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1}
 
 def tune_message(root, **tuning) -> dict:
     # the BAD config last: ASHA is asynchronous, the first config at a rung is never stopped
-    return {"batchId": f"tune-{uuid.uuid4().hex[:8]}", "datasetUri": str(root),
-            "modelName": "tuned", "mode": "tune", "hyperparameters": BASE,
-            "tuning": {"grid": {"phase1_lr": [*GOOD, BAD]}, "kFolds": 3, **tuning}}
+    return {
+        "batchId": f"tune-{uuid.uuid4().hex[:8]}",
+        "datasetUri": str(root),
+        "modelName": "tuned",
+        "mode": "tune",
+        "hyperparameters": BASE,
+        "tuning": {"grid": {"phase1_lr": [*GOOD, BAD]}, "kFolds": 3, **tuning},
+    }
 
 
 def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
-        db_url, settings_for, make_dataset, ray_cluster):
+    db_url, settings_for, make_dataset, ray_cluster
+):
     settings = settings_for(db_url)
     request = parse_request(tune_message(make_dataset(per_class=12, size=16)))
     job, created = create_job(settings, request, num_workers=1)  # 2 workers: test_job
@@ -48,7 +54,13 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
     with session_factory(settings.db_url)() as s:
         (run,) = repo.tuning_runs(s, job.id)
         assert (run.status, run.metric, run.mode, run.scheduler, run.k_folds, run.max_t) == (
-            "completed", "val_loss", "min", "asha", 3, 3)
+            "completed",
+            "val_loss",
+            "min",
+            "asha",
+            3,
+            3,
+        )
         assert run.grid == {"phase1_lr": [*GOOD, BAD]}
         assert run.resources == {"cpu": 1.0}
         # the folds cover train + val (32 of 36 images); the 4 test images are in none
@@ -84,8 +96,10 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
         assert best.config["phase1_lr"] in GOOD
 
         # the job's hyperparameters hold the best config (and the base for the rest)
-        assert repo.hyperparameters(s, job.id) == Hyperparameters(
-            **{**BASE, **best.config}).effective()
+        assert (
+            repo.hyperparameters(s, job.id)
+            == Hyperparameters(**{**BASE, **best.config}).effective()
+        )
         # the winner was trained with it: the final run's epoch rows are a train job's
         epochs = repo.epoch_rows(s, job.id)
         assert [(r["epoch"], r["phase"]) for r in epochs] == [(1, 1), (2, 1), (3, 2)]
@@ -98,9 +112,15 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
 
     store = open_store(settings)
     prefix = "models/tuned/v1/"
-    assert {k[len(prefix):] for k in store.list(prefix)} >= {
-        "confusion_matrix.png", "curves.png", "metrics.json", "model.pt", "tuning.json",
-        "health.json", "errors.json"}
+    assert {k[len(prefix) :] for k in store.list(prefix)} >= {
+        "confusion_matrix.png",
+        "curves.png",
+        "metrics.json",
+        "model.pt",
+        "tuning.json",
+        "health.json",
+        "errors.json",
+    }
     package = torch.load(store.path(prefix + "model.pt"), weights_only=True)
     assert package["hyperparameters"]["phase1_lr"] == best.config["phase1_lr"]
     metrics = json.loads(store.get_bytes(prefix + "metrics.json"))
@@ -116,20 +136,42 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
 def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, make_dataset):
     """No Ray: the search is not run again, and its winner (merged) stays."""
     from services.tuning_job import tune_step
+
     settings = settings_for(db_url)
     job, _ = create_job(settings, parse_request(tune_message(make_dataset(per_class=6))))
     merged = Hyperparameters(**{**BASE, "phase1_lr": GOOD[1]})
     with session_factory(settings.db_url)() as s:
         run = repo.create_tuning_run(
-            s, job.id, grid={"phase1_lr": [*GOOD, BAD]}, base_hyperparameters=BASE, k_folds=3,
-            num_samples=1, metric="val_loss", mode="min", scheduler="asha")
-        repo.record_trial(s, run.id, trial_index=0, trial_id="t0", config={"phase1_lr": GOOD[1]},
-                          status="completed", stopped_at=3, max_epochs=3,
-                          mean_val_loss=float("nan"),  # NaN is stored as null (JSON too)
-                          epochs=[{"epoch": 1, "val_loss": float("inf"), "folds": []}])
-        repo.finish_tuning_run(s, run.id, "completed", best_trial_index=0,
-                               best_config={"phase1_lr": GOOD[1]},
-                               job_hyperparameters=merged.effective())
+            s,
+            job.id,
+            grid={"phase1_lr": [*GOOD, BAD]},
+            base_hyperparameters=BASE,
+            k_folds=3,
+            num_samples=1,
+            metric="val_loss",
+            mode="min",
+            scheduler="asha",
+        )
+        repo.record_trial(
+            s,
+            run.id,
+            trial_index=0,
+            trial_id="t0",
+            config={"phase1_lr": GOOD[1]},
+            status="completed",
+            stopped_at=3,
+            max_epochs=3,
+            mean_val_loss=float("nan"),  # NaN is stored as null (JSON too)
+            epochs=[{"epoch": 1, "val_loss": float("inf"), "folds": []}],
+        )
+        repo.finish_tuning_run(
+            s,
+            run.id,
+            "completed",
+            best_trial_index=0,
+            best_config={"phase1_lr": GOOD[1]},
+            job_hyperparameters=merged.effective(),
+        )
         hp = Hyperparameters(**repo.hyperparameters(s, job.id))
         trial = repo.tuning_trials(s, run.id)[0]
         assert trial.mean_val_loss is None and trial.epochs[0]["val_loss"] is None
@@ -154,9 +196,11 @@ def test_migration_0002_upgrades_downgrades_and_matches_the_models(empty_db_url)
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
+
     cfg = alembic_config(empty_db_url)
     engine = create_engine(empty_db_url)
     try:
+
         def tables() -> set[str]:
             return set(inspect(engine).get_table_names())
 
@@ -172,13 +216,35 @@ def test_migration_0002_upgrades_downgrades_and_matches_the_models(empty_db_url)
         assert {"tuning_runs", "tuning_trials"} <= tables()
         # the tables take a run and its trials, and a job's deletion takes them along
         with session_factory(empty_db_url)() as s:
-            job, _ = repo.create_job(s, batch_id="b", dataset_uri="d", model_name="m",
-                                     mode="tune", hyperparameters={"phase1_lr": 0.1})
-            run = repo.create_tuning_run(s, job.id, grid={"phase1_lr": [0.1]},
-                                         base_hyperparameters={}, k_folds=2, num_samples=1,
-                                         metric="val_loss", mode="min", scheduler="fifo")
-            repo.record_trial(s, run.id, trial_index=0, trial_id="x", config={"phase1_lr": 0.1},
-                              status="completed", stopped_at=1, epochs=[])
+            job, _ = repo.create_job(
+                s,
+                batch_id="b",
+                dataset_uri="d",
+                model_name="m",
+                mode="tune",
+                hyperparameters={"phase1_lr": 0.1},
+            )
+            run = repo.create_tuning_run(
+                s,
+                job.id,
+                grid={"phase1_lr": [0.1]},
+                base_hyperparameters={},
+                k_folds=2,
+                num_samples=1,
+                metric="val_loss",
+                mode="min",
+                scheduler="fifo",
+            )
+            repo.record_trial(
+                s,
+                run.id,
+                trial_index=0,
+                trial_id="x",
+                config={"phase1_lr": 0.1},
+                status="completed",
+                stopped_at=1,
+                epochs=[],
+            )
             s.execute(text("DELETE FROM hyperparameters"))
             s.execute(text("DELETE FROM training_jobs"))
             s.commit()

@@ -70,14 +70,32 @@ def test_serve_flags_choose_replicas_autoscaling_limits_and_proxies():
     assert (args.replicas, args.max_replicas, args.proxy_location) == (1, None, "EveryNode")
     assert args.max_ongoing_requests is args.max_queued_requests is args.retry_after is None
     args = build_parser().parse_args(
-        ["serve", "--min-replicas", "0", "--max-replicas", "6", "--target-ongoing-requests",
-         "3", "--max-ongoing-requests", "12", "--max-queued-requests", "-1",
-         "--retry-after", "2", "--proxy-location", "HeadOnly"])
+        [
+            "serve",
+            "--min-replicas",
+            "0",
+            "--max-replicas",
+            "6",
+            "--target-ongoing-requests",
+            "3",
+            "--max-ongoing-requests",
+            "12",
+            "--max-queued-requests",
+            "-1",
+            "--retry-after",
+            "2",
+            "--proxy-location",
+            "HeadOnly",
+        ]
+    )
     assert (args.min_replicas, args.max_replicas, args.target_ongoing_requests) == (0, 6, 3.0)
     assert (args.max_ongoing_requests, args.max_queued_requests, args.retry_after) == (12, -1, 2)
     assert args.proxy_location == "HeadOnly"
-    for bad in (["--replicas", "0"], ["--max-ongoing-requests", "0"],
-                ["--proxy-location", "Somewhere"]):
+    for bad in (
+        ["--replicas", "0"],
+        ["--max-ongoing-requests", "0"],
+        ["--proxy-location", "Somewhere"],
+    ):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", *bad])
 
@@ -85,12 +103,18 @@ def test_serve_flags_choose_replicas_autoscaling_limits_and_proxies():
 def test_the_deployment_sheds_with_503_and_retry_after():
     from services.api.deployment import api_deployment, autoscaling
     from services.config import Settings
-    d = api_deployment(Settings(database_url="sqlite://"), max_ongoing_requests=3,
-                       max_queued_requests=5, retry_after_s=2)
+
+    d = api_deployment(
+        Settings(database_url="sqlite://"),
+        max_ongoing_requests=3,
+        max_queued_requests=5,
+        retry_after_s=2,
+    )
     cfg = d._deployment_config
     assert (cfg.max_ongoing_requests, cfg.max_queued_requests) == (3, 5)
     assert (cfg.backpressure_config.status_code, cfg.backpressure_config.retry_after_s) == (503, 2)
-    auto = api_deployment(Settings(database_url="sqlite://"),
-                          autoscaling_config=autoscaling(1, 4))._deployment_config
+    auto = api_deployment(
+        Settings(database_url="sqlite://"), autoscaling_config=autoscaling(1, 4)
+    )._deployment_config
     assert auto.autoscaling_config.max_replicas == 4
     assert auto.autoscaling_config.target_ongoing_requests == 4

@@ -9,9 +9,11 @@ def run(img_s: float, wall_s: float) -> dict[str, float]:
 
 def test_combine_takes_the_median_of_pair_ratios():
     # host drift: the second pair ran on a slow minute for both loops
-    pairs = [{"bare": run(100, 80), "ray": run(110, 100)},
-             {"bare": run(50, 160), "ray": run(45, 200)},
-             {"bare": run(90, 90), "ray": run(90, 90)}]
+    pairs = [
+        {"bare": run(100, 80), "ray": run(110, 100)},
+        {"bare": run(50, 160), "ray": run(45, 200)},
+        {"bare": run(90, 90), "ray": run(90, 90)},
+    ]
     row = combine(2, pairs)
     assert row["ratios"] == [1.1, 0.9, 1.0]
     assert row["throughput_ratio"] == 1.0

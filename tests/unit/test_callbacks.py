@@ -33,12 +33,13 @@ def record_epoch(epoch, logs):
 
 
 def halve(epoch, lr):
-    return 0.01 * 0.5 ** epoch
+    return 0.01 * 0.5**epoch
 
 
 def run_with(callbacks, **hp):
-    run = TwoPhaseRun(Hyperparameters(**{**HP, **hp, "callbacks": callbacks}), tiny_data(),
-                      quiet=True)
+    run = TwoPhaseRun(
+        Hyperparameters(**{**HP, **hp, "callbacks": callbacks}), tiny_data(), quiet=True
+    )
     while not run.done:
         run.run_epoch()
     return run
@@ -66,10 +67,13 @@ def test_model_checkpoint_keeps_the_best_epochs_weights(tmp_path):
 
 
 def test_learning_rate_scheduler_and_monitor():
-    run = run_with([{"name": "LearningRateScheduler",
-                     "schedule": "tests.unit.test_callbacks:halve"},
-                    {"name": "LearningRateMonitor", "logging_interval": "step"}],
-                   schedule="none")
+    run = run_with(
+        [
+            {"name": "LearningRateScheduler", "schedule": "tests.unit.test_callbacks:halve"},
+            {"name": "LearningRateMonitor", "logging_interval": "step"},
+        ],
+        schedule="none",
+    )
     # each phase restarts its epoch count: 0.01, 0.005 in both phases
     assert [r["lr"] for r in run.history] == pytest.approx([0.01, 0.005, 0.01, 0.005])
     assert [r["lr-group0"] for r in run.history] == pytest.approx([0.01, 0.005, 0.01, 0.005])
@@ -151,11 +155,14 @@ def test_a_misspelled_hook_is_an_error_not_a_silent_no_op():
         callbacks.on_validation_end()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: EarlyStopping(mode="maxx"),
-    lambda: ModelCheckpoint(mode="maxx"),
-    lambda: Monitor("val_loss", "maxx"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EarlyStopping(mode="maxx"),
+        lambda: ModelCheckpoint(mode="maxx"),
+        lambda: Monitor("val_loss", "maxx"),
+    ],
+)
 def test_a_mode_other_than_min_or_max_is_refused(make):
     with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'maxx'"):
         make()
@@ -205,15 +212,27 @@ def test_early_stopping_records_its_reason_and_stops_the_run():
 
 def test_state_is_saved_by_key_and_round_trips():
     def callbacks():
-        return CallbackList([TerminateOnNaN(), EarlyStopping(patience=3),
-                             ModelCheckpoint("val_accuracy", "max"), CSVLogger(),
-                             CSVLogger("other.csv")], fake_run())
+        return CallbackList(
+            [
+                TerminateOnNaN(),
+                EarlyStopping(patience=3),
+                ModelCheckpoint("val_accuracy", "max"),
+                CSVLogger(),
+                CSVLogger("other.csv"),
+            ],
+            fake_run(),
+        )
+
     first = callbacks()
     for epoch, (loss, acc) in enumerate([(1.0, 0.5), (0.8, 0.6), (0.9, 0.55)], 1):
         first.on_epoch_end(epoch, {"val_loss": loss, "val_accuracy": acc})
     state = first.state_dict()
-    assert list(state) == ["EarlyStopping[val_loss,min]",
-                           "ModelCheckpoint[val_accuracy,max]", "CSVLogger", "CSVLogger#2"]
+    assert list(state) == [
+        "EarlyStopping[val_loss,min]",
+        "ModelCheckpoint[val_accuracy,max]",
+        "CSVLogger",
+        "CSVLogger#2",
+    ]
     second = callbacks()
     second.load_state_dict(state)
     es, mc, csv_a, csv_b = second.callbacks[1:]

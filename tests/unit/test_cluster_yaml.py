@@ -30,6 +30,7 @@ AUTH_EXPORT = re.compile(r"(?:^|[;&|(]\s*)export\s+(?:\S+\s+)*RAY_AUTH_MODE=toke
 def _no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("validating cluster.yaml must not touch the network")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
@@ -81,32 +82,53 @@ def test_ray_validate_config_accepts_the_file_as_written(raw):
 
 def test_ray_prepare_config_then_validate_config_as_ray_up_does(raw, prepared):
     # prepare_config merged aws/defaults.yaml under ours: ours wins key by key...
-    for key in ("cluster_name", "max_workers", "provider", "available_node_types",
-                "head_node_type", "file_mounts", "docker"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "file_mounts",
+        "docker",
+    ):
         assert prepared[key] == raw[key], key
     # ...and put the common setup commands in front of each node kind's own.
     assert prepared["head_setup_commands"] == raw["setup_commands"] + raw["head_setup_commands"]
-    assert prepared["worker_setup_commands"] == (raw["setup_commands"]
-                                                 + raw["worker_setup_commands"])
+    assert prepared["worker_setup_commands"] == (
+        raw["setup_commands"] + raw["worker_setup_commands"]
+    )
     # the defaults' example setup (a nightly Ray wheel, a conda env) is not ours
     assert not any("ray-wheels" in c or "tensorflow" in c for c in prepared["head_setup_commands"])
 
 
-@pytest.mark.parametrize("mutate,error,message", [
-    # a typo'd top-level key: the schema has additionalProperties false
-    (lambda c: c.__setitem__("max_worker", c.pop("max_workers")),
-     jsonschema.ValidationError, "max_worker"),
-    # a typo'd node-type key
-    (lambda c: c["available_node_types"]["worker.gpu"].__setitem__(
-        "min_worker", c["available_node_types"]["worker.gpu"].pop("min_workers")),
-     jsonschema.ValidationError, "min_worker"),
-    # resources are whole numbers
-    (lambda c: c["available_node_types"]["worker.gpu"]["resources"].__setitem__("GPU", 0.5),
-     jsonschema.ValidationError, "0.5"),
-    # Ray's own cross-field check, after the schema
-    (lambda c: c.__setitem__("head_node_type", "head.typo"),
-     ValueError, "head_node_type"),
-], ids=["top-level-typo", "node-type-typo", "fractional-gpu", "unknown-head-type"])
+@pytest.mark.parametrize(
+    "mutate,error,message",
+    [
+        # a typo'd top-level key: the schema has additionalProperties false
+        (
+            lambda c: c.__setitem__("max_worker", c.pop("max_workers")),
+            jsonschema.ValidationError,
+            "max_worker",
+        ),
+        # a typo'd node-type key
+        (
+            lambda c: c["available_node_types"]["worker.gpu"].__setitem__(
+                "min_worker", c["available_node_types"]["worker.gpu"].pop("min_workers")
+            ),
+            jsonschema.ValidationError,
+            "min_worker",
+        ),
+        # resources are whole numbers
+        (
+            lambda c: c["available_node_types"]["worker.gpu"]["resources"].__setitem__("GPU", 0.5),
+            jsonschema.ValidationError,
+            "0.5",
+        ),
+        # Ray's own cross-field check, after the schema
+        (lambda c: c.__setitem__("head_node_type", "head.typo"), ValueError, "head_node_type"),
+    ],
+    ids=["top-level-typo", "node-type-typo", "fractional-gpu", "unknown-head-type"],
+)
 def test_ray_validation_rejects_a_broken_copy(raw, mutate, error, message):
     broken = copy.deepcopy(raw)
     mutate(broken)
@@ -169,9 +191,13 @@ def test_every_start_command_exports_token_auth(raw):
 
 def test_start_commands_are_rays_standard_ones(raw):
     head = " ".join(raw["head_start_ray_commands"])
-    for flag in ("ray start --head", "--port=6379",
-                 "--autoscaling-config=~/ray_bootstrap_config.yaml",
-                 "--dashboard-host=0.0.0.0", "--disable-usage-stats"):
+    for flag in (
+        "ray start --head",
+        "--port=6379",
+        "--autoscaling-config=~/ray_bootstrap_config.yaml",
+        "--dashboard-host=0.0.0.0",
+        "--disable-usage-stats",
+    ):
         assert flag in head, flag
     worker = " ".join(raw["worker_start_ray_commands"])
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
@@ -229,8 +255,11 @@ def test_services_settings_come_from_a_mounted_env_file_not_from_here(raw):
     assert not re.search(r"\b[0-9a-f]{64}\b", text)
     assert "PRIVATE KEY" not in text
     # the settings are named for the reader (commented), with placeholders only
-    for name in ("COLECIONADOR_DATABASE_URL", "COLECIONADOR_STORE_URL=s3://",
-                 "COLECIONADOR_S3_ENDPOINT"):
+    for name in (
+        "COLECIONADOR_DATABASE_URL",
+        "COLECIONADOR_STORE_URL=s3://",
+        "COLECIONADOR_S3_ENDPOINT",
+    ):
         assert name in text
     comments_only = [ln for ln in text.splitlines() if "COLECIONADOR_" in ln]
     assert all(ln.lstrip().startswith("#") for ln in comments_only), comments_only

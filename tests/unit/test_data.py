@@ -59,8 +59,10 @@ def test_unreadable_images_fail_or_are_skipped(make_dataset):
     with pytest.raises(data.DataError, match=r"2 unreadable image\(s\): class_0/broken_0.png"):
         data.decode(data.discover(root), 16, "fail")
     d = data.decode(data.discover(root), 16, "skip")
-    assert len(d) == 36 and [b[0] for b in d.bad] == ["class_0/broken_0.png",
-                                                      "class_0/broken_1.png"]
+    assert len(d) == 36 and [b[0] for b in d.bad] == [
+        "class_0/broken_0.png",
+        "class_0/broken_1.png",
+    ]
 
 
 def test_small_class_and_missing_dataset(make_dataset, tmp_path):
@@ -76,8 +78,9 @@ def test_small_class_and_missing_dataset(make_dataset, tmp_path):
 
 def test_manifest_layout(make_dataset):
     root = make_dataset(per_class=10)
-    rows = ["path,label"] + [f"class_{c}/{i:03d}.png,{'abc'[c]}"
-                             for c in range(3) for i in range(10)]
+    rows = ["path,label"] + [
+        f"class_{c}/{i:03d}.png,{'abc'[c]}" for c in range(3) for i in range(10)
+    ]
     (root / "manifest.csv").write_text("\n".join(rows))
     index = data.discover(root)
     assert index.classes == ["a", "b", "c"] and len(index.paths) == 30
@@ -90,6 +93,7 @@ def _png_claiming(width: int, height: int) -> bytes:
     import zlib
 
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("L", (1, 1)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
@@ -112,8 +116,9 @@ def test_hostile_files_are_unreadable_images_never_a_crash(make_dataset, tmp_pat
     (bad / "passwd.png").symlink_to("/etc/passwd")
     decoded = data.decode(data.discover(root), 16, "skip")
     reasons = dict(decoded.bad)
-    assert set(reasons) == {f"class_0/{n}.png" for n in
-                            ("bomb", "empty", "truncated", "huge", "passwd")}
+    assert set(reasons) == {
+        f"class_0/{n}.png" for n in ("bomb", "empty", "truncated", "huge", "passwd")
+    }
     assert "decompression bomb" in reasons["class_0/bomb.png"]
     assert "over the 50 MB limit" in reasons["class_0/huge.png"]
     assert "outside the dataset folder" in reasons["class_0/passwd.png"]

@@ -13,9 +13,15 @@ from training.export import TOLERANCE, export_onnx, export_with_parity, onnx_pro
 
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-                         nn.Linear(8, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(8, 3),
+    ).eval()
 
 
 def images(n: int = 20, size: int = 16) -> np.ndarray:
@@ -83,9 +89,14 @@ def test_a_graph_onnxruntime_cannot_load_is_reported_not_raised(monkeypatch):
 def test_a_model_that_does_not_export_is_reported_not_raised(monkeypatch):
     def fails(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::frobnicate\nmore detail")
+
     monkeypatch.setattr(torch.onnx, "export", fails)
     result = export_with_parity(tiny_model(), 16, images())
     assert result.model is None and not result.passed
-    assert result.report == {"passed": False, "error": (
-        "export failed: dynamo: RuntimeError: unsupported operator aten::frobnicate; "
-        "torchscript: RuntimeError: unsupported operator aten::frobnicate")}
+    assert result.report == {
+        "passed": False,
+        "error": (
+            "export failed: dynamo: RuntimeError: unsupported operator aten::frobnicate; "
+            "torchscript: RuntimeError: unsupported operator aten::frobnicate"
+        ),
+    }

@@ -32,13 +32,18 @@ def test_a_duplicate_across_the_split_is_leakage(make_dataset):
     r = health_report(d, split, min_per_class=5)
     kinds = {f["kind"] for f in r["findings"]}
     assert {"duplicates", "near_duplicates", "leakage"} <= kinds
-    assert [x["path"] for x in r["exact_duplicates"][0]] == ["class_1/003.png",
-                                                             "class_1/copy_of_003.png"]
+    assert [x["path"] for x in r["exact_duplicates"][0]] == [
+        "class_1/003.png",
+        "class_1/copy_of_003.png",
+    ]
     assert {"a": "class_2/005.png", "b": "class_2/brighter_005.png"} == {
-        k: v for k, v in r["near_duplicates"][0].items() if k in "ab"}
+        k: v for k, v in r["near_duplicates"][0].items() if k in "ab"
+    }
     leak = r["leakage"][0]
-    assert {(x["path"], x["split"]) for x in leak} == {("class_1/003.png", "train"),
-                                                       ("class_1/copy_of_003.png", "test")}
+    assert {(x["path"], x["split"]) for x in leak} == {
+        ("class_1/003.png", "train"),
+        ("class_1/copy_of_003.png", "test"),
+    }
     assert failing(r, ["leakage"]) and not failing(r, ["imbalance"])
 
 
@@ -59,8 +64,10 @@ def test_corrupt_file_tiny_class_imbalance_sizes_and_modes(make_dataset):
 
 def test_clean_data_has_no_findings(make_dataset):
     d = datasets.decode(datasets.discover(make_dataset(per_class=12, size=32, seed=3)), 32)
-    assert health_report(d, datasets.split(d.labels), min_per_class=5,
-                         near_distance=0)["findings"] == []
+    assert (
+        health_report(d, datasets.split(d.labels), min_per_class=5, near_distance=0)["findings"]
+        == []
+    )
 
 
 def test_near_duplicate_pairs_by_hamming_distance():
@@ -119,9 +126,10 @@ def test_the_same_picture_under_two_classes_is_a_label_conflict(make_dataset):
     d = datasets.decode(datasets.discover(root), 32)
     r = health_report(d, None, min_per_class=5)
     conflicts = {(c["a"], c["a_class"], c["b"], c["b_class"]) for c in r["label_conflicts"]}
-    assert conflicts == {("class_0/004.png", "class_0", "class_1/same_as_0_004.png", "class_1"),
-                         ("class_0/007.png", "class_0", "class_2/brighter_0_007.png",
-                          "class_2")}
+    assert conflicts == {
+        ("class_0/004.png", "class_0", "class_1/same_as_0_004.png", "class_1"),
+        ("class_0/007.png", "class_0", "class_2/brighter_0_007.png", "class_2"),
+    }
     how = {c["b"]: c["how"] for c in r["label_conflicts"]}
     assert how["class_1/same_as_0_004.png"] == "same bytes"
     assert how["class_2/brighter_0_007.png"].startswith("pixel correlation")
@@ -136,7 +144,10 @@ def test_near_duplicates_say_how_they_were_confirmed(make_dataset):
     ImageEnhance.Brightness(img).enhance(1.05).save(root / "class_2" / "brighter_005.png")
     r = health_report(datasets.decode(datasets.discover(root), 32), None, min_per_class=5)
     pair = r["near_duplicates"][0]
-    assert pair["similarity"] >= 0.995 and "normalised correlation" in r[
-        "near_duplicates_confirmed_by"]
+    assert (
+        pair["similarity"] >= 0.995
+        and "normalised correlation" in r["near_duplicates_confirmed_by"]
+    )
     assert "confirmed by normalised correlation" in next(
-        f["message"] for f in r["findings"] if f["kind"] == "near_duplicates")
+        f["message"] for f in r["findings"] if f["kind"] == "near_duplicates"
+    )

@@ -35,35 +35,57 @@ def test_unknown_name_is_an_error_not_ignored():
     assert "phase1_epoch: unknown hyperparameter" in validation_message(e.value)
 
 
-@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"phase1_lr": -1}, {"optimizer": "lion"},
-                                 {"schedule": "linear"}, {"dropout": 1.5},
-                                 {"phase1_epochs": 0, "phase2_epochs": 0},
-                                 {"val_frac": 0.5, "test_frac": 0.45}, {"loss": "hinge"},
-                                 {"image_size": "big"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"phase1_lr": -1},
+        {"optimizer": "lion"},
+        {"schedule": "linear"},
+        {"dropout": 1.5},
+        {"phase1_epochs": 0, "phase2_epochs": 0},
+        {"val_frac": 0.5, "test_frac": 0.45},
+        {"loss": "hinge"},
+        {"image_size": "big"},
+    ],
+)
 def test_ill_typed_or_out_of_range_values_are_rejected(bad):
     with pytest.raises(ValidationError):
         Hyperparameters(**bad)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("phase1_lr=3e-4", ("phase1_lr", 3e-4)), ("hflip=false", ("hflip", False)),
-    ("weights=none", ("weights", None)), ("milestones=[3,6]", ("milestones", [3, 6])),
-    ("milestones=3,6", ("milestones", [3, 6])), ("backbone=resnet18", ("backbone", "resnet18")),
-    ("loss=pkg.mod:fn", ("loss", "pkg.mod:fn")),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("phase1_lr=3e-4", ("phase1_lr", 3e-4)),
+        ("hflip=false", ("hflip", False)),
+        ("weights=none", ("weights", None)),
+        ("milestones=[3,6]", ("milestones", [3, 6])),
+        ("milestones=3,6", ("milestones", [3, 6])),
+        ("backbone=resnet18", ("backbone", "resnet18")),
+        ("loss=pkg.mod:fn", ("loss", "pkg.mod:fn")),
+    ],
+)
 def test_parse_assignment(text, expected):
     assert parse_assignment(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("augment=none", ("augment", "none")), ("schedule=none", ("schedule", "none")),
-    ("schedule=None", ("schedule", "none")), ("class_weights=none", ("class_weights", None)),
-    ("grad_clip=none", ("grad_clip", None)), ("val_max=none", ("val_max", None)),
-    ("weights=null", ("weights", None)), ("backbone=none", ("backbone", "none")),
-    ("fail_on=label_conflicts", ("fail_on", ["label_conflicts"])),
-    ("fail_on=leakage,label_conflicts", ("fail_on", ["leakage", "label_conflicts"])),
-    ("milestones=4", ("milestones", [4])),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("augment=none", ("augment", "none")),
+        ("schedule=none", ("schedule", "none")),
+        ("schedule=None", ("schedule", "none")),
+        ("class_weights=none", ("class_weights", None)),
+        ("grad_clip=none", ("grad_clip", None)),
+        ("val_max=none", ("val_max", None)),
+        ("weights=null", ("weights", None)),
+        ("backbone=none", ("backbone", "none")),
+        ("fail_on=label_conflicts", ("fail_on", ["label_conflicts"])),
+        ("fail_on=leakage,label_conflicts", ("fail_on", ["leakage", "label_conflicts"])),
+        ("milestones=4", ("milestones", [4])),
+    ],
+)
 def test_the_word_none_is_the_string_where_the_field_allows_it_else_none(text, expected):
     assert parse_assignment(text) == expected
 
@@ -75,8 +97,12 @@ def test_none_for_augment_and_schedule_from_set_config_and_message(field, tmp_pa
     key, value = parse_assignment(f"{field}=none")
     assert getattr(Hyperparameters(**{key: value}), field) == "none"
     assert getattr(Hyperparameters(**{field: None}), field) == "none"
-    r = parse_request(('{"batch_id": "b", "dataset_uri": "s3://d/b/", "hyperparameters": '
-                       f'{{"{field}": null}}}}').encode())
+    r = parse_request(
+        (
+            '{"batch_id": "b", "dataset_uri": "s3://d/b/", "hyperparameters": '
+            f'{{"{field}": null}}}}'
+        ).encode()
+    )
     assert getattr(r.hyperparameters, field) == "none"
     with pytest.raises(ValidationError):
         Hyperparameters(**{field: "nothing"})
@@ -90,8 +116,10 @@ def test_parse_assignment_rejects_unknown_and_malformed():
 
 
 def test_message_accepts_camel_case_and_requires_two_fields():
-    r = parse_request(b'{"batchId": "b1", "dataset_uri": "s3://d/b1/", "totalImages": 9000,'
-                      b' "hyperparameters": {"phase1_epochs": 3}}')
+    r = parse_request(
+        b'{"batchId": "b1", "dataset_uri": "s3://d/b1/", "totalImages": 9000,'
+        b' "hyperparameters": {"phase1_epochs": 3}}'
+    )
     assert (r.batch_id, r.total_images, r.mode) == ("b1", 9000, "train")
     assert r.hyperparameters.phase1_epochs == 3
     with pytest.raises(ValueError, match="dataset_uri"):
@@ -99,19 +127,32 @@ def test_message_accepts_camel_case_and_requires_two_fields():
     with pytest.raises(ValueError, match="unknown hyperparameter"):
         parse_request({"batch_id": "b", "dataset_uri": "x", "hyperparameters": {"lr": 1}})
     with pytest.raises(ValueError, match="unknown hyperparameter"):
-        parse_request({"batch_id": "b", "dataset_uri": "x", "mode": "tune",
-                       "tuning": {"grid": {"lr": [1, 2]}}})
+        parse_request(
+            {
+                "batch_id": "b",
+                "dataset_uri": "x",
+                "mode": "tune",
+                "tuning": {"grid": {"lr": [1, 2]}},
+            }
+        )
     with pytest.raises(ValueError):
         parse_request(b"not json")
 
 
-@pytest.mark.parametrize("values,field", [
-    ({"phase1_epochs": 10**6}, "phase1_epochs"), ({"phase2_epochs": 1001}, "phase2_epochs"),
-    ({"batch_size": 10**6}, "batch_size"), ({"callbacks": ["CSVLogger"] * 21}, "callbacks"),
-    ({"callbacks": [{"name": "CSVLogger", "filename": "x" * 5000}]}, "callbacks"),
-    ({"loss": "a.b:" + "c" * 400}, "loss"), ({"seed": -1}, "seed"),
-    ({"milestones": list(range(1, 200))}, "milestones"), ({"grad_accum": 10**5}, "grad_accum"),
-])
+@pytest.mark.parametrize(
+    "values,field",
+    [
+        ({"phase1_epochs": 10**6}, "phase1_epochs"),
+        ({"phase2_epochs": 1001}, "phase2_epochs"),
+        ({"batch_size": 10**6}, "batch_size"),
+        ({"callbacks": ["CSVLogger"] * 21}, "callbacks"),
+        ({"callbacks": [{"name": "CSVLogger", "filename": "x" * 5000}]}, "callbacks"),
+        ({"loss": "a.b:" + "c" * 400}, "loss"),
+        ({"seed": -1}, "seed"),
+        ({"milestones": list(range(1, 200))}, "milestones"),
+        ({"grad_accum": 10**5}, "grad_accum"),
+    ],
+)
 def test_bounds_on_what_one_request_may_ask(values, field):
     with pytest.raises(ValidationError) as e:
         Hyperparameters(**values)
@@ -119,8 +160,9 @@ def test_bounds_on_what_one_request_may_ask(values, field):
 
 
 def test_config_file_then_set_overrides(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"hyperparameters": {"phase1_lr": 0.01,
-                                                                     "batch_size": 16}}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"hyperparameters": {"phase1_lr": 0.01, "batch_size": 16}})
+    )
     (tmp_path / "c.toml").write_text("phase1_epochs = 3\nhflip = false\n")
     (tmp_path / "c.yaml").write_text("backbone: resnet18\n")
     hp = load_hyperparameters(str(tmp_path / "c.json"), ["batch_size=8"])

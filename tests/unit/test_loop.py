@@ -34,15 +34,25 @@ def tiny_data(n_per_class=16, size=16, seed=0):
     return TrainData(np.stack(imgs).astype(np.uint8), y, s.train, s.val, ["a", "b", "c"])
 
 
-HP = dict(backbone="mobilenet_v3_small", image_size=16, batch_size=8, phase1_epochs=2,
-          phase2_epochs=2, phase1_lr=1e-2, phase2_lr=1e-3, unfreeze_last=4, hflip=False,
-          early_stopping_patience=5)
+HP = dict(
+    backbone="mobilenet_v3_small",
+    image_size=16,
+    batch_size=8,
+    phase1_epochs=2,
+    phase2_epochs=2,
+    phase1_lr=1e-2,
+    phase2_lr=1e-3,
+    unfreeze_last=4,
+    hflip=False,
+    early_stopping_patience=5,
+)
 
 
 def fake_run():
     model = torch.nn.Linear(2, 2)
-    return SimpleNamespace(eval_module=model, stop_training=False, failure=None,
-                           restored_epoch=None)
+    return SimpleNamespace(
+        eval_module=model, stop_training=False, failure=None, restored_epoch=None
+    )
 
 
 def test_early_stopping_stops_after_patience_and_restores_best():
@@ -110,8 +120,9 @@ def test_resume_from_state_gives_the_same_model():
     while not resumed.done:
         resumed.run_epoch()
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history])
-    for (k, a), b in zip(full.eval_module.state_dict().items(),
-                         resumed.eval_module.state_dict().values()):
+    for (k, a), b in zip(
+        full.eval_module.state_dict().items(), resumed.eval_module.state_dict().values()
+    ):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
 
 
@@ -147,23 +158,41 @@ def test_nan_loss_ends_the_run_as_a_failure():
 def test_gradient_accumulation_matches_the_large_batch():
     """Two steps of 4 accumulated make the same update as one batch of 8 (no dropout,
     BatchNorm frozen in phase 1, no augmentation)."""
+
     def first_update(batch_size, accum):
-        hp = Hyperparameters(**{**HP, "batch_size": batch_size, "grad_accum": accum,
-                                "dropout": 0.0, "augment": "none", "optimizer": "sgd"})
+        hp = Hyperparameters(
+            **{
+                **HP,
+                "batch_size": batch_size,
+                "grad_accum": accum,
+                "dropout": 0.0,
+                "augment": "none",
+                "optimizer": "sgd",
+            }
+        )
         data = tiny_data()
         data.train_idx = data.train_idx[:8]
         run = TwoPhaseRun(hp, data, quiet=True)
         before = run.module.classifier[3].weight.detach().clone()
         run.run_epoch()
         return run.module.classifier[3].weight.detach() - before
+
     big, accumulated = first_update(8, 1), first_update(4, 2)
     assert big.abs().sum() > 0
     assert torch.allclose(big, accumulated, atol=1e-6)
 
 
 def test_gradient_clipping_bounds_the_update():
-    hp = Hyperparameters(**{**HP, "grad_clip": 1e-6, "optimizer": "sgd", "phase1_lr": 1.0,
-                            "augment": "none", "dropout": 0.0})
+    hp = Hyperparameters(
+        **{
+            **HP,
+            "grad_clip": 1e-6,
+            "optimizer": "sgd",
+            "phase1_lr": 1.0,
+            "augment": "none",
+            "dropout": 0.0,
+        }
+    )
     run = TwoPhaseRun(hp, tiny_data(), quiet=True)
     before = [p.detach().clone() for p in run.module.classifier[3].parameters()]
     run.run_epoch()

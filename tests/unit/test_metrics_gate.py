@@ -23,8 +23,12 @@ def test_metrics_against_a_hand_computation():
     f_a, f_b = 2 / 3, 2 * (2 / 3) / (2 / 3 + 1)
     assert m["f1"] == pytest.approx((f_a + f_b) / 3)
     assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
-    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0,
-                                   "f1": pytest.approx(f_b), "support": 2}
+    assert m["per_class"]["b"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": 1.0,
+        "f1": pytest.approx(f_b),
+        "support": 2,
+    }
     assert 0 <= m["roc_auc"] <= 1
 
 
@@ -39,8 +43,11 @@ def test_perfect_predictions_and_absent_class_auc():
 def test_gate_is_strictly_greater_and_records_every_rule():
     hp = Hyperparameters()
     g = quality_gate({"accuracy": 0.95, "precision": 0.90, "recall": 0.88}, hp)
-    assert g.status == "rejected" and g.passed() == {"accuracy": True, "precision": True,
-                                                     "recall": False}
+    assert g.status == "rejected" and g.passed() == {
+        "accuracy": True,
+        "precision": True,
+        "recall": False,
+    }
     d = g.to_dict()
     assert d["status"] == "rejected" and len(d["rules"]) == 3
     assert d["rules"][2] == {"metric": "recall", "threshold": 0.88, "value": 0.88, "passed": False}
@@ -51,18 +58,31 @@ def test_gate_is_strictly_greater_and_records_every_rule():
 
 def test_the_onnx_parity_rule_only_when_asked_for():
     good = {"accuracy": 0.99, "precision": 0.99, "recall": 0.99}
-    same = {"opset": 20, "max_abs_diff": 2e-7, "top1_agreement": 1.0, "tolerance": 1e-4,
-            "passed": True}
+    same = {
+        "opset": 20,
+        "max_abs_diff": 2e-7,
+        "top1_agreement": 1.0,
+        "tolerance": 1e-4,
+        "passed": True,
+    }
     assert list(quality_gate(good, Hyperparameters(), same).passed()) == [
-        "accuracy", "precision", "recall"]  # not asked for: no rule, whatever the export
+        "accuracy",
+        "precision",
+        "recall",
+    ]  # not asked for: no rule, whatever the export
     assert quality_gate(good, Hyperparameters(), {"passed": False}).approved
 
     hp = Hyperparameters(gate_onnx_parity=True)
     g = quality_gate(good, hp, same)
     assert g.approved and g.to_dict()["rules"][3] == {
-        "metric": "onnx_parity", "threshold": 1e-4, "value": 2e-7, "passed": True}
-    off = quality_gate(good, hp, {**same, "max_abs_diff": 0.3, "top1_agreement": 0.9,
-                                  "passed": False})
+        "metric": "onnx_parity",
+        "threshold": 1e-4,
+        "value": 2e-7,
+        "passed": True,
+    }
+    off = quality_gate(
+        good, hp, {**same, "max_abs_diff": 0.3, "top1_agreement": 0.9, "passed": False}
+    )
     assert off.status == "rejected" and off.passed()["onnx_parity"] is False
     for missing in (None, {"passed": False, "error": "export failed: ..."}):
         g = quality_gate(good, hp, missing)  # no model.onnx: rejected, the worst difference

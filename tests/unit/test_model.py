@@ -26,8 +26,14 @@ from training.model import (
 )
 
 
-@pytest.mark.parametrize("backbone,head", [("mobilenet_v2", "classifier.1."), ("resnet18", "fc.1."),
-                                           ("mobilenet_v3_small", "classifier.3.")])
+@pytest.mark.parametrize(
+    "backbone,head",
+    [
+        ("mobilenet_v2", "classifier.1."),
+        ("resnet18", "fc.1."),
+        ("mobilenet_v3_small", "classifier.3."),
+    ],
+)
 def test_new_head_has_the_job_classes_and_dropout(backbone, head):
     m = build_model(backbone, 7, dropout=0.3)
     assert head_prefix(m) == head
@@ -36,8 +42,11 @@ def test_new_head_has_the_job_classes_and_dropout(backbone, head):
 
 
 def trainable_layers(m):
-    return [n for n, mod in layers_with_params(m)
-            if any(p.requires_grad for p in mod.parameters(recurse=False))]
+    return [
+        n
+        for n, mod in layers_with_params(m)
+        if any(p.requires_grad for p in mod.parameters(recurse=False))
+    ]
 
 
 def test_phase1_trains_only_the_head_and_phase2_exactly_the_last_n_layers():
@@ -49,8 +58,9 @@ def test_phase1_trains_only_the_head_and_phase2_exactly_the_last_n_layers():
     info = set_phase(m, 2, 50)
     assert trainable_layers(m) == layers[-50:] and info["unfrozen_layers"] == 50
     head = sum(p.numel() for n, p in m.named_parameters() if n.startswith("classifier.1."))
-    opened = sum(p.numel() for n, mod in layers_with_params(m)[-50:]
-                 for p in mod.parameters(recurse=False))
+    opened = sum(
+        p.numel() for n, mod in layers_with_params(m)[-50:] for p in mod.parameters(recurse=False)
+    )
     assert info["trainable_params"] == head + opened
     set_phase(m, 2, 10_000)
     assert trainable_layers(m) == layers
@@ -91,8 +101,9 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
 
 def test_export_and_load_round_trip(tmp_path):
     m = build_model("mobilenet_v3_small", 3).eval()
-    pkg = export_model(m, Hyperparameters(backbone="mobilenet_v3_small", image_size=32),
-                       ["a", "b", "c"])
+    pkg = export_model(
+        m, Hyperparameters(backbone="mobilenet_v3_small", image_size=32), ["a", "b", "c"]
+    )
     torch.save(pkg, tmp_path / "model.pt")
     m2, meta = load_model(tmp_path / "model.pt")
     x = torch.randn(2, 3, 32, 32)
@@ -107,24 +118,43 @@ def test_unknown_backbone():
 
 
 # ----------------------------------------------------------------- weights by name
-@pytest.mark.parametrize("value, expected", [
-    ("imagenet", True), ("ImageNet", True), ("IMAGENET1K_V2", True), ("DEFAULT", True),
-    ("MobileNet_V2_Weights.IMAGENET1K_V2", True), ("weights.pt", False),
-    ("/tmp/IMAGENET1K_V1", False), ("s3://bucket/w.pt", False), ("resnet.pth", False)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("imagenet", True),
+        ("ImageNet", True),
+        ("IMAGENET1K_V2", True),
+        ("DEFAULT", True),
+        ("MobileNet_V2_Weights.IMAGENET1K_V2", True),
+        ("weights.pt", False),
+        ("/tmp/IMAGENET1K_V1", False),
+        ("s3://bucket/w.pt", False),
+        ("resnet.pth", False),
+    ],
+)
 def test_weights_names_and_files_are_told_apart(value, expected):
     assert is_weights_name(value) is expected
 
 
-@pytest.mark.parametrize("name, member", [
-    ("imagenet", "IMAGENET1K_V2"), ("DEFAULT", "IMAGENET1K_V2"),
-    ("IMAGENET1K_V1", "IMAGENET1K_V1"), ("MobileNet_V2_Weights.IMAGENET1K_V1", "IMAGENET1K_V1")])
+@pytest.mark.parametrize(
+    "name, member",
+    [
+        ("imagenet", "IMAGENET1K_V2"),
+        ("DEFAULT", "IMAGENET1K_V2"),
+        ("IMAGENET1K_V1", "IMAGENET1K_V1"),
+        ("MobileNet_V2_Weights.IMAGENET1K_V1", "IMAGENET1K_V1"),
+    ],
+)
 def test_weights_names_resolve_to_torchvisions_enum(name, member):
     assert resolve_weights("mobilenet_v2", name) is MobileNet_V2_Weights[member]
 
 
 def test_an_unknown_weights_name_lists_the_valid_ones():
-    with pytest.raises(WeightsError, match="unknown weights 'IMAGENET9' for mobilenet_v2; "
-                       "valid names: imagenet, IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
+    with pytest.raises(
+        WeightsError,
+        match="unknown weights 'IMAGENET9' for mobilenet_v2; "
+        "valid names: imagenet, IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT",
+    ):
         resolve_weights("mobilenet_v2", "IMAGENET9")
     with pytest.raises(WeightsError, match="not weights of mobilenet_v2 .*valid names"):
         resolve_weights("mobilenet_v2", "ResNet18_Weights.IMAGENET1K_V1")
@@ -150,10 +180,10 @@ def test_named_weights_load_from_the_cache(tmp_path):
     assert all(torch.equal(own[k], planted[k]) for k in planted if not k.startswith("classifier"))
 
 
-def test_named_weights_offline_and_not_cached_say_which_file_to_put_where(tmp_path,
-                                                                           monkeypatch):
+def test_named_weights_offline_and_not_cached_say_which_file_to_put_where(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
+
     monkeypatch.setattr(torch.hub, "urlopen", offline)  # as offline, on any machine
     t0 = time.perf_counter()
     with pytest.raises(WeightsError) as err:
@@ -163,6 +193,7 @@ def test_named_weights_offline_and_not_cached_say_which_file_to_put_where(tmp_pa
     assert str(err.value) == (
         "imagenet weights for mobilenet_v2 (MobileNet_V2_Weights.IMAGENET1K_V2) are not "
         "cached and cannot be downloaded (Name or service not known): "
-        f"put mobilenet_v2-7ebf99e0.pth in {folder}")
+        f"put mobilenet_v2-7ebf99e0.pth in {folder}"
+    )
     assert "\n" not in str(err.value)
     assert not any(folder.glob("*"))  # no partial file left behind

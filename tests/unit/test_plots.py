@@ -2,9 +2,18 @@
 
 from training.plots import curves_figure, curves_png, plt
 
-ROWS = [{"epoch": e, "phase": 1 if e < 3 else 2, "loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1),
-         "accuracy": e / 6, "val_accuracy": e / 7, "lr": 1e-3 if e < 3 else 1e-5}
-        for e in range(6)]
+ROWS = [
+    {
+        "epoch": e,
+        "phase": 1 if e < 3 else 2,
+        "loss": 1 / (e + 1),
+        "val_loss": 1.2 / (e + 1),
+        "accuracy": e / 6,
+        "val_accuracy": e / 7,
+        "lr": 1e-3 if e < 3 else 1e-5,
+    }
+    for e in range(6)
+]
 
 
 def test_the_curves_title_sits_above_every_plot_title():

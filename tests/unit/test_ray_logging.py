@@ -13,8 +13,9 @@ def test_local_ray_is_quiet_below_errors_and_watches_no_preemption():
 
 
 def test_what_the_user_exported_wins():
-    level, env = ray_logging(Settings(ray_address=None),
-                             {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"})
+    level, env = ray_logging(
+        Settings(ray_address=None), {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
+    )
     assert level == logging.ERROR and env == {}
 
 

@@ -37,8 +37,14 @@ def run_epochs(hp, n=None, run=None):
 def test_resume_through_checkpoint_files_equals_the_uninterrupted_run(tmp_path):
     """Stopped in phase 2 (EarlyStopping and ModelCheckpoint holding best weights, an EMA,
     a plateau schedule), written to files, read back as plain data: the same run."""
-    hp = Hyperparameters(**{**HP, "phase2_epochs": 3, "ema_decay": 0.9,
-                            "callbacks": ["ModelCheckpoint", "CSVLogger"]})
+    hp = Hyperparameters(
+        **{
+            **HP,
+            "phase2_epochs": 3,
+            "ema_decay": 0.9,
+            "callbacks": ["ModelCheckpoint", "CSVLogger"],
+        }
+    )
     full = run_epochs(hp)
     first = run_epochs(hp, 3)
     write_checkpoint(first, tmp_path)
@@ -47,10 +53,10 @@ def test_resume_through_checkpoint_files_equals_the_uninterrupted_run(tmp_path):
     resumed = TwoPhaseRun(hp, tiny_data(), quiet=True)
     resumed.load_state_dict(state, rng)
     run_epochs(hp, run=resumed)
-    assert [r["loss"] for r in resumed.history] == pytest.approx(
-        [r["loss"] for r in full.history])
-    for (k, a), b in zip(full.eval_module.state_dict().items(),
-                         resumed.eval_module.state_dict().values()):
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history])
+    for (k, a), b in zip(
+        full.eval_module.state_dict().items(), resumed.eval_module.state_dict().values()
+    ):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
 
 

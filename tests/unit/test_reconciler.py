@@ -5,27 +5,40 @@ import pytest
 from services.reconciler import decide
 
 
-@pytest.mark.parametrize("status,sid,ray,attempts,action", [
-    ("queued", None, None, 0, "submit"),  # recorded, never submitted
-    ("training", None, None, 0, "wait"),  # a local `colecionador train`: no Ray job
-    ("queued", "s", "PENDING", 1, "wait"),
-    ("training", "s", "RUNNING", 1, "wait"),
-    ("training", "s", "FAILED", 1, "resubmit"),  # the driver died: next attempt
-    ("evaluating", "s", "STOPPED", 1, "resubmit"),
-    ("training", "s", "SUCCEEDED", 1, "resubmit"),  # exited without a final status
-    ("training", "s", None, 1, "resubmit"),  # Ray forgot it (head restarted)
-    ("training", "s", "FAILED", 2, "fail"),  # out of attempts
-    ("queued", "s", None, 2, "fail"),
-])
+@pytest.mark.parametrize(
+    "status,sid,ray,attempts,action",
+    [
+        ("queued", None, None, 0, "submit"),  # recorded, never submitted
+        ("training", None, None, 0, "wait"),  # a local `colecionador train`: no Ray job
+        ("queued", "s", "PENDING", 1, "wait"),
+        ("training", "s", "RUNNING", 1, "wait"),
+        ("training", "s", "FAILED", 1, "resubmit"),  # the driver died: next attempt
+        ("evaluating", "s", "STOPPED", 1, "resubmit"),
+        ("training", "s", "SUCCEEDED", 1, "resubmit"),  # exited without a final status
+        ("training", "s", None, 1, "resubmit"),  # Ray forgot it (head restarted)
+        ("training", "s", "FAILED", 2, "fail"),  # out of attempts
+        ("queued", "s", None, 2, "fail"),
+    ],
+)
 def test_decision(status, sid, ray, attempts, action):
     assert decide(status, sid, ray, None, attempts, max_attempts=2).action == action
 
 
 def test_the_failure_names_what_ray_said_and_the_attempts():
-    d = decide("training", "colecionador-job-7-attempt-2", "FAILED",
-               "Job entrypoint command failed with exit code -9\nmore", 2, 2)
+    d = decide(
+        "training",
+        "colecionador-job-7-attempt-2",
+        "FAILED",
+        "Job entrypoint command failed with exit code -9\nmore",
+        2,
+        2,
+    )
     assert d.action == "fail"
-    assert d.reason == ("driver: Ray job colecionador-job-7-attempt-2 FAILED: Job entrypoint "
-                        "command failed with exit code -9 (attempt 2 of 2)")
-    assert decide("training", "x", None, None, 3, 3).reason == \
-        "driver: Ray job x is gone (attempt 3 of 3)"
+    assert d.reason == (
+        "driver: Ray job colecionador-job-7-attempt-2 FAILED: Job entrypoint "
+        "command failed with exit code -9 (attempt 2 of 2)"
+    )
+    assert (
+        decide("training", "x", None, None, 3, 3).reason
+        == "driver: Ray job x is gone (attempt 3 of 3)"
+    )

@@ -30,24 +30,30 @@ def test_step():
 
 
 def test_multistep():
-    close(lrs(schedule="multistep", milestones=[2, 5], gamma=0.1),
-          [LR0 * 0.1 ** sum(t >= m for m in (2, 5)) for t in range(10)])
+    close(
+        lrs(schedule="multistep", milestones=[2, 5], gamma=0.1),
+        [LR0 * 0.1 ** sum(t >= m for m in (2, 5)) for t in range(10)],
+    )
 
 
 def test_exponential():
-    close(lrs(schedule="exponential", gamma=0.8), [LR0 * 0.8 ** t for t in range(10)])
+    close(lrs(schedule="exponential", gamma=0.8), [LR0 * 0.8**t for t in range(10)])
 
 
 def test_cosine():
     lo, T = 0.001, 10
-    close(lrs(schedule="cosine", lr_min=lo, t_max=T),
-          [lo + 0.5 * (LR0 - lo) * (1 + math.cos(math.pi * t / T)) for t in range(10)])
+    close(
+        lrs(schedule="cosine", lr_min=lo, t_max=T),
+        [lo + 0.5 * (LR0 - lo) * (1 + math.cos(math.pi * t / T)) for t in range(10)],
+    )
 
 
 def test_cyclical_triangular():
     lo, m = 0.01, 3
-    expected = [lo + (LR0 - lo) * max(0.0, 1 - abs(t / m - 2 * math.floor(t / (2 * m)) - 1))
-                for t in range(10)]
+    expected = [
+        lo + (LR0 - lo) * max(0.0, 1 - abs(t / m - 2 * math.floor(t / (2 * m)) - 1))
+        for t in range(10)
+    ]
     close(lrs(schedule="cyclical", lr_min=lo, cycle_half=m), expected)
 
 
@@ -61,8 +67,12 @@ def test_none_is_constant():
 
 
 def test_plateau_reduces_after_patience():
-    seq = lrs(schedule="plateau", factor=0.1, plateau_patience=2,
-              val_losses=[1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    seq = lrs(
+        schedule="plateau",
+        factor=0.1,
+        plateau_patience=2,
+        val_losses=[1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],
+    )
     # best at t=1; t=2,3 are the patience; the reduction shows from t=5
     close(seq, [LR0] * 5 + [LR0 * 0.1] * 3 + [LR0 * 0.01] * 2)
 
@@ -70,7 +80,7 @@ def test_plateau_reduces_after_patience():
 def test_warmup_then_schedule_from_lr0():
     seq = lrs(schedule="exponential", gamma=0.5, warmup_epochs=3)
     close(seq[:3], [LR0 * (t + 1) / 4 for t in range(3)])
-    close(seq[3:], [LR0 * 0.5 ** t for t in range(7)])
+    close(seq[3:], [LR0 * 0.5**t for t in range(7)])
 
 
 def test_state_dict_round_trip_continues_the_sequence():

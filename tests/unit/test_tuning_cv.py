@@ -47,14 +47,27 @@ def test_folds_need_k_images_of_every_class():
 
 # ------------------------------------------------------------ lockstep, reports
 def _fold(i, val_loss, val_acc, *, done=False, ran=True, phase=1):
-    return {"fold": i, "epoch": 1, "phase": phase, "standing_epoch": 1, "ran": ran,
-            "done": done, "loss": 1.0, "accuracy": 0.5, "val_loss": val_loss,
-            "val_accuracy": val_acc, "lr": 1e-3}
+    return {
+        "fold": i,
+        "epoch": 1,
+        "phase": phase,
+        "standing_epoch": 1,
+        "ran": ran,
+        "done": done,
+        "loss": 1.0,
+        "accuracy": 0.5,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": 1e-3,
+    }
 
 
 def test_aggregate_is_mean_and_population_std_over_folds():
-    folds = [_fold(0, 1.0, 0.5), _fold(1, 2.0, 0.7, done=True, ran=False, phase=2),
-             _fold(2, 3.0, 0.9)]
+    folds = [
+        _fold(0, 1.0, 0.5),
+        _fold(1, 2.0, 0.7, done=True, ran=False, phase=2),
+        _fold(2, 3.0, 0.9),
+    ]
     r = aggregate(4, folds, done=False, max_epochs=6)
     assert (r["epoch"], r["max_epochs"], r["folds_done"], r["trial_done"]) == (4, 6, 1, False)
     assert r["val_loss"] == pytest.approx(2.0)
@@ -82,8 +95,7 @@ def test_folds_step_in_lockstep_with_the_train_job_recipe(make_dataset):
     hp = Hyperparameters(**{**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1})
     d = data.load(root, hp.image_size, "fail", hp.min_per_class)
     sp = data.split(d.labels, seed=0)
-    cv = FoldsInLockstep(hp, CVData(d.images, d.labels, d.classes,
-                                    cv_folds(d.labels, sp, 2)))
+    cv = FoldsInLockstep(hp, CVData(d.images, d.labels, d.classes, cv_folds(d.labels, sp, 2)))
     reports = []
     while not cv.done:
         reports.append(cv.step())
@@ -95,8 +107,9 @@ def test_folds_step_in_lockstep_with_the_train_job_recipe(make_dataset):
         assert all(f["epoch"] == r["epoch"] and f["ran"] for f in r["folds"])
         assert r["val_loss"] == pytest.approx(np.mean([f["val_loss"] for f in r["folds"]]))
     # each fold is a TwoPhaseRun on its own fold (the same recipe as a train job)
-    assert [len(run.data.val_idx) for run in cv.runs] == [len(v) for _, v in
-                                                          cv_folds(d.labels, sp, 2)]
+    assert [len(run.data.val_idx) for run in cv.runs] == [
+        len(v) for _, v in cv_folds(d.labels, sp, 2)
+    ]
     assert all(run.quiet for run in cv.runs) and cv.failure is None
     with pytest.raises(RuntimeError):
         cv.step()

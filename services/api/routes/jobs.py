@@ -35,17 +35,18 @@ from services.trust import check_request
 log = logging.getLogger("colecionador.api")
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={404: {"model": ErrorOut}})
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut},
-                                                403: {"model": ErrorOut}}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 
 
 @router.get("", response_model=JobPage, dependencies=[READ])
 async def list_jobs(
-        db: DbDep,
-        status: Annotated[StatusFilter | None, Query(
-            description="only jobs in this status (empty: all)")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> JobPage:
+    db: DbDep,
+    status: Annotated[
+        StatusFilter | None, Query(description="only jobs in this status (empty: all)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> JobPage:
     """Jobs, newest first."""
     return await db(reads.job_page, status or None, limit, offset)
 
@@ -69,8 +70,12 @@ async def job_metrics(job: JobDep, db: DbDep) -> list[MetricRow]:
     return await db(reads.metric_rows, job.id)
 
 
-@router.get("/{job_id}/curves.png", response_class=Response, dependencies=[READ],
-            responses=reads.PNG_RESPONSES)
+@router.get(
+    "/{job_id}/curves.png",
+    response_class=Response,
+    dependencies=[READ],
+    responses=reads.PNG_RESPONSES,
+)
 async def job_curves(job: JobDep, db: DbDep) -> Response:
     """Loss, accuracy and learning rate per epoch, drawn from the recorded rows."""
     return await reads.curves_png(db, job.id)
@@ -87,10 +92,16 @@ async def job_health(job: JobDep, store: StoreDep) -> dict[str, Any]:
     return report
 
 
-@router.post("", status_code=202, response_model=Submitted, dependencies=[WRITE],
-             responses={**AUTH_ERRORS, 503: {"model": ErrorOut}})
-async def submit_job(request: Annotated[TrainingRequest, Body()],
-                     settings: SettingsDep) -> Submitted:
+@router.post(
+    "",
+    status_code=202,
+    response_model=Submitted,
+    dependencies=[WRITE],
+    responses={**AUTH_ERRORS, 503: {"model": ErrorOut}},
+)
+async def submit_job(
+    request: Annotated[TrainingRequest, Body()], settings: SettingsDep
+) -> Submitted:
     """Record the request (a known batch_id returns its job, ``created: false``) and
     publish it on the requests queue, where the ingress submits it as a Ray job. It
     is published when the job is new, or still queued without a Ray job (an earlier
@@ -100,37 +111,50 @@ async def submit_job(request: Annotated[TrainingRequest, Body()],
         check_request(request, settings)
     except ValueError as exc:
         field, _, msg = str(exc).partition(": ")
-        raise HTTPException(422, [{"loc": ["body", *field.split(".")], "msg": msg,
-                                   "type": "value_error"}]) from None
+        raise HTTPException(
+            422, [{"loc": ["body", *field.split(".")], "msg": msg, "type": "value_error"}]
+        ) from None
     try:
         job, created = await asyncio.to_thread(create_job, settings, request)
     except DataError as exc:
-        raise HTTPException(422, f"the database refused a value: "
-                            f"{str(exc.orig).strip().splitlines()[0]}") from None
+        raise HTTPException(
+            422, f"the database refused a value: {str(exc.orig).strip().splitlines()[0]}"
+        ) from None
     publish = created or (job.status == "queued" and job.ray_job_id is None)
     if publish:
         try:
-            await asyncio.to_thread(publish_request, settings.amqp_url,
-                                    settings.requests_queue, request.to_json())
+            await asyncio.to_thread(
+                publish_request, settings.amqp_url, settings.requests_queue, request.to_json()
+            )
         except Exception as exc:  # noqa: BLE001 - the broker is down: the client retries
             log.error("job %s recorded, not published: %s", job.id, exc)
             raise HTTPException(
-                503, f"job {job.id} is recorded but the request could not be published on "
-                     f"{settings.requests_queue} ({type(exc).__name__}); POST it again",
-                headers={"Retry-After": "5"}) from None
-    return Submitted(job_id=job.id, batch_id=job.batch_id, status=job.status,
-                     created=created, published=publish)
+                503,
+                f"job {job.id} is recorded but the request could not be published on "
+                f"{settings.requests_queue} ({type(exc).__name__}); POST it again",
+                headers={"Retry-After": "5"},
+            ) from None
+    return Submitted(
+        job_id=job.id, batch_id=job.batch_id, status=job.status, created=created, published=publish
+    )
 
 
 def _already_ended(job: Any) -> HTTPException:
     return HTTPException(409, f"job {job.id} has already ended: {job.status}")
 
 
-@router.post("/{job_id}/cancel", response_model=Cancelled, dependencies=[WRITE],
-             responses={**AUTH_ERRORS, 409: {"model": ErrorOut}, 502: {"model": ErrorOut},
-                        504: {"model": ErrorOut}})
-async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep,
-                     request: Request) -> Cancelled:
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Cancelled,
+    dependencies=[WRITE],
+    responses={
+        **AUTH_ERRORS,
+        409: {"model": ErrorOut},
+        502: {"model": ErrorOut},
+        504: {"model": ErrorOut},
+    },
+)
+async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep, request: Request) -> Cancelled:
     """Cancel a job that has not ended: it is marked ``cancelled`` at once (with its
     ``cancelled`` event), so nothing it does afterwards can end it otherwise or keep a
     version; then its Ray job, if it has one, is stopped and awaited. A finished job
@@ -138,22 +162,28 @@ async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep,
     if job.status in FINAL_STATUSES:
         raise _already_ended(job)
     if job.ray_job_id is None and job.status != "queued":
-        raise HTTPException(409, f"job {job.id} is {job.status} outside a Ray job (a local "
-                            "`colecionador train`?): it cannot be stopped from here")
-    if await asyncio.to_thread(lifecycle.cancel, settings, job.id,
-                               "cancelled over HTTP") is None:
+        raise HTTPException(
+            409,
+            f"job {job.id} is {job.status} outside a Ray job (a local "
+            "`colecionador train`?): it cannot be stopped from here",
+        )
+    if await asyncio.to_thread(lifecycle.cancel, settings, job.id, "cancelled over HTTP") is None:
         raise _already_ended(await db(repo.get_job, job.id))
     if job.ray_job_id is None:  # still queued: nothing runs it yet
         return Cancelled(job_id=job.id, status="cancelled")
     try:
         ray_status = await asyncio.to_thread(
-            lambda: RayJobs(settings).stop_and_wait(job.ray_job_id,
-                                                    request.app.state.cancel_wait_s))
+            lambda: RayJobs(settings).stop_and_wait(job.ray_job_id, request.app.state.cancel_wait_s)
+        )
     except TimeoutError as exc:
         raise HTTPException(504, f"job {job.id} is cancelled; {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the job server is unreachable
-        raise HTTPException(502, f"job {job.id} is cancelled, but its Ray job "
-                            f"{job.ray_job_id} could not be stopped: "
-                            f"{type(exc).__name__}: {str(exc)[:300]}") from None
-    return Cancelled(job_id=job.id, status="cancelled", ray_job_id=job.ray_job_id,
-                     ray_job_status=ray_status)
+        raise HTTPException(
+            502,
+            f"job {job.id} is cancelled, but its Ray job "
+            f"{job.ray_job_id} could not be stopped: "
+            f"{type(exc).__name__}: {str(exc)[:300]}",
+        ) from None
+    return Cancelled(
+        job_id=job.id, status="cancelled", ray_job_id=job.ray_job_id, ray_job_status=ray_status
+    )

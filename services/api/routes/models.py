@@ -17,8 +17,9 @@ from services.api.schemas import (
 )
 from services.db import repo
 
-router = APIRouter(prefix="/models", tags=["models"], dependencies=[READ],
-                   responses={404: {"model": ErrorOut}})
+router = APIRouter(
+    prefix="/models", tags=["models"], dependencies=[READ], responses={404: {"model": ErrorOut}}
+)
 
 
 @router.get("", response_model=list[ModelSummary])
@@ -36,21 +37,28 @@ async def model_versions(name: ModelName, db: DbDep) -> list[VersionSummary]:
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionDetail)
-async def model_version(name: ModelName, version: VersionNo, db: DbDep,
-                        store: StoreDep) -> VersionDetail:
+async def model_version(
+    name: ModelName, version: VersionNo, db: DbDep, store: StoreDep
+) -> VersionDetail:
     """Metrics, the gate rule by rule, and the artifact URIs of one version."""
+
     def load(s):
         mv = repo.get_version(s, name, version)
         return None if mv is None else reads.version_detail(s, mv, store)
+
     found = await db(load)
     if found is None:
         raise not_found(f"version {version} of model {name}")
     return found
 
 
-@router.get("/{name}/versions/{version}/confusion_matrix.png", response_class=Response,
-            responses=reads.PNG_RESPONSES)
-async def model_confusion(name: ModelName, version: VersionNo, db: DbDep,
-                          store: StoreDep) -> Response:
+@router.get(
+    "/{name}/versions/{version}/confusion_matrix.png",
+    response_class=Response,
+    responses=reads.PNG_RESPONSES,
+)
+async def model_confusion(
+    name: ModelName, version: VersionNo, db: DbDep, store: StoreDep
+) -> Response:
     """The test split's confusion matrix, as stored with the version."""
     return await reads.confusion_png(db, store, name, version)
