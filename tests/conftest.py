@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,37 @@ def ray_cluster(s3_server, tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
+    """The predicate's first truthy value, polled every ``every`` s; TimeoutError after
+    ``timeout`` s naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what} not within {timeout} s")
+
+
+@pytest.fixture
+def queues():
+    """Fresh request and event queue names, deleted afterwards (with the dead letters)."""
+    from tests.amqp import delete_queues
+
+    requests = f"training.requests.test-{SESSION}-{uuid.uuid4().hex[:6]}"
+    events = f"ModelEvaluation.test-{SESSION}-{uuid.uuid4().hex[:6]}"
+    yield requests, events
+    delete_queues(requests, requests + ".dead", events)
+
+
+@pytest.fixture
+def own_database():
+    """A PostgreSQL database of the test's own: an ingress's reconciler takes every queued
+    job it finds, so tests that run one keep out of the session's database."""
+    with fresh_database(f"colecionador_own_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 @pytest.fixture

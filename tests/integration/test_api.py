@@ -37,7 +37,7 @@ from services.messages import TrainingRequest
 from services.ray_jobs import auth_headers, settings_env
 from services.records import create_job
 from tests.amqp import delete_queues, message_count, next_message
-from tests.conftest import AMQP_URL, SESSION, TINY, fresh_database, write_dataset
+from tests.conftest import AMQP_URL, SESSION, TINY, fresh_database, wait_until, write_dataset
 from tests.raycluster import free_port
 from training.hyperparams import Hyperparameters
 
@@ -58,16 +58,6 @@ DESIGN_PATHS = [
     "/models/{name}/versions",
     "/models/{name}/versions/{version}",
 ]
-
-
-def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} not within {timeout} s")
 
 
 def _answers(url: str) -> bool:

@@ -16,18 +16,10 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.ray_jobs import RayJobs, auth_headers, submission_id
-from tests.amqp import delete_queues, message_count, next_message
-from tests.conftest import SESSION, TINY
+from tests.amqp import message_count, next_message
+from tests.conftest import TINY
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def queues():
-    requests = f"training.requests.test-{SESSION}-{uuid.uuid4().hex[:6]}"
-    events = f"ModelEvaluation.test-{SESSION}-{uuid.uuid4().hex[:6]}"
-    yield requests, events
-    delete_queues(requests, requests + ".dead", events)
 
 
 def upload_tree(s3_server, root, bucket: str, prefix: str) -> str:
@@ -36,15 +28,6 @@ def upload_tree(s3_server, root, bucket: str, prefix: str) -> str:
     for path in sorted(root.rglob("*.png")):
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
     return f"s3://{bucket}/{prefix}/"
-
-
-@pytest.fixture
-def own_database():
-    """A database of this test's own: the ingress's reconciler takes every queued job."""
-    from tests.conftest import fresh_database
-
-    with fresh_database(f"colecionador_ingress_{uuid.uuid4().hex[:8]}") as url:
-        yield url
 
 
 def test_message_to_versioned_model_once_and_malformed_to_dead_letters(

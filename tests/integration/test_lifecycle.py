@@ -26,31 +26,13 @@ from services.messages import TrainingRequest
 from services.ray_jobs import RayJobs
 from services.records import create_job
 from services.storage import open_store
-from tests.amqp import delete_queues, message_count, next_message
-from tests.conftest import AMQP_URL, PG_ADMIN_URL, SESSION, TINY
+from tests.amqp import message_count, next_message
+from tests.conftest import AMQP_URL, PG_ADMIN_URL, SESSION, TINY, wait_until
 from tests.raycluster import free_port
 from tests.tcpproxy import TcpProxy
 from training.hyperparams import Hyperparameters
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def queues():
-    requests = f"training.requests.test-{SESSION}-{uuid.uuid4().hex[:6]}"
-    events = f"ModelEvaluation.test-{SESSION}-{uuid.uuid4().hex[:6]}"
-    yield requests, events
-    delete_queues(requests, requests + ".dead", events)
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what}: not within {timeout} s")
 
 
 def publish_all(queue: str, bodies: list[dict]) -> None:
@@ -168,12 +150,12 @@ def test_an_ingress_started_with_the_broker_away_consumes_once_it_is_back(
             reconcile_interval_s=60,
         )
         with RunningConsumer(settings) as consumer:
-            wait_for(lambda: consumer.stats["reconnects"] >= 1, 30, "a failed connect")
+            wait_until(lambda: consumer.stats["reconnects"] >= 1, 30, "a failed connect")
             assert not consumer.stats["consuming"]
             assert "consumer" in consumer.stats["last_error"]["error"]
             publish_all(requests, [{"batch_id": batch, "dataset_uri": "s3://d/nowhere/"}])
             proxy.open()
-            wait_for(lambda: consumer.stats["received"] == 1, 90, "the message consumed")
+            wait_until(lambda: consumer.stats["received"] == 1, 90, "the message consumed")
             assert consumer.stats["consuming"] and consumer.stats["created"] == 1
     with session_factory(pg_url)() as s:
         job = repo.get_job_by_batch(s, batch)
@@ -202,17 +184,17 @@ def test_a_database_outage_during_intake_loses_nothing_and_does_not_spin(
         batches = [f"outage-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
         bodies = [{"batch_id": b, "dataset_uri": "s3://d/nowhere/"} for b in batches]
         with RunningConsumer(settings) as consumer:
-            wait_for(lambda: consumer.stats["consuming"], 60, "consuming")
+            wait_until(lambda: consumer.stats["consuming"], 60, "consuming")
             proxy.close()
             publish_all(requests, bodies + bodies[:4])  # 12 messages, 4 duplicates
-            wait_for(lambda: consumer.stats["database_outages"] >= 1, 30, "the outage seen")
+            wait_until(lambda: consumer.stats["database_outages"] >= 1, 30, "the outage seen")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # the outage: no busy loop meanwhile
                 assert consumer.stats["requeued"] <= 4  # at most what it held (prefetch)
                 time.sleep(1)
             received_during = consumer.stats["received"]
             proxy.open()
-            wait_for(
+            wait_until(
                 lambda: consumer.stats["created"] + consumer.stats["duplicates"] == 12,
                 120,
                 "every message recorded",
@@ -242,9 +224,9 @@ def test_200_concurrent_messages_with_duplicates_make_one_job_and_one_event_each
     batches = [f"many-{i}-{uuid.uuid4().hex[:6]}" for i in range(100)]
     bodies = [{"batch_id": b, "dataset_uri": "s3://d/nowhere/"} for b in batches] * 2
     with RunningConsumer(settings) as consumer:
-        wait_for(lambda: consumer.stats["consuming"], 60, "consuming")
+        wait_until(lambda: consumer.stats["consuming"], 60, "consuming")
         publish_all(requests, bodies)
-        wait_for(
+        wait_until(
             lambda: consumer.stats["created"] + consumer.stats["duplicates"] == 200,
             180,
             "200 messages recorded",
@@ -296,15 +278,6 @@ def test_a_cancel_racing_the_end_of_evaluation_leaves_no_version(
 
 
 # -------------------------------------------------------------------- a killed driver
-@pytest.fixture
-def own_database():
-    """A database of this test's own: the ingress's reconciler takes every queued job."""
-    from tests.conftest import fresh_database
-
-    with fresh_database(f"colecionador_lifecycle_{uuid.uuid4().hex[:8]}") as url:
-        yield url
-
-
 def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
     own_database, ray_cluster, settings_for, make_dataset, queues
 ):
@@ -342,7 +315,7 @@ def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
                 job = repo.get_job_by_batch(s, batch)
                 return job if job and repo.epoch_rows(s, job.id) else None
 
-        job = wait_for(training_job, 300, "an epoch recorded", every=0.1)
+        job = wait_until(training_job, 300, "an epoch recorded", every=0.1)
         ray_jobs = RayJobs(settings)
         pid = int(ray_jobs.client.get_job_info(job.ray_job_id).driver_info.pid)
         os.kill(pid, signal.SIGKILL)  # as the OOM killer does
@@ -352,7 +325,7 @@ def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
             with sf() as s:
                 return repo.get_job(s, job.id).attempts == 2
 
-        wait_for(resubmitted, 120, "the second attempt")
+        wait_until(resubmitted, 120, "the second attempt")
         noticed_s = time.monotonic() - killed
         event, _ = next_message(events, timeout=600)
         with sf() as s:
@@ -364,7 +337,7 @@ def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
         assert "-9" in (first.message or "") or "FAILED" in first.message
         assert epochs == [1, 2, 3, 4, 5, 6]  # resumed: no epoch recorded twice
         assert (event["job_id"], event["status"], event["version"]) == (job.id, "approved", 1)
-        status = wait_for(
+        status = wait_until(
             lambda: (
                 ray_jobs.client.get_job_status(second.ray_job_id).is_terminal()
                 and ray_jobs.client.get_job_status(second.ray_job_id)
