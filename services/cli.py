@@ -223,6 +223,8 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         print(f"job {job.id}  {job.status}  batch {job.batch_id}  model {job.model_name}")
         print(f"  dataset {job.dataset_uri}  workers {job.num_workers}  gpu {job.use_gpu}")
         print(f"  created {job.created_at}  started {job.started_at}  finished {job.finished_at}")
+        if job.ray_job_id:
+            print(f"  Ray job {job.ray_job_id}  (attempt {job.attempts})")
         if job.error:
             print(f"  error: {job.error}")
         try:  # status answers without the store too
