@@ -72,7 +72,7 @@ class Hyperparameters(BaseModel):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
     # the two phases
-    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)
     phase1_epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
     phase1_lr: float = Field(1e-3, gt=0)
     phase2_epochs: int = Field(20, ge=0, le=MAX_EPOCHS)
@@ -85,12 +85,12 @@ class Hyperparameters(BaseModel):
     schedule: Schedule = "plateau"
     factor: float = Field(0.1, gt=0, lt=1)
     plateau_patience: int = Field(2, ge=0, le=MAX_EPOCHS)
-    step_size: int = Field(5, ge=1, le=MAX_EPOCHS)
+    step_size: int = Field(5, gt=0, le=MAX_EPOCHS)
     gamma: float = Field(0.5, gt=0, le=1)
     milestones: list[PositiveInt] = Field(default_factory=lambda: [5, 10], max_length=100)
     lr_min: float = Field(1e-6, ge=0)
     t_max: PositiveInt | None = None
-    cycle_half: int = Field(2, ge=1, le=MAX_EPOCHS)
+    cycle_half: int = Field(2, gt=0, le=MAX_EPOCHS)
     warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
 
     # callbacks
@@ -107,7 +107,7 @@ class Hyperparameters(BaseModel):
 
     # step mechanics
     grad_clip: float | None = Field(None, gt=0)
-    grad_accum: int = Field(1, ge=1, le=1024)
+    grad_accum: int = Field(1, gt=0, le=1024)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     loader_workers: int = Field(0, ge=0, le=64)  # DataLoader processes per training worker
     prefetch_factor: int = Field(2, ge=1, le=64)  # batches each loader process keeps ready
