@@ -76,7 +76,7 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
             for k in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
         )
         hps = repo.hyperparameters(s, job.id)
-        assert hps == Hyperparameters(**TINY).effective()
+        assert hps == Hyperparameters(**{**TINY, "export_onnx": True}).effective()
         (mv,) = s.query(ModelVersion).filter_by(job_id=job.id).all()
         assert (mv.model_name, mv.version, mv.status) == ("tiny", 1, "approved")
         assert [r["metric"] for r in mv.gate["rules"]] == ["accuracy", "precision", "recall"]
