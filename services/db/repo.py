@@ -264,24 +264,34 @@ def record_attempt(s: Session, job_id: int, ray_job_id: str) -> int:
     """A Ray job now runs job ``job_id``: the next attempt, its submission id on the row.
     Idempotent: the attempt that already has ``ray_job_id`` is not recorded twice.
     Returns the attempt's number."""
-    last = s.scalar(
+    last = _last_attempt(s, job_id)
+    if last is not None and last.ray_job_id == ray_job_id:
+        return last.attempt
+    attempt = (last.attempt if last else 0) + 1
+    try:
+        s.add(JobAttempt(job_id=job_id, attempt=attempt, ray_job_id=ray_job_id))
+        s.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id)
+            .values(attempts=attempt, ray_job_id=ray_job_id)
+            .execution_options(synchronize_session=False)
+        )
+        s.commit()
+    except IntegrityError:  # a duplicate message's handler recorded the same attempt first
+        s.rollback()
+        last = _last_attempt(s, job_id)
+        if last is None or last.ray_job_id != ray_job_id:
+            raise
+    return attempt
+
+
+def _last_attempt(s: Session, job_id: int) -> JobAttempt | None:
+    return s.scalar(
         select(JobAttempt)
         .where(JobAttempt.job_id == job_id)
         .order_by(JobAttempt.attempt.desc())
         .limit(1)
     )
-    if last is not None and last.ray_job_id == ray_job_id:
-        return last.attempt
-    attempt = (last.attempt if last else 0) + 1
-    s.add(JobAttempt(job_id=job_id, attempt=attempt, ray_job_id=ray_job_id))
-    s.execute(
-        update(TrainingJob)
-        .where(TrainingJob.id == job_id)
-        .values(attempts=attempt, ray_job_id=ray_job_id)
-        .execution_options(synchronize_session=False)
-    )
-    s.commit()
-    return attempt
 
 
 def end_attempt(

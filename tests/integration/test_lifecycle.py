@@ -350,3 +350,35 @@ def test_a_sigkilled_driver_is_resubmitted_and_its_job_ends_once(
         print(f"\nthe row changed {noticed_s:.1f} s after the driver was killed")
     finally:
         stop_ingress()
+
+
+def test_an_attempt_recorded_by_a_message_and_its_duplicate_at_once_is_one_attempt(
+    db_url, settings_for
+):
+    """Prefetch hands a message and its duplicate to two handlers at once: both submit
+    the same Ray job and record it; one attempt, no IntegrityError."""
+    from services.records import prepare_database
+
+    settings = settings_for(db_url)
+    prepare_database(settings)
+    job, _ = create_job(
+        settings, TrainingRequest(batch_id=f"twice-{uuid.uuid4().hex[:8]}", dataset_uri="s3://d/x/")
+    )
+    barrier, numbers, errors = threading.Barrier(8), [], []
+
+    def record() -> None:
+        barrier.wait()
+        try:
+            with session_factory(settings.db_url)() as s:
+                numbers.append(repo.record_attempt(s, job.id, "sid-1"))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=record) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (numbers, errors) == ([1] * 8, [])
+    with session_factory(settings.db_url)() as s:
+        assert len(repo.job_attempts(s, job.id)) == 1 and repo.get_job(s, job.id).attempts == 1
