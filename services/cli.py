@@ -378,16 +378,14 @@ def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="colecionador", description="Train, tune, judge and version image classifiers on Ray."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def _demo_parser(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits")
     demo.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
     demo.set_defaults(func=cmd_demo)
 
+
+def _train_parser(sub: Any) -> None:
     train = sub.add_parser("train", help="train, evaluate, gate and version a model")
     train.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
     train.add_argument("--config", help="hyperparameters file (.json, .yaml, .toml)")
@@ -403,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-name", default="classifier")
     train.set_defaults(func=cmd_train)
 
+
+def _tune_parser(sub: Any) -> None:
     tune = sub.add_parser(
         "tune",
         help="grid search with k-fold CV and ASHA, then train, gate and version the best config",
@@ -465,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--model-name", default="classifier")
     tune.set_defaults(func=cmd_tune)
 
+
+def _preflight_parser(sub: Any) -> None:
     pre = sub.add_parser("preflight", help="data health, overfit one batch, LR range test")
     pre.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
     pre.add_argument("--config")
@@ -477,11 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--json", help="also write the whole report here")
     pre.set_defaults(func=cmd_preflight)
 
+
+def _status_parser(sub: Any) -> None:
     status = sub.add_parser("status", help="jobs, or one job in detail")
     status.add_argument("job_id", type=int, nargs="?")
     status.add_argument("--limit", type=int, default=20)
     status.set_defaults(func=cmd_status)
 
+
+def _submit_parser(sub: Any) -> None:
     submit = sub.add_parser("submit", help="publish a training request on the queue")
     submit.add_argument("--dataset", required=True, help="s3:// URI or a path the cluster sees")
     submit.add_argument("--batch-id", required=True)
@@ -491,12 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--set", action="append", metavar="KEY=VALUE")
     submit.set_defaults(func=cmd_submit)
 
+
+def _ingress_parser(sub: Any) -> None:
     ing = sub.add_parser("ingress", help="start the detached ingress actor on the Ray cluster")
     ing.add_argument("--prefetch", type=int, default=4, help="unacked messages at a time")
     ing.add_argument("--stop", action="store_true", help="stop and remove it")
     ing.add_argument("--status", action="store_true", help="print its counters")
     ing.set_defaults(func=cmd_ingress)
 
+
+def _serve_parser(sub: Any) -> None:
     srv = sub.add_parser("serve", help="deploy the HTTP API on Ray Serve (detached)")
     srv.add_argument("--host", default="127.0.0.1", help="address Serve listens on")
     srv.add_argument("--port", type=int, default=8000)
@@ -559,11 +569,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.set_defaults(func=cmd_serve)
 
+
+def _db_parser(sub: Any) -> None:
     db = sub.add_parser("db", help="database schema")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="apply the Alembic migrations")
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=cmd_db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="colecionador", description="Train, tune, judge and version image classifiers on Ray."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _demo_parser,
+        _train_parser,
+        _tune_parser,
+        _preflight_parser,
+        _status_parser,
+        _submit_parser,
+        _ingress_parser,
+        _serve_parser,
+        _db_parser,
+    ):
+        add(sub)
     return p
 
 
