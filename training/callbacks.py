@@ -215,26 +215,12 @@ class CallbackList:
             c.load_state_dict(states[key])
 
 
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
-    epochs; with ``restore_best_weights`` the best epoch's weights are put back when the
-    phase ends (Keras EarlyStopping). ``should_stop`` is the decision alone."""
+class Monitored(Callback):
+    """A callback that watches one figure through ``self.tracker`` (a Monitor): its
+    settings and best value read through, and its state saved under its class, the
+    figure and the mode (two such callbacks on different figures keep apart)."""
 
-    def __init__(
-        self,
-        monitor: str = "val_loss",
-        mode: Mode = "min",
-        patience: int = 5,
-        min_delta: float = 0.0,
-        restore_best_weights: bool = True,
-    ):
-        self.tracker = Monitor(monitor, mode, min_delta)
-        self.patience, self.restore_best_weights = patience, restore_best_weights
-        self.best_epoch: int | None = None
-        self.wait = 0
-        self.stopped_epoch: int | None = None
-        self.stop_reason: str | None = None
-        self.best_weights: dict[str, torch.Tensor] | None = None
+    tracker: Monitor
 
     @property
     def monitor(self) -> str:
@@ -254,7 +240,29 @@ class EarlyStopping(Callback):
 
     @property
     def state_key(self) -> str:
-        return f"EarlyStopping[{self.monitor},{self.mode}]"
+        return f"{type(self).__name__}[{self.monitor},{self.mode}]"
+
+
+class EarlyStopping(Monitored):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs; with ``restore_best_weights`` the best epoch's weights are put back when the
+    phase ends (Keras EarlyStopping). ``should_stop`` is the decision alone."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: Mode = "min",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = True,
+    ):
+        self.tracker = Monitor(monitor, mode, min_delta)
+        self.patience, self.restore_best_weights = patience, restore_best_weights
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.stop_reason: str | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
 
     def should_stop(self, value: float) -> tuple[bool, str | None]:
         """Take one epoch's value: (stop?, why). It keeps the best value and the count of
@@ -347,7 +355,7 @@ class ProgressLogger(Callback):
         print(line, file=self.stream or sys.stdout, flush=True)
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Monitored):
     """Keep the best weights by ``monitor`` and write them into each reported checkpoint
     as ``best.pt`` (a model.pt package); with ``every_epoch`` also the epoch's own
     weights as ``epoch.pt``. (Every epoch's full training state is checkpointed anyway.)"""
@@ -364,22 +372,6 @@ class ModelCheckpoint(Callback):
         self.save_best_only, self.every_epoch = save_best_only, every_epoch
         self.best_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
-
-    @property
-    def monitor(self) -> str:
-        return self.tracker.monitor
-
-    @property
-    def mode(self) -> Mode:
-        return self.tracker.mode
-
-    @property
-    def best(self) -> float:
-        return self.tracker.best
-
-    @property
-    def state_key(self) -> str:
-        return f"ModelCheckpoint[{self.monitor},{self.mode}]"
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         value = self.tracker.value(logs)
