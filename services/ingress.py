@@ -160,10 +160,7 @@ class Consumer:
         """One reconciler pass and one outbox drain; errors are recorded, not raised."""
         try:
             await asyncio.to_thread(prepare_database, self.settings)
-            if self.reconciler is None:
-                self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
-                self.reconciler = Reconciler(self.settings, self.ray_jobs)
-            counts = await asyncio.to_thread(self.reconciler.pass_once)
+            counts = await asyncio.to_thread(self._reconciler().pass_once)
             self.stats.update(
                 reconciler_passes=counts["passes"],
                 resubmitted=counts["resubmitted"],
@@ -257,10 +254,14 @@ class Consumer:
         self.stats["requeued"] += 1
 
     def _submit(self, job_id: int) -> str:
-        self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
+        return self._reconciler().submit(job_id)
+
+    def _reconciler(self) -> Reconciler:
+        """Made on first use: the job server may be unreachable when the ingress starts."""
         if self.reconciler is None:
+            self.ray_jobs = self.ray_jobs or RayJobs(self.settings)
             self.reconciler = Reconciler(self.settings, self.ray_jobs)
-        return self.reconciler.submit(job_id)
+        return self.reconciler
 
 
 def _ping(url: str) -> None:

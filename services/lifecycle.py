@@ -5,6 +5,7 @@ and the event always matches the row."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from services import outbox
@@ -13,36 +14,36 @@ from services.db import repo
 from services.db.session import session_factory
 
 
-def cancel(
-    settings: Settings, job_id: int, reason: str, *, only_if_queued_without_ray_job: bool = False
-) -> dict[str, Any] | None:
-    """Mark the job ``cancelled`` with its event unless it has already ended (or, with
-    ``only_if_queued_without_ray_job``, unless it left the queue or has a Ray job).
-    Returns the event, or None when the job's status did not allow it."""
-    with session_factory(settings.db_url)() as s:
-        if not repo.cancel_job(
-            s,
-            job_id,
-            error=reason,
-            commit=False,
-            only_if_queued_without_ray_job=only_if_queued_without_ray_job,
-        ):
-            s.rollback()
-            return None
-        job = repo.get_job(s, job_id)
-        body = outbox.stage(s, settings, outbox.job_event(job, "cancelled", error=reason))
-        s.commit()
-    outbox.try_publish(settings, job_id)
+def cancel(settings: Settings, job_id: int, reason: str) -> dict[str, Any] | None:
+    """Mark the job ``cancelled`` with its event unless it has already ended; the event
+    is published right away when the broker answers. Returns the event, or None when the
+    job had already ended."""
+    body = _end(settings, job_id, "cancelled", reason, repo.cancel_job)
+    if body is not None:
+        outbox.try_publish(settings, job_id)
     return body
 
 
 def fail(settings: Settings, job_id: int, reason: str) -> dict[str, Any] | None:
     """Mark an active job ``failed`` with its event; None if it has already ended."""
+    return _end(
+        settings,
+        job_id,
+        "failed",
+        reason,
+        lambda s, job_id, **kw: repo.finish_job(s, job_id, "failed", **kw),
+    )
+
+
+def _end(
+    settings: Settings, job_id: int, status: str, reason: str, update: Callable[..., bool]
+) -> dict[str, Any] | None:
+    """The conditional ``update`` and the job's event, committed together."""
     with session_factory(settings.db_url)() as s:
-        if not repo.finish_job(s, job_id, "failed", commit=False, error=reason):
+        if not update(s, job_id, error=reason, commit=False):
             s.rollback()
             return None
         job = repo.get_job(s, job_id)
-        body = outbox.stage(s, settings, outbox.job_event(job, "failed", error=reason))
+        body = outbox.stage(s, settings, outbox.job_event(job, status, error=reason))
         s.commit()
     return body

@@ -158,13 +158,7 @@ class RayJobs:
         )
 
     def exists(self, sid: str) -> bool:
-        try:
-            self.client.get_job_info(sid)
-            return True
-        except RuntimeError as e:  # the SDK raises RuntimeError for 404
-            if job_missing(e):
-                return False
-            raise
+        return self.status(sid)[0] is not None
 
     def submit(self, job_id: int, batch_id: str, attempt: int = 1) -> str:
         """Submit ``python -m services.jobs --job-id N`` as attempt ``attempt`` unless Ray

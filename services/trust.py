@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
 from services.config import Settings
+from services.fetch import local_path
 from services.messages import TrainingRequest
 from training import plugins
 from training.hyperparams import Hyperparameters
@@ -26,21 +27,13 @@ def _is_name(location: str) -> bool:
     return "/" not in location and "\\" not in location and "://" not in location
 
 
-def _local(location: str) -> Path | None:
-    if location.startswith("file://"):
-        return Path(urlparse(location).path)
-    if "://" in location:
-        return None
-    return Path(location).expanduser()
-
-
 def under(location: str, roots: list[str]) -> bool:
     """Whether ``location`` (a path, file:// or s3:// URI) lies under one of ``roots``."""
-    path = _local(location)
+    path = local_path(location)
     if path is not None:
         resolved = path.resolve()
         for root in roots:
-            base = _local(root)
+            base = local_path(root)
             if base is not None and (
                 resolved == base.resolve() or base.resolve() in resolved.parents
             ):

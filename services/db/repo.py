@@ -420,19 +420,20 @@ def cancel_job(
     s: Session,
     job_id: int,
     *,
-    only_if_queued_without_ray_job: bool = False,
     error: str | None = None,
     commit: bool = True,
 ) -> bool:
-    """Mark a job ``cancelled`` unless it is already final (success, failed, cancelled);
-    with ``only_if_queued_without_ray_job`` only while it is still queued and has no Ray
-    job. One conditional UPDATE, so it never overwrites a status another process has
-    just set. True if this call cancelled it."""
-    conditions = [TrainingJob.status.not_in(FINAL_STATUSES)]
-    if only_if_queued_without_ray_job:
-        conditions += [TrainingJob.status == "queued", TrainingJob.ray_job_id.is_(None)]
+    """Mark a job ``cancelled`` unless it is already final (success, failed, cancelled).
+    One conditional UPDATE, so it never overwrites a status another process has just
+    set. True if this call cancelled it."""
     return _update_job_if(
-        s, job_id, conditions, commit=commit, status="cancelled", finished_at=utcnow(), error=error
+        s,
+        job_id,
+        [TrainingJob.status.not_in(FINAL_STATUSES)],
+        commit=commit,
+        status="cancelled",
+        finished_at=utcnow(),
+        error=error,
     )
 
 

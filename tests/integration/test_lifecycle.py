@@ -155,8 +155,9 @@ def test_an_ingress_started_with_the_broker_away_consumes_once_it_is_back(
             assert "consumer" in consumer.stats["last_error"]["error"]
             publish_all(requests, [{"batch_id": batch, "dataset_uri": "s3://d/nowhere/"}])
             proxy.open()
-            wait_until(lambda: consumer.stats["received"] == 1, 90, "the message consumed")
-            assert consumer.stats["consuming"] and consumer.stats["created"] == 1
+            # received counts a delivery, created its committed row: await the latter
+            wait_until(lambda: consumer.stats["created"] == 1, 90, "the message recorded")
+            assert consumer.stats["consuming"] and consumer.stats["received"] == 1
     with session_factory(pg_url)() as s:
         job = repo.get_job_by_batch(s, batch)
         assert job.status == "queued"
