@@ -8,7 +8,13 @@
   cropped 3 % off the top-left, mirrored) and one copy with all of them at once; recall is
   the share of (original, copy) pairs found.
 
-``python -m benchmarks.near_duplicates [--size 32]`` prints both tables (a few seconds).
+- Search: the hash pairs within the jobs' radius, banded (training.hash_index) against
+  all pairs, on N = 10k, 30k, 100k random hashes with a third planted as near copies: the
+  same pairs, and the seconds of each as N grows (all pairs grows with N², banded about
+  with N).
+
+``python -m benchmarks.near_duplicates [--size 32] [--search 10000,30000,100000]`` prints
+the tables (a minute or two, most of it the all-pairs reference at 100k).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from training import data as datasets
+from training.hash_index import all_pairs, choose_bands, hash_pairs
 from training.hyperparams import Hyperparameters
 from training.near_duplicates import THRESHOLD, candidates, near_duplicates
 
@@ -119,10 +126,49 @@ def recall(root: Path, size: int) -> dict[str, float]:
     return out
 
 
+def planted_hashes(n: int, seed: int = 0) -> np.ndarray:
+    """n random 64-bit hashes, a third of them copies of others with up to RADIUS + 2
+    bits flipped."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    src = rng.integers(0, n, n // 3)
+    for t, s in enumerate(src):
+        bits = rng.choice(64, rng.integers(RADIUS + 3), replace=False)
+        h[t] = h[s] ^ np.bitwise_or.reduce(np.uint64(1) << bits.astype(np.uint64), initial=0)
+    return h
+
+
+def search_scaling(sizes: list[int]) -> list[dict[str, float]]:
+    rows = []
+    for n in sizes:
+        h = planted_hashes(n)
+        t0 = time.perf_counter()
+        banded = hash_pairs(h, None, RADIUS)
+        t1 = time.perf_counter()
+        reference = all_pairs(h, None, RADIUS)
+        t2 = time.perf_counter()
+        assert banded == reference, f"banded search differs from all pairs at N={n}"
+        rows.append(
+            {"n": n, "bands": choose_bands(n, RADIUS), "pairs": len(banded),
+             "banded_s": t1 - t0, "all_pairs_s": t2 - t1}
+        )  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=32, help="decoded side (the demo's is 32)")
+    ap.add_argument("--search", default="10000,30000,100000", help="hash counts, comma-separated")
     args = ap.parse_args(argv)
+    search = search_scaling([int(n) for n in args.search.split(",") if n])
+    print(f"\n== hash pairs within {RADIUS} bits: banded (multi-index) vs all pairs, same pairs")
+    print(f"{'hashes':>8}{'bands':>6}{'pairs':>8}{'banded s':>10}{'all pairs s':>12}{'ratio':>7}")
+    for r in search:
+        ratio = r["all_pairs_s"] / r["banded_s"]
+        print(
+            f"{r['n']:>8}{r['bands']:>6}{r['pairs']:>8}{r['banded_s']:>10.2f}"
+            f"{r['all_pairs_s']:>12.2f}{ratio:>6.1f}x"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         fp = false_positives(Path(tmp) / "digits", args.size)
         rec = recall(Path(tmp) / "planted", args.size)
@@ -139,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(f"{name:<16}{r:>8.2f}")
     single = [r for n, r in rec.items() if n != "all"]
     print(f"{'single (mean)':<16}{np.mean(single):>8.3f}")
-    return {"false_positives": fp, "recall": rec}
+    return {"false_positives": fp, "recall": rec, "search": search}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from training.data import DecodedDataset, Split
-from training.near_duplicates import CONFIRMED_BY, hash_pairs, near_duplicates
+from training.near_duplicates import CONFIRMED_BY, near_duplicates
 
 FINDING_KINDS = (
     "imbalance",
@@ -43,14 +43,6 @@ def _split_of(split: Split, n: int) -> np.ndarray:
     part = np.empty(n, dtype=object)
     part[split.train], part[split.val], part[split.test] = "train", "val", "test"
     return part
-
-
-def near_duplicate_pairs(
-    hashes: np.ndarray, max_distance: int, chunk: int = 2048
-) -> list[tuple[int, int, int]]:
-    """Pairs (i, j, distance), i < j, whose 64-bit hashes differ in at most
-    ``max_distance`` bits: a vectorised all-pairs popcount, in chunks."""
-    return hash_pairs(hashes, None, max_distance, chunk)
 
 
 def label_conflicts(

@@ -1,12 +1,12 @@
 """Near duplicates: a perceptual hash proposes candidate pairs, pixels confirm them.
 
-A 64-bit DCT hash (pHash) of a 32x32 grayscale thumbnail is cheap to compare across all
-pairs but too coarse to decide: scikit-learn's 8x8 digits, upscaled, put different
-people's sixes within 4 bits. So the hash only proposes pairs (within ``max_distance``
-bits, and against the mirrored image where a flip counts as the same picture), and each
-candidate is confirmed in pixel space: the normalised (Pearson) correlation of 16x16
-grayscale thumbnails, the best over a few 3 % crop alignments (a crop moves the content),
-must reach ``THRESHOLD``.
+A 64-bit DCT hash (pHash) of a 32x32 grayscale thumbnail is cheap to compare (banded,
+never all pairs: training.hash_index) but too coarse to decide: scikit-learn's 8x8
+digits, upscaled, put different people's sixes within 4 bits. So the hash only proposes
+pairs (within ``max_distance`` bits, and against the mirrored image where a flip counts
+as the same picture), and each candidate is confirmed in pixel space: the normalised
+(Pearson) correlation of 16x16 grayscale thumbnails, the best over a few 3 % crop
+alignments (a crop moves the content), must reach ``THRESHOLD``.
 
 Measured (benchmarks/near_duplicates.py, ``make bench``): on the 1,797 digits at 32 px
 the largest correlation of any candidate pair is 0.991 (hash within 10 bits; 0.994
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
+
+from training.hash_index import hash_pairs
 
 THRESHOLD = 0.995  # normalised correlation of 16x16 grayscale thumbnails
 THUMB = 16
@@ -80,22 +82,6 @@ def phash(thumbs: np.ndarray) -> np.ndarray:
     coeff = dctn(thumbs, axes=(1, 2), norm="ortho")[:, :8, :8].reshape(len(thumbs), 64)
     bits = coeff > np.median(coeff, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
-
-
-def hash_pairs(
-    a: np.ndarray, b: np.ndarray | None, max_distance: int, chunk: int = 2048
-) -> list[tuple[int, int, int]]:
-    """Pairs (i, j, distance), i < j, with ``a[i]`` and ``b[j]`` (``a[j]`` when ``b`` is
-    None) within ``max_distance`` bits: a vectorised all-pairs popcount, in chunks."""
-    a = np.asarray(a, dtype=np.uint64)
-    b = a if b is None else np.asarray(b, dtype=np.uint64)
-    pairs: list[tuple[int, int, int]] = []
-    for start in range(0, len(a), chunk):
-        dist = np.bitwise_count(a[start : start + chunk, None] ^ b[None, :])
-        for i, j in zip(*np.nonzero(dist <= max_distance)):
-            if i + start < j:
-                pairs.append((int(i + start), int(j), int(dist[i, j])))
-    return pairs
 
 
 def candidates(

@@ -11,7 +11,7 @@ from tests.unit.test_loop import HP, tiny_data
 from training import data as datasets
 from training.data import Split
 from training.errors import error_report, worst_examples_png
-from training.health import failing, health_report, near_duplicate_pairs
+from training.health import failing, health_report
 from training.hyperparams import Hyperparameters
 from training.preflight import lr_range_test, overfit_one_batch
 
@@ -68,12 +68,6 @@ def test_clean_data_has_no_findings(make_dataset):
         health_report(d, datasets.split(d.labels), min_per_class=5, near_distance=0)["findings"]
         == []
     )
-
-
-def test_near_duplicate_pairs_by_hamming_distance():
-    h = np.array([0b0, 0b1, 0b111, 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64)
-    assert near_duplicate_pairs(h, 1) == [(0, 1, 1)]
-    assert near_duplicate_pairs(h, 3, chunk=2) == [(0, 1, 1), (0, 2, 3), (1, 2, 2)]
 
 
 def test_overfit_one_batch_passes_and_fails_loudly():
