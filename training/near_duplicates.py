@@ -29,6 +29,7 @@ from training.hash_index import hash_pairs
 THRESHOLD = 0.995  # normalised correlation of 16x16 grayscale thumbnails
 THUMB = 16
 HASH_SIDE = 32
+IMAGE_BLOCK = 512  # images decoded into thumbnails at a time
 WORK_SIDE = 64  # smaller images are upscaled to this before the crop alignments
 # crop boxes (left, top, right, bottom) as fractions of the side: none, 1.5 % all round,
 # 3 % off two adjacent sides (a crop that also shifts the content)
@@ -84,15 +85,25 @@ def phash(thumbs: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
+def hashes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pHashes of the images and of their mirror images, a block of images at a time
+    (16 bytes an image kept, whatever ``images`` holds)."""
+    h = np.zeros(len(images), np.uint64)
+    hm = np.zeros(len(images), np.uint64)
+    for s in range(0, len(images), IMAGE_BLOCK):
+        thumbs = hash_thumbnails(images[s : s + IMAGE_BLOCK])
+        h[s : s + len(thumbs)] = phash(thumbs)
+        hm[s : s + len(thumbs)] = phash(np.ascontiguousarray(thumbs[:, :, ::-1]))
+    return h, hm
+
+
 def candidates(
     images: np.ndarray, max_distance: int, mirrored: bool
 ) -> dict[tuple[int, int], tuple[int, bool]]:
     """(i, j) -> (hash distance, mirrored) for every pair the hash proposes."""
-    thumbs = hash_thumbnails(images)
-    h = phash(thumbs)
+    h, hm = hashes(images)
     found = {(i, j): (d, False) for i, j, d in hash_pairs(h, None, max_distance)}
     if mirrored:
-        hm = phash(np.ascontiguousarray(thumbs[:, :, ::-1]))
         for i, j, d in hash_pairs(h, hm, max_distance):
             if (i, j) not in found or found[(i, j)][0] > d:
                 found[(i, j)] = (d, True)
@@ -127,8 +138,14 @@ def similarity(
         return np.zeros(0)
     used = sorted({k for i, j, _ in pairs for k in (i, j)})
     at = {k: n for n, k in enumerate(used)}
-    plain = aligned_thumbnails(images[used])
-    mirror = aligned_thumbnails(images[used], mirror=True)
+    # thumbnails (12 KB an image) built a block of images at a time: ``images`` may be a
+    # lazy array over shards, and the candidates' images together need not fit in memory
+    plain = np.empty((len(used), len(ALIGNMENTS), THUMB * THUMB), np.float32)
+    mirror = np.empty_like(plain)
+    for s in range(0, len(used), IMAGE_BLOCK):
+        block = images[used[s : s + IMAGE_BLOCK]]
+        plain[s : s + len(block)] = aligned_thumbnails(block)
+        mirror[s : s + len(block)] = aligned_thumbnails(block, mirror=True)
     ia = np.array([at[i] for i, _, _ in pairs])
     ib = np.array([at[j] for _, j, _ in pairs])
     mir = np.array([m for _, _, m in pairs])
