@@ -369,6 +369,51 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def cmd_promote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Move an alias to a version (a person's move: over a rejected version only with
+    --reason), recorded and published as a ModelPromoted event; or set the model's
+    promotion mode."""
+    import getpass
+    import re
+
+    from services import outbox, promotion
+    from services.db import repo
+    from services.db.session import session_factory
+    from services.messages import ALIAS_PATTERN
+    from services.records import prepare_database
+
+    if not re.fullmatch(ALIAS_PATTERN, args.alias):
+        parser.error(f"--alias must match {ALIAS_PATTERN}, not {args.alias!r}")
+    settings = Settings()
+    prepare_database(settings)
+    with session_factory(settings.db_url)() as s:
+        if args.mode:
+            repo.set_promotion_mode(s, args.model, args.mode)
+            print(f"model {args.model}: promotion {args.mode}")
+        if args.version is None:
+            return 0
+        try:
+            event = promotion.promote(
+                s,
+                settings,
+                args.model,
+                args.version,
+                args.alias,
+                by=args.by or getpass.getuser(),
+                reason=args.reason,
+            )
+        except promotion.PromotionError as e:
+            s.rollback()
+            parser.error(str(e))
+        s.commit()
+    if event.get("job_id") is not None:
+        outbox.try_publish(settings, event["job_id"])
+    was = f" (was v{event['from_version']})" if event["from_version"] else ""
+    override = " over the gate's rejection" if event["overrode_gate"] else ""
+    print(f"{args.model} {args.alias} -> v{args.version}{was}{override}")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.db.session import upgrade
 
@@ -570,6 +615,21 @@ def _serve_parser(sub: Any) -> None:
     srv.set_defaults(func=cmd_serve)
 
 
+def _promote_parser(sub: Any) -> None:
+    pro = sub.add_parser("promote", help="move a model's alias (production, ...) to a version")
+    pro.add_argument("model")
+    pro.add_argument("version", type=_positive_int, nargs="?")
+    pro.add_argument("--alias", default="production")
+    pro.add_argument("--reason", help="why (required over a version the gate rejected)")
+    pro.add_argument("--by", help="who (default: the local user)")
+    pro.add_argument(
+        "--mode",
+        choices=["auto", "manual"],
+        help="also set the promotion mode: auto (approved versions become production) or manual",
+    )
+    pro.set_defaults(func=cmd_promote)
+
+
 def _db_parser(sub: Any) -> None:
     db = sub.add_parser("db", help="database schema")
     dbsub = db.add_subparsers(dest="db_command", required=True)
@@ -592,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         _submit_parser,
         _ingress_parser,
         _serve_parser,
+        _promote_parser,
         _db_parser,
     ):
         add(sub)
