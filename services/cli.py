@@ -357,6 +357,10 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     )
     url = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
     print(f"colecionador API {args.name!r} at {url}/ (OpenAPI at {url}/docs)", flush=True)
+    for model, version in _models_to_serve(args, settings):
+        _deploy_predict(args, settings, model, version)
+        behind = f"v{version} (pinned)" if version else f"the version behind {args.predict_alias!r}"
+        print(f"model {model}: POST {url}/models/{model}/predict answers with {behind}")
     if settings.api_token is None:
         print("writes are refused: set COLECIONADOR_API_TOKEN to allow POST", flush=True)
     if started_here:
@@ -412,6 +416,62 @@ def cmd_promote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     override = " over the gate's rejection" if event["overrode_gate"] else ""
     print(f"{args.model} {args.alias} -> v{args.version}{was}{override}")
     return 0
+
+
+def _models_to_serve(args: argparse.Namespace, settings: Settings) -> list[tuple[str, int | None]]:
+    """--predict NAME[@VERSION] ..., or every model whose alias (production) is set."""
+    if args.no_predict:
+        return []
+    if args.predict:
+        return args.predict
+    from services.db import repo
+    from services.db.session import session_factory
+    from services.records import prepare_database
+
+    prepare_database(settings)
+    with session_factory(settings.db_url)() as s:
+        return [
+            (a.model_name, None) for a in repo.model_aliases(s) if a.alias == args.predict_alias
+        ]
+
+
+def _deploy_predict(
+    args: argparse.Namespace, settings: Settings, model: str, version: int | None
+) -> None:
+    from services.api.deployment import autoscaling
+    from services.serving import deploy_model
+
+    scale: dict[str, Any] = {"num_replicas": args.predict_replicas}
+    if args.predict_max_replicas is not None:
+        scale = {
+            "autoscaling_config": autoscaling(
+                args.predict_min_replicas,
+                args.predict_max_replicas,
+                target_ongoing_requests=args.max_batch_size,
+            )
+        }
+    deploy_model(
+        settings,
+        model,
+        alias=args.predict_alias,
+        version=version,
+        num_cpus=args.predict_num_cpus,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        reload_s=args.reload_s,
+        torch_threads=args.torch_threads,
+        **scale,
+    )
+
+
+def _model_spec(text: str) -> tuple[str, int | None]:
+    """NAME or NAME@VERSION."""
+    import re
+
+    m = re.fullmatch(r"([\w.\-]+)(?:@([1-9]\d*))?", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME@VERSION, not {text!r}")
+    return m[1], int(m[2]) if m[2] else None
 
 
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
@@ -611,6 +671,48 @@ def _serve_parser(sub: Any) -> None:
         choices=["EveryNode", "HeadOnly", "Disabled"],
         help="where Serve runs HTTP proxies: every node with a replica "
         "(default), the head node only, or none",
+    )
+    pre = srv.add_argument_group("prediction (one Serve application per model)")
+    pre.add_argument(
+        "--predict",
+        action="append",
+        type=_model_spec,
+        metavar="NAME[@VERSION]",
+        help="serve this model (repeatable), pinned to VERSION if given; default: every "
+        "model whose --predict-alias is set",
+    )
+    pre.add_argument("--no-predict", action="store_true", help="serve no model")
+    pre.add_argument(
+        "--predict-alias", default="production", help="the alias served (default production)"
+    )
+    pre.add_argument("--predict-replicas", type=_positive_int, default=1)
+    pre.add_argument("--predict-min-replicas", type=_non_negative_int, default=1)
+    pre.add_argument(
+        "--predict-max-replicas",
+        type=_positive_int,
+        default=None,
+        help="autoscale each model between --predict-min-replicas and this many",
+    )
+    pre.add_argument(
+        "--predict-num-cpus", type=float, default=0.0, help="CPUs reserved per model replica"
+    )
+    pre.add_argument(
+        "--max-batch-size", type=_positive_int, default=16, help="requests per forward pass"
+    )
+    pre.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch waits to fill (default 5 ms)",
+    )
+    pre.add_argument(
+        "--reload-s",
+        type=float,
+        default=2.0,
+        help="how often a replica checks whether the alias moved (default 2 s)",
+    )
+    pre.add_argument(
+        "--torch-threads", type=_positive_int, default=1, help="torch threads per replica"
     )
     srv.set_defaults(func=cmd_serve)
 

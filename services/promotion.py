@@ -55,6 +55,8 @@ def promote(
     mv = repo.get_version(s, model_name, version)
     if mv is None:
         raise PromotionError(404, f"no version {version} of model {model_name}")
+    if repo.version_for_alias(s, model_name, alias) == version:
+        raise PromotionError(409, f"{alias} of {model_name} already points at version {version}")
     reason = (reason or "").strip() or None
     overrode = mv.status != "approved"
     if overrode and reason is None:
