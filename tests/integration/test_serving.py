@@ -84,7 +84,7 @@ def served(ray_cluster, s3_server, tmp_path_factory):
             return outcome.version
 
         assert train("serve-v1") == 1  # approved: production by itself
-        assert train("serve-v2", seed=1, gate_recall=1.0) == 2  # recall > 1 never passes
+        _add_calibrated_v2(settings, model, data)
 
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -99,6 +99,44 @@ def served(ray_cluster, s3_server, tmp_path_factory):
                 )
         finally:
             serve.shutdown()  # only Serve: the session's cluster stays up
+
+
+def _add_calibrated_v2(settings: Settings, model: str, data) -> None:
+    """v2, rejected by the gate: v1's weights with a temperature of 4 (as a calibration
+    would store it), recorded as another job's version. Same labels, flatter
+    probabilities: which version answered shows in the numbers too."""
+    import io
+
+    import torch
+
+    store = open_store(settings)
+    package = torch.load(
+        io.BytesIO(store.get_bytes(f"models/{model}/v1/model.pt")), weights_only=True
+    )
+    package["temperature"] = 4.0
+    buf = io.BytesIO()
+    torch.save(package, buf)
+    uri = store.put_bytes(f"models/{model}/v2/model.pt", buf.getvalue())
+    job, _ = create_job(
+        settings,
+        TrainingRequest(batch_id=f"serve-v2-{SESSION}", dataset_uri=str(data), model_name=model),
+    )
+    with session_factory(settings.db_url)() as s:
+        repo.finish_job(s, job.id, "success", commit=False, accuracy=0.5)
+        mv = repo.reserve_version(
+            s,
+            model,
+            job_id=job.id,
+            accuracy=0.5,
+            precision=0.5,
+            recall=0.5,
+            f1=0.5,
+            status="rejected",
+            gate={"status": "rejected", "rules": []},
+            model_path=uri,
+        )
+        assert mv.version == 2
+        s.commit()
 
 
 def _errors_report(served, version: int) -> dict:
@@ -145,10 +183,14 @@ def test_alias_moves_switch_the_version_and_the_override_needs_a_reason(served):
     c, model = served.client, served.model
     image = base64.b64encode(next(iter(sorted(served.data.rglob("*.png")))).read_bytes()).decode()
 
+    seen: dict[int, float] = {}
+
     def version() -> int:
-        r = c.post(f"/models/{model}/predict", json={"image": image})
+        r = c.post(f"/models/{model}/predict", json={"image": image, "top_k": 1})
         assert r.status_code == 200, r.text  # no downtime while the alias moves
-        return r.json()["version"]
+        body = r.json()
+        seen[body["version"]] = body["predictions"][0][0]["probability"]
+        return body["version"]
 
     r = c.post(f"/models/{model}/versions/2/promote", json={"by": "ana"}, headers=AUTH)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "reason"]
@@ -163,6 +205,7 @@ def test_alias_moves_switch_the_version_and_the_override_needs_a_reason(served):
     )
     assert r.status_code == 200 and r.json()["overrode_gate"] is True
     wait_until(lambda: version() == 2, 30, "v2 answering")
+    assert seen[2] < seen[1]  # v2's temperature: the same top label, less sure
     history = c.get(f"/models/{model}/aliases").json()["history"]
     assert history[0] | {"moved_at": None} == {
         "model_name": model,
