@@ -12,7 +12,9 @@ scheduled time, back to back, latency from the scheduled time too, so both sides
 the same way when they fall behind.
 
 Printed: predictions/s and p50/p99 per rate, then served / bare ratios (throughput, p50,
-p99). ``python -m benchmarks.predict_latency`` (part of ``make bench``).
+p99). 503: shed by the API deployment's backpressure (services/api/deployment.py) when
+the predict application falls behind. ``python -m benchmarks.predict_latency`` (part of
+``make bench``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def _summary(latencies: list[float], sent: int, elapsed: float) -> dict[str, Any
     return {
         "sent": sent,
         "requests": n,
+        "shed": 0,
+        "errors": 0,
         "p50_ms": pct(50),
         "p99_ms": pct(99),
         "mean_ms": statistics.fmean(latencies) * 1000 if n else float("nan"),
@@ -196,12 +200,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f"rate after 1 s warm-up; {os.cpu_count()} cores; load average before: {load:.2f}"
     )
     print(
-        f"{'server':<32}{'target/s':>9}{'sent':>6}{'ok':>6}{'p50 ms':>9}{'p99 ms':>9}{'pred/s':>8}"
+        f"{'server':<32}{'target/s':>9}{'sent':>6}{'ok':>6}{'503':>5}{'errors':>7}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'pred/s':>8}"
     )
     for r in rows:
         print(
-            f"{r['server']:<32}{r['rate']:>9g}{r['sent']:>6}{r['requests']:>6}"
-            f"{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['achieved_rps']:>8.1f}"
+            f"{r['server']:<32}{r['rate']:>9g}{r['sent']:>6}{r['requests']:>6}{r['shed']:>5}"
+            f"{r['errors']:>7}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['achieved_rps']:>8.1f}"
         )
     print("Serve / bare at the same rate:")
     for rate, b, s in zip(rates, bare, served):
