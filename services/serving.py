@@ -141,17 +141,18 @@ class ModelServer:
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def _batched(self, calls: list[tuple[list[bytes], int]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.answer, calls)
+
+    def answer(self, calls: list[tuple[list[bytes], int]]) -> list[dict[str, Any]]:
+        """One batch: every call's images decoded, one forward pass, split back."""
+        import numpy as np
+
+        from training.predict import BadImage, decode_image, top_k
+
         loaded = self._current  # one version answers the whole batch
         if loaded is None:
             why = self._error or f"no version of {self.model_name} behind {self.alias!r} yet"
             return [{"status": 503, "error": why}] * len(calls)
-        return await asyncio.to_thread(self._run, loaded, calls)
-
-    def _run(self, loaded: Loaded, calls: list[tuple[list[bytes], int]]) -> list[dict[str, Any]]:
-        import numpy as np
-
-        from training.predict import BadImage, decode_image
-
         p = loaded.predictor
         arrays: list[list[Any]] = []
         answers: list[dict[str, Any] | None] = []
@@ -171,8 +172,6 @@ class ModelServer:
         flat = [a for group in arrays for a in group]
         probs = p.probs(np.stack(flat)) if flat else np.zeros((0, len(p.classes)))
         out, start = [], 0
-        from training.predict import top_k
-
         for (_images, k), group, answer in zip(calls, arrays, answers):
             if answer is not None:
                 out.append(answer)

@@ -56,6 +56,7 @@ def create_app(
     )  # edges.docs_routes: read rule
     app.state.settings, app.state.cancel_wait_s = settings, cancel_wait_s
     app.state.db, app.state.store = Database(settings, db_threads), StoreReader(settings)
+    app.state.predict_handles = {}  # model name -> its predict application's handle
     app.add_middleware(ConditionalGetMiddleware)  # ETag on reads, 304 on If-None-Match
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit)  # outermost: 413 before anything reads the body

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -26,6 +30,7 @@ from services.db.session import session_factory
 from services.demo import write_digits
 from services.jobs import run_job
 from services.messages import TrainingRequest
+from services.ray_jobs import settings_env
 from services.records import create_job
 from services.serving import deploy_model
 from services.storage import open_store
@@ -95,7 +100,13 @@ def served(ray_cluster, s3_server, tmp_path_factory):
             wait_until(lambda: _answers(f"{url}/healthz"), 60, "the API on Serve")
             with httpx.Client(base_url=url, timeout=60) as client:
                 yield SimpleNamespace(
-                    url=url, client=client, settings=settings, model=model, data=data
+                    url=url,
+                    port=port,
+                    client=client,
+                    settings=settings,
+                    model=model,
+                    data=data,
+                    cluster=ray_cluster,
                 )
         finally:
             serve.shutdown()  # only Serve: the session's cluster stays up
@@ -239,20 +250,40 @@ def test_bad_input_and_unserved_models(served):
     assert r.status_code == 404 and "not served" in r.json()["detail"]
 
 
-def test_predict_follows_the_read_token_rule(served):
+def test_colecionador_serve_pins_a_version_and_reads_follow_the_read_token_rule(served):
+    """`colecionador serve --predict NAME@2` on the cluster, with a read token: the
+    model's application answers with v2 whatever production says; predict needs the
+    read (or write) token. Last in the module: it replaces the model's application."""
     name = f"ro-{uuid.uuid4().hex[:6]}"
-    settings = served.settings.model_copy(update={"api_read_token": SecretStr(READ)})
-    serve.run(api_application(settings), name=name, route_prefix=f"/{name}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
+    env.update(
+        settings_env(served.settings),
+        COLECIONADOR_RAY_ADDRESS=served.cluster.address,
+        COLECIONADOR_API_TOKEN=WRITE,
+        COLECIONADOR_API_READ_TOKEN=READ,
+        COLECIONADOR_S3_SECRET_KEY=served.settings.s3_secret_key.get_secret_value(),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(served.cluster.token_path),
+    )
+    cli = Path(sys.executable).with_name("colecionador")
+    argv = [str(cli), "serve", "--port", str(served.port), "--name", name]
+    argv += ["--route-prefix", f"/{name}", "--predict", f"{served.model}@2", "--reload-s", "1"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
     try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"model {served.model}: POST" in done.stdout and "v2 (pinned)" in done.stdout
         base = f"{served.url}/{name}"
-        wait_until(lambda: _answers(f"{base}/healthz"), 60, "the read-token app")
         image = base64.b64encode(next(iter(sorted(served.data.rglob("*.png")))).read_bytes())
         body = {"image": image.decode()}
         path = f"{base}/models/{served.model}/predict"
-        assert httpx.post(path, json=body).status_code == 401
-        bad = httpx.post(path, json=body, headers={"Authorization": "Bearer nope"})
+        assert httpx.post(path, json=body, timeout=30).status_code == 401
+        bad = httpx.post(path, json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
         assert bad.status_code == 403
-        ok = httpx.post(path, json=body, headers={"Authorization": f"Bearer {READ}"})
-        assert ok.status_code == 200 and ok.json()["version"] in (1, 2)
+        for token in (READ, WRITE):
+            ok = httpx.post(
+                path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+            assert ok.status_code == 200, ok.text
+            assert (ok.json()["version"], ok.json()["alias"]) == (2, None)
     finally:
         serve.delete(name)

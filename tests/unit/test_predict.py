@@ -84,3 +84,66 @@ def test_serve_predict_flags():
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["serve", "--predict", "a@0"])
     assert e.value.code == 2
+
+
+def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tmp_path):
+    """services.serving.ModelServer outside Serve (its batch handler, ``answer``): no
+    version yet is a 503 naming why; each refresh loads the version the alias points at,
+    and every answer names the version that gave it."""
+    import base64
+
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from benchmarks.predict_latency import MODEL, make_model
+    from services import promotion
+    from services.api import create_app
+    from services.db import repo
+    from services.db.session import session_factory
+    from services.serving import ModelServer
+
+    settings, _package, png = make_model(tmp_path, "mobilenet_v3_small", 32)
+    with session_factory(settings.db_url)() as s:
+        repo.set_promotion_mode(s, "other", "manual")
+    empty = ModelServer(settings, "other", reload_s=3600)
+    (answer,) = empty.answer([([png], 5)])
+    assert answer["status"] == 503 and "no version of other behind 'production'" in answer["error"]
+
+    server = ModelServer(settings, MODEL, reload_s=3600)
+    answer, bad = server.answer([([png, png], 2), ([png, b"junk"], 5)])
+    assert answer["version"] == 1 and len(answer["predictions"]) == 2
+    assert len(answer["predictions"][0]) == 2
+    assert bad["status"] == 422 and bad["error"].startswith("images[1]: ")
+    with session_factory(settings.db_url)() as s:  # v1 again as v2, then production -> v2
+        mv = repo.get_version(s, MODEL, 1)
+        job, _ = repo.create_job(
+            s, batch_id="v2", dataset_uri="x", model_name=MODEL, hyperparameters={}
+        )
+        v2 = repo.reserve_version(
+            s,
+            MODEL,
+            job_id=job.id,
+            **{k: getattr(mv, k) for k in ("accuracy", "precision", "recall", "f1", "gate")},
+            status="approved",
+            model_path=mv.model_path,
+        )
+        from services.storage import open_store
+
+        store = open_store(settings)
+        store.put_bytes(
+            f"models/{MODEL}/v2/model.pt", store.get_bytes(f"models/{MODEL}/v1/model.pt")
+        )
+        promotion.auto_promote(s, settings, MODEL, v2.version, job.id)
+        s.commit()
+    assert server.refresh() == 2
+    assert server.answer([([png], 1)])[0]["version"] == 2
+    assert server.status()["version"] == 2 and server.status()["error"] is None
+
+    # the API without a Serve cluster: the model is not served
+    client = TestClient(create_app(settings.model_copy(update={"api_token": SecretStr("t")})))
+    r = client.post(f"/models/{MODEL}/predict", json={"image": base64.b64encode(png).decode()})
+    assert r.status_code == 404 and "not served" in r.json()["detail"]
+    r = client.post(
+        f"/models/{MODEL}/predict", content=b"x", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 415

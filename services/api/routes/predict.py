@@ -117,11 +117,14 @@ async def _images(request: Request, k: int | None) -> tuple[list[bytes], int]:
 
 def _handle(request: Request, model_name: str) -> Any:
     """The model's deployment handle (kept per app), or 404 when it is not served."""
+    import ray
     from ray import serve
     from ray.serve.exceptions import RayServeException
 
-    handles = request.app.state.__dict__.setdefault("predict_handles", {})
+    handles = request.app.state.predict_handles
     if model_name not in handles:
+        if not ray.is_initialized():  # the app on bare uvicorn: Serve would start a Ray
+            raise HTTPException(404, f"model {model_name} is not served (no Ray Serve here)")
         try:
             handles[model_name] = serve.get_deployment_handle(
                 DEPLOYMENT_NAME, app_name=app_name(model_name)
