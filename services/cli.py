@@ -612,7 +612,9 @@ def _ingress_parser(sub: Any) -> None:
 
 
 def _serve_parser(sub: Any) -> None:
-    srv = sub.add_parser("serve", help="deploy the HTTP API on Ray Serve (detached)")
+    srv = sub.add_parser(
+        "serve", help="deploy the HTTP API and a predict application per model on Ray Serve"
+    )
     srv.add_argument("--host", default="127.0.0.1", help="address Serve listens on")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--name", default="api", help="Serve application name")
