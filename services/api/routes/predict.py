@@ -168,7 +168,17 @@ async def predict(
 ) -> Prediction:
     """The top-k labels of each image, by the version behind the model's alias."""
     images, top = await _images(request, k)
-    answer = await _handle(request, name).predict.remote(images, top)
+    try:
+        answer = await _handle(request, name).predict.remote(images, top)
+    except HTTPException:
+        raise
+    except Exception as e:  # noqa: BLE001 - Ray's errors: the app gone, a replica died
+        request.app.state.predict_handles.pop(name, None)  # looked up again next time
+        raise HTTPException(
+            503,
+            f"model {name}'s serving is unavailable ({type(e).__name__}); try again",
+            headers={"Retry-After": "5"},
+        ) from None
     if "error" in answer:
         status = answer["status"]
         detail = answer["error"]
