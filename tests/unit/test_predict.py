@@ -147,3 +147,22 @@ def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tm
         f"/models/{MODEL}/predict", content=b"x", headers={"content-type": "text/plain"}
     )
     assert r.status_code == 415
+
+
+def test_the_predict_application_takes_replicas_autoscaling_and_batching():
+    from services.api.deployment import autoscaling
+    from services.config import Settings
+    from services.serving import predict_application
+
+    settings = Settings(database_url="sqlite://")
+    fixed = predict_application(settings, "m", num_replicas=3, max_batch_size=40)
+    cfg = fixed._bound_deployment._deployment_config
+    assert cfg.num_replicas == 3 and cfg.max_ongoing_requests == 40  # a whole batch fits
+    args = fixed._bound_deployment.init_args
+    assert args[1:5] == ("m", "production", None, 2.0) and args[5] == 40
+    auto = predict_application(
+        settings, "m", version=2, autoscaling_config=autoscaling(0, 5, target_ongoing_requests=8)
+    )._bound_deployment
+    assert auto._deployment_config.autoscaling_config.max_replicas == 5
+    assert auto._deployment_config.autoscaling_config.min_replicas == 0
+    assert auto.init_args[3] == 2  # pinned
