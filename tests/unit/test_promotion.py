@@ -79,7 +79,7 @@ def test_an_approved_version_becomes_production_and_a_rejected_one_does_not(sett
         assert (move.from_version, move.to_version, move.moved_by) == (None, 1, "gate")
         assert move.overrode_gate is False and "job 1" in move.reason
     (ev,) = events(settings)
-    assert ev.queue == "ModelPromoted" and ev.job_id == 1
+    assert ev.queue == settings.promotions_queue and ev.kind == "ModelPromoted" and ev.job_id == 1
     assert ev.body["alias"] == "production" and ev.body["version"] == 1
     assert ev.body["event_id"] == ev.id
 
