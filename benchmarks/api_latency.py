@@ -107,8 +107,15 @@ async def wait_up(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0) -> dict[str, Any]:
-    """Send GET ``url`` at ``rate``/s for ``warmup + duration`` s; of the requests
+async def open_loop(
+    url: str,
+    rate: float,
+    duration: float,
+    warmup: float = 1.0,
+    json_body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Send GET ``url`` (POST ``json_body`` if given) at ``rate``/s for ``warmup +
+    duration`` s; of the requests
     scheduled after the warm-up: latencies of those served (200) and of every answer (200
     or a 503 that sheds it), from their scheduled send time, and the counts of each."""
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -127,7 +134,10 @@ async def open_loop(url: str, rate: float, duration: float, warmup: float = 1.0)
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                code = (await client.get(url)).status_code
+                if json_body is None:
+                    code = (await client.get(url)).status_code
+                else:
+                    code = (await client.post(url, json=json_body)).status_code
             except httpx.HTTPError:
                 code = 0
             if i >= first_counted:

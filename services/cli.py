@@ -357,6 +357,10 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     )
     url = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
     print(f"colecionador API {args.name!r} at {url}/ (OpenAPI at {url}/docs)", flush=True)
+    for model, version in _models_to_serve(args, settings):
+        _deploy_predict(args, settings, model, version)
+        behind = f"v{version} (pinned)" if version else f"the version behind {args.predict_alias!r}"
+        print(f"model {model}: POST {url}/models/{model}/predict answers with {behind}")
     if settings.api_token is None:
         print("writes are refused: set COLECIONADOR_API_TOKEN to allow POST", flush=True)
     if started_here:
@@ -367,6 +371,107 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
             pass
         serve.shutdown()
     return 0
+
+
+def cmd_promote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Move an alias to a version (a person's move: over a rejected version only with
+    --reason), recorded and published as a ModelPromoted event; or set the model's
+    promotion mode."""
+    import getpass
+    import re
+
+    from services import outbox, promotion
+    from services.db import repo
+    from services.db.session import session_factory
+    from services.messages import ALIAS_PATTERN
+    from services.records import prepare_database
+
+    if not re.fullmatch(ALIAS_PATTERN, args.alias):
+        parser.error(f"--alias must match {ALIAS_PATTERN}, not {args.alias!r}")
+    settings = Settings()
+    prepare_database(settings)
+    with session_factory(settings.db_url)() as s:
+        if args.mode:
+            repo.set_promotion_mode(s, args.model, args.mode)
+            print(f"model {args.model}: promotion {args.mode}")
+        if args.version is None:
+            return 0
+        try:
+            event = promotion.promote(
+                s,
+                settings,
+                args.model,
+                args.version,
+                args.alias,
+                by=args.by or getpass.getuser(),
+                reason=args.reason,
+            )
+        except promotion.PromotionError as e:
+            s.rollback()
+            parser.error(str(e))
+        s.commit()
+    if event.get("job_id") is not None:
+        outbox.try_publish(settings, event["job_id"])
+    was = f" (was v{event['from_version']})" if event["from_version"] else ""
+    override = " over the gate's rejection" if event["overrode_gate"] else ""
+    print(f"{args.model} {args.alias} -> v{args.version}{was}{override}")
+    return 0
+
+
+def _models_to_serve(args: argparse.Namespace, settings: Settings) -> list[tuple[str, int | None]]:
+    """--predict NAME[@VERSION] ..., or every model whose alias (production) is set."""
+    if args.no_predict:
+        return []
+    if args.predict:
+        return args.predict
+    from services.db import repo
+    from services.db.session import session_factory
+    from services.records import prepare_database
+
+    prepare_database(settings)
+    with session_factory(settings.db_url)() as s:
+        return [
+            (a.model_name, None) for a in repo.model_aliases(s) if a.alias == args.predict_alias
+        ]
+
+
+def _deploy_predict(
+    args: argparse.Namespace, settings: Settings, model: str, version: int | None
+) -> None:
+    from services.api.deployment import autoscaling
+    from services.serving import deploy_model
+
+    scale: dict[str, Any] = {"num_replicas": args.predict_replicas}
+    if args.predict_max_replicas is not None:
+        scale = {
+            "autoscaling_config": autoscaling(
+                args.predict_min_replicas,
+                args.predict_max_replicas,
+                target_ongoing_requests=args.max_batch_size,
+            )
+        }
+    deploy_model(
+        settings,
+        model,
+        alias=args.predict_alias,
+        version=version,
+        num_cpus=args.predict_num_cpus,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        reload_s=args.reload_s,
+        torch_threads=args.torch_threads,
+        **scale,
+    )
+
+
+def _model_spec(text: str) -> tuple[str, int | None]:
+    """NAME or NAME@VERSION."""
+    import re
+
+    m = re.fullmatch(r"([\w.\-]+)(?:@([1-9]\d*))?", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME@VERSION, not {text!r}")
+    return m[1], int(m[2]) if m[2] else None
 
 
 def cmd_db(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
@@ -507,7 +612,9 @@ def _ingress_parser(sub: Any) -> None:
 
 
 def _serve_parser(sub: Any) -> None:
-    srv = sub.add_parser("serve", help="deploy the HTTP API on Ray Serve (detached)")
+    srv = sub.add_parser(
+        "serve", help="deploy the HTTP API and a predict application per model on Ray Serve"
+    )
     srv.add_argument("--host", default="127.0.0.1", help="address Serve listens on")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--name", default="api", help="Serve application name")
@@ -567,7 +674,64 @@ def _serve_parser(sub: Any) -> None:
         help="where Serve runs HTTP proxies: every node with a replica "
         "(default), the head node only, or none",
     )
+    pre = srv.add_argument_group("prediction (one Serve application per model)")
+    pre.add_argument(
+        "--predict",
+        action="append",
+        type=_model_spec,
+        metavar="NAME[@VERSION]",
+        help="serve this model (repeatable), pinned to VERSION if given; default: every "
+        "model whose --predict-alias is set",
+    )
+    pre.add_argument("--no-predict", action="store_true", help="serve no model")
+    pre.add_argument(
+        "--predict-alias", default="production", help="the alias served (default production)"
+    )
+    pre.add_argument("--predict-replicas", type=_positive_int, default=1)
+    pre.add_argument("--predict-min-replicas", type=_non_negative_int, default=1)
+    pre.add_argument(
+        "--predict-max-replicas",
+        type=_positive_int,
+        default=None,
+        help="autoscale each model between --predict-min-replicas and this many",
+    )
+    pre.add_argument(
+        "--predict-num-cpus", type=float, default=0.0, help="CPUs reserved per model replica"
+    )
+    pre.add_argument(
+        "--max-batch-size", type=_positive_int, default=16, help="requests per forward pass"
+    )
+    pre.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch waits to fill (default 5 ms)",
+    )
+    pre.add_argument(
+        "--reload-s",
+        type=float,
+        default=2.0,
+        help="how often a replica checks whether the alias moved (default 2 s)",
+    )
+    pre.add_argument(
+        "--torch-threads", type=_positive_int, default=1, help="torch threads per replica"
+    )
     srv.set_defaults(func=cmd_serve)
+
+
+def _promote_parser(sub: Any) -> None:
+    pro = sub.add_parser("promote", help="move a model's alias (production, ...) to a version")
+    pro.add_argument("model")
+    pro.add_argument("version", type=_positive_int, nargs="?")
+    pro.add_argument("--alias", default="production")
+    pro.add_argument("--reason", help="why (required over a version the gate rejected)")
+    pro.add_argument("--by", help="who (default: the local user)")
+    pro.add_argument(
+        "--mode",
+        choices=["auto", "manual"],
+        help="also set the promotion mode: auto (approved versions become production) or manual",
+    )
+    pro.set_defaults(func=cmd_promote)
 
 
 def _db_parser(sub: Any) -> None:
@@ -592,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         _submit_parser,
         _ingress_parser,
         _serve_parser,
+        _promote_parser,
         _db_parser,
     ):
         add(sub)

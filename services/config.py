@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     requests_queue: str = "training.requests"
     events_queue: str = "ModelEvaluation"
+    promotions_queue: str = "ModelPromoted"  # alias moves (ModelPromoted events)
     publish_events: bool = True
 
     ray_address: str | None = None

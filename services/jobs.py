@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services import lifecycle, outbox, steps
+from services import lifecycle, outbox, promotion, steps
 from services.artifacts import MODEL_FILE, event_key, version_prefix
 from services.config import Settings
 from services.db import repo
@@ -99,9 +99,10 @@ def _commit_version(
     training_time_s: float,
 ) -> tuple[int, dict[str, str], dict[str, Any]] | None:
     """Reserve the next version, upload every file, then commit the row together with the
-    job's ``success`` and its event: no row ever points at an object that is not there,
-    two jobs never write the same v<N>/ folder, and a job cancelled meanwhile keeps no
-    version (None). Returns the version, the files' URIs and the event."""
+    job's ``success``, its event and (approved, unless the model promotes manually) the
+    ``production`` alias with its ModelPromoted event: no row ever points at an object
+    that is not there, two jobs never write the same v<N>/ folder, and a job cancelled
+    meanwhile keeps no version (None). Returns the version, the files' URIs and the event."""
     m = ev.metrics
     for _attempt in range(5):
         with session_factory(settings.db_url)() as s:
@@ -151,6 +152,8 @@ def _commit_version(
                         artifact_uri=uris[MODEL_FILE],
                     ),
                 )
+                if ev.gate.approved:  # production moves with the version, same transaction
+                    promotion.auto_promote(s, settings, job.model_name, mv.version, job.id)
                 s.commit()
             except Exception as e:
                 s.rollback()

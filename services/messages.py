@@ -94,3 +94,23 @@ class ModelEvaluationEvent(BaseModel):
     artifact_uri: str | None = None
     finished_at: datetime
     error: str | None = None
+
+
+ALIAS_PATTERN = r"^[a-z][a-z0-9_\-]{0,49}$"  # production, staging, or a name of the user's
+
+
+class ModelPromotedEvent(BaseModel):
+    """An alias moved (on the ``ModelPromoted`` queue, at least once, ``event_id`` to drop
+    a redelivery): by the quality gate (``by: gate``) or by a person; ``overrode_gate``
+    when a rejected version was promoted over the gate, with the reason they gave."""
+
+    event_id: str
+    model_name: str
+    version: int
+    alias: str
+    from_version: int | None = None
+    job_id: int | None = Field(None, description="the job that made the version")
+    by: str
+    reason: str | None = None
+    overrode_gate: bool = False
+    at: datetime

@@ -23,11 +23,12 @@ from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
-from services.messages import EventMetrics, ModelEvaluationEvent
+from services.messages import EventMetrics, ModelEvaluationEvent, ModelPromotedEvent
 
 log = logging.getLogger("colecionador.outbox")
 
 EVALUATION = "ModelEvaluation"
+PROMOTED = "ModelPromoted"
 
 
 def job_event(
@@ -59,12 +60,19 @@ def job_event(
     )
 
 
-def stage(s: Session, settings: Settings, event: ModelEvaluationEvent) -> dict[str, Any]:
-    """Add ``event`` to the session's transaction (the caller commits); it goes to the
-    events queue unless events are off (``publish_events``). Returns its body."""
+def stage(
+    s: Session, settings: Settings, event: ModelEvaluationEvent | ModelPromotedEvent
+) -> dict[str, Any]:
+    """Add ``event`` to the session's transaction (the caller commits); it goes to its
+    queue (``events_queue``, or ``promotions_queue`` for a ModelPromoted) unless events
+    are off (``publish_events``). Returns its body."""
     body = json.loads(event.model_dump_json())
-    queue = settings.events_queue if settings.publish_events else None
-    repo.add_event(s, event.event_id, event.job_id, EVALUATION, queue, body)
+    promoted = isinstance(event, ModelPromotedEvent)
+    queue = settings.promotions_queue if promoted else settings.events_queue
+    kind = PROMOTED if promoted else EVALUATION
+    repo.add_event(
+        s, event.event_id, event.job_id, kind, queue if settings.publish_events else None, body
+    )
     return body
 
 

@@ -19,6 +19,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 AMQP_URL = os.environ.get("COLECIONADOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SESSION = uuid.uuid4().hex[:8]
+PROMOTIONS_QUEUE = f"ModelPromoted.test-{SESSION}"
 
 # A tiny, fast recipe: the smallest torchvision classifier, small images, 1 + 1 epochs.
 TINY = {
@@ -44,6 +45,16 @@ def _isolated_home(tmp_path, monkeypatch):
         if k.startswith("COLECIONADOR_") and not k.startswith("COLECIONADOR_TEST_"):
             monkeypatch.delenv(k)
     monkeypatch.setenv("COLECIONADOR_HOME", str(tmp_path / "home"))
+    # ModelPromoted events of tests that publish go to this session's queue, not the real one
+    monkeypatch.setenv("COLECIONADOR_PROMOTIONS_QUEUE", PROMOTIONS_QUEUE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _promotions_queue_dropped():
+    yield
+    from tests.amqp import delete_queues
+
+    delete_queues(PROMOTIONS_QUEUE)
 
 
 @contextlib.contextmanager

@@ -17,15 +17,20 @@ from training.metrics import classification_metrics
 
 @torch.inference_mode()
 def predict_probs(
-    model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    temperature: float = 1.0,
 ) -> np.ndarray:
-    """Softmax probabilities for uint8 (N, 3, H, W) images."""
+    """Softmax probabilities for uint8 (N, 3, H, W) images: softmax(logits / temperature)
+    (a calibrated model.pt carries its ``temperature``; 1.0 leaves the logits as they are)."""
     model.eval().to(device)
     tf = eval_transform()
     out = []
     for s in range(0, len(images), batch_size):
         x = tf(torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size]))).to(device)
-        out.append(torch.softmax(model(x).float(), dim=1).cpu())
+        out.append(torch.softmax(model(x).float() / temperature, dim=1).cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(out).numpy()

@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` builds the app (testable on its own, e.g. on uvicorn): settings,
 database and store on ``app.state``, the error handlers, one router per resource
-(routes/jobs.py, routes/models.py, routes/health.py) and the pages (ui.py); every
+(routes/jobs.py, routes/models.py, routes/health.py, routes/predict.py: it forwards to
+the model's own Serve application, services/serving.py) and the pages (ui.py); every
 successful GET carries an ETag and answers 304 to a matching If-None-Match (caching.py).
 ``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
 serve`` deploys it.
@@ -27,7 +28,7 @@ from services.api import ui
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
-from services.api.routes import health, jobs, models
+from services.api.routes import health, jobs, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
 
@@ -55,13 +56,21 @@ def create_app(
     )  # edges.docs_routes: read rule
     app.state.settings, app.state.cancel_wait_s = settings, cancel_wait_s
     app.state.db, app.state.store = Database(settings, db_threads), StoreReader(settings)
+    app.state.predict_handles = {}  # model name -> its predict application's handle
     app.add_middleware(ConditionalGetMiddleware)  # ETag on reads, 304 on If-None-Match
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit)  # outermost: 413 before anything reads the body
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _crash)
-    for router in (health.router, jobs.router, models.router, ui.router, docs_routes):
+    for router in (
+        health.router,
+        jobs.router,
+        models.router,
+        predict.router,
+        ui.router,
+        docs_routes,
+    ):
         app.include_router(router)
     return app
 

@@ -1,7 +1,8 @@
 """The API's edges: what every response carries and what no request may exceed.
 
-- ``BodyLimit``: a request body over ``max_bytes`` is refused with 413 before the app
-  reads it (by its Content-Length, or counted as it streams in).
+- ``BodyLimit``: a request body over ``max_bytes`` (``upload_bytes`` for the predict
+  route's images) is refused with 413 before the app reads it (by its Content-Length,
+  or counted as it streams in).
 - ``SecurityHeaders``: ``X-Content-Type-Options: nosniff`` on every response;
   ``X-Frame-Options: DENY`` and a ``Content-Security-Policy`` that allows nothing but
   this origin (and the pages' inline style) on our HTML pages. /docs and /redoc load
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from services.api.deps import READ_PAGE
 
 MAX_BODY_BYTES = 1 * 2**20  # a training request is a few KB
+MAX_UPLOAD_BYTES = 16 * 2**20  # POST /models/{name}/predict: images
 PAGE_CSP = (
     "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -32,15 +34,22 @@ UNSANDBOXED = ("/docs", "/redoc")
 class BodyLimit:
     """Pure ASGI middleware: 413 for a body over ``max_bytes``."""
 
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(
+        self,
+        app: Any,
+        max_bytes: int = MAX_BODY_BYTES,
+        upload_bytes: int = MAX_UPLOAD_BYTES,
+    ):
+        self.app, self.max_bytes, self.upload_bytes = app, max_bytes, upload_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # images to predict on: a larger body than a training request's
+        limit = self.upload_bytes if scope["path"].endswith("/predict") else self.max_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._refuse(send, limit)
         seen = 0
 
         async def counted() -> dict:
@@ -48,17 +57,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _TooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(send, limit)
 
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"detail": f"the request body is over {self.max_bytes} bytes"})
+    async def _refuse(self, send: Any, limit: int) -> None:
+        body = json.dumps({"detail": f"the request body is over {limit} bytes"})
         await send(
             {
                 "type": "http.response.start",

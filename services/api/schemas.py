@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.artifacts import VERSION_FILES
 from services.db.models import JobStatus
-from services.messages import MAX_INT
+from services.messages import ALIAS_PATTERN, MAX_INT
 
 
 def _finite(v: float | None) -> float | None:
@@ -212,3 +212,70 @@ class ModelSummary(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: Any
+
+
+# ------------------------------------------------------- aliases and promotion (issue 16)
+AliasName = Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=50)]
+
+
+class PromoteIn(BaseModel):
+    """Move ``alias`` to this version. Over a version the gate rejected, ``reason`` is
+    required: the move overrides the gate and is recorded as such."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: AliasName = "production"
+    reason: str | None = Field(
+        None, max_length=2000, description="why (required over a rejected version)"
+    )
+    by: str = Field("api", min_length=1, max_length=200, description="who moves it")
+
+
+class PromotionModeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "manual"]
+
+
+class Promoted(BaseModel):
+    """The ModelPromoted event of the move (as published)."""
+
+    event_id: str
+    model_name: str
+    version: int
+    alias: str
+    from_version: int | None = None
+    job_id: int | None = None
+    by: str
+    reason: str | None = None
+    overrode_gate: bool
+    at: datetime
+
+
+class AliasOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    alias: str
+    version: int
+    moved_at: datetime
+    moved_by: str
+
+
+class AliasMoveOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    model_name: str
+    alias: str
+    from_version: int | None = None
+    to_version: int
+    moved_by: str
+    reason: str | None = None
+    overrode_gate: bool
+    moved_at: datetime
+
+
+class ModelAliases(BaseModel):
+    model_name: str
+    promotion: Literal["auto", "manual"]
+    aliases: list[AliasOut]
+    history: list[AliasMoveOut] = Field(description="every move, newest first")

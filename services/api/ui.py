@@ -1,4 +1,5 @@
-"""The status page: jobs, the latest model versions with their gate verdict, and a page
+"""The status page: jobs, the latest model versions with their gate verdict, the models'
+aliases and their history (who moved which alias, when and why), and a page
 per job with its curves, gate, data health and epochs. Server-rendered HTML (no script);
 every value is escaped. Reads follow the read-token rule, with HTTP Basic too (any user
 name, the token as the password) so a browser can log in."""
@@ -18,6 +19,8 @@ from fastapi.responses import HTMLResponse, Response
 from services.api import reads
 from services.api.deps import READ_PAGE, DbDep, JobDep, StoreDep
 from services.api.schemas import (
+    AliasMoveOut,
+    AliasOut,
     Job,
     JobDetail,
     JobId,
@@ -30,6 +33,7 @@ from services.api.schemas import (
     VersionNo,
 )
 from services.artifacts import report_key
+from services.db import repo
 from services.db.models import FINAL_STATUSES, JOB_STATUSES
 
 router = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
@@ -47,7 +51,7 @@ th{background:#eef1f5;font-weight:600}td.num{text-align:right;font-variant-numer
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
 .queued{background:#e2e8f0}.training,.evaluating{background:#fde68a}
 .success,.approved,.pass{background:#bbf7d0}
-.failed,.rejected,.fail{background:#fecaca}.cancelled{background:#d1d5db}
+.failed,.rejected,.fail,.overrode{background:#fecaca}.cancelled{background:#d1d5db}
 .filters a{margin-right:10px}.muted{color:#6b7280}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;background:#fff;padding:12px;
 margin:0}dt{font-weight:600}dd{margin:0;word-break:break-all}
@@ -143,6 +147,42 @@ def _models_table(models: list[ModelSummary], root: str) -> str:
         rows,
         table_id="models",
         empty="no model versions yet",
+    )
+
+
+def _aliases_section(aliases: list[AliasOut], names: list[str], moves: list[AliasMoveOut]) -> str:
+    """Each model's aliases (which version answers as production, staging, ...) and the
+    latest moves: who, when, why, and whether a move overrode the gate."""
+    rows = "".join(
+        f'<tr data-model="{e(n)}" data-alias="{e(a.alias)}"><td>{e(n)}</td><td>{e(a.alias)}</td>'
+        f"<td class=num>v{a.version}</td><td>{e(a.moved_by)}</td>"
+        f"<td class=when>{_when(a.moved_at)}</td></tr>"
+        for n, a in zip(names, aliases)
+    )
+    history = "".join(
+        f'<tr data-model="{e(m.model_name)}" data-alias="{e(m.alias)}">'
+        f"<td class=when>{_when(m.moved_at)}</td><td>{e(m.model_name)}</td><td>{e(m.alias)}</td>"
+        f"<td class=num>{'v' + str(m.from_version) if m.from_version else '–'}</td>"
+        f"<td class=num>v{m.to_version}</td><td>{e(m.moved_by)}</td>"
+        f'<td class="error">{e(m.reason)}</td>'
+        f"<td>{_badge('overrode gate') if m.overrode_gate else ''}</td></tr>"
+        for m in moves
+    )
+    return (
+        "<h2>Aliases</h2>"
+        + _table(
+            ["model", "alias", "version", "moved by", "moved"],
+            rows,
+            table_id="aliases",
+            empty="no aliases yet",
+        )
+        + '<h2>Alias history <span class="muted">(newest first)</span></h2>'
+        + _table(
+            ["when", "model", "alias", "from", "to", "by", "why", ""],
+            history,
+            table_id="alias-history",
+            empty="no alias moves yet",
+        )
     )
 
 
@@ -268,16 +308,23 @@ def _root(request: Request) -> str:
 async def home(request: Request, db: DbDep, status: StatusFilter | None = None) -> HTMLResponse:
     status = status or None
 
-    def both(s: Any) -> tuple[JobPage, list[ModelSummary]]:
-        return reads.job_page(s, status, 100, 0), reads.models(s)
+    def both(s: Any) -> tuple[JobPage, list[ModelSummary], Any, list[AliasMoveOut]]:
+        aliases = repo.model_aliases(s)
+        return (
+            reads.job_page(s, status, 100, 0),
+            reads.models(s),
+            ([a.model_name for a in aliases], [AliasOut.model_validate(a) for a in aliases]),
+            [AliasMoveOut.model_validate(m) for m in repo.alias_moves(s, None, 20)],
+        )
 
-    page, models = await db(both)
+    page, models, (names, aliases), moves = await db(both)
     root = _root(request)
     filters = " ".join(f'<a href="{e(root)}/?status={s}">{_badge(s)}</a>' for s in JOB_STATUSES)
     shown = f"{len(page.items)} of {page.total}" + (f" {e(status)}" if status else "")
     body = (
         "<h2>Models: latest version and gate verdict</h2>"
         + _models_table(models, root)
+        + _aliases_section(aliases, names, moves)
         + f'<h2>Jobs <span class="muted">({shown}, newest first)</span></h2>'
         + f'<p class="filters">filter: <a href="{e(root)}/">all</a> {filters}</p>'
         + _jobs_table(page.items, root)

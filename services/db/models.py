@@ -241,3 +241,50 @@ class TuningTrial(Base):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[TuningRun] = relationship(back_populates="trials")
+
+
+# ------------------------------------------------------- aliases and promotion (issue 16)
+PROMOTION_MODES = ("auto", "manual")
+
+
+class ModelAlias(Base):
+    """(model_name, alias) -> version: ``production``, ``staging`` or any name of the
+    user's. Moved only through services.promotion, each move recorded in alias_moves."""
+
+    __tablename__ = "model_aliases"
+
+    model_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(50), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    moved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    moved_by: Mapped[str] = mapped_column(String(200))
+
+
+class AliasMove(Base):
+    """The audit of every alias move: who, when, why, from which version to which, and
+    whether it overrode the quality gate (a rejected version promoted by a person)."""
+
+    __tablename__ = "alias_moves"
+    __table_args__ = (Index("ix_alias_moves_model_id", "model_name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(50))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int] = mapped_column(Integer)
+    moved_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    overrode_gate: Mapped[bool] = mapped_column(Boolean, default=False)
+    event_id: Mapped[str | None] = mapped_column(String(36))  # its ModelPromoted event
+    moved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelPromotion(Base):
+    """A model's promotion mode: ``auto`` (the default when there is no row: an approved
+    version becomes ``production``) or ``manual`` (only POST .../promote moves it)."""
+
+    __tablename__ = "model_promotion"
+
+    model_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(10))  # auto | manual
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -20,6 +20,7 @@ from services.jobs import run_job
 from services.messages import TrainingRequest
 from services.records import create_job
 from services.storage import open_store
+from tests.amqp import delete_queues
 from tests.conftest import AMQP_URL, TINY
 from training.export import onnx_probs
 from training.hyperparams import Hyperparameters
@@ -54,7 +55,10 @@ def take_event(queue: str) -> dict:
 def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     db_url, settings_for, make_dataset, ray_cluster, events_queue
 ):
-    settings = settings_for(db_url, publish_events=True, events_queue=events_queue)
+    promoted = events_queue.replace("ModelEvaluation", "ModelPromoted")
+    settings = settings_for(
+        db_url, publish_events=True, events_queue=events_queue, promotions_queue=promoted
+    )
     req = request(make_dataset(per_class=12, size=16), export_onnx=True)
     job, created = create_job(settings, req)
     assert created and job.status == "queued"
@@ -140,6 +144,23 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     assert set(event["metrics"]) == {"accuracy", "precision", "recall", "f1"}
     assert event["gate"] == {"accuracy": True, "precision": True, "recall": True}
     assert event["artifact_uri"] == mv.model_path
+    # approved: production by itself, in the same transaction, with its ModelPromoted event
+    try:
+        promotion = take_event(promoted)
+    finally:
+        delete_queues(promoted)
+    assert (promotion["model_name"], promotion["alias"], promotion["version"]) == (
+        "tiny",
+        "production",
+        1,
+    )
+    assert (promotion["by"], promotion["job_id"], promotion["overrode_gate"]) == (
+        "gate",
+        job.id,
+        False,
+    )
+    with session_factory(db_url)() as s:
+        assert repo.version_for_alias(s, "tiny", "production") == 1
 
     # the same request again is the same job, and running it again does nothing
     again, created = create_job(settings, req)

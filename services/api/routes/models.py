@@ -1,21 +1,34 @@
 """Model versions: list, versions of a model, one version (metrics, gate, artifacts),
-its confusion matrix."""
+its confusion matrix; a model's aliases and their history, promote a version (moves an
+alias), a model's promotion mode."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import asyncio
+from typing import Any
 
+from fastapi import APIRouter, HTTPException, Response
+
+from services import outbox, promotion
 from services.api import reads
-from services.api.deps import READ, DbDep, StoreDep, not_found
+from services.api.deps import READ, WRITE, DbDep, SettingsDep, StoreDep, not_found
 from services.api.schemas import (
+    AliasMoveOut,
+    AliasOut,
     ErrorOut,
+    ModelAliases,
     ModelName,
     ModelSummary,
+    Promoted,
+    PromoteIn,
+    PromotionModeIn,
     VersionDetail,
     VersionNo,
     VersionSummary,
 )
 from services.db import repo
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 
 router = APIRouter(
     prefix="/models", tags=["models"], dependencies=[READ], responses={404: {"model": ErrorOut}}
@@ -62,3 +75,73 @@ async def model_confusion(
 ) -> Response:
     """The test split's confusion matrix, as stored with the version."""
     return await reads.confusion_png(db, store, name, version)
+
+
+# ------------------------------------------------------- aliases and promotion (issue 16)
+@router.get("/{name}/aliases", response_model=ModelAliases)
+async def model_aliases(name: ModelName, db: DbDep) -> ModelAliases:
+    """The model's aliases, its promotion mode and every alias move, newest first."""
+
+    def load(s):
+        if repo.latest_version(s, name) is None:
+            return None
+        return ModelAliases(
+            model_name=name,
+            promotion=repo.promotion_mode(s, name),
+            aliases=[AliasOut.model_validate(a) for a in repo.model_aliases(s, name)],
+            history=[AliasMoveOut.model_validate(m) for m in repo.alias_moves(s, name, 500)],
+        )
+
+    found = await db(load)
+    if found is None:
+        raise not_found(f"model {name}")
+    return found
+
+
+@router.post(
+    "/{name}/versions/{version}/promote",
+    response_model=Promoted,
+    dependencies=[WRITE],
+    responses={409: {"model": ErrorOut}, **AUTH_ERRORS},
+)
+async def promote_version(
+    name: ModelName, version: VersionNo, body: PromoteIn, db: DbDep, settings: SettingsDep
+) -> Promoted:
+    """Point an alias (default ``production``) at this version; recorded (who, when, why)
+    and published as a ModelPromoted event. 404: no such version; 409: the alias already
+    points there; 422: the gate rejected the version and no ``reason`` was given."""
+
+    def move(s):
+        try:
+            event = promotion.promote(
+                s, settings, name, version, body.alias, by=body.by, reason=body.reason
+            )
+        except promotion.PromotionError:
+            s.rollback()
+            raise
+        s.commit()
+        return event
+
+    try:
+        event = await db(move)
+    except promotion.PromotionError as e:
+        detail: Any = str(e)
+        if e.field is not None:
+            detail = [{"loc": ["body", e.field], "msg": str(e), "type": "value_error"}]
+        raise HTTPException(e.status, detail) from None
+    if event.get("job_id") is not None:
+        await asyncio.to_thread(outbox.try_publish, settings, event["job_id"])
+    return Promoted(**event)
+
+
+@router.put(
+    "/{name}/promotion",
+    response_model=PromotionModeIn,
+    dependencies=[WRITE],
+    responses=AUTH_ERRORS,
+)
+async def set_promotion(name: ModelName, body: PromotionModeIn, db: DbDep) -> PromotionModeIn:
+    """``auto``: an approved version becomes ``production`` by itself; ``manual``: only
+    POST .../promote moves it."""
+    await db(repo.set_promotion_mode, name, body.mode)
+    return body

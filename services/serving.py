@@ -1,0 +1,236 @@
+"""Model serving: one Ray Serve application per model (``predict-<model>``, no HTTP route
+of its own), whose replicas answer with the version behind an alias (``production`` by
+default) or a pinned version. The API's ``POST /models/{name}/predict`` (torch-free,
+services/api/routes/predict.py) reaches it through a deployment handle.
+
+- Requests are batched with ``@serve.batch``: up to ``max_batch_size`` requests waiting at
+  most ``batch_wait_timeout_s`` go through the model in one forward pass.
+- Every ``reload_s`` a thread of each replica reads the alias; when it moved, the new
+  version is loaded beside the one answering and swapped in once ready, so no request is
+  refused while the alias moves (a batch is answered by one version, and says which).
+- Replicas and autoscaling are settable (``colecionador serve --predict-*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.serve.config import AutoscalingConfig
+
+from services.api.routes.predict import DEPLOYMENT_NAME, app_name
+from services.artifacts import MODEL_FILE, version_prefix
+from services.config import Settings
+from services.db import repo
+from services.db.session import session_factory
+from services.errors import one_line
+from services.records import prepare_database
+from services.storage import open_store
+
+log = logging.getLogger("colecionador.serving")
+
+MAX_BATCH_SIZE = 16  # requests per forward pass
+BATCH_WAIT_TIMEOUT_S = 0.005
+RELOAD_S = 2.0  # how often a replica reads the alias
+MAX_ONGOING_REQUESTS = 32  # at least max_batch_size: a replica must hold a whole batch
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: int
+    predictor: Any  # training.predict.Predictor
+    loaded_at: float
+
+
+def load_version(settings: Settings, model_name: str, version: int) -> Loaded:
+    """model.pt of ``model_name`` v``version`` from the store, ready to predict."""
+    import torch
+
+    from training.predict import Predictor
+
+    raw = open_store(settings).get_bytes(version_prefix(model_name, version) + MODEL_FILE)
+    package = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    return Loaded(version, Predictor.from_package(package), time.time())
+
+
+class ModelServer:
+    """A replica serving one model: the version behind ``alias`` (or ``version``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model_name: str,
+        alias: str = "production",
+        version: int | None = None,
+        reload_s: float = RELOAD_S,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        batch_wait_timeout_s: float = BATCH_WAIT_TIMEOUT_S,
+        torch_threads: int = 1,
+    ):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.settings, self.model_name, self.alias, self.pinned = (
+            settings,
+            model_name,
+            alias,
+            version,
+        )
+        self.reload_s = reload_s
+        self._current: Loaded | None = None
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        prepare_database(settings)
+        self._sessions = session_factory(settings.db_url)
+        self.refresh()  # the first version before the replica reports ready
+        self._watcher = threading.Thread(target=self._watch, name="alias-watch", daemon=True)
+        self._watcher.start()
+
+    # ------------------------------------------------------------------ the version
+    def target(self) -> int | None:
+        if self.pinned is not None:
+            return self.pinned
+        with self._sessions() as s:
+            return repo.version_for_alias(s, self.model_name, self.alias)
+
+    def refresh(self) -> int | None:
+        """Load the target version if it is not the one answering; the old one answers
+        until the new one is ready. Returns the version answering now."""
+        try:
+            want = self.target()
+            if want is not None and (self._current is None or self._current.version != want):
+                self._current = load_version(self.settings, self.model_name, want)
+                log.info("%s: now answering with v%s", self.model_name, want)
+            self._error = None
+        except Exception as e:  # noqa: BLE001 - keep answering with what is loaded
+            self._error = one_line(e)
+            log.warning("%s: cannot load the version behind %s: %s", self.model_name, self.alias, e)
+        return None if self._current is None else self._current.version
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.reload_s):
+            self.refresh()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        c = self._current
+        return {
+            "model_name": self.model_name,
+            "alias": None if self.pinned is not None else self.alias,
+            "pinned": self.pinned,
+            "version": None if c is None else c.version,
+            "loaded_at": None if c is None else c.loaded_at,
+            "error": self._error,
+        }
+
+    # ------------------------------------------------------------------ predict
+    async def predict(self, images: list[bytes], k: int = 5) -> dict[str, Any]:
+        """Top-k labels for each image, and the version that answered; or
+        ``{"status": 4xx/503, "error": ...}`` (an unreadable image names its index)."""
+        return await self._batched((images, k))
+
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+    async def _batched(self, calls: list[tuple[list[bytes], int]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.answer, calls)
+
+    def answer(self, calls: list[tuple[list[bytes], int]]) -> list[dict[str, Any]]:
+        """One batch: every call's images decoded, one forward pass, split back."""
+        import numpy as np
+
+        from training.predict import BadImage, decode_image, top_k
+
+        loaded = self._current  # one version answers the whole batch
+        if loaded is None:
+            why = self._error or f"no version of {self.model_name} behind {self.alias!r} yet"
+            return [{"status": 503, "error": why}] * len(calls)
+        p = loaded.predictor
+        arrays: list[list[Any]] = []
+        answers: list[dict[str, Any] | None] = []
+        for images, _k in calls:
+            try:
+                decoded = []
+                for i, raw in enumerate(images):
+                    try:
+                        decoded.append(decode_image(raw, p.image_size))
+                    except BadImage as e:
+                        raise BadImage(f"images[{i}]: {e}") from None
+                arrays.append(decoded)
+                answers.append(None)
+            except BadImage as e:
+                arrays.append([])
+                answers.append({"status": 422, "error": str(e)})
+        flat = [a for group in arrays for a in group]
+        probs = p.probs(np.stack(flat)) if flat else np.zeros((0, len(p.classes)))
+        out, start = [], 0
+        for (_images, k), group, answer in zip(calls, arrays, answers):
+            if answer is not None:
+                out.append(answer)
+                continue
+            rows = probs[start : start + len(group)]
+            start += len(group)
+            out.append(
+                {
+                    "model_name": self.model_name,
+                    "alias": None if self.pinned is not None else self.alias,
+                    "version": loaded.version,
+                    "predictions": top_k(rows, p.classes, k),
+                }
+            )
+        return out
+
+
+def predict_application(
+    settings: Settings,
+    model_name: str,
+    *,
+    alias: str = "production",
+    version: int | None = None,
+    num_replicas: int = 1,
+    autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
+    num_cpus: float = 0.0,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    batch_wait_timeout_s: float = BATCH_WAIT_TIMEOUT_S,
+    reload_s: float = RELOAD_S,
+    torch_threads: int = 1,
+) -> Any:
+    """The bound Serve application of one model, for
+    ``serve.run(app, name=app_name(model_name), route_prefix=None)``."""
+    scale: dict[str, Any] = (
+        {"autoscaling_config": autoscaling_config}
+        if autoscaling_config is not None
+        else {"num_replicas": num_replicas}
+    )
+    deployment = serve.deployment(
+        ModelServer,
+        name=DEPLOYMENT_NAME,
+        ray_actor_options={"num_cpus": num_cpus},
+        max_ongoing_requests=max(MAX_ONGOING_REQUESTS, max_batch_size),
+        **scale,
+    )
+    return deployment.bind(
+        settings,
+        model_name,
+        alias,
+        version,
+        reload_s,
+        max_batch_size,
+        batch_wait_timeout_s,
+        torch_threads,
+    )
+
+
+def deploy_model(settings: Settings, model_name: str, **kw: Any) -> str:
+    """Deploy (or update) the model's application; returns its name."""
+    name = app_name(model_name)
+    serve.run(predict_application(settings, model_name, **kw), name=name, route_prefix=None)
+    return name
