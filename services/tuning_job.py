@@ -1,4 +1,4 @@
-"""The search step of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold
+"""The search step of a ``mode: tune`` job: Ray Tune over the request's space with k-fold
 cross-validation on train + val (the test split stays held out) and ASHA; every trial
 recorded as it ends; the best config merged into the job's hyperparameters. The job then
 trains, judges and versions that config like any train job (services/jobs.py)."""
@@ -40,8 +40,9 @@ def tune_step(
     from pydantic import ValidationError
 
     from tuning import report as tuning_report
-    from tuning.grid import expand_grid, validate_grid
+    from tuning.grid import expand_grid
     from tuning.search import SearchRun, run_search
+    from tuning.space import ends, to_json, validate_space
     from tuning.spec import TuningSpec
 
     sf = session_factory(settings.db_url)
@@ -63,7 +64,8 @@ def tune_step(
             repo.finish_tuning_run(s, previous.id, "failed", error="interrupted")
     try:
         spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
-        grid = validate_grid(spec.grid, hp)
+        dims = validate_space(spec.dimensions, hp)
+        grid = {k: to_json(d) for k, d in dims.items()}  # the run's grid column: the space
         search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
     except (ValidationError, ValueError, TypeError) as e:
         raise StepFailed("tuning", one_line(e)) from None
@@ -86,9 +88,13 @@ def tune_step(
     run_id = run.id
     search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
     search.name = f"job-{job.id}-run-{run_id}"
-    n_configs = len(expand_grid(grid)) if spec.num_samples <= 1 else spec.num_samples
+    if spec.strategy == "grid":
+        n_configs = len(expand_grid({k: ends(d) for k, d in dims.items()}))
+    else:
+        n_configs = spec.num_samples
     say(
-        f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {spec.k_folds} folds "
+        f"job {job.id}: tuning run {run_id}: {spec.strategy} search, "
+        f"{n_configs} config(s) x {spec.k_folds} folds "
         f"of train + val ({len(split.train) + len(split.val)} images; the "
         f"{len(split.test)} test images held out), {spec.scheduler.upper()} on "
         f"{spec.metric}"
@@ -164,6 +170,8 @@ def tune_step(
         "metric": spec.metric,
         "mode": spec.mode,
         "scheduler": spec.scheduler,
+        "search": spec.strategy,
+        "num_samples": spec.num_samples,
         "k_folds": spec.k_folds,
         "grid": grid,
         "best_config": winner.config,

@@ -1,10 +1,15 @@
-"""Ray Tune wiring: the search over a grid, ASHA, and the collector of every trial.
+"""Ray Tune wiring: the search over a space, ASHA, and the collector of every trial.
 
-``run_search`` takes the validated ``TuningSpec`` (tuning.spec: grid, folds, sampling,
-metric, scheduler) and a ``SearchRun`` (each trial's resources, Tune's storage, the run's
-name), runs one ``cv_trainable`` per config (tuning.cv: k folds in lockstep) with
-``ASHAScheduler`` (or FIFO), and returns every trial as it ended; the ``listener`` hears
-each one as it ends (a failed trial is recorded, not raised).
+``run_search`` takes the validated ``TuningSpec`` (tuning.spec: grid and space, search
+strategy, folds, sampling, metric, scheduler) and a ``SearchRun`` (each trial's resources,
+Tune's storage, the run's name), runs one ``cv_trainable`` per config (tuning.cv: k folds in
+lockstep) with ``ASHAScheduler`` (or FIFO), and returns every trial as it ended; the
+``listener`` hears each one as it ends (a failed trial is recorded, not raised).
+
+The configs come from the strategy: ``grid`` (``tune.grid_search`` per list), ``random``
+(Tune's seeded ``BasicVariantGenerator`` drawing ``num_samples``) or ``tpe`` (Ray Tune's
+``OptunaSearch`` with Optuna's ``TPESampler``, seeded). ASHA is the same under all three:
+a config it stops early is told to the searcher with its last (partial) estimate.
 
 Why not a TorchTrainer per trial (Ray's Tune + Train V2 pattern): it hung here with
 ``WorkerGroupStartupTimeoutError`` (notes/stack.md). The cause is a resource deadlock: each
@@ -34,7 +39,8 @@ import torch
 from training.data import Split
 from training.hyperparams import Hyperparameters
 from tuning.cv import CVData, cv_folds, cv_trainable
-from tuning.grid import max_epochs, search_space, validate_grid
+from tuning.grid import max_epochs
+from tuning.space import ends, to_tune, validate_space
 from tuning.spec import TuningSpec
 
 
@@ -216,7 +222,7 @@ class SearchRun:
 class SearchResult:
     trials: list[TrialOutcome]
     spec: TuningSpec
-    grid: dict[str, list[Any]]  # the spec's grid as the recipe reads it
+    grid: dict[str, Any]  # the spec's grid and space as the recipe reads them
     max_t: int
     folds: list[dict[str, int]]  # sizes of each fold's train / val
     wall_s: float
@@ -273,11 +279,11 @@ def run_search(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     run = run or SearchRun()
-    grid = validate_grid(spec.grid, base)
-    max_t = max_epochs(grid, base)
+    dims = validate_space(spec.dimensions, base)
+    epoch_keys = {k: ends(d) for k, d in dims.items() if k in ("phase1_epochs", "phase2_epochs")}
+    max_t = max_epochs(epoch_keys, base)
     folds = cv_folds(labels, split, spec.k_folds, base.seed)
     data = CVData(images, labels, list(classes), folds)
     trainable = tune.with_parameters(
@@ -293,7 +299,7 @@ def run_search(
         )
     else:
         scheduler = FIFOScheduler()
-    collector = _make_collector(list(grid), listener, on_result)
+    collector = _make_collector(list(dims), listener, on_result)
     own_storage = None
     storage_path = run.storage_path
     if storage_path is None:
@@ -301,18 +307,14 @@ def run_search(
         storage_path = own_storage.name
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(grid, spec.num_samples),
+        param_space={k: to_tune(d, grid=spec.strategy == "grid") for k, d in dims.items()},
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
             scheduler=scheduler,
             num_samples=spec.num_samples,
             reuse_actors=True,
-            # the concurrency limit goes to the generator: Tune ignores
-            # max_concurrent_trials when it is handed a search generator
-            search_alg=BasicVariantGenerator(
-                random_state=base.seed, max_concurrent=spec.max_concurrent or 0
-            ),
+            search_alg=searcher(spec, base.seed),
         ),
         run_config=tune.RunConfig(
             name=run.name or f"tune-{int(time.time())}",
@@ -334,4 +336,27 @@ def run_search(
             own_storage.cleanup()
     trials = sorted(collector.trials.values(), key=lambda t: t.index)
     sizes = [{"train": len(a), "val": len(b)} for a, b in folds]
-    return SearchResult(trials, spec, grid, max_t, sizes, time.perf_counter() - t0)
+    return SearchResult(trials, spec, dims, max_t, sizes, time.perf_counter() - t0)
+
+
+def searcher(spec: TuningSpec, seed: int) -> Any:
+    """The search algorithm of ``spec.strategy``, seeded, with the concurrency limit
+    (Tune ignores ``max_concurrent_trials`` when it is handed a search algorithm)."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.strategy != "tpe":
+        return BasicVariantGenerator(random_state=seed, max_concurrent=spec.max_concurrent or 0)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study and trial
+    # Optuna's default is 10 random configs before TPE models anything; a small budget
+    # would be all random: a quarter of it (at least 2) explores, the rest is TPE's
+    startup = max(2, min(10, spec.num_samples // 4))
+    tpe = OptunaSearch(
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
+        metric=spec.metric,
+        mode=spec.mode,
+    )
+    return ConcurrencyLimiter(tpe, spec.max_concurrent) if spec.max_concurrent else tpe

@@ -152,3 +152,47 @@ def test_any_float_range_round_trips_through_its_text(low, ratio, kind):
     assert (dim.type, dim.low, dim.high) == (kind, low, high)
     again = TuningSpec.model_validate({"space": {"phase1_lr": dim.model_dump()}, "num_samples": 2})
     assert again.space["phase1_lr"] == dim
+
+
+def test_ranges_become_tune_domains_and_the_strategy_its_searcher():
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.search import searcher
+    from tuning.space import to_tune
+
+    lr = to_tune(LogUniform(low=1e-4, high=1e-2), grid=False)
+    assert isinstance(lr, tune.search.sample.Float) and (lr.lower, lr.upper) == (1e-4, 1e-2)
+    assert isinstance(lr.sampler, tune.search.sample.LogUniform)
+    n = to_tune(IntUniform(low=8, high=32), grid=False)
+    assert (n.lower, n.upper) == (8, 33)  # Tune's randint excludes its upper bound
+    assert to_tune(Choice(values=["adam", "sgd"]), grid=True).categories == ["adam", "sgd"]
+
+    space = {"space": {"dropout": "uniform:0:0.5"}, "num_samples": 8}
+    assert isinstance(searcher(TuningSpec.model_validate(space), 0), OptunaSearch)
+    limited = searcher(TuningSpec.model_validate({**space, "max_concurrent": 2}), 0)
+    assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 2
+    rnd = TuningSpec.model_validate({**space, "search": "random"})
+    assert isinstance(searcher(rnd, 0), BasicVariantGenerator)
+
+
+def test_cli_tune_exits_2_on_a_bad_space_and_writes_nothing(tmp_path, make_dataset, capsys):
+    from services.cli import main
+
+    root = make_dataset(per_class=12)
+    cases = [
+        (["--space", "phase1_lr=loguniform:0:1", "--num-samples", "4"], "loguniform needs low"),
+        (["--space", "phase1_lr=loguniform:1e-4:1e-2"], "give num_samples between 2"),
+        (["--space", "dropout=uniform:0:0.5", "--search", "grid"], "dropout: a range cannot"),
+        (["--space", "seed=int:0:3", "--num-samples", "4"], "seed cannot be tuned"),
+        (["--space", "dropout=uniform:0:0.5", "--num-samples", "999"], "less than or equal"),
+        (["--grid", "dropout=0.1", "--space", "dropout=0.2"], "in both grid and space"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["tune", "--dataset", str(root), *args])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err, args
+    assert not (tmp_path / "home" / "colecionador.db").exists()
