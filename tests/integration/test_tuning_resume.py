@@ -32,11 +32,11 @@ BASE = {**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1}
 
 
 class CountEpochs(Callback):
-    """Appends ``<trial id> <epoch>`` to ``path`` for every epoch a fold of a Tune trial
+    """Appends ``<trial id> <epoch>`` to ``tally`` for every epoch a fold of a Tune trial
     trains (the final training, outside Tune, writes nothing)."""
 
-    def __init__(self, path: str):
-        self.path = Path(path)
+    def __init__(self, tally: str):
+        self.path = Path(tally)
 
     def on_epoch_end(self, epoch, logs):
         from ray import tune
@@ -61,7 +61,7 @@ def test_a_killed_tune_driver_resumes_its_search_without_training_ended_trials_a
         max_job_attempts=2,
     )
     epochs_log = tmp_path / "epochs.log"
-    counter = {"name": "tests.integration.test_tuning_resume:CountEpochs", "path": str(epochs_log)}
+    counter = {"name": "tests.integration.test_tuning_resume:CountEpochs", "tally": str(epochs_log)}
     request = parse_request(
         {
             "batchId": f"tune-resume-{uuid.uuid4().hex[:8]}",
@@ -85,10 +85,16 @@ def test_a_killed_tune_driver_resumes_its_search_without_training_ended_trials_a
 
     def recorded_trials():
         with sf() as s:
+            if repo.get_job(s, job.id).status == "failed":
+                pytest.fail(f"the job failed: {repo.get_job(s, job.id).error}")
             runs = repo.tuning_runs(s, job.id)
             return runs and [(runs[0].id, t.trial_id) for t in repo.tuning_trials(s, runs[0].id)]
 
-    before = wait_until(recorded_trials, 300, "a trial recorded", every=0.1)
+    try:
+        before = wait_until(recorded_trials, 300, "a trial recorded", every=0.1)
+    except TimeoutError:
+        logs = reconciler.ray_jobs.client.get_job_logs(first_sid)
+        pytest.fail(f"no trial recorded; the driver said:\n{logs[-4000:]}")
     pid = int(reconciler.ray_jobs.client.get_job_info(first_sid).driver_info.pid)
     os.kill(pid, signal.SIGKILL)  # mid-search: one trial ended, the others to come
     (run_id,) = {r for r, _ in before}
