@@ -6,6 +6,7 @@ if __name__ == "__main__":
     __import__("benchmarks.near_duplicates", fromlist=["main"]).main([])
     train_overhead.main([])
     __import__("benchmarks.tuning_asha", fromlist=["main"]).main([])
+    __import__("benchmarks.search_strategies", fromlist=["main"]).main([])
     __import__("benchmarks.api_latency", fromlist=["main"]).main([])
     __import__("benchmarks.lifecycle", fromlist=["main"]).main([])
     __import__("benchmarks.predict_latency", fromlist=["main"]).main([])

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.config import Settings
-from training.hyperparams import Hyperparameters, load_hyperparameters, validation_message
+from training.hyperparams import Hyperparameters, load_hyperparameters
 
 
 def _record_and_run(
@@ -48,7 +48,7 @@ def _record_and_run(
         **request_fields,
     )
     try:  # the local user's dataset is theirs to name; code only from allowed modules
-        check_plugins(hp, settings, request.tuning.grid if request.tuning else None)
+        check_plugins(hp, settings, request.tuning.discrete_values() if request.tuning else None)
     except ValueError as e:
         parser.error(str(e))
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
@@ -74,13 +74,15 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Grid search with k-fold CV and ASHA, then the best config trained, gated, versioned."""
-    from tuning.grid import parse_grid, validate_grid
+    """A search (grid, random or TPE) with k-fold CV and ASHA, then the best config
+    trained, gated, versioned."""
+    from tuning.grid import parse_grid
+    from tuning.space import error_text, parse_space, validate_space
     from tuning.spec import TuningSpec
 
     try:
         hp = load_hyperparameters(args.config, args.set or [])
-        grid = validate_grid(parse_grid(args.grid or []), hp)
+        grid, space = parse_grid(args.grid or []), parse_space(args.space or [])
         options = {
             k: v
             for k, v in (
@@ -89,12 +91,16 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 ("grace_period", args.grace_period),
                 ("reduction_factor", args.reduction_factor),
                 ("max_concurrent", args.max_concurrent),
+                ("search", args.search),
             )
             if v is not None
         }
-        spec = TuningSpec(grid=grid, k_folds=args.k_folds, num_samples=args.num_samples, **options)
+        spec = TuningSpec(
+            grid=grid, space=space, k_folds=args.k_folds, num_samples=args.num_samples, **options
+        )
+        validate_space(spec.dimensions, hp)  # against the base: tunable, every combination
     except ValidationError as e:
-        parser.error(validation_message(e))
+        parser.error(error_text(e))
     except ValueError as e:
         parser.error(str(e))
     return _record_and_run(args, parser, hp, mode="tune", tuning=spec)
@@ -510,7 +516,8 @@ def _train_parser(sub: Any) -> None:
 def _tune_parser(sub: Any) -> None:
     tune = sub.add_parser(
         "tune",
-        help="grid search with k-fold CV and ASHA, then train, gate and version the best config",
+        help="search (grid, random or TPE) with k-fold CV and ASHA, then train, gate and "
+        "version the best config",
     )
     tune.add_argument("--dataset", required=True, help="folder, file:// or s3:// URI")
     tune.add_argument(
@@ -519,6 +526,20 @@ def _tune_parser(sub: Any) -> None:
         metavar="KEY=V1,V2",
         help="values to search for one hyperparameter (repeatable); "
         "list values as JSON: milestones=[3,6],[5,10]",
+    )
+    tune.add_argument(
+        "--space",
+        action="append",
+        metavar="KEY=RANGE",
+        help="a range to sample for one hyperparameter (repeatable): "
+        "loguniform:1e-4:1e-2, uniform:0:0.5, int:8:64, choice:adam,sgd, or v1,v2 (a list)",
+    )
+    tune.add_argument(
+        "--search",
+        choices=["grid", "random", "tpe"],
+        default=None,
+        help="grid: every combination of the lists; random: --num-samples configs drawn at "
+        "random; tpe: Optuna's TPE picks them (default: grid for lists, tpe for ranges)",
     )
     tune.add_argument(
         "--k-folds",
@@ -530,7 +551,7 @@ def _tune_parser(sub: Any) -> None:
         "--num-samples",
         type=int,
         default=1,
-        help="1: the whole grid; N > 1: a random search of N configs",
+        help="configs to sample (random, tpe); 1 with lists: the whole grid",
     )
     tune.add_argument(
         "--max-concurrent",

@@ -59,7 +59,7 @@ def check_plugins(
 ) -> None:
     """PluginRefused (a ValueError) naming the field for an import path outside the
     allowed modules or a callback file argument outside the run's folder, in the
-    hyperparameters and in a tuning grid's values."""
+    hyperparameters and in a tuning search's listed values (a grid's lists, a space's choices)."""
     allowed = plugins.parse_patterns(settings.plugin_modules)
     plugins.check(hp.loss, hp.callbacks, allowed)
     for loss in (grid or {}).get("loss", []):
@@ -72,7 +72,9 @@ def check_request(request: TrainingRequest, settings: Settings) -> None:
     """ValueError naming the field when the request points outside the roots or names
     code outside the allowed plugin modules."""
     check_plugins(
-        request.hyperparameters, settings, request.tuning.grid if request.tuning else None
+        request.hyperparameters,
+        settings,
+        request.tuning.discrete_values() if request.tuning else None,
     )
     roots = settings.data_roots()
     if not under(request.dataset_uri, roots):

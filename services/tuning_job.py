@@ -1,4 +1,4 @@
-"""The search step of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold
+"""The search step of a ``mode: tune`` job: Ray Tune over the request's space with k-fold
 cross-validation on train + val (the test split stays held out) and ASHA; every trial
 recorded as it ends; the best config merged into the job's hyperparameters. The job then
 trains, judges and versions that config like any train job (services/jobs.py)."""
@@ -36,12 +36,16 @@ def tune_step(
     on train + val (the test split stays held out) and ASHA; every trial recorded as it
     ends; the best config merged into the job's hyperparameters (same transaction as the
     run's completion). Returns the merged hyperparameters and a summary for tuning.json.
-    A job resumed after its search completed reuses that search."""
+    A job resumed after its search completed reuses that search; one whose driver died
+    during the search (its tuning run still ``running``) restores that run from its
+    storage in the store (tuning.search: Tune's ``Tuner.restore``), and the trials that
+    had ended are not trained again."""
     from pydantic import ValidationError
 
     from tuning import report as tuning_report
-    from tuning.grid import expand_grid, validate_grid
+    from tuning.grid import expand_grid
     from tuning.search import SearchRun, run_search
+    from tuning.space import ends, to_json, validate_space
     from tuning.spec import TuningSpec
 
     sf = session_factory(settings.db_url)
@@ -59,36 +63,49 @@ def tune_step(
                 "best_config": previous.best_config,
                 "trials": trials,
             }
-        if previous is not None and previous.status == "running":  # its driver died
-            repo.finish_tuning_run(s, previous.id, "failed", error="interrupted")
+        resume_id = previous.id if previous is not None and previous.status == "running" else None
     try:
         spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
-        grid = validate_grid(spec.grid, hp)
+        dims = validate_space(spec.dimensions, hp)
+        grid = {k: to_json(d) for k, d in dims.items()}  # the run's grid column: the space
         search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
     except (ValidationError, ValueError, TypeError) as e:
         raise StepFailed("tuning", one_line(e)) from None
-    with sf() as s:
-        run = repo.create_tuning_run(
-            s,
-            job.id,
-            grid=grid,
-            base_hyperparameters=hp.effective(),
-            k_folds=spec.k_folds,
-            num_samples=spec.num_samples,
-            metric=spec.metric,
-            mode=spec.mode,
-            scheduler=spec.scheduler,
-            grace_period=spec.grace_period if spec.scheduler == "asha" else None,
-            reduction_factor=spec.reduction_factor if spec.scheduler == "asha" else None,
-            max_concurrent=spec.max_concurrent,
-            resources=search.resources(),
+    if resume_id is not None:
+        # its driver died (this is attempt n+1): the same run, restored from its storage
+        run_id = resume_id
+        with sf() as s:
+            recorded = len(repo.tuning_trials(s, run_id))
+        say(
+            f"job {job.id}: resuming tuning run {run_id} (its driver died; {recorded} "
+            "trial(s) recorded are not trained again)"
         )
-    run_id = run.id
+    else:
+        with sf() as s:
+            run_id = repo.create_tuning_run(
+                s,
+                job.id,
+                grid=grid,
+                base_hyperparameters=hp.effective(),
+                k_folds=spec.k_folds,
+                num_samples=spec.num_samples,
+                metric=spec.metric,
+                mode=spec.mode,
+                scheduler=spec.scheduler,
+                grace_period=spec.grace_period if spec.scheduler == "asha" else None,
+                reduction_factor=spec.reduction_factor if spec.scheduler == "asha" else None,
+                max_concurrent=spec.max_concurrent,
+                resources=search.resources(),
+            ).id
     search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
-    search.name = f"job-{job.id}-run-{run_id}"
-    n_configs = len(expand_grid(grid)) if spec.num_samples <= 1 else spec.num_samples
+    search.name = f"job-{job.id}-run-{run_id}"  # stable: attempt n+1 restores it
+    if spec.strategy == "grid":
+        n_configs = len(expand_grid({k: ends(d) for k, d in dims.items()}))
+    else:
+        n_configs = spec.num_samples
     say(
-        f"job {job.id}: tuning run {run_id}: {n_configs} config(s) x {spec.k_folds} folds "
+        f"job {job.id}: tuning run {run_id}: {spec.strategy} search, "
+        f"{n_configs} config(s) x {spec.k_folds} folds "
         f"of train + val ({len(split.train) + len(split.val)} images; the "
         f"{len(split.test)} test images held out), {spec.scheduler.upper()} on "
         f"{spec.metric}"
@@ -164,6 +181,9 @@ def tune_step(
         "metric": spec.metric,
         "mode": spec.mode,
         "scheduler": spec.scheduler,
+        "search": spec.strategy,
+        "num_samples": spec.num_samples,
+        "resumed": result.resumed,
         "k_folds": spec.k_folds,
         "grid": grid,
         "best_config": winner.config,

@@ -130,16 +130,6 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def search_space(grid: Mapping[str, Sequence[Any]], num_samples: int = 1) -> dict[str, Any]:
-    """Tune's param_space: ``tune.grid_search`` per key, or ``tune.choice`` per key for a
-    random search of ``num_samples`` > 1 configs."""
-    from ray import tune
-
-    if num_samples <= 1:
-        return {k: tune.grid_search(list(v)) for k, v in grid.items()}
-    return {k: tune.choice(list(v)) for k, v in grid.items()}
-
-
 def total_epochs(hp: Hyperparameters) -> int:
     return hp.phase1_epochs + hp.phase2_epochs
 

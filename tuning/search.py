@@ -1,10 +1,15 @@
-"""Ray Tune wiring: the search over a grid, ASHA, and the collector of every trial.
+"""Ray Tune wiring: the search over a space, ASHA, and the collector of every trial.
 
-``run_search`` takes the validated ``TuningSpec`` (tuning.spec: grid, folds, sampling,
-metric, scheduler) and a ``SearchRun`` (each trial's resources, Tune's storage, the run's
-name), runs one ``cv_trainable`` per config (tuning.cv: k folds in lockstep) with
-``ASHAScheduler`` (or FIFO), and returns every trial as it ended; the ``listener`` hears
-each one as it ends (a failed trial is recorded, not raised).
+``run_search`` takes the validated ``TuningSpec`` (tuning.spec: grid and space, search
+strategy, folds, sampling, metric, scheduler) and a ``SearchRun`` (each trial's resources,
+Tune's storage, the run's name), runs one ``cv_trainable`` per config (tuning.cv: k folds in
+lockstep) with ``ASHAScheduler`` (or FIFO), and returns every trial as it ended; the
+``listener`` hears each one as it ends (a failed trial is recorded, not raised).
+
+The configs come from the strategy: ``grid`` (``tune.grid_search`` per list), ``random``
+(Tune's seeded ``BasicVariantGenerator`` drawing ``num_samples``) or ``tpe`` (Ray Tune's
+``OptunaSearch`` with Optuna's ``TPESampler``, seeded). ASHA is the same under all three:
+a config it stops early is told to the searcher with its last (partial) estimate.
 
 Why not a TorchTrainer per trial (Ray's Tune + Train V2 pattern): it hung here with
 ``WorkerGroupStartupTimeoutError`` (notes/stack.md). The cause is a resource deadlock: each
@@ -34,7 +39,8 @@ import torch
 from training.data import Split
 from training.hyperparams import Hyperparameters
 from tuning.cv import CVData, cv_folds, cv_trainable
-from tuning.grid import max_epochs, search_space, validate_grid
+from tuning.grid import max_epochs
+from tuning.space import ends, to_tune, validate_space
 from tuning.spec import TuningSpec
 
 
@@ -54,6 +60,18 @@ class TrialOutcome:
     def stopped_at(self) -> int:
         """Epochs this config trained (per fold) before it ended."""
         return self.history[-1]["epoch"] if self.history else 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialOutcome:
+        return cls(
+            d["index"],
+            d["trial_id"],
+            d["config"],
+            d["status"],
+            list(d["history"]),
+            d.get("max_epochs"),
+            d.get("error"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,27 +124,64 @@ def error_line(trial: Any) -> str:
     return line[:500]
 
 
-def _make_collector(
-    keys: list[str],
-    listener: Callable[[TrialOutcome], None] | None,
-    on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None,
-):
+@dataclass
+class Hooks:
+    """What a search running in this process tells, and the collector Tune calls."""
+
+    listener: Callable[[TrialOutcome], None] | None = None
+    on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None = None
+    collector: Any = None
+
+
+# The searches running in this process, by run name: a restored Tuner unpickles its
+# Collector from the run's storage (tuner.pkl), and that one finds its hooks here.
+HOOKS: dict[str, Hooks] = {}
+
+
+def _make_collector(name: str, keys: list[str]):
     """A Tune callback (built here so the module imports without Ray Tune) that keeps
-    every trial's reports in the driver and tells ``listener`` when a trial ends."""
+    every trial's reports in the driver and tells the run's listener when a trial ends.
+
+    A trial's end is told only once Tune has written an experiment snapshot that holds
+    it as ended (Tune asks the callbacks for their state while it writes one, and calls
+    ``on_step_end`` after): whatever a listener has recorded, a restored run will not
+    train again. The collected trials are part of that snapshot (``get_state``), so a
+    restored run reports the trials that ended before its driver died."""
     from ray import tune
 
     class Collector(tune.Callback):
-        def __init__(self, keys: list[str], listener: Any, on_result: Any) -> None:
-            self.keys, self.listener, self.on_result = keys, listener, on_result
+        def __init__(self, name: str, keys: list[str]) -> None:
+            self.name, self.keys = name, keys
             self.trials: dict[str, TrialOutcome] = {}
+            self.ended: list[TrialOutcome] = []  # ended, not yet in a snapshot
+            self.snapshotted: list[TrialOutcome] = []  # in a snapshot, not yet told
 
-        # Tune pickles its callbacks with the experiment state: the listeners (which may
-        # hold a database session factory) stay out of it.
+        # Tune pickles its callbacks with the Tuner (tuner.pkl): the listeners (which
+        # may hold a database session factory) stay out of it.
         def __getstate__(self) -> dict[str, Any]:
-            return {"keys": self.keys, "trials": self.trials}
+            return {"name": self.name, "keys": self.keys, "trials": self.trials}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__dict__.update(state, listener=None, on_result=None)
+            self.__dict__.update(state, ended=[], snapshotted=[])
+            hooks = self._hooks()
+            if hooks.collector is None:
+                hooks.collector = self  # the one a restored Tuner calls
+
+        def _hooks(self) -> Hooks:
+            from tuning import search  # the live module, not a pickled copy of its dict
+
+            return search.HOOKS.get(self.name) or search.Hooks()
+
+        def get_state(self) -> dict[str, Any]:  # Tune is writing a snapshot
+            self.snapshotted += self.ended
+            self.ended = []
+            return {"trials": {k: t.to_dict() for k, t in self.trials.items()}}
+
+        def set_state(self, state: dict[str, Any]) -> None:  # a restored run
+            self.trials = {k: TrialOutcome.from_dict(d) for k, d in state["trials"].items()}
+            for t in self.trials.values():
+                if t.status == "running":  # Tune starts it again, from its first epoch
+                    t.history = []
 
         def _get(self, trials: list, trial: Any) -> TrialOutcome:
             t = self.trials.get(trial.trial_id)
@@ -144,13 +199,12 @@ def _make_collector(
             t = self._get(trials, trial)
             row = {k: v for k, v in result.items() if k in REPORT_KEYS or k == "folds"}
             t.max_epochs = result.get("max_epochs", t.max_epochs)
+            # a trial started again (after a restore) reports from its first epoch
+            t.history = [h for h in t.history if h["epoch"] < row.get("epoch", 0)]
             t.history.append(row)
-            if self.on_result is not None:
-                self.on_result(t, row)
-
-        def _end(self, t: TrialOutcome) -> None:
-            if self.listener is not None:
-                self.listener(t)
+            on_result = self._hooks().on_result
+            if on_result is not None:
+                on_result(t, row)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             t = self._get(trials, trial)
@@ -158,16 +212,30 @@ def _make_collector(
                 return
             last = t.history[-1] if t.history else {}
             t.status = "completed" if last.get("trial_done") else "stopped_early"
-            self._end(t)
+            self.ended.append(t)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             t = self._get(trials, trial)
             if t.status != "running":
                 return
             t.status, t.error = "failed", error_line(trial)
-            self._end(t)
+            self.ended.append(t)
 
-    return Collector(keys, listener, on_result)  # no closures: the class is pickled too
+        def _tell(self, ended: list[TrialOutcome]) -> None:
+            listener = self._hooks().listener
+            for t in ended:
+                if listener is not None:
+                    listener(t)
+
+        def on_step_end(self, iteration, trials, **info):
+            told, self.snapshotted = self.snapshotted, []
+            self._tell(told)
+
+        def on_experiment_end(self, trials, **info):
+            told, self.snapshotted, self.ended = self.snapshotted + self.ended, [], []
+            self._tell(told)
+
+    return Collector(name, keys)  # no closures: the class is pickled too
 
 
 REPORT_KEYS = (
@@ -216,10 +284,11 @@ class SearchRun:
 class SearchResult:
     trials: list[TrialOutcome]
     spec: TuningSpec
-    grid: dict[str, list[Any]]  # the spec's grid as the recipe reads it
+    grid: dict[str, Any]  # the spec's grid and space as the recipe reads them
     max_t: int
     folds: list[dict[str, int]]  # sizes of each fold's train / val
     wall_s: float
+    resumed: bool = False  # restored from the run's storage after its driver died
 
     @property
     def epochs_run(self) -> int:
@@ -237,8 +306,9 @@ class SearchResult:
 
 @contextlib.contextmanager
 def _quiet_tune():
-    """Tune's console tables and its automatic file loggers off for the fit: the
-    listener reports progress, and run_search adds the JSON logger itself."""
+    """Tune's environment for the fit: its console tables and automatic file loggers off
+    (the listener reports progress, and run_search adds the JSON logger itself), and an
+    experiment snapshot every 2 s (see QUIET_ENV)."""
     saved = {k: os.environ.get(k) for k in QUIET_ENV}
     os.environ.update(QUIET_ENV)
     try:
@@ -251,7 +321,13 @@ def _quiet_tune():
                 os.environ[k] = v
 
 
-QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # an experiment snapshot (what a restore reads) at most every 2 s instead of Tune's
+    # "auto" (10 s or more): a trial is told ended only once a snapshot holds it
+    "TUNE_GLOBAL_CHECKPOINT_S": "2",
+}
 
 
 def run_search(
@@ -273,11 +349,11 @@ def run_search(
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     run = run or SearchRun()
-    grid = validate_grid(spec.grid, base)
-    max_t = max_epochs(grid, base)
+    dims = validate_space(spec.dimensions, base)
+    epoch_keys = {k: ends(d) for k, d in dims.items() if k in ("phase1_epochs", "phase2_epochs")}
+    max_t = max_epochs(epoch_keys, base)
     folds = cv_folds(labels, split, spec.k_folds, base.seed)
     data = CVData(images, labels, list(classes), folds)
     trainable = tune.with_parameters(
@@ -293,45 +369,84 @@ def run_search(
         )
     else:
         scheduler = FIFOScheduler()
-    collector = _make_collector(list(grid), listener, on_result)
+    name = run.name or f"tune-{int(time.time())}"
     own_storage = None
     storage_path = run.storage_path
     if storage_path is None:
         own_storage = tempfile.TemporaryDirectory(prefix="colecionador-tune-")
         storage_path = own_storage.name
-    tuner = tune.Tuner(
-        trainable,
-        param_space=search_space(grid, spec.num_samples),
-        tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
-            scheduler=scheduler,
-            num_samples=spec.num_samples,
-            reuse_actors=True,
-            # the concurrency limit goes to the generator: Tune ignores
-            # max_concurrent_trials when it is handed a search generator
-            search_alg=BasicVariantGenerator(
-                random_state=base.seed, max_concurrent=spec.max_concurrent or 0
-            ),
-        ),
-        run_config=tune.RunConfig(
-            name=run.name or f"tune-{int(time.time())}",
-            storage_path=storage_path,
-            storage_filesystem=run.storage_filesystem,
-            # the JSON logger only: Tune's CSV and TensorBoard loggers cannot log the
-            # per-fold list (and warn every epoch); result.json is what Tune reads back
-            callbacks=[collector, JsonLoggerCallback()],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
-    t0 = time.perf_counter()
+    path = f"{storage_path.rstrip('/')}/{name}"
+    hooks = HOOKS[name] = Hooks(listener, on_result)
     try:
+        resumed = tune.Tuner.can_restore(path, storage_filesystem=run.storage_filesystem)
+        if resumed:
+            # the run's driver died: Tune's snapshot has every trial as it stood, the
+            # searcher's and ASHA's state; ended trials stay ended, unfinished ones start
+            # again, failed ones stay failed (their configs diverged: trying again would
+            # only diverge again)
+            tuner = tune.Tuner.restore(
+                path,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=False,
+                storage_filesystem=run.storage_filesystem,
+            )
+        else:
+            hooks.collector = _make_collector(name, list(dims))
+            tuner = tune.Tuner(
+                trainable,
+                param_space={k: to_tune(d, grid=spec.strategy == "grid") for k, d in dims.items()},
+                tune_config=tune.TuneConfig(
+                    metric=spec.metric,
+                    mode=spec.mode,
+                    scheduler=scheduler,
+                    num_samples=spec.num_samples,
+                    reuse_actors=True,
+                    search_alg=searcher(spec, base.seed),
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=storage_path,
+                    storage_filesystem=run.storage_filesystem,
+                    # the JSON logger only: Tune's CSV and TensorBoard loggers cannot log
+                    # the per-fold list (and warn every epoch); result.json is what Tune
+                    # reads back
+                    callbacks=[hooks.collector, JsonLoggerCallback()],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        t0 = time.perf_counter()
         with _quiet_tune():
             tuner.fit()
     finally:
+        HOOKS.pop(name, None)
         if own_storage is not None:
             own_storage.cleanup()
+    collector = hooks.collector
     trials = sorted(collector.trials.values(), key=lambda t: t.index)
     sizes = [{"train": len(a), "val": len(b)} for a, b in folds]
-    return SearchResult(trials, spec, grid, max_t, sizes, time.perf_counter() - t0)
+    return SearchResult(trials, spec, dims, max_t, sizes, time.perf_counter() - t0, resumed)
+
+
+def searcher(spec: TuningSpec, seed: int) -> Any:
+    """The search algorithm of ``spec.strategy``, seeded, with the concurrency limit
+    (Tune ignores ``max_concurrent_trials`` when it is handed a search algorithm)."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.strategy != "tpe":
+        return BasicVariantGenerator(random_state=seed, max_concurrent=spec.max_concurrent or 0)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study and trial
+    # Optuna's default is 10 random configs before TPE models anything; a small budget
+    # would be all random: a quarter of it (at least 2) explores, the rest is TPE's
+    startup = max(2, min(10, spec.num_samples // 4))
+    tpe = OptunaSearch(
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
+        metric=spec.metric,
+        mode=spec.mode,
+    )
+    return ConcurrencyLimiter(tpe, spec.max_concurrent) if spec.max_concurrent else tpe

@@ -127,3 +127,17 @@ def test_a_tuning_grid_cannot_smuggle_code(settings):
     )
     with pytest.raises(ValueError, match="^hyperparameters.loss: 'os:system'"):
         check_request(request, settings)
+
+
+@pytest.mark.parametrize(
+    "space", [{"loss": ["cross_entropy", "os:system"]}, {"loss": "choice:cross_entropy,os:system"}]
+)
+def test_a_tuning_space_cannot_smuggle_code_in_a_list_or_a_choice(settings, space):
+    request = TrainingRequest(
+        batch_id="b",
+        dataset_uri="s3://datasets/in/x/",
+        mode="tune",
+        tuning={"space": space, "numSamples": 2, "search": "random"},
+    )
+    with pytest.raises(ValueError, match="^hyperparameters.loss: 'os:system'"):
+        check_request(request, settings)

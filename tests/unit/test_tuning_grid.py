@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from training.hyperparams import Hyperparameters
-from tuning.grid import expand_grid, max_epochs, parse_grid, search_space, validate_grid
+from tuning.grid import expand_grid, max_epochs, parse_grid, validate_grid
+from tuning.space import to_tune
 
 
 def test_grid_values_are_read_like_set_values():
@@ -81,9 +82,9 @@ def test_search_space_and_max_t():
     from ray import tune
 
     grid = {"phase1_lr": [1e-3, 1e-2], "phase2_epochs": [1, 4]}
-    space = search_space(grid)
+    space = {k: to_tune(v, grid=True) for k, v in grid.items()}
     assert space == {k: tune.grid_search(v) for k, v in grid.items()}
-    sampled = search_space(grid, num_samples=5)
+    sampled = {k: to_tune(v, grid=False) for k, v in grid.items()}
     assert all(isinstance(v, tune.search.sample.Categorical) for v in sampled.values())
     assert sampled["phase2_epochs"].categories == [1, 4]
     assert max_epochs(grid, Hyperparameters(phase1_epochs=2)) == 6
