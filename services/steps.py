@@ -324,6 +324,9 @@ def train(
 
 
 # ----------------------------------------------------------------- evaluation
+PARITY_IMAGES = 512  # test images the ONNX parity check reads when the data is streamed
+
+
 @dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, Any]  # accuracy, precision, recall, f1, roc_auc, per class, n...
@@ -349,6 +352,8 @@ def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> 
         raise StepFailed("evaluation", one_line(e)) from e
     if not hp.export_onnx:
         return Evaluation(metrics, errors, quality_gate(metrics, hp), None)
+    if isinstance(test_x, ShardImages):  # streamed: a bounded sample, not the whole split
+        test_x = test_x[:PARITY_IMAGES]
     onnx = export_with_parity(model, hp.image_size, test_x)
     return Evaluation(metrics, errors, quality_gate(metrics, hp, onnx.report), onnx)
 

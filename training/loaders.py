@@ -173,6 +173,9 @@ class StreamedBatches:
         world_size: int,
         device: torch.device,
     ):
+        from training.shards import quiet_ray_data
+
+        quiet_ray_data()
         self.hp, self.train_it, self.val_it = hp, train_it, val_it
         self.rank, self.world_size, self.device = rank, world_size, device
         self.per_rank = n_train // world_size

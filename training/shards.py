@@ -35,6 +35,25 @@ META_COLUMNS = ["id", "label", "path", "width", "height", "mode", "sha1", "phash
 ROWS_PER_SHARD = 256  # ~38 MB of images per shard at 224 px
 
 
+def decode_order(n: int) -> np.ndarray:
+    """The listing ids in the order they are decoded, stored and numbered: shuffled once
+    (seed 0: part of the data set version, not of a job). An ImageFolder listing runs
+    class by class, and a shard of one class would make a stream's batches one class too;
+    numbering the images in this order keeps a walk over them a walk over the shards."""
+    return np.random.default_rng(0).permutation(n)
+
+
+def quiet_ray_data() -> None:
+    """No progress bars, and Ray Data's per-execution INFO lines (every epoch on every
+    worker) off the console; its own log files keep them."""
+    import logging
+
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _filesystem(filesystem: Any):
     from pyarrow import fs
 
@@ -89,12 +108,9 @@ def decode_to_shards(
         {"id": i, "label": int(label), "path": p.relative_to(index.root).as_posix()}
         for i, (p, label) in enumerate(zip(index.paths, index.labels.tolist()))
     ]
-    # shuffled once (seed 0: part of the version, not of a job): an ImageFolder listing
-    # runs class by class, and a shard of one class would make a stream's batches too
-    order = np.random.default_rng(0).permutation(len(items))
-    items = [items[i] for i in order]
+    items = [items[i] for i in decode_order(len(items))]
     blocks = max(1, math.ceil(len(items) / rows_per_shard))
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_ray_data()
     ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _decode_rows,
         fn_kwargs={"root": str(index.root), "size": image_size},
@@ -251,11 +267,14 @@ class ShardSet:
         )
 
     def kept(self) -> np.ndarray:
-        """Ids of the files that decoded."""
-        return np.nonzero(self.meta["error"] == "")[0]
+        """Listing ids of the files that decoded, in ``decode_order``: position i of
+        ``decoded()`` is listing id ``kept()[i]``."""
+        order = decode_order(len(self))
+        return order[self.meta["error"][order] == ""]
 
     def decoded(self, classes: list[str]) -> DecodedDataset:
-        """The DecodedDataset of the decoded files, in listing order, images lazy."""
+        """The DecodedDataset of the decoded files, numbered in ``decode_order`` (so a
+        walk over its images reads each shard once), images lazy."""
         m, keep = self.meta, self.kept()
         bad = [(str(m["path"][i]), str(m["error"][i])) for i in np.nonzero(m["error"] != "")[0]]
         images = ShardImages(

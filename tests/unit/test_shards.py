@@ -19,7 +19,7 @@ from training.augment import per_image, train_transform
 from training.hyperparams import Hyperparameters
 from training.loaders import with_last
 from training.loop import TrainData
-from training.shards import ShardImages, ShardSet, _decode_rows, _read_rows
+from training.shards import ShardImages, ShardSet, _decode_rows, _read_rows, decode_order
 from tuning.cv import CVData, cv_folds
 
 
@@ -27,7 +27,7 @@ def _write_shards(index: datasets.DatasetIndex, folder, size: int, rows: int) ->
     """Shards as decode_to_shards writes them (its map_batches function), shuffled ids."""
     from ray.data.extensions import ArrowTensorArray
 
-    order = np.random.default_rng(1).permutation(len(index.paths))
+    order = decode_order(len(index.paths))
     files = []
     for n, start in enumerate(range(0, len(order), rows)):
         ids = order[start : start + rows]
@@ -73,25 +73,35 @@ def test_decoded_keys_sit_under_cache_decoded_by_hash_and_size():
     assert decoded_manifest_key("ab" * 20, 64).endswith(f"{'ab' * 12}-64/manifest.json")
 
 
+def _same_order(lazy, mem) -> np.ndarray:
+    """mem's positions in lazy's order (the shards number images in decode_order)."""
+    at = {p: i for i, p in enumerate(mem.paths)}
+    return np.array([at[p] for p in lazy.paths])
+
+
 def test_shards_read_back_as_the_in_memory_decode(shard_data):
     index, shards = shard_data
     lazy = shards.decoded(index.classes)
     mem = datasets.decode(index, 16, "skip")
     assert isinstance(lazy.images, ShardImages) and len(lazy) == len(mem) == 21
     assert [p for p, _ in lazy.bad] == [p for p, _ in mem.bad] == ["class_0/broken_0.png"]
-    assert lazy.paths == mem.paths and lazy.sha1 == mem.sha1 and lazy.sizes == mem.sizes
-    np.testing.assert_array_equal(lazy.labels, mem.labels)
-    np.testing.assert_array_equal(lazy.phash, mem.phash)
-    np.testing.assert_array_equal(np.asarray(lazy.images), mem.images)
-    np.testing.assert_array_equal(lazy.images[[20, 0, 7]], mem.images[[20, 0, 7]])
-    np.testing.assert_array_equal(lazy.images[3], mem.images[3])
-    np.testing.assert_array_equal(lazy.images[-1], mem.images[-1])
-    np.testing.assert_array_equal(lazy.images[2:9], mem.images[2:9])
-    np.testing.assert_array_equal(np.stack(list(lazy.images)), mem.images)
+    o = _same_order(lazy, mem)
+    assert sorted(o.tolist()) == list(range(21)) and o.tolist() != list(range(21))  # shuffled
+    assert lazy.sha1 == [mem.sha1[i] for i in o] and lazy.sizes == [mem.sizes[i] for i in o]
+    np.testing.assert_array_equal(lazy.labels, mem.labels[o])
+    np.testing.assert_array_equal(lazy.phash, mem.phash[o])
+    np.testing.assert_array_equal(np.asarray(lazy.images), mem.images[o])
+    np.testing.assert_array_equal(lazy.images[[20, 0, 7]], mem.images[o[[20, 0, 7]]])
+    np.testing.assert_array_equal(lazy.images[3], mem.images[o[3]])
+    np.testing.assert_array_equal(lazy.images[-1], mem.images[o[-1]])
+    np.testing.assert_array_equal(lazy.images[2:9], mem.images[o[2:9]])
+    np.testing.assert_array_equal(np.stack(list(lazy.images)), mem.images[o])
     view = lazy.images.view(np.array([5, 1]))
     assert len(view) == 2 and view.shape == (2, 3, 16, 16)
-    np.testing.assert_array_equal(view[0:2], mem.images[[5, 1]])
+    np.testing.assert_array_equal(view[0:2], mem.images[o[[5, 1]]])
     assert shards.matches(index)
+    ids = shards.kept()  # position -> listing id
+    assert [index.paths[i].relative_to(index.root).as_posix() for i in ids] == lazy.paths
 
 
 def test_a_shard_set_missing_a_row_is_refused(shard_data, tmp_path):
@@ -111,21 +121,19 @@ def test_a_part_reads_only_its_rows_from_the_shards(shard_data):
     assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.uint8
 
 
-def test_split_and_folds_over_lazy_images_match_the_in_memory_ones(shard_data):
+def test_folds_over_lazy_images_read_their_images_from_the_shards(shard_data):
     index, shards = shard_data
     lazy, mem = shards.decoded(index.classes), datasets.decode(index, 16, "skip")
+    o = _same_order(lazy, mem)
     split = datasets.split(lazy.labels, 0.2, 0.2, seed=3)
-    same = datasets.split(mem.labels, 0.2, 0.2, seed=3)
-    for a, b in ((split.train, same.train), (split.val, same.val), (split.test, same.test)):
-        np.testing.assert_array_equal(a, b)
+    assert split.sizes() == datasets.split(mem.labels, 0.2, 0.2, seed=3).sizes()
     folds = cv_folds(lazy.labels, split, 2, 0)
     local = CVData(lazy.images, lazy.labels, lazy.classes, folds).local()
-    assert isinstance(local.images, np.ndarray) and len(local.images) == len(split.train) + len(
-        split.val
-    )
+    assert isinstance(local.images, np.ndarray)
+    assert len(local.images) == len(split.train) + len(split.val)
     for (a, b), (la, lb) in zip(folds, local.folds):
-        np.testing.assert_array_equal(local.images[la], mem.images[a])
-        np.testing.assert_array_equal(local.labels[lb], mem.labels[b])
+        np.testing.assert_array_equal(local.images[la], mem.images[o[a]])
+        np.testing.assert_array_equal(local.labels[lb], mem.labels[o[b]])
 
 
 def test_sample_in_memory_reads_a_seeded_sample_of_train(shard_data):
@@ -135,7 +143,7 @@ def test_sample_in_memory_reads_a_seeded_sample_of_train(shard_data):
     s = data.sample_in_memory(6, seed=0)
     assert isinstance(s.images, np.ndarray) and len(s.train_idx) == 6 and len(s.val_idx) == 0
     picked = np.sort(np.random.default_rng(0).choice(np.arange(15), 6, replace=False))
-    np.testing.assert_array_equal(s.images, mem.images[picked])
+    np.testing.assert_array_equal(s.images, mem.images[_same_order(lazy, mem)[picked]])
     in_memory = TrainData(mem.images, mem.labels, np.arange(15), np.arange(15, 21), mem.classes)
     assert in_memory.sample_in_memory(6) is in_memory
 
