@@ -161,7 +161,9 @@ class StreamedBatches:
     images from the decoded shards, augmented on the batch on the worker's device (each
     image its own random draw). ``train_it`` is this rank's split of the train rows (equal
     row counts across ranks, so every rank runs as many steps); ``val_it`` walks every
-    validation row and this rank keeps those with ``id % world_size == rank``."""
+    validation row and this rank keeps those with ``id % world_size == rank``; a slice of at
+    most ``val_keep_bytes`` is kept in memory after the first pass (each Ray Data execution
+    costs seconds of start-up, every epoch)."""
 
     def __init__(
         self,
@@ -172,6 +174,7 @@ class StreamedBatches:
         rank: int,
         world_size: int,
         device: torch.device,
+        val_keep_bytes: int = 512 * 2**20,
     ):
         from training.shards import quiet_ray_data
 
@@ -179,6 +182,8 @@ class StreamedBatches:
         self.hp, self.train_it, self.val_it = hp, train_it, val_it
         self.rank, self.world_size, self.device = rank, world_size, device
         self.per_rank = n_train // world_size
+        self.val_keep_bytes = val_keep_bytes
+        self._val_kept: tuple[torch.Tensor, torch.Tensor] | None = None
         self.augment = per_image(train_transform(hp))
         self.normalize = eval_transform()
 
@@ -196,8 +201,26 @@ class StreamedBatches:
             yield self.augment(x), b["label"].to(self.device, non_blocking=True)
 
     def val(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._val_kept is not None:  # this rank's slice, kept since the first pass
+            images, labels = self._val_kept
+            for s in range(0, len(labels), batch_size):
+                x = images[s : s + batch_size].to(self.device, non_blocking=True)
+                yield self.normalize(x), labels[s : s + batch_size]
+            return
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+        size = 0
         for b in self.val_it.iter_torch_batches(batch_size=batch_size, device="cpu"):
             mine = b["id"] % self.world_size == self.rank
             if bool(mine.any()):
-                x = b["image"][mine].to(self.device, non_blocking=True)
-                yield self.normalize(x), b["label"][mine]
+                x, y = b["image"][mine], b["label"][mine]
+                size += x.numel()
+                if kept is not None and size <= self.val_keep_bytes:
+                    kept.append((x, y))
+                else:
+                    kept = None
+                yield self.normalize(x.to(self.device, non_blocking=True)), y
+        if kept is not None:  # small enough: later epochs skip a Ray Data execution
+            self._val_kept = (
+                torch.cat([x for x, _ in kept]) if kept else torch.zeros(0, dtype=torch.uint8),
+                torch.cat([y for _, y in kept]) if kept else torch.zeros(0, dtype=torch.int64),
+            )

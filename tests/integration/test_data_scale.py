@@ -95,7 +95,7 @@ def test_a_dataset_larger_than_the_object_store_trains(settings_for, make_datase
     from tests.raycluster import LocalRayCluster
 
     root = make_dataset(per_class=200, size=24)
-    hp = {**TINY, "image_size": 224, "batch_size": 16, "phase2_epochs": 0}
+    hp = {**TINY, "image_size": 224, "batch_size": 32, "phase2_epochs": 0}
     db = f"sqlite:///{tmp_path / 'big.db'}"
     settings = settings_for(db, stream_min_images=0)
     request = TrainingRequest(

@@ -162,3 +162,39 @@ def test_per_image_augmentation_draws_for_each_image():
     plain = per_image(train_transform(Hyperparameters(augment="none")))(x)
     flipped = [not torch.equal(out[i], plain[i]) for i in range(8)]
     assert 0 < sum(flipped) < 8  # some images flipped, some not: one draw per image
+
+
+class FakeShard:
+    """What ray.train.get_dataset_shard gives, over rows in memory; counts its passes."""
+
+    def __init__(self, n: int):
+        self.ids = torch.arange(n)
+        self.images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 4, 4)
+        self.passes = 0
+
+    def iter_torch_batches(self, *, batch_size, drop_last=False, **_kw):
+        self.passes += 1
+        n = len(self.ids)
+        stop = n - n % batch_size if drop_last else n
+        for s in range(0, stop, batch_size):
+            sl = slice(s, min(s + batch_size, stop))
+            yield {"id": self.ids[sl], "label": self.ids[sl] % 2, "image": self.images[sl]}
+
+
+def test_streamed_batches_slice_validation_by_rank_and_keep_it_after_one_pass():
+    from training.loaders import StreamedBatches
+
+    hp = Hyperparameters(batch_size=4, augment="none")
+    val = FakeShard(10)
+    seen = []
+    for rank in (0, 1):
+        b = StreamedBatches(hp, FakeShard(9), val, 18, rank, 2, torch.device("cpu"))
+        first = [y for _, y in b.val(3)]
+        second = [y for _, y in b.val(3)]
+        assert torch.equal(torch.cat(first), torch.cat(second))
+        seen.append(torch.cat(first))
+        train = list(b.train(1))
+        assert [len(y) for _, y in train] == [4, 4]  # 9 rows, batches of 4: the last dropped
+        assert train[0][0].dtype == torch.float32 and train[0][0].shape == (4, 3, 4, 4)
+    assert val.passes == 2  # one pass per rank, later epochs from memory
+    assert sorted(torch.cat(seen).tolist()) == sorted((torch.arange(10) % 2).tolist())
