@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -25,8 +24,6 @@ from tuning.cv import CVData, cv_folds
 
 def _write_shards(index: datasets.DatasetIndex, folder, size: int, rows: int) -> list[str]:
     """Shards as decode_to_shards writes them (its map_batches function), shuffled ids."""
-    from ray.data.extensions import ArrowTensorArray
-
     order = decode_order(len(index.paths))
     files = []
     for n, start in enumerate(range(0, len(order), rows)):
@@ -36,10 +33,8 @@ def _write_shards(index: datasets.DatasetIndex, folder, size: int, rows: int) ->
             "label": index.labels[ids],
             "path": np.array([index.paths[i].relative_to(index.root).as_posix() for i in ids]),
         }
-        out = _decode_rows(batch, str(index.root), size)
-        cols = {k: (ArrowTensorArray.from_numpy(v) if k == "image" else v) for k, v in out.items()}
         path = str(folder / f"part-{n}.parquet")
-        pq.write_table(pa.table(cols), path)
+        pq.write_table(_decode_rows(batch, str(index.root), size), path, compression="none")
         files.append(path)
     return files
 
