@@ -41,3 +41,17 @@ def checkpoints_prefix(job_id: int) -> str:
 
 CHECKPOINTS = "checkpoints"  # Ray Train's storage_path in the store (run name: the job id)
 TUNING = "tuning"  # Ray Tune's storage_path in the store
+
+
+DECODED = "cache/decoded"  # decoded uint8 shards, one set per data set version and size
+DECODED_MANIFEST = "manifest.json"  # written last: a set without one is never reused
+
+
+def decoded_prefix(fingerprint: str, image_size: int) -> str:
+    """cache/decoded/<data set hash>-<size>: the decoded shards of one data set version,
+    reused by every job, retry, trial and fold on it."""
+    return f"{DECODED}/{fingerprint[:24]}-{image_size}"
+
+
+def decoded_manifest_key(fingerprint: str, image_size: int) -> str:
+    return f"{decoded_prefix(fingerprint, image_size)}/{DECODED_MANIFEST}"

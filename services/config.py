@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     dataset_roots: str | None = None
     plugin_modules: str | None = None  # comma-separated modules whose callables requests name
 
+    # data sets of at least this many listed images are decoded once into shards in the
+    # store (cache/decoded/) and streamed to the workers by Ray Data; smaller ones are
+    # decoded into memory per job (faster there: benchmarks/data_scale.py). 0: always stream
+    stream_min_images: int = Field(8000, ge=0)
+
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     max_failures: int = Field(1, ge=-1)

@@ -195,7 +195,9 @@ def _run_steps(
     train_data = data.train_data()
     pre = steps.run_preflight(job, hp, train_data, backbone_state, store, settings, say)
     hp = pre.hp
-    trained = steps.train(job, hp, train_data, backbone_state, store, settings, resume)
+    trained = steps.train(
+        job, hp, train_data, backbone_state, store, settings, resume, data.train_datasets()
+    )
     with session_factory(settings.db_url)() as s:
         if not repo.mark_evaluating(s, job.id, trained.training_time_s):
             return _outcome_from_db(settings, job.id)  # cancelled while it trained

@@ -40,7 +40,7 @@ from services.fetch import fetch_dataset, fetch_file
 from services.ray_jobs import init_ray
 from services.storage import Store, StoreError
 from training import data as datasets
-from training.data import DecodedDataset, Split
+from training.data import DatasetIndex, DecodedDataset, Split
 from training.errors import error_report, worst_examples_png
 from training.evaluate import GateResult, predict_probs, quality_gate
 from training.export import OnnxExport, export_with_parity
@@ -58,6 +58,7 @@ from training.model import (
 )
 from training.plots import confusion_matrix_png, curves_png
 from training.ray_worker import MODEL_FILE as CHECKPOINT_MODEL_FILE
+from training.shards import ShardImages, ShardSet
 
 Say = Callable[[str], None]
 
@@ -71,27 +72,54 @@ def put_report(store: Store, job_id: int, name: str, payload: bytes | dict) -> N
 # ----------------------------------------------------------------- data
 @dataclass(frozen=True)
 class PreparedData:
+    """The decoded data set, its split and health report. With ``shards`` (a large set:
+    settings.stream_min_images) the images stay in the decoded shards in the store:
+    ``decoded.images`` is lazy, training streams them (``train_datasets``) and the test
+    split is read a batch at a time."""
+
     decoded: DecodedDataset
     split: Split
     health: dict[str, Any]
+    shards: ShardSet | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.shards is not None
 
     def train_data(self) -> TrainData:
         d = self.decoded
         return TrainData(d.images, d.labels, self.split.train, self.split.val, d.classes)
 
+    def train_datasets(self) -> dict[str, Any] | None:
+        """Ray Data datasets of the train and val rows (None: the data is in memory)."""
+        if self.shards is None:
+            return None
+        ids = self.shards.kept()  # decoded position -> listing id
+        return {
+            "train": self.shards.part(ids[self.split.train]),
+            "val": self.shards.part(ids[self.split.val]),
+        }
+
     def test_set(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Images, labels and paths of the test split."""
+        """Images, labels and paths of the test split (images lazy when streamed)."""
         d, idx = self.decoded, self.split.test
-        return d.images[idx], d.labels[idx], [d.paths[i] for i in idx]
+        images = d.images.view(idx) if isinstance(d.images, ShardImages) else d.images[idx]
+        return images, d.labels[idx], [d.paths[i] for i in idx]
 
 
 def inspect_dataset(
-    folder: Path, hp: Hyperparameters
+    folder: Path,
+    hp: Hyperparameters,
+    decoder: Callable[[DatasetIndex], DecodedDataset] | None = None,
 ) -> tuple[DecodedDataset, Split | None, dict[str, Any]]:
     """Decode every image (unreadable ones left out and listed), split when every class
     has min_per_class images (None otherwise), and the health report of both. Nothing
-    here fails for what the report finds: the caller decides (ValueError: no dataset)."""
-    decoded = datasets.decode(datasets.discover(folder), hp.image_size, "skip")
+    here fails for what the report finds: the caller decides (ValueError: no dataset).
+    ``decoder``: how the listing is decoded (default: into memory, here)."""
+    index = datasets.discover(folder)
+    decoded = (
+        decoder(index) if decoder is not None else datasets.decode(index, hp.image_size, "skip")
+    )
     counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
     split = (
         datasets.split(decoded.labels, hp.val_frac, hp.test_frac, hp.val_max, hp.test_max, hp.seed)
@@ -120,8 +148,19 @@ def prepare_data(
         raise StepFailed("dataset", one_line(e)) from None
     except Exception as e:  # noqa: BLE001 - a store error of any kind
         raise StepFailed("dataset", one_line(e)) from e
+    shards: list[ShardSet] = []
+
+    def from_shards(index: DatasetIndex) -> DecodedDataset:
+        if len(index.paths) < settings.stream_min_images:
+            return datasets.decode(index, hp.image_size, "skip")
+        from services.decoded_cache import shard_set
+
+        got, _ = shard_set(index, hp.image_size, settings, store, say)
+        shards.append(got)
+        return got.decoded(index.classes)
+
     try:
-        decoded, split, report = inspect_dataset(folder, hp)
+        decoded, split, report = inspect_dataset(folder, hp, from_shards)
     except ValueError as e:
         raise StepFailed("dataset", one_line(e)) from None
     put_report(store, job.id, "health.json", report)
@@ -142,7 +181,7 @@ def prepare_data(
         f"job {job.id}: {len(decoded)} images, {len(decoded.classes)} classes, "
         f"split {split.sizes()}"
     )
-    return PreparedData(decoded, split, report)
+    return PreparedData(decoded, split, report, shards[0] if shards else None)
 
 
 def load_weights(
@@ -165,6 +204,9 @@ def load_weights(
 
 
 # ----------------------------------------------------------------- preflight
+PREFLIGHT_IMAGES = 1024  # train images the checks sample from when the data is streamed
+
+
 @dataclass(frozen=True)
 class Preflight:
     hp: Hyperparameters  # with the suggested phase1_lr when use_suggested_lr
@@ -195,8 +237,9 @@ def run_preflight(
 
     init_ray(settings)
     task = ray.remote(num_cpus=1, num_gpus=1 if job.use_gpu else 0)(run)
+    sample = train_data.sample_in_memory(PREFLIGHT_IMAGES, hp.seed)  # streamed: a sample
     try:
-        result = ray.get(task.remote(hp, train_data, backbone_state))
+        result = ray.get(task.remote(hp, sample, backbone_state))
     except Exception as e:  # noqa: BLE001 - the task's error, whatever it is
         raise StepFailed("preflight", one_line(e)) from e
     put_report(store, job.id, "lr_range.png", result.pop("png"))
@@ -234,9 +277,11 @@ def train(
     store: Store,
     settings: Settings,
     resume: bool,
+    datasets: dict[str, Any] | None = None,
 ) -> TrainedModel:
     """Ray Train's TorchTrainer over both phases, a checkpoint every epoch in the store
-    (checkpoints/<job id>); with ``resume`` the run continues from its latest one."""
+    (checkpoints/<job id>); with ``resume`` the run continues from its latest one.
+    ``datasets`` (PreparedData.train_datasets): the workers stream their batches."""
     import ray
 
     from services.progress import EpochRecorder
@@ -260,6 +305,7 @@ def train(
         name=str(job.id),
         max_failures=settings.max_failures,
         callbacks=[EpochRecorder(settings.db_url, job.id)],
+        datasets=datasets,
     )
     t0 = time.perf_counter()
     try:
@@ -278,6 +324,9 @@ def train(
 
 
 # ----------------------------------------------------------------- evaluation
+PARITY_IMAGES = 512  # test images the ONNX parity check reads when the data is streamed
+
+
 @dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, Any]  # accuracy, precision, recall, f1, roc_auc, per class, n...
@@ -303,6 +352,8 @@ def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> 
         raise StepFailed("evaluation", one_line(e)) from e
     if not hp.export_onnx:
         return Evaluation(metrics, errors, quality_gate(metrics, hp), None)
+    if isinstance(test_x, ShardImages):  # streamed: a bounded sample, not the whole split
+        test_x = test_x[:PARITY_IMAGES]
     onnx = export_with_parity(model, hp.image_size, test_x)
     return Evaluation(metrics, errors, quality_gate(metrics, hp, onnx.report), onnx)
 

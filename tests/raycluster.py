@@ -33,7 +33,11 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
 
 class LocalRayCluster:
     def __init__(
-        self, num_cpus: int = 2, startup_timeout: float = 120.0, env: dict[str, str] | None = None
+        self,
+        num_cpus: int = 2,
+        startup_timeout: float = 120.0,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ):
         self.temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: socket paths
         self.token = secrets.token_hex(32)
@@ -66,6 +70,7 @@ class LocalRayCluster:
             f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={self.temp}",
             "--disable-usage-stats",
+            *(extra_args or []),
         ]
         self.log_path = self.temp / "ray-start.log"
         self.log = open(self.log_path, "wb")

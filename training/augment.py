@@ -7,6 +7,8 @@ ImageNet normalisation. Images are already resized when decoded (training/data.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torchvision.transforms import v2
 
@@ -39,3 +41,15 @@ def train_transform(hp: Hyperparameters) -> v2.Compose:
     if hp.hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _to_float())
+
+
+def per_image(transform: v2.Transform) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``transform`` on a uint8 batch (B, 3, H, W), on the batch's device, each image with
+    its own random draw: v2's random transforms given a batch draw once for all of it."""
+
+    def apply(batch: torch.Tensor) -> torch.Tensor:
+        if not len(batch):
+            return batch.float()
+        return torch.stack([transform(x) for x in batch])
+
+    return apply

@@ -156,27 +156,52 @@ def _decode_one(path: Path, size: int, root: Path) -> _Decoded:
         )
 
 
+def decode_or_reason(path: Path, size: int, root: Path) -> _Decoded | str:
+    """One image decoded with every trust check (``root``: the resolved dataset folder),
+    or the one-line reason it is unreadable."""
+    try:
+        return _decode_one(path, size, root)
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+
+DECODER_VERSION = 1  # bump when decoding changes (resize, hash): cached shards are redone
+
+
+def fingerprint(index: DatasetIndex, image_size: int) -> str:
+    """The data set version's key: sha1 of the listing in its order (relative path, class,
+    file size, modification time in ns), the image size and the decoder's version. A file
+    added, removed, relabelled, reordered or rewritten changes it; no file's bytes are read
+    (a 1M-image set is keyed in the time of one ``stat`` per file)."""
+    h = hashlib.sha1(f"colecionador-decoded-v{DECODER_VERSION}|{image_size}".encode())
+    rows = []
+    for p, label in zip(index.paths, index.labels.tolist()):
+        try:
+            st = p.stat()  # the target of a link: its content is what is decoded
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        rows.append(f"{p.relative_to(index.root).as_posix()}|{index.classes[label]}|{stamp}")
+    for row in rows:  # listing order: a row's id is its position
+        h.update(row.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def decode(
     index: DatasetIndex, image_size: int, on_bad_image: str = "fail", threads: int = 4
 ) -> DecodedDataset:
     """Decode every image to uint8 (3, S, S). Unreadable files fail or are skipped."""
 
     root = index.root.resolve()
-
-    def work(p: Path) -> _Decoded | str:
-        try:
-            return _decode_one(p, image_size, root)
-        except (
-            UnidentifiedImageError,
-            Image.DecompressionBombError,
-            OSError,
-            ValueError,
-            SyntaxError,
-        ) as e:
-            return f"{type(e).__name__}: {e}".splitlines()[0][:200]
-
     with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(work, index.paths))
+        results = list(pool.map(lambda p: decode_or_reason(p, image_size, root), index.paths))
     bad = [
         (str(p.relative_to(index.root)), r)
         for p, r in zip(index.paths, results)

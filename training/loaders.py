@@ -5,20 +5,25 @@
 is class-balanced sampling that shards one seeded draw across ranks. ``train_loader``
 builds a rank's training DataLoader (the distributed or weighted sampler, loader
 processes, pinned memory); ``val_batches`` walks a rank's slice of the validation split
-in fixed order with the eval transform.
+in fixed order with the eval transform. ``ArrayBatches`` (decoded arrays in memory) and
+``StreamedBatches`` (Ray Data shards, training.shards) are the two batch sources a run
+steps through.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from training.augment import eval_transform, train_transform
+from training.augment import eval_transform, per_image, train_transform
 from training.hyperparams import Hyperparameters
+
+T = TypeVar("T")
 
 
 class ArrayDataset(Dataset):
@@ -109,3 +114,113 @@ def val_batches(
     for s in range(0, len(indices), batch_size):
         idx = indices[s : s + batch_size]
         yield tf(torch.from_numpy(images[idx])), torch.from_numpy(labels[idx])
+
+
+def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
+    """Each item with whether it is the last one (a stream's length is not known ahead)."""
+    it = iter(items)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    for item in it:
+        yield prev, False
+        prev = item
+    yield prev, True
+
+
+class ArrayBatches:
+    """A rank's batches from decoded images in memory: the training DataLoader (sampler,
+    loader processes) and its slice of the validation split."""
+
+    def __init__(
+        self, hp: Hyperparameters, data: Any, rank: int, world_size: int, pin_memory: bool
+    ):
+        self.data = data
+        self.loader = train_loader(
+            hp,
+            data.images,
+            data.labels,
+            data.train_idx,
+            rank=rank,
+            world_size=world_size,
+            pin_memory=pin_memory,
+        )
+        self.val_idx = data.val_idx[rank::world_size]
+
+    def train(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        self.loader.sampler.set_epoch(epoch)
+        return self.loader
+
+    def val(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return val_batches(self.data.images, self.data.labels, self.val_idx, batch_size)
+
+
+class StreamedBatches:
+    """A rank's batches streamed by Ray Data (``ray.train.get_dataset_shard``): uint8
+    images from the decoded shards, augmented on the batch on the worker's device (each
+    image its own random draw). ``train_it`` is this rank's split of the train rows (equal
+    row counts across ranks, so every rank runs as many steps); ``val_it`` walks every
+    validation row and this rank keeps those with ``id % world_size == rank``; a slice of at
+    most ``val_keep_bytes`` is kept in memory after the first pass (each Ray Data execution
+    costs seconds of start-up, every epoch)."""
+
+    def __init__(
+        self,
+        hp: Hyperparameters,
+        train_it: Any,
+        val_it: Any,
+        n_train: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        val_keep_bytes: int = 512 * 2**20,
+    ):
+        from training.shards import quiet_ray_data
+
+        quiet_ray_data()
+        self.hp, self.train_it, self.val_it = hp, train_it, val_it
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.per_rank = n_train // world_size
+        self.val_keep_bytes = val_keep_bytes
+        self._val_kept: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.augment = per_image(train_transform(hp))
+        self.normalize = eval_transform()
+
+    def train(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        bs = self.hp.batch_size
+        for b in self.train_it.iter_torch_batches(
+            batch_size=bs,
+            drop_last=self.per_rank > bs,  # as the in-memory loader: no last batch of one
+            local_shuffle_buffer_size=max(4 * bs, 256),
+            local_shuffle_seed=self.hp.seed + 1000 * epoch + self.rank,
+            device="cpu",
+            prefetch_batches=2,
+        ):
+            x = b["image"].to(self.device, non_blocking=True)
+            yield self.augment(x), b["label"].to(self.device, non_blocking=True)
+
+    def val(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._val_kept is not None:  # this rank's slice, kept since the first pass
+            images, labels = self._val_kept
+            for s in range(0, len(labels), batch_size):
+                x = images[s : s + batch_size].to(self.device, non_blocking=True)
+                yield self.normalize(x), labels[s : s + batch_size]
+            return
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = []
+        size = 0
+        for b in self.val_it.iter_torch_batches(batch_size=batch_size, device="cpu"):
+            mine = b["id"] % self.world_size == self.rank
+            if bool(mine.any()):
+                x, y = b["image"][mine], b["label"][mine]
+                size += x.numel()
+                if kept is not None and size <= self.val_keep_bytes:
+                    kept.append((x, y))
+                else:
+                    kept = None
+                yield self.normalize(x.to(self.device, non_blocking=True)), y
+        if kept is not None:  # small enough: later epochs skip a Ray Data execution
+            self._val_kept = (
+                torch.cat([x for x, _ in kept]) if kept else torch.zeros(0, dtype=torch.uint8),
+                torch.cat([y for _, y in kept]) if kept else torch.zeros(0, dtype=torch.int64),
+            )

@@ -26,7 +26,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
 
 from training.callbacks import (
     Callback,
@@ -37,7 +36,7 @@ from training.callbacks import (
     build_callbacks,
 )
 from training.hyperparams import Hyperparameters
-from training.loaders import train_loader, val_batches
+from training.loaders import ArrayBatches, with_last
 from training.losses import build_loss
 from training.model import (
     build_model,
@@ -52,13 +51,31 @@ from training.schedules import EpochSchedule
 
 @dataclass
 class TrainData:
-    """Decoded images shared by every part, and the indices this run trains / validates on."""
+    """Decoded images shared by every part, and the indices this run trains / validates on.
+    ``images`` is an array in memory or a ``training.shards.ShardImages`` (lazy: its images
+    stay in the decoded shards, and a Ray Train run streams them instead)."""
 
-    images: np.ndarray  # uint8 (N, 3, H, W)
+    images: np.ndarray  # uint8 (N, 3, H, W), or numpy-like ShardImages
     labels: np.ndarray  # int64 (N,)
     train_idx: np.ndarray
     val_idx: np.ndarray
     classes: list[str]
+
+    def sample_in_memory(self, limit: int, seed: int = 0) -> TrainData:
+        """A TrainData whose images are in memory: itself when they are, else up to
+        ``limit`` seeded train images read from the shards (no validation split): what
+        a check that samples batches at random (preflight) needs."""
+        if isinstance(self.images, np.ndarray):
+            return self
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(self.train_idx, min(limit, len(self.train_idx)), replace=False))
+        return TrainData(
+            self.images.take(pick),
+            self.labels[pick],
+            np.arange(len(pick)),
+            np.zeros(0, np.int64),
+            self.classes,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,10 @@ class TwoPhaseRun:
         backbone_state: dict[str, torch.Tensor] | None = None,
         callbacks: Iterable[Callback] = (),
         quiet: bool = False,
+        batches: Any = None,
     ):
+        """``batches``: where the run's batches come from (training.loaders:
+        ``StreamedBatches`` for a Ray Data stream); default: ``data``'s arrays in memory."""
         self.hp, self.data = hp, data
         worker = worker or WorkerInfo()
         self.rank, self.world_size, self.device = worker.rank, worker.world_size, worker.device
@@ -162,8 +182,10 @@ class TwoPhaseRun:
         self.failure: str | None = None
         self.restored_epoch: int | None = None
         self.finished = False
-        self._train_loader = self._make_train_loader()
-        self._val_idx = data.val_idx[self.rank :: self.world_size]
+        self.batches = batches or ArrayBatches(
+            hp, data, self.rank, self.world_size, pin_memory=self.device.type == "cuda"
+        )
+        self._train_loader = getattr(self.batches, "loader", None)  # in memory only
         self._begin_phase(0)
 
     # ------------------------------------------------------------------ set-up
@@ -179,18 +201,6 @@ class TwoPhaseRun:
     @property
     def phase(self) -> int:
         return self.phases[self.phase_pos][0]
-
-    def _make_train_loader(self) -> DataLoader:
-        d = self.data
-        return train_loader(
-            self.hp,
-            d.images,
-            d.labels,
-            d.train_idx,
-            rank=self.rank,
-            world_size=self.world_size,
-            pin_memory=self.device.type == "cuda",
-        )
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not _distributed():
@@ -279,15 +289,13 @@ class TwoPhaseRun:
     def _train_one_epoch(self) -> tuple[float, float, int]:
         hp, model, opt = self.hp, self.model, self.optimizer
         train_mode(model)
-        self._train_loader.sampler.set_epoch(self.epoch)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
-        n_batches = len(self._train_loader)
         opt.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(self._train_loader):
+        for i, ((x, y), last) in enumerate(with_last(self.batches.train(self.epoch))):
             x, y = self._to_device(x, y)
-            step = (i + 1) % hp.grad_accum == 0 or i + 1 == n_batches
+            step = (i + 1) % hp.grad_accum == 0 or last
             sync = contextlib.nullcontext()
             if not step and isinstance(model, DistributedDataParallel):
                 sync = model.no_sync()
@@ -322,9 +330,7 @@ class TwoPhaseRun:
         module.eval()
         total, correct, n = 0.0, 0, 0
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        for x, y in val_batches(
-            self.data.images, self.data.labels, self._val_idx, max(self.hp.batch_size, 64)
-        ):
+        for x, y in self.batches.val(max(self.hp.batch_size, 64)):
             x, y = self._to_device(x, y)
             with self._autocast():
                 out = module(x)

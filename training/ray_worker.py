@@ -145,18 +145,35 @@ def run_to_end(run: TwoPhaseRun, session: Session) -> dict[str, Any]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """TorchTrainer's function. config: hyperparameters (dict), data (TrainData or an
-    ObjectRef to it), backbone_state (a state dict, an ObjectRef to one, or None)."""
+    ObjectRef to it), backbone_state (a state dict, an ObjectRef to one, or None), and
+    ``streamed``: batches come from the trainer's ``train`` / ``val`` datasets."""
     import ray
+    import ray.train
 
     def resolve(x: Any) -> Any:
         return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
     session = RayTrainSession()
     hp = Hyperparameters(**config["hyperparameters"])
+    data, worker = resolve(config["data"]), session.worker()
+    batches = None
+    if config.get("streamed"):  # the trainer's datasets: Ray Data over the decoded shards
+        from training.loaders import StreamedBatches
+
+        batches = StreamedBatches(
+            hp,
+            ray.train.get_dataset_shard("train"),
+            ray.train.get_dataset_shard("val"),
+            len(data.train_idx),
+            worker.rank,
+            worker.world_size,
+            worker.device,
+        )
     run = TwoPhaseRun(
         hp,
-        resolve(config["data"]),
-        worker=session.worker(),
+        data,
+        worker=worker,
         backbone_state=resolve(config.get("backbone_state")),
+        batches=batches,
     )
     run_to_end(run, session)

@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from training.ray_worker import train_loop_per_worker
@@ -24,14 +31,21 @@ def build_trainer(
     storage_filesystem: Any = None,
     keep_checkpoints: int = 2,
     log_level: str = "WARNING",
+    datasets: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running the two-phase loop on ``num_workers`` workers.
+
+    ``datasets`` (``train``, ``val``: Ray Data datasets of the decoded shards) streams the
+    data: ``train`` is split across workers (equal rows each), ``val`` is read by every
+    worker, which keeps its own slice (no row dropped from validation).
 
     ``name`` must be unique per job: Ray resumes a run whose (storage_path, name) exists.
     """
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "streamed": bool(datasets)},
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=name,

@@ -45,7 +45,9 @@ def cv_folds(
 
 @dataclass
 class CVData:
-    """What every trial shares (through the object store): decoded images and the folds."""
+    """What every trial shares (through the object store): decoded images and the folds.
+    ``images`` may be lazy (training.shards.ShardImages: a large data set's decoded
+    shards); a trial then reads its train + val images from the shards (``local``)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -55,6 +57,21 @@ class CVData:
     def fold(self, i: int) -> TrainData:
         train, val = self.folds[i]
         return TrainData(self.images, self.labels, train, val, self.classes)
+
+    def local(self) -> CVData:
+        """The same folds over images in memory: itself when they are, else the images
+        of train + val read from the shards (never a JPEG), the folds renumbered."""
+        if isinstance(self.images, np.ndarray):
+            return self
+        pool = np.unique(np.concatenate([np.concatenate(f) for f in self.folds]))
+        at = np.full(len(self.labels), -1, np.int64)
+        at[pool] = np.arange(len(pool))
+        return CVData(
+            self.images.take(pool),
+            self.labels[pool],
+            self.classes,
+            [(at[a], at[b]) for a, b in self.folds],
+        )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -179,6 +196,7 @@ def cv_trainable(
         if resources.get("GPU") and torch.cuda.is_available()
         else torch.device("cpu")
     )
+    data = data.local()
     cv = FoldsInLockstep(hp, data, backbone_state=backbone_state, device=device, quiet=True)
     while not cv.done:
         report = cv.step()

@@ -1,0 +1,75 @@
+"""Decode once per data set version: the decoded shards in the store, reused when there.
+
+A data set version is its listing's fingerprint (training.data.fingerprint: paths, classes,
+sizes, modification times, the image size and the decoder's version). Its shards live at
+``cache/decoded/<hash>-<size>/`` (services/artifacts.py): each decode writes into a fresh
+``<attempt>/`` folder, and the set becomes usable only when ``manifest.json`` naming that
+folder's shards is written, last. A half-written set has no manifest (or a manifest that
+names another, complete attempt), so it is never reused; every job, retry, tuning trial
+and later job on the same data reads the shards and never decodes a JPEG again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+from services.artifacts import decoded_manifest_key, decoded_prefix
+from services.config import Settings
+from services.ray_jobs import init_ray
+from services.storage import Store, read_json
+from training.data import DatasetIndex, fingerprint
+from training.shards import ShardSet, decode_to_shards
+
+
+def _reuse(
+    store: Store, index: DatasetIndex, image_size: int, key: str, base: str, filesystem
+) -> ShardSet | None:
+    manifest = read_json(store, decoded_manifest_key(key, image_size))
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") != key:
+        return None
+    try:
+        files = [f"{base}/{name}" for name in manifest["files"]]
+        shards = ShardSet.read(files, filesystem, image_size)
+    except Exception:  # noqa: BLE001 - a shard gone or unreadable: decode again
+        return None
+    return shards if shards.matches(index) else None
+
+
+def shard_set(
+    index: DatasetIndex,
+    image_size: int,
+    settings: Settings,
+    store: Store,
+    say: Callable[[str], None] = lambda _m: None,
+) -> tuple[ShardSet, bool]:
+    """The decoded shards of ``index`` at ``image_size``: (shards, reused)."""
+    key = fingerprint(index, image_size)
+    base, filesystem = store.ray_storage(decoded_prefix(key, image_size))
+    base = base.rstrip("/")
+    shards = _reuse(store, index, image_size, key, base, filesystem)
+    if shards is not None:
+        say(f"decoded shards reused: {decoded_prefix(key, image_size)} ({len(shards)} files)")
+        return shards, True
+    init_ray(settings)
+    attempt = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem)
+    shards = ShardSet.read(files, filesystem, image_size)
+    manifest = {
+        "fingerprint": key,
+        "image_size": image_size,
+        "rows": len(shards),
+        "unreadable": int((shards.meta["error"] != "").sum()),
+        "classes": list(index.classes),
+        "files": [f[len(base) + 1 :] for f in files],
+        "written_at": time.time(),
+    }
+    store.put_bytes(decoded_manifest_key(key, image_size), json.dumps(manifest).encode())
+    say(
+        f"decoded {len(shards)} files into {len(files)} shard(s) in "
+        f"{time.perf_counter() - t0:.1f} s: {decoded_prefix(key, image_size)}"
+    )
+    return shards, False
