@@ -65,7 +65,8 @@ class JobOutcome:
         for rule in (self.gate or {}).get("rules", []):
             mark = "pass" if rule["passed"] else "FAIL"
             out.append(
-                f"  {rule['metric']:<9} {rule['value']:.4f} > {rule['threshold']:.2f}  {mark}"
+                f"  {rule['metric']:<9} {rule['value']:.4f} {rule.get('op', '>')} "
+                f"{rule['threshold']:.2f}  {mark}"
             )
         out.append(
             f"  f1 {m.get('f1', 0):.4f}  roc_auc {m.get('roc_auc') or float('nan'):.4f}"
@@ -198,7 +199,10 @@ def _run_steps(
             return _outcome_from_db(settings, job.id)  # cancelled while it trained
         history = repo.epoch_rows(s, job.id)
     evaluation = steps.evaluate(trained, data, hp)
-    files = steps.version_files(job, hp, data, trained, evaluation, history, pre.report, tuning)
+    labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say)
+    files = steps.version_files(
+        job, hp, data, trained, evaluation, history, pre.report, tuning, labels
+    )
     stored = _commit_version(settings, store, job, files, evaluation, trained.training_time_s)
     if stored is None:
         return _outcome_from_db(settings, job.id)
