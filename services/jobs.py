@@ -72,6 +72,11 @@ class JobOutcome:
             f"  f1 {m.get('f1', 0):.4f}  roc_auc {m.get('roc_auc') or float('nan'):.4f}"
             f"  test images {m.get('n')}  training {self.training_time_s or 0:.0f} s"
         )
+        if m.get("temperature") is not None:
+            out.append(
+                f"  ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} after temperature "
+                f"scaling (T = {m['temperature']:.3g}, in model.pt)"
+            )
         out += [f"  {name:<21} {uri}" for name, uri in self.artifacts.items()]
         return out
 
