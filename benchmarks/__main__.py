@@ -8,3 +8,4 @@ if __name__ == "__main__":
     __import__("benchmarks.tuning_asha", fromlist=["main"]).main([])
     __import__("benchmarks.api_latency", fromlist=["main"]).main([])
     __import__("benchmarks.lifecycle", fromlist=["main"]).main([])
+    __import__("benchmarks.model_quality", fromlist=["main"]).main([])

@@ -132,10 +132,10 @@ def prepare_data(
         decoded, split, report = inspect_dataset(folder, hp)
     except ValueError as e:
         raise StepFailed("dataset", one_line(e)) from None
-    drift = drift_from_production(job, decoded, settings, store, say)
-    if drift is not None:
-        report["drift"] = drift
-        report["findings"] = report["findings"] + drift["findings"]
+    shift = drift_from_production(job, decoded, settings, store, say)
+    if shift is not None:
+        report["drift"] = shift
+        report["findings"] = report["findings"] + shift["findings"]
     put_report(store, job.id, "health.json", report)
     for f in report["findings"]:
         say(f"health: {f['message']}")
@@ -181,16 +181,19 @@ def drift_from_production(
     except Exception as e:  # noqa: BLE001 - absent, or unreadable: no comparison
         say(f"drift: no data profile of {job.model_name} v{version} ({one_line(e)})")
         return None
-    labels = decoded.labels
-    counts = np.bincount(labels, minlength=len(decoded.classes))
-    out = drift.compare(
-        previous,
-        {c: int(n) for c, n in zip(decoded.classes, counts)},
-        decoded.paths,
-        [decoded.classes[k] for k in labels],
-        decoded.sha1,
-        drift.image_hashes(decoded.images),
-    )
+    counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
+    try:
+        out = drift.compare(
+            previous,
+            {c: int(n) for c, n in zip(decoded.classes, counts)},
+            decoded.paths,
+            [decoded.classes[k] for k in decoded.labels],
+            decoded.sha1,
+            drift.image_hashes(decoded.images),
+        )
+    except (KeyError, TypeError, ValueError) as e:  # a profile of another shape
+        say(f"drift: cannot compare with {job.model_name} v{version}: {one_line(e)}")
+        return None
     return {"production_version": version, **out}
 
 
