@@ -5,9 +5,14 @@ from __future__ import annotations
 
 MODEL_FILE = "model.pt"  # weights + what rebuilds the model (training.model.export_model)
 ONNX_FILE = "model.onnx"  # the eval model in ONNX (training/export.py); absent if export failed
+DATA_PROFILE_FILE = "data_profile.json"  # class counts + test-split hashes (drift, #17)
+LABEL_ISSUES_FILE = "label_issues.json"  # label_check: the images to relabel first, ranked
+LABEL_ISSUES_PNG = "label_issues.png"  # ... and the top ones as a picture (version + reports/)
+RELIABILITY_FILE = "reliability.png"  # reliability diagram before/after temperature scaling
 
 # The files of models/<name>/v<version>/, in the order they are written; the optional ones
-# (model.onnx, errors.png, preflight.json, tuning.json) exist when the job made them.
+# (model.onnx, errors.png, preflight.json, tuning.json, label issues) exist when the job
+# made them.
 VERSION_FILES = (
     MODEL_FILE,
     "metrics.json",
@@ -15,8 +20,17 @@ VERSION_FILES = (
     "confusion_matrix.png",
     "health.json",
     "errors.json",
+    RELIABILITY_FILE,
+    DATA_PROFILE_FILE,
 )
-OPTIONAL_VERSION_FILES = (ONNX_FILE, "errors.png", "preflight.json", "tuning.json")
+OPTIONAL_VERSION_FILES = (
+    ONNX_FILE,
+    "errors.png",
+    "preflight.json",
+    "tuning.json",
+    LABEL_ISSUES_FILE,
+    LABEL_ISSUES_PNG,
+)
 
 
 def version_prefix(model_name: str, version: int) -> str:

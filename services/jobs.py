@@ -65,12 +65,18 @@ class JobOutcome:
         for rule in (self.gate or {}).get("rules", []):
             mark = "pass" if rule["passed"] else "FAIL"
             out.append(
-                f"  {rule['metric']:<9} {rule['value']:.4f} > {rule['threshold']:.2f}  {mark}"
+                f"  {rule['metric']:<9} {rule['value']:.4f} {rule.get('op', '>')} "
+                f"{rule['threshold']:.2f}  {mark}"
             )
         out.append(
             f"  f1 {m.get('f1', 0):.4f}  roc_auc {m.get('roc_auc') or float('nan'):.4f}"
             f"  test images {m.get('n')}  training {self.training_time_s or 0:.0f} s"
         )
+        if m.get("temperature") is not None:
+            out.append(
+                f"  ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f} after temperature "
+                f"scaling (T = {m['temperature']:.3g}, in model.pt)"
+            )
         out += [f"  {name:<21} {uri}" for name, uri in self.artifacts.items()]
         return out
 
@@ -203,7 +209,10 @@ def _run_steps(
             return _outcome_from_db(settings, job.id)  # cancelled while it trained
         history = repo.epoch_rows(s, job.id)
     evaluation = steps.evaluate(trained, data, hp)
-    files = steps.version_files(job, hp, data, trained, evaluation, history, pre.report, tuning)
+    labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say)
+    files = steps.version_files(
+        job, hp, data, trained, evaluation, history, pre.report, tuning, labels
+    )
     stored = _commit_version(settings, store, job, files, evaluation, trained.training_time_s)
     if stored is None:
         return _outcome_from_db(settings, job.id)

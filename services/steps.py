@@ -4,7 +4,8 @@
     load_weights -> state dict        the backbone to start from, if any
     run_preflight -> Preflight        overfit one batch + LR range test, as a Ray task
     train -> TrainedModel             Ray Train's TorchTrainer over the two phases
-    evaluate -> Evaluation            test-set metrics, error report, model.onnx, the gate
+    evaluate -> Evaluation            calibration, test-set metrics, error report, model.onnx,
+                                      the gate
     version_files -> dict             what models/<name>/v<N>/ will hold
 
 A step that fails raises ``StepFailed(step, reason)``; the driver (services/jobs.py)
@@ -26,10 +27,15 @@ import torch
 
 from services.artifacts import (
     CHECKPOINTS,
+    DATA_PROFILE_FILE,
+    LABEL_ISSUES_FILE,
+    LABEL_ISSUES_PNG,
     MODEL_FILE,
     ONNX_FILE,
+    RELIABILITY_FILE,
     checkpoints_prefix,
     report_key,
+    version_prefix,
 )
 from services.config import Settings
 from services.db import repo
@@ -40,9 +46,11 @@ from services.fetch import fetch_dataset, fetch_file
 from services.ray_jobs import init_ray
 from services.storage import Store, StoreError
 from training import data as datasets
+from training import drift
+from training.calibration import calibration_report, softmax
 from training.data import DatasetIndex, DecodedDataset, Split
 from training.errors import error_report, worst_examples_png
-from training.evaluate import GateResult, predict_probs, quality_gate
+from training.evaluate import GateResult, predict_logits, quality_gate
 from training.export import OnnxExport, export_with_parity
 from training.health import failing, health_report
 from training.hyperparams import Hyperparameters
@@ -56,7 +64,7 @@ from training.model import (
     load_named_weights,
     read_state_dict,
 )
-from training.plots import confusion_matrix_png, curves_png
+from training.plots import confusion_matrix_png, curves_png, reliability_png
 from training.ray_worker import MODEL_FILE as CHECKPOINT_MODEL_FILE
 from training.shards import ShardImages, ShardSet
 
@@ -103,8 +111,12 @@ class PreparedData:
     def test_set(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Images, labels and paths of the test split (images lazy when streamed)."""
         d, idx = self.decoded, self.split.test
-        images = d.images.view(idx) if isinstance(d.images, ShardImages) else d.images[idx]
-        return images, d.labels[idx], [d.paths[i] for i in idx]
+        return self.images_of(idx), d.labels[idx], [d.paths[i] for i in idx]
+
+    def images_of(self, idx: np.ndarray) -> np.ndarray:
+        """The images at ``idx``: a lazy view over the shards when streamed."""
+        images = self.decoded.images
+        return images.view(idx) if isinstance(images, ShardImages) else images[idx]
 
 
 def inspect_dataset(
@@ -163,6 +175,10 @@ def prepare_data(
         decoded, split, report = inspect_dataset(folder, hp, from_shards)
     except ValueError as e:
         raise StepFailed("dataset", one_line(e)) from None
+    shift = drift_from_production(job, decoded, settings, store, say)
+    if shift is not None:
+        report["drift"] = shift
+        report["findings"] = report["findings"] + shift["findings"]
     put_report(store, job.id, "health.json", report)
     for f in report["findings"]:
         say(f"health: {f['message']}")
@@ -182,6 +198,38 @@ def prepare_data(
         f"split {split.sizes()}"
     )
     return PreparedData(decoded, split, report, shards[0] if shards else None)
+
+
+def drift_from_production(
+    job: TrainingJob, decoded: DecodedDataset, settings: Settings, store: Store, say: Say
+) -> dict[str, Any] | None:
+    """The health report's ``drift`` section: this batch against the data of the version
+    of the same model in production (training/drift.py); None when there is none, or it
+    has no data_profile.json (versions from before it was kept)."""
+    with session_factory(settings.db_url)() as s:
+        version = repo.version_for_alias(s, job.model_name, "production")
+    if version is None:
+        return None
+    try:
+        key = version_prefix(job.model_name, version) + DATA_PROFILE_FILE
+        previous = json.loads(store.get_bytes(key))
+    except Exception as e:  # noqa: BLE001 - absent, or unreadable: no comparison
+        say(f"drift: no data profile of {job.model_name} v{version} ({one_line(e)})")
+        return None
+    counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
+    try:
+        out = drift.compare(
+            previous,
+            {c: int(n) for c, n in zip(decoded.classes, counts)},
+            decoded.paths,
+            [decoded.classes[k] for k in decoded.labels],
+            decoded.sha1,
+            drift.image_hashes(decoded.images),
+        )
+    except (KeyError, TypeError, ValueError) as e:  # a profile of another shape
+        say(f"drift: cannot compare with {job.model_name} v{version}: {one_line(e)}")
+        return None
+    return {"production_version": version, **out}
 
 
 def load_weights(
@@ -329,33 +377,126 @@ PARITY_IMAGES = 512  # test images the ONNX parity check reads when the data is 
 
 @dataclass(frozen=True)
 class Evaluation:
-    metrics: dict[str, Any]  # accuracy, precision, recall, f1, roc_auc, per class, n...
+    metrics: dict[str, Any]  # accuracy, precision, recall, f1, roc_auc, ece, per class, n...
     errors: dict[str, Any]  # the error report
     gate: GateResult
     onnx: OnnxExport | None = None  # model.onnx and its parity with PyTorch
+    calibration: dict[str, Any] | None = None  # ECE before/after, the temperature, the bins
+    package: bytes | None = None  # model.pt with its "temperature" (None: the trained one)
 
     def event_metrics(self) -> dict[str, float]:
         return {k: self.metrics[k] for k in ("accuracy", "precision", "recall", "f1")}
 
 
+def with_temperature(package: bytes, temperature: float) -> bytes:
+    """model.pt with its ``"temperature"`` key set (every predict path divides the logits
+    by it: training.evaluate.predict_probs, model.onnx, the predict route)."""
+    pkg = torch.load(io.BytesIO(package), map_location="cpu", weights_only=True)
+    pkg["temperature"] = float(temperature)
+    buf = io.BytesIO()
+    torch.save(pkg, buf)
+    return buf.getvalue()
+
+
 def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> Evaluation:
-    """Test-set metrics, the error report, model.onnx with its parity check on the test
-    split (never fails the job: the report says why there is no model.onnx) and the
-    quality gate."""
+    """Temperature scaling fitted on the validation split (stored in model.pt), then the
+    test-set metrics on the calibrated probabilities with the ECE before and after, the
+    error report, model.onnx (which applies the temperature too) with its parity check on
+    the test split (never fails the job: the report says why there is no model.onnx) and
+    the quality gate."""
     test_x, test_y, paths = data.test_set()
+    d, val = data.decoded, data.split.val
     try:
         model = trained.module()
-        probs = predict_probs(model, test_x)
-        metrics = classification_metrics(test_y, probs, data.decoded.classes)
-        errors = error_report(test_y, probs, data.decoded.classes, paths)
+        test_logits = predict_logits(model, test_x)
+        calibration = calibration_report(
+            predict_logits(model, data.images_of(val)), d.labels[val], test_logits, test_y
+        )
+        t = calibration["temperature"]
+        probs = softmax(test_logits, t)
+        metrics = classification_metrics(test_y, probs, d.classes)
+        metrics["ece"] = calibration["ece_after"]
+        metrics["ece_uncalibrated"] = calibration["ece_before"]
+        metrics["temperature"] = t
+        errors = error_report(test_y, probs, d.classes, paths)
+        package = with_temperature(trained.package, t)
     except Exception as e:  # noqa: BLE001
         raise StepFailed("evaluation", one_line(e)) from e
     if not hp.export_onnx:
-        return Evaluation(metrics, errors, quality_gate(metrics, hp), None)
+        return Evaluation(metrics, errors, quality_gate(metrics, hp), None, calibration, package)
     if isinstance(test_x, ShardImages):  # streamed: a bounded sample, not the whole split
         test_x = test_x[:PARITY_IMAGES]
-    onnx = export_with_parity(model, hp.image_size, test_x)
-    return Evaluation(metrics, errors, quality_gate(metrics, hp, onnx.report), onnx)
+    onnx = export_with_parity(model, hp.image_size, test_x, temperature=t)
+    gate = quality_gate(metrics, hp, onnx.report)
+    return Evaluation(metrics, errors, gate, onnx, calibration, package)
+
+
+# ----------------------------------------------------------------- label issues
+@dataclass(frozen=True)
+class LabelCheck:
+    report: dict[str, Any]  # label_issues.json
+    png: bytes | None  # the top issues as a grid (None: no issues, or the check failed)
+
+
+def check_labels(
+    job: TrainingJob,
+    trained: TrainedModel,
+    data: PreparedData,
+    hp: Hyperparameters,
+    backbone_state: dict[str, torch.Tensor] | None,
+    store: Store,
+    say: Say,
+) -> LabelCheck | None:
+    """With ``label_check``: cleanlab's label issues among the train + val images, from
+    out-of-fold probabilities of a linear head cross-validated on frozen-backbone features
+    (training/label_issues.py). The backbone is the one the job started from when it named
+    weights (it never saw these labels), else the trained model's. Written to
+    reports/job-<id>/ at once; a check that cannot run says why in its report and never
+    fails the job (the model is judged by its own gate)."""
+    if not hp.label_check:
+        return None
+    from training.label_issues import (
+        backbone_features,
+        find_issues,
+        label_issues_png,
+        out_of_fold_probs,
+    )
+
+    d = data.decoded
+    pool = np.union1d(data.split.train, data.split.val)
+    t0 = time.perf_counter()
+    try:
+        if backbone_state is not None:
+            model = build_model(hp.backbone, len(d.classes), hp.dropout)
+            load_backbone_weights(model, backbone_state)
+            source = f"the starting weights ({hp.weights})"
+        else:
+            model = trained.module()
+            source = "the trained model (no starting weights named)"
+        features = backbone_features(model, d.images[pool])
+        probs = out_of_fold_probs(features, d.labels[pool], seed=hp.seed)
+        report = find_issues(
+            d.labels[pool],
+            probs,
+            [d.paths[i] for i in pool],
+            d.classes,
+            source="out-of-fold probabilities of a LogisticRegression cross-validated on "
+            f"frozen-backbone features of {source}",
+        )
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        png = label_issues_png(report, d.images[pool])
+    except Exception as e:  # noqa: BLE001 - a diagnostic: said, never fatal
+        report, png = {"error": one_line(e), "issues": []}, None
+        say(f"label check failed: {one_line(e)}")
+    else:
+        say(
+            f"label check: {report['issues_found']} likely label issue(s) among "
+            f"{report['images_checked']} train + val images ({report['seconds']} s)"
+        )
+    put_report(store, job.id, LABEL_ISSUES_FILE, report)
+    if png is not None:
+        put_report(store, job.id, LABEL_ISSUES_PNG, png)
+    return LabelCheck(report, png)
 
 
 def version_files(
@@ -367,6 +508,7 @@ def version_files(
     history: list[dict[str, Any]],
     preflight: dict[str, Any] | None = None,
     tuning: dict[str, Any] | None = None,
+    labels: LabelCheck | None = None,
 ) -> dict[str, bytes]:
     """The files of the version folder (services/artifacts.py names them)."""
 
@@ -375,7 +517,7 @@ def version_files(
 
     m = evaluation.metrics
     files = {
-        MODEL_FILE: trained.package,
+        MODEL_FILE: evaluation.package or trained.package,
         "metrics.json": as_json(
             {
                 "test": m,
@@ -387,6 +529,7 @@ def version_files(
                 "hyperparameters": hp.effective(),
                 "history": history,
                 "onnx": evaluation.onnx.report if evaluation.onnx else None,
+                "calibration": evaluation.calibration,
             }
         ),
         "curves.png": curves_png(history, f"job {job.id}: {job.model_name}"),
@@ -396,6 +539,10 @@ def version_files(
         "health.json": as_json(data.health),
         "errors.json": as_json(evaluation.errors),
     }
+    if evaluation.calibration is not None:
+        files[RELIABILITY_FILE] = reliability_png(
+            evaluation.calibration, f"{job.model_name}: test split, 15 bins"
+        )
     if evaluation.onnx is not None and evaluation.onnx.model is not None:
         files[ONNX_FILE] = evaluation.onnx.model
     worst = worst_examples_png(evaluation.errors, data.test_set()[0])
@@ -405,4 +552,14 @@ def version_files(
         files["preflight.json"] = as_json(preflight)
     if tuning is not None:
         files["tuning.json"] = as_json(tuning)
+    d, test = data.decoded, data.split.test
+    files[DATA_PROFILE_FILE] = as_json(
+        drift.data_profile(
+            d.classes, d.labels, test, d.paths, d.sha1, drift.image_hashes(d.images[test])
+        )
+    )
+    if labels is not None:
+        files[LABEL_ISSUES_FILE] = as_json(labels.report)
+        if labels.png is not None:
+            files[LABEL_ISSUES_PNG] = labels.png
     return files

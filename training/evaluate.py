@@ -16,6 +16,21 @@ from training.metrics import classification_metrics
 
 
 @torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Logits (float32, (N, classes)) for uint8 (N, 3, H, W) images."""
+    model.eval().to(device)
+    tf = eval_transform()
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = tf(torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size]))).to(device)
+        out.append(model(x).float().cpu())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
 def predict_probs(
     model: nn.Module,
     images: np.ndarray,
@@ -23,17 +38,12 @@ def predict_probs(
     device: torch.device | str = "cpu",
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Softmax probabilities for uint8 (N, 3, H, W) images: softmax(logits / temperature)
-    (a calibrated model.pt carries its ``temperature``; 1.0 leaves the logits as they are)."""
-    model.eval().to(device)
-    tf = eval_transform()
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = tf(torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size]))).to(device)
-        out.append(torch.softmax(model(x).float() / temperature, dim=1).cpu())
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy()
+    """Softmax probabilities, softmax(logits / temperature), for uint8 (N, 3, H, W) images;
+    ``temperature``: model.pt's ``"temperature"`` (training/calibration.py), 1.0 when absent."""
+    logits = predict_logits(model, images, batch_size, device)
+    if logits.size == 0:
+        return logits
+    return torch.softmax(torch.from_numpy(logits) / temperature, dim=1).numpy()
 
 
 def evaluate(
@@ -52,6 +62,7 @@ class GateRule:
     threshold: float
     value: float
     passed: bool
+    op: str = ">"  # the rule is ``value op threshold``: ">" or "<" (ECE: lower is better)
 
 
 @dataclass(frozen=True)
@@ -70,13 +81,19 @@ class GateResult:
         return {r.metric: r.passed for r in self.rules}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "rules": [asdict(r) for r in self.rules]}
+        """The verdict and every rule; ``op`` only on rules other than ``>`` (the rows
+        stored before the ECE rule stay what they were)."""
+        rules = [{k: v for k, v in asdict(r).items() if k != "op" or v != ">"} for r in self.rules]
+        return {"status": self.status, "rules": rules}
 
 
 def quality_gate(
     metrics: dict[str, Any], hp: Hyperparameters, onnx: dict[str, Any] | None = None
 ) -> GateResult:
     """Every metric rule is ``metric > threshold`` (strictly); all must pass to approve.
+
+    With ``gate_ece`` one more rule, ``ece < gate_ece``: the test split's expected
+    calibration error after temperature scaling (``metrics["ece"]``, training/calibration.py).
 
     With ``gate_onnx_parity`` one more rule, ``onnx_parity``: model.onnx's probabilities
     within ``tolerance`` of PyTorch's and every top-1 label the same (``onnx``: metrics.json's
@@ -90,6 +107,10 @@ def quality_gate(
     rules = [
         GateRule(m, t, float(metrics[m]), float(metrics[m]) > t) for m, t in thresholds.items()
     ]
+    if hp.gate_ece is not None:
+        ece = metrics.get("ece")
+        value = 1.0 if ece is None else float(ece)  # no calibration figure: the worst ECE
+        rules.append(GateRule("ece", hp.gate_ece, value, value < hp.gate_ece, op="<"))
     if hp.gate_onnx_parity:
         onnx = onnx or {}
         diff = onnx.get("max_abs_diff")

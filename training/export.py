@@ -1,9 +1,12 @@
 """model.onnx: the eval model exported with ``torch.onnx``, and its parity with PyTorch.
 
 The graph takes what the PyTorch model takes: float32 ``(batch, 3, S, S)`` at the trained
-image size, already normalised (model.pt's ``normalize``), and returns the logits; the batch
-axis is dynamic. Parity runs the test split through onnxruntime (CPU) and through PyTorch
-and compares the softmax probabilities (max absolute difference) and the top-1 labels.
+image size, already normalised (model.pt's ``normalize``), and returns the logits divided by
+model.pt's ``temperature`` (training/calibration.py; 1.0 leaves them as they are), so that its
+softmax is the calibrated probability every predict path returns; the batch axis is dynamic.
+Parity runs the test split through onnxruntime (CPU) and through PyTorch (the same
+temperature) and compares the softmax probabilities (max absolute difference) and the
+top-1 labels.
 
 Exporter: torch's default, the dynamo exporter (``torch.export`` + onnxscript); should it
 fail for a backbone, the TorchScript exporter is tried before giving up. The graph is
@@ -44,6 +47,18 @@ class OnnxExport:
     @property
     def passed(self) -> bool:
         return bool(self.report.get("passed"))
+
+
+class TemperatureScaled(nn.Module):
+    """``model(x) / temperature``: the calibrated logits, as one graph to export."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
 
 
 def _normalised(images: np.ndarray) -> torch.Tensor:
@@ -162,10 +177,19 @@ def parity(
 
 
 def export_with_parity(
-    model: nn.Module, image_size: int, images: np.ndarray, tolerance: float = TOLERANCE
+    model: nn.Module,
+    image_size: int,
+    images: np.ndarray,
+    tolerance: float = TOLERANCE,
+    temperature: float = 1.0,
 ) -> OnnxExport:
     """Export and check on ``images`` (the test split); never raises: a model that cannot
-    be exported or run comes back without bytes, its report saying why."""
+    be exported or run comes back without bytes, its report saying why. With a
+    ``temperature`` other than 1 the graph outputs the logits divided by it (the report
+    says so) and parity compares with PyTorch's softmax(logits / temperature)."""
+    scaled = {"temperature": float(temperature), "output_is": "logits / temperature"}
+    if temperature != 1.0:
+        model = TemperatureScaled(model.eval(), temperature)
     try:
         data, info = export_onnx(model, image_size)
     except Exception as e:  # noqa: BLE001
@@ -177,4 +201,4 @@ def export_with_parity(
             "passed": False,
             "error": f"onnxruntime: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
         }
-    return OnnxExport(data, {**info, **check})
+    return OnnxExport(data, {**info, **scaled, **check})

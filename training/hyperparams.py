@@ -131,12 +131,26 @@ class Hyperparameters(BaseModel):
 
     # data health and preflight (before training)
     fail_on: list[
-        Literal["imbalance", "duplicates", "near_duplicates", "leakage", "label_conflicts"]
+        Literal[
+            "imbalance",
+            "duplicates",
+            "near_duplicates",
+            "leakage",
+            "label_conflicts",
+            # against the version in production (training/drift.py)
+            "class_shift",
+            "new_classes",
+            "missing_classes",
+            "version_leakage",
+        ]
     ] = Field(default_factory=list)
     max_imbalance: float = Field(10.0, ge=1)
     near_duplicate_distance: int = Field(10, ge=0, le=32)  # hash candidates, then pixels
     preflight: bool = False
     use_suggested_lr: bool = False
+    # label issues (issue #17): out-of-fold probabilities of every train + val image from a
+    # linear head cross-validated on frozen-backbone features, fed to cleanlab
+    label_check: bool = False
 
     # the quality gate (strictly greater than)
     gate_accuracy: float = Field(0.90, ge=0, le=1)
@@ -145,6 +159,9 @@ class Hyperparameters(BaseModel):
     # the gate's rule on model.onnx (issue #16): rejected unless ONNX Runtime gives the same
     # probabilities (training/export.py TOLERANCE) and top-1 labels as PyTorch on the test split
     gate_onnx_parity: bool = False
+    # optional calibration rule (issue #17): rejected unless the test split's expected
+    # calibration error after temperature scaling is below it (training/calibration.py)
+    gate_ece: float | None = Field(None, gt=0, le=1)
     export_onnx: bool = True  # model.onnx and its parity check with every version
 
     @field_validator("augment", "schedule", mode="before")

@@ -75,3 +75,52 @@ def confusion_matrix_png(
             )
     ax.set_title(title or "confusion matrix")
     return png_bytes(fig)
+
+
+def reliability_png(calibration: dict[str, Any], title: str = "") -> bytes:
+    """The reliability diagram before and after temperature scaling (training/calibration.py's
+    report): per confidence bin the accuracy as a bar, the gap to the diagonal shaded, the
+    share of images per bin underneath, ECE in each panel's title."""
+    fig, axes = plt.subplots(
+        2,
+        2,
+        figsize=(9, 5.4),
+        height_ratios=(3, 1),
+        sharex=True,
+        layout="constrained",
+    )
+    t = calibration["temperature"]
+    panels = (
+        ("bins_before", "ece_before", "before (T = 1)"),
+        ("bins_after", "ece_after", f"after temperature scaling (T = {t:.3g})"),
+    )
+    for col, (bins_key, ece_key, label) in enumerate(panels):
+        bins = calibration[bins_key]
+        width = bins[0]["upper"] - bins[0]["lower"]
+        centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+        acc = [b["accuracy"] or 0.0 for b in bins]
+        conf = [b["confidence"] if b["count"] else c for b, c in zip(bins, centres)]
+        ax, under = axes[0, col], axes[1, col]
+        ax.bar(centres, acc, width=width, edgecolor="#1d3557", color="#457b9d", label="accuracy")
+        ax.bar(
+            centres,
+            [c - a if b["count"] else 0 for c, a, b in zip(conf, acc, bins)],
+            bottom=acc,
+            width=width,
+            color="#e63946",
+            alpha=0.35,
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{label}: ECE {calibration[ece_key]:.4f}")
+        ax.legend(loc="upper left", fontsize=8)
+        n = sum(b["count"] for b in bins) or 1
+        under.bar(centres, [b["count"] / n for b in bins], width=width, color="#a8dadc")
+        under.set_xlabel("confidence (top-1 probability)")
+        under.set_ylabel("share")
+    if title:
+        fig.suptitle(title)
+    return png_bytes(fig)

@@ -136,6 +136,20 @@ class FoldsInLockstep:
             logs = next((h for h in run.history if h["epoch"] == run.restored_epoch), logs)
         return logs
 
+    def out_of_fold_probs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, probabilities) of every train + val image, each from the fold model
+        that held it out (its final model): the out-of-fold probabilities confident
+        learning needs (training/label_issues.py find_issues), at no extra training."""
+        from training.evaluate import predict_probs
+
+        idx, probs = [], []
+        for run in self.runs:
+            val = run.data.val_idx
+            idx.append(val)
+            probs.append(predict_probs(run.eval_module, run.data.images[val], device=run.device))
+        order = np.argsort(np.concatenate(idx), kind="stable")
+        return np.concatenate(idx)[order], np.concatenate(probs)[order]
+
     def report(self, ran: list[bool] | None = None) -> dict[str, Any]:
         ran = ran or [True] * len(self.runs)
         folds = []

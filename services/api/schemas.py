@@ -115,6 +115,7 @@ class GateRuleOut(BaseModel):
     threshold: float
     value: Num
     passed: bool
+    op: Literal[">", "<"] = ">"  # value op threshold (ECE: lower is better)
 
 
 class Gate(BaseModel):

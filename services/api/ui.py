@@ -13,7 +13,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from services.api import reads
@@ -32,7 +32,13 @@ from services.api.schemas import (
     VersionDetail,
     VersionNo,
 )
-from services.artifacts import report_key
+from services.artifacts import (
+    LABEL_ISSUES_FILE,
+    LABEL_ISSUES_PNG,
+    RELIABILITY_FILE,
+    report_key,
+    version_prefix,
+)
 from services.db import repo
 from services.db.models import FINAL_STATUSES, JOB_STATUSES
 
@@ -189,7 +195,7 @@ def _aliases_section(aliases: list[AliasOut], names: list[str], moves: list[Alia
 def _gate_table(v: VersionDetail) -> str:
     rows = "".join(
         f'<tr data-rule="{e(r.metric)}"><td>{e(r.metric)}</td><td class=num>{_fmt(r.value)}</td>'
-        f"<td class=num>&gt; {_fmt(r.threshold, 2)}</td>"
+        f"<td class=num>{e(r.op)} {_fmt(r.threshold, 2)}</td>"
         f"<td>{_badge('pass' if r.passed else 'fail')}</td></tr>"
         for r in v.gate.rules
     )
@@ -212,7 +218,73 @@ def _health_section(health: dict[str, Any] | None) -> str:
         f'<p class="muted">{health.get("images")} images, {health.get("classes")} classes,'
         f" imbalance {_fmt(health.get('imbalance_ratio'), 1)}</p>"
         + (f"<ul>{items}</ul>" if items else '<p class="muted">no findings</p>')
+        + _drift_line(health.get("drift"))
         + _label_conflicts_table(health.get("label_conflicts") or [])
+        + "</section>"
+    )
+
+
+def _drift_line(drift: dict[str, Any] | None) -> str:
+    """The batch against the production version's data (training/drift.py)."""
+    if not drift:
+        return ""
+    chi = drift.get("chi_square") or {}
+    p = chi.get("p_value")
+    return (
+        f'<p id="drift">Against v{e(drift.get("production_version"))} in production: class '
+        f"mix total variation {_fmt(drift.get('total_variation'), 3)}"
+        + (f", chi-square p {p:.2g}" if isinstance(p, (int, float)) else "")
+        + f", {e(drift.get('leakage_count', 0))} image(s) matching its test split</p>"
+    )
+
+
+def _calibration_section(v: VersionDetail, metrics: dict[str, Any] | None, root: str) -> str:
+    """ECE before and after temperature scaling, and the reliability diagram."""
+    cal = (metrics or {}).get("calibration")
+    if not cal:
+        return ""
+    src = f"{e(root)}/ui/models/{e(v.model_name)}/versions/{v.version}/reliability.png"
+    return (
+        f'<section class="calibration" data-version="{v.version}">'
+        f"<h2>Calibration ({e(v.model_name)} v{v.version}, test split, {cal['n_bins']} bins)</h2>"
+        f"<p>ECE {_fmt(cal['ece_before'])} before, {_fmt(cal['ece_after'])} after "
+        f"temperature scaling (T = {cal['temperature']:.3g}, fitted on "
+        f"{cal['validation_images']} validation images; every predict path applies it)</p>"
+        f'<img class="plot" alt="reliability diagram" src="{src}"></section>'
+    )
+
+
+def _label_issues_section(report: dict[str, Any] | None, job_id: int, root: str) -> str:
+    """label_check: the images worth relabelling first, and their picture."""
+    if report is None:
+        return ""
+    if report.get("error"):
+        return (
+            '<section id="label-issues"><h2>Label issues</h2>'
+            f'<p class="error">the check failed: {e(report["error"])}</p></section>'
+        )
+    rows = "".join(
+        f"<tr><td class=num>{i['rank']}</td><td>{e(i['path'])}</td><td>{e(i['given_label'])}</td>"
+        f"<td>{e(i['likely_label'])}</td><td class=num>{_fmt(i['confidence'], 3)}</td>"
+        f"<td class=num>{_fmt(i['given_label_prob'], 3)}</td></tr>"
+        for i in report.get("issues", [])
+    )
+    img = (
+        f'<img class="plot" alt="label issues" src="{e(root)}/ui/jobs/{job_id}/label_issues.png">'
+        if rows
+        else ""
+    )
+    return (
+        '<section id="label-issues"><h2>Label issues</h2>'
+        f'<p class="muted">{e(report.get("issues_found"))} likely mislabelled among '
+        f"{e(report.get('images_checked'))} train + val images; {e(report.get('source'))}</p>"
+        + img
+        + _table(
+            ["rank", "image", "given", "likely", "confidence", "p(given)"],
+            rows,
+            table_id="label-issues-table",
+            empty="no label issues found",
+        )
         + "</section>"
     )
 
@@ -237,6 +309,8 @@ def _job_page(
     versions: list[VersionDetail],
     root: str,
     health: dict[str, Any] | None = None,
+    version_metrics: list[dict[str, Any] | None] | None = None,
+    label_issues: dict[str, Any] | None = None,
 ) -> str:
     info = [
         ("batch", job.batch_id),
@@ -264,6 +338,7 @@ def _job_page(
         '<h2>Gate</h2><p class="muted" id="no-gate">no model version (yet)</p>'
     )
     body += _health_section(health)
+    body += _label_issues_section(label_issues, job.id, root)
     if rows:
         body += (
             f'<h2>Training curves</h2><img class="plot" id="curves" alt="training curves" '
@@ -291,6 +366,8 @@ def _job_page(
             f'src="{e(root)}/ui/models/{e(v.model_name)}/versions/{v.version}/'
             'confusion_matrix.png">'
         )
+    for v, m in zip(versions, version_metrics or []):
+        body += _calibration_section(v, m, root)
     body += (
         "<h2>Hyperparameters</h2><details><summary>every effective value</summary><pre>"
         + e(json.dumps(job.hyperparameters, indent=2, sort_keys=True))
@@ -347,7 +424,38 @@ async def job_page(request: Request, job_id: JobId, db: DbDep, store: StoreDep) 
     if job is None:
         return HTMLResponse(_page("not found", f"<p>No job {job_id}.</p>", root), status_code=404)
     health = await asyncio.to_thread(store.json, report_key(job_id, "health.json"))
-    return HTMLResponse(_job_page(job, rows, versions, root, health))
+    labels = await asyncio.to_thread(store.json, report_key(job_id, LABEL_ISSUES_FILE))
+    metrics = [
+        await asyncio.to_thread(
+            store.json, version_prefix(v.model_name, v.version) + "metrics.json"
+        )
+        for v in versions
+    ]
+    return HTMLResponse(_job_page(job, rows, versions, root, health, metrics, labels))
+
+
+async def _store_png(store: StoreDep, key: str) -> Response:
+    try:
+        png = await asyncio.to_thread(store.bytes, key)
+    except Exception:  # noqa: BLE001 - absent, or the store cannot be reached
+        raise HTTPException(404, f"{key} is not in the store") from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/ui/jobs/{job_id}/label_issues.png")
+async def job_page_label_issues(job: JobDep, store: StoreDep) -> Response:
+    """label_check's picture of the top label issues (reports/job-<id>/)."""
+    return await _store_png(store, report_key(job.id, LABEL_ISSUES_PNG))
+
+
+@router.get("/ui/models/{name}/versions/{version}/reliability.png")
+async def job_page_reliability(
+    name: ModelName, version: VersionNo, db: DbDep, store: StoreDep
+) -> Response:
+    """The version's reliability diagram (before / after temperature scaling)."""
+    if await db(repo.get_version, name, version) is None:
+        raise HTTPException(404, f"no version {version} of model {name}")
+    return await _store_png(store, version_prefix(name, version) + RELIABILITY_FILE)
 
 
 @router.get("/ui/jobs/{job_id}/curves.png")

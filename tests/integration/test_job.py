@@ -97,6 +97,8 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
         "model.onnx",
         "health.json",
         "errors.json",
+        "reliability.png",
+        "data_profile.json",
     } | ({"errors.png"} if errors["errors"] else set())
     assert {k[len(prefix) :] for k in store.list(prefix)} == expected
     assert errors["test_images"] == 4 and len(errors["worst"]) == errors["errors"]
@@ -120,8 +122,9 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         assert onnx_probs(store.get_bytes(prefix + "model.onnx"), x.numpy()) == pytest.approx(
-            torch.softmax(model(x), 1).numpy(), abs=1e-4
-        )
+            torch.softmax(model(x) / pkg["temperature"], 1).numpy(), abs=1e-4
+        )  # model.onnx divides the logits by model.pt's temperature, as every predict path
+    assert metrics["calibration"]["temperature"] == pkg["temperature"] > 0
 
     event = take_event(events_queue)
     assert set(event) >= {

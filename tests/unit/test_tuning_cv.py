@@ -113,6 +113,10 @@ def test_folds_step_in_lockstep_with_the_train_job_recipe(make_dataset):
     assert all(run.quiet for run in cv.runs) and cv.failure is None
     with pytest.raises(RuntimeError):
         cv.step()
+    # every train + val image once, from the fold that held it out (label issues, #17)
+    idx, probs = cv.out_of_fold_probs()
+    assert idx.tolist() == np.union1d(sp.train, sp.val).tolist()
+    assert probs.shape == (len(idx), len(d.classes)) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
 def test_a_diverged_fold_names_itself():
