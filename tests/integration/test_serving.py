@@ -113,8 +113,8 @@ def served(ray_cluster, s3_server, tmp_path_factory):
 
 
 def _add_calibrated_v2(settings: Settings, model: str, data) -> None:
-    """v2, rejected by the gate: v1's weights with a temperature of 4 (as a calibration
-    would store it), recorded as another job's version. Same labels, flatter
+    """v2, rejected by the gate: v1's weights with four times v1's fitted temperature (as
+    a calibration would store it), recorded as another job's version. Same labels, flatter
     probabilities: which version answered shows in the numbers too."""
     import io
 
@@ -124,7 +124,7 @@ def _add_calibrated_v2(settings: Settings, model: str, data) -> None:
     package = torch.load(
         io.BytesIO(store.get_bytes(f"models/{model}/v1/model.pt")), weights_only=True
     )
-    package["temperature"] = 4.0
+    package["temperature"] = 4.0 * package.get("temperature", 1.0)
     buf = io.BytesIO()
     torch.save(package, buf)
     uri = store.put_bytes(f"models/{model}/v2/model.pt", buf.getvalue())

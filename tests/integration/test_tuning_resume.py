@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -33,10 +34,12 @@ BASE = {**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1}
 
 class CountEpochs(Callback):
     """Appends ``<trial id> <epoch>`` to ``tally`` for every epoch a fold of a Tune trial
-    trains (the final training, outside Tune, writes nothing)."""
+    trains (the final training, outside Tune, writes nothing). Every trial but the first
+    waits at its first epoch's end until ``hold`` exists: the test kills the driver while
+    the search is certainly unfinished, then lets the rest go."""
 
-    def __init__(self, tally: str):
-        self.path = Path(tally)
+    def __init__(self, tally: str, hold: str):
+        self.path, self.hold = Path(tally), Path(hold)
 
     def on_epoch_end(self, epoch, logs):
         from ray import tune
@@ -48,6 +51,9 @@ class CountEpochs(Callback):
         if trial_id:
             with self.path.open("a") as f:
                 f.write(f"{trial_id} {epoch}\n")
+            first = self.path.read_text().split(maxsplit=1)[0]
+            while trial_id != first and not self.hold.exists():
+                time.sleep(0.05)
 
 
 def test_a_killed_tune_driver_resumes_its_search_without_training_ended_trials_again(
@@ -61,7 +67,12 @@ def test_a_killed_tune_driver_resumes_its_search_without_training_ended_trials_a
         max_job_attempts=2,
     )
     epochs_log = tmp_path / "epochs.log"
-    counter = {"name": "tests.integration.test_tuning_resume:CountEpochs", "tally": str(epochs_log)}
+    hold = tmp_path / "hold"
+    counter = {
+        "name": "tests.integration.test_tuning_resume:CountEpochs",
+        "tally": str(epochs_log),
+        "hold": str(hold),
+    }
     request = parse_request(
         {
             "batchId": f"tune-resume-{uuid.uuid4().hex[:8]}",
@@ -96,7 +107,8 @@ def test_a_killed_tune_driver_resumes_its_search_without_training_ended_trials_a
         logs = reconciler.ray_jobs.client.get_job_logs(first_sid)
         pytest.fail(f"no trial recorded; the driver said:\n{logs[-4000:]}")
     pid = int(reconciler.ray_jobs.client.get_job_info(first_sid).driver_info.pid)
-    os.kill(pid, signal.SIGKILL)  # mid-search: one trial ended, the others to come
+    os.kill(pid, signal.SIGKILL)  # mid-search: one trial ended, the next one held
+    hold.touch()  # the restored search runs freely
     (run_id,) = {r for r, _ in before}
     ended_before = {t for _, t in before}
 
