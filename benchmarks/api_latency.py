@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +223,10 @@ def bench_uvicorn(
         proc.join(10)
 
 
-def bench_serve(
-    settings, path: str, rates: list[float], duration: float, **deployment: Any
-) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def local_serve(settings, **deployment: Any) -> Iterator[str]:
+    """A local 2-CPU Ray with Serve on a free port and the API deployed at ``/``: yields
+    the base URL; Serve and Ray are shut down on the way out."""
     import ray
     from ray import serve
 
@@ -243,16 +246,20 @@ def bench_serve(
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
         serve.run(api_application(settings, **deployment), name="bench", route_prefix="/")
-        asyncio.run(wait_up(f"http://127.0.0.1:{port}/healthz"))
-        return [
-            asyncio.run(open_loop(f"http://127.0.0.1:{port}{path}", rate, duration))
-            for rate in rates
-        ]
+        yield f"http://127.0.0.1:{port}"
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def bench_serve(
+    settings, path: str, rates: list[float], duration: float, **deployment: Any
+) -> list[dict[str, Any]]:
+    with local_serve(settings, **deployment) as url:
+        asyncio.run(wait_up(f"{url}/healthz"))
+        return [asyncio.run(open_loop(f"{url}{path}", rate, duration)) for rate in rates]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.api_latency import free_port, open_loop, wait_up
+from benchmarks.api_latency import local_serve, open_loop, wait_up
 
 MODEL = "bench-digits"
 
@@ -137,41 +137,14 @@ def bench_bare(
 def bench_serve(
     settings, png: bytes, rates: list[float], duration: float, threads: int, batch: int
 ) -> list[dict[str, Any]]:
-    import ray
-    from ray import serve
-
-    from services.api import api_application
     from services.serving import deploy_model
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    try:
-        port = free_port()
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port},
-            logging_config={"log_level": "WARNING", "enable_access_log": False},
-        )
-        serve.run(api_application(settings), name="bench", route_prefix="/")
+    with local_serve(settings) as url:
         deploy_model(settings, MODEL, torch_threads=threads, max_batch_size=batch)
-        url = f"http://127.0.0.1:{port}"
         asyncio.run(wait_up(f"{url}/healthz"))
         body = {"image": base64.b64encode(png).decode(), "top_k": 5}
         path = f"{url}/models/{MODEL}/predict"
-        rows = []
-        for rate in rates:
-            r = asyncio.run(open_loop(path, rate, duration, json_body=body))
-            rows.append(r)
-        return rows
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+        return [asyncio.run(open_loop(path, rate, duration, json_body=body)) for rate in rates]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
