@@ -62,18 +62,12 @@ def worst_examples_png(
 ) -> bytes | None:
     """A grid of the worst examples (``images``: uint8 (N, 3, H, W) of the test split,
     indexed like the report): true -> predicted and the confidence under each."""
-    worst = report["worst"][:limit]
-    if not worst:
-        return None
-    from training.plots import plt, png_bytes  # pyplot on the Agg backend
+    from training.plots import image_grid_png  # pyplot on the Agg backend
 
-    cols = min(cols, len(worst))
-    rows = (len(worst) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, w in zip(axes.flat, worst):
-        ax.imshow(images[w["index"]].transpose(1, 2, 0))
-        ax.set_title(f"{w['true']} -> {w['predicted']}\n{w['confidence']:.2f}", fontsize=8)
-    fig.suptitle("test images wrong with the highest confidence")
-    return png_bytes(fig)
+    worst = report["worst"][:limit]
+    return image_grid_png(
+        [images[w["index"]] for w in worst],
+        [f"{w['true']} -> {w['predicted']}\n{w['confidence']:.2f}" for w in worst],
+        "test images wrong with the highest confidence",
+        cols,
+    )

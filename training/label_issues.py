@@ -112,22 +112,15 @@ def label_issues_png(
 ) -> bytes | None:
     """A grid of the top issues (``images`` indexed like the report's ``index``): given ->
     likely label and the out-of-fold confidence under each; None when there are none."""
-    top = report["issues"][:limit]
-    if not top:
-        return None
-    from training.plots import plt, png_bytes  # pyplot on the Agg backend
+    from training.plots import image_grid_png
 
-    cols = min(cols, len(top))
-    rows = (len(top) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, issue in zip(axes.flat, top):
-        ax.imshow(images[issue["index"]].transpose(1, 2, 0))
-        ax.set_title(
-            f"#{issue['rank']} {issue['given_label']} -> {issue['likely_label']}\n"
-            f"{issue['confidence']:.2f}",
-            fontsize=8,
-        )
-    fig.suptitle("label issues: given -> likely label (out-of-fold confidence), relabel first")
-    return png_bytes(fig)
+    top = report["issues"][:limit]
+    return image_grid_png(
+        [images[i["index"]] for i in top],
+        [
+            f"#{i['rank']} {i['given_label']} -> {i['likely_label']}\n{i['confidence']:.2f}"
+            for i in top
+        ],
+        "label issues: given -> likely label (out-of-fold confidence), relabel first",
+        cols,
+    )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -123,4 +124,23 @@ def reliability_png(calibration: dict[str, Any], title: str = "") -> bytes:
         under.set_ylabel("share")
     if title:
         fig.suptitle(title)
+    return png_bytes(fig)
+
+
+def image_grid_png(
+    images: Sequence[np.ndarray], captions: Sequence[str], title: str, cols: int = 6
+) -> bytes | None:
+    """uint8 (3, H, W) images in a grid, each with its caption under it, and a title;
+    None when there are none (the worst examples, the label issues)."""
+    if not len(images):
+        return None
+    cols = min(cols, len(images))
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image.transpose(1, 2, 0))
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
     return png_bytes(fig)
