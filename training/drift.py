@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2_contingency
 
-from training.near_duplicates import hash_thumbnails, phash
+from training.near_duplicates import hashes
 
 PROFILE_FORMAT = "colecionador.data_profile/1"
 LEAKAGE_BITS = 2  # pHash radius of a cross-version match
@@ -32,8 +32,9 @@ MAX_LISTED = 50
 
 
 def image_hashes(images: np.ndarray) -> np.ndarray:
-    """64-bit pHashes (uint64) of uint8 (N, 3, S, S) images (training.near_duplicates)."""
-    return phash(hash_thumbnails(images))
+    """64-bit pHashes (uint64) of uint8 (N, 3, S, S) images, a block at a time (the
+    near-duplicate search's own hashes, training.near_duplicates)."""
+    return hashes(images)[0]
 
 
 def data_profile(
