@@ -7,6 +7,12 @@ sizes, modification times, the image size and the decoder's version). Its shards
 folder's shards is written, last. A half-written set has no manifest (or a manifest that
 names another, complete attempt), so it is never reused; every job, retry, tuning trial
 and later job on the same data reads the shards and never decodes a JPEG again.
+
+Attempts that will never be used are removed: a decode that fails removes its own folder,
+and a decode that completes removes the other attempts started more than
+``STALE_ATTEMPT_S`` before it (a driver killed half-way, or a set replaced by a newer
+complete one). The grace leaves alone a decode of the same data still running beside this
+one, and a job still reading the set this one's manifest replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from services.ray_jobs import init_ray
 from services.storage import Store, read_json
 from training.data import DatasetIndex, fingerprint
 from training.shards import ShardSet, decode_to_shards
+
+STALE_ATTEMPT_S = 24 * 3600
 
 
 def _reuse(
@@ -54,10 +62,15 @@ def shard_set(
         say(f"decoded shards reused: {decoded_prefix(key, image_size)} ({len(shards)} files)")
         return shards, True
     init_ray(settings)
-    attempt = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
+    started = time.time()
+    attempt = f"{int(started)}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
-    files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem)
-    shards = ShardSet.read(files, filesystem, image_size)
+    try:
+        files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem)
+        shards = ShardSet.read(files, filesystem, image_size)
+    except BaseException:
+        _remove(store, f"{decoded_prefix(key, image_size)}/{attempt}")
+        raise
     manifest = {
         "fingerprint": key,
         "image_size": image_size,
@@ -68,8 +81,33 @@ def shard_set(
         "written_at": time.time(),
     }
     store.put_bytes(decoded_manifest_key(key, image_size), json.dumps(manifest).encode())
+    prune_attempts(store, decoded_prefix(key, image_size), attempt, started - STALE_ATTEMPT_S)
     say(
         f"decoded {len(shards)} files into {len(files)} shard(s) in "
         f"{time.perf_counter() - t0:.1f} s: {decoded_prefix(key, image_size)}"
     )
     return shards, False
+
+
+def _remove(store: Store, prefix: str) -> None:
+    try:
+        store.delete_prefix(prefix)
+    except Exception:  # noqa: BLE001 - a leftover, found again by the next complete decode
+        pass
+
+
+def prune_attempts(store: Store, prefix: str, keep: str, before: float) -> list[str]:
+    """Remove the attempt folders under ``prefix`` (``<unix seconds>-<id>/``) other than
+    ``keep`` that started before ``before``; returns the ones removed."""
+    attempts = {
+        k[len(prefix) + 1 :].split("/", 1)[0]
+        for k in store.list(prefix)
+        if "/" in k[len(prefix) + 1 :]
+    }
+    removed = []
+    for a in sorted(attempts - {keep}):
+        started = a.split("-", 1)[0]
+        if started.isdigit() and int(started) < before:
+            _remove(store, f"{prefix}/{a}")
+            removed.append(a)
+    return removed

@@ -5,6 +5,7 @@ the pieces that let a run or a trial use them (folds, samples, batch helpers).""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -193,3 +194,53 @@ def test_streamed_batches_slice_validation_by_rank_and_keep_it_after_one_pass():
         assert train[0][0].dtype == torch.float32 and train[0][0].shape == (4, 3, 4, 4)
     assert val.passes == 2  # one pass per rank, later epochs from memory
     assert sorted(torch.cat(seen).tolist()) == sorted((torch.arange(10) % 2).tolist())
+
+
+def test_streamed_batches_take_every_epoch_from_one_stream():
+    """Epochs follow each other in one pass over a stream of every epoch's rows (one
+    Ray Data execution per run): each epoch the same number of whole batches on every
+    rank, the next rows each time, and a clear error if the stream runs dry."""
+    from training.loaders import StreamedBatches
+
+    hp = Hyperparameters(batch_size=4, augment="none")
+    train = FakeShard(3 * 9)  # this rank's split of 3 epochs x 9 rows (n_train 18, 2 ranks)
+    b = StreamedBatches(hp, train, FakeShard(2), 18, 0, 2, torch.device("cpu"))
+    got = []
+    for epoch in (1, 2, 3):
+        batches = list(b.train(epoch))
+        assert [len(y) for _, y in batches] == [4, 4]
+        got.append(torch.cat([x[:, 0, 0, 0] for x, _ in batches]))
+    assert train.passes == 1  # one stream for the whole run
+    assert torch.cat(got).tolist() == sorted(set(torch.cat(got).tolist()))  # next rows
+    with pytest.raises(RuntimeError, match="stream ended"):
+        list(b.train(4))  # 3 rows left: not an epoch of whole batches
+    small = StreamedBatches(hp, FakeShard(3), FakeShard(2), 6, 1, 2, torch.device("cpu"))
+    assert [len(y) for _, y in small.train(1)] == [3]  # fewer rows than a batch: one batch
+
+
+def test_a_training_epoch_reports_how_long_it_waited_for_data():
+    from training.loaders import Timed
+
+    def slow():  # a loader that takes 20 ms per batch
+        for i in range(3):
+            time.sleep(0.02)
+            yield i
+
+    t = Timed(slow())
+    assert list(t) == [0, 1, 2] and 0.06 <= t.seconds < 1
+
+
+def test_a_complete_decode_prunes_stale_attempts_and_leaves_recent_ones(tmp_path):
+    """Attempt folders a killed or replaced decode left are removed once they are older
+    than the grace; a recent one (a decode of the same data still running) and the
+    manifest stay."""
+    from services.decoded_cache import prune_attempts
+    from services.storage import LocalStore
+
+    store, prefix = LocalStore(tmp_path), "cache/decoded/ab-16"
+    for attempt in ("100-dead", "200-replaced", "290-running", "300-mine"):
+        store.put_bytes(f"{prefix}/{attempt}/part-0.parquet", b"x")
+    store.put_bytes(f"{prefix}/manifest.json", b"{}")
+    assert prune_attempts(store, prefix, "300-mine", before=250) == ["100-dead", "200-replaced"]
+    left = {k.split("/")[3] for k in store.list(prefix)}
+    assert left == {"290-running", "300-mine", "manifest.json"}
