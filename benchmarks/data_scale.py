@@ -128,8 +128,13 @@ def data_step(folder: Path, hp: Hyperparameters, streamed: bool, home: Path) -> 
     return {"n": n, "s": seconds, "peak_gb": mem.gb}
 
 
-def throughput(folder: Path, home: Path, epochs: int) -> dict[str, float]:
-    """Steady images/s of 2 Ray Train CPU workers, in memory then streamed."""
+def throughput(folder: Path, home: Path, epochs: int, size: int) -> dict[str, dict[str, float]]:
+    """2 Ray Train CPU workers on the same images and recipe, streamed first, then in
+    memory, then streamed again (the machine's other load drifts: the mean of the two
+    streamed runs is compared with the run between them). Per path: steady images/s
+    (the median epoch after the first), the first epoch's seconds (Ray Data's start-up:
+    its reader processes and split coordinator), and the share of training time spent
+    waiting for a batch."""
     import ray
 
     from services.config import Settings
@@ -141,7 +146,7 @@ def throughput(folder: Path, home: Path, epochs: int) -> dict[str, float]:
 
     hp = Hyperparameters(
         backbone="mobilenet_v3_small",
-        image_size=64,
+        image_size=size,
         batch_size=32,
         phase1_epochs=epochs,
         phase2_epochs=0,
@@ -156,8 +161,12 @@ def throughput(folder: Path, home: Path, epochs: int) -> dict[str, float]:
     in_memory = PreparedData(
         datasets.DecodedDataset(np.asarray(lazy.images), lazy.labels, lazy.classes), split, {}
     )
-    out = {}
-    for name, prepared in (("in_memory", in_memory), ("streamed", streamed)):
+    runs: dict[str, list[list[dict[str, Any]]]] = {"streamed": [], "in_memory": []}
+    for name, prepared in (
+        ("streamed", streamed),
+        ("in_memory", in_memory),
+        ("streamed", streamed),
+    ):
         config = {
             "hyperparameters": hp.effective(),
             "data": ray.put(prepared.train_data()),
@@ -169,12 +178,20 @@ def throughput(folder: Path, home: Path, epochs: int) -> dict[str, float]:
             use_gpu=False,
             storage_path=str(home / "runs"),
             name=f"{name}-{time.time_ns()}",
-            datasets=prepared.train_datasets(),
+            datasets=prepared.train_datasets(hp, workers=2),
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as d:
-            history = read_checkpoint(Path(d))[0]["history"]
-        out[name] = float(np.mean([h["images_per_s"] for h in history[1:]]))
+            runs[name].append(read_checkpoint(Path(d))[0]["history"])
+    out = {}
+    for name, histories in runs.items():
+        out[name] = {
+            "img_s": float(
+                np.mean([np.median([h["images_per_s"] for h in hs[1:]]) for hs in histories])
+            ),
+            "first_s": float(np.mean([hs[0]["epoch_time_s"] for hs in histories])),
+            "wait": float(np.mean([h["data_wait"] for hs in histories for h in hs[1:]])),
+        }
     return out
 
 
@@ -182,7 +199,8 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_scale", description=__doc__)
     p.add_argument("--sizes", default="2000,8000,32000")
     p.add_argument("--in-memory-max", type=int, default=8000, help="larger N: streamed only")
-    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--train-images", type=int, default=1000)
+    p.add_argument("--train-size", type=int, default=224, help="image side for training")
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args(argv)
     import ray
@@ -194,7 +212,7 @@ def main(argv: list[str]) -> None:
         tmp_path = Path(tmp)
         # Ray's worker processes start (and import torch) once: not a cost of the first N
         data_step(write_images(tmp_path / "warm", 40), hp, True, tmp_path / "warm-home")
-        for n in [int(s) for s in args.sizes.split(",")]:
+        for n in [int(s) for s in args.sizes.split(",") if s]:
             folder = write_images(tmp_path / f"d{n}", n)
             home = tmp_path / f"home{n}"
             row = {"N": n, "streamed": data_step(folder, hp, True, home)}
@@ -203,28 +221,37 @@ def main(argv: list[str]) -> None:
                 row["in_memory"] = data_step(folder, hp, False, home)
             rows.append(row)
             print(_row_line(row), flush=True)
-        first = rows[0]
-        print("\ndata step, 224 px (streamed: decode once into shards, lazy images)")
-        print(
-            f"{'N':>7} {'streamed s':>10} {'s/img ratio':>11} {'peak GB':>8} "
-            f"{'reused s':>9} {'in-mem s':>9} {'in-mem GB':>9}"
-        )
-        for r in rows:
-            s, m = r["streamed"], r.get("in_memory")
-            ratio = (s["s"] / r["N"]) / (first["streamed"]["s"] / first["N"])
+        if rows:
+            _print_data_steps(rows)
+        if args.train_images:  # 0: the data step only
+            folder = write_images(tmp_path / "train", args.train_images)
+            tp = throughput(folder, tmp_path / "home-train", args.epochs, args.train_size)
             print(
-                f"{r['N']:>7} {s['s']:>10.1f} {ratio:>11.2f} {s['peak_gb']:>8.2f} "
-                f"{r['reused']['s']:>9.1f} {m['s'] if m else float('nan'):>9.1f} "
-                f"{m['peak_gb'] if m else float('nan'):>9.2f}"
+                f"\ntraining, 2 CPU workers, {args.train_images} images at {args.train_size} px, "
+                f"{args.epochs} epochs"
             )
-        folder = write_images(tmp_path / "train", args.train_images)
-        tp = throughput(folder, tmp_path / "home-train", args.epochs)
-        print(
-            f"\ntraining, 2 CPU workers, {args.train_images} images at 64 px: in memory "
-            f"{tp['in_memory']:.1f} img/s, streamed {tp['streamed']:.1f} img/s, "
-            f"ratio {tp['streamed'] / tp['in_memory']:.2f}"
-        )
+            print(f"{'path':>10} {'img/s':>8} {'1st epoch s':>12} {'data wait':>10}")
+            for name, r in tp.items():
+                print(f"{name:>10} {r['img_s']:>8.1f} {r['first_s']:>12.1f} {r['wait']:>10.0%}")
+            print(f"streamed / in memory: {tp['streamed']['img_s'] / tp['in_memory']['img_s']:.2f}")
     ray.shutdown()
+
+
+def _print_data_steps(rows: list[dict[str, Any]]) -> None:
+    first = rows[0]
+    print("\ndata step, 224 px (streamed: decode once into shards, lazy images)")
+    print(
+        f"{'N':>7} {'streamed s':>10} {'s/img ratio':>11} {'peak GB':>8} "
+        f"{'reused s':>9} {'in-mem s':>9} {'in-mem GB':>9}"
+    )
+    for r in rows:
+        s, m = r["streamed"], r.get("in_memory")
+        ratio = (s["s"] / r["N"]) / (first["streamed"]["s"] / first["N"])
+        print(
+            f"{r['N']:>7} {s['s']:>10.1f} {ratio:>11.2f} {s['peak_gb']:>8.2f} "
+            f"{r['reused']['s']:>9.1f} {m['s'] if m else float('nan'):>9.1f} "
+            f"{m['peak_gb'] if m else float('nan'):>9.2f}"
+        )
 
 
 def _row_line(r: dict[str, Any]) -> str:

@@ -202,7 +202,14 @@ def _run_steps(
     pre = steps.run_preflight(job, hp, train_data, backbone_state, store, settings, say)
     hp = pre.hp
     trained = steps.train(
-        job, hp, train_data, backbone_state, store, settings, resume, data.train_datasets()
+        job,
+        hp,
+        train_data,
+        backbone_state,
+        store,
+        settings,
+        resume,
+        data.train_datasets(hp, job.num_workers or settings.workers),
     )
     with session_factory(settings.db_url)() as s:
         if not repo.mark_evaluating(s, job.id, trained.training_time_s):

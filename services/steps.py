@@ -98,14 +98,21 @@ class PreparedData:
         d = self.decoded
         return TrainData(d.images, d.labels, self.split.train, self.split.val, d.classes)
 
-    def train_datasets(self) -> dict[str, Any] | None:
-        """Ray Data datasets of the train and val rows (None: the data is in memory)."""
+    def train_datasets(self, hp: Hyperparameters, workers: int = 1) -> dict[str, Any] | None:
+        """Ray Data datasets of the train and val rows (None: the data is in memory):
+        train is every epoch of the run in one stream (training.loaders.StreamedBatches
+        takes each rank's epoch from it), val one pass, read again each epoch; two shard
+        reads at most in flight per Train worker."""
         if self.shards is None:
             return None
         ids = self.shards.kept()  # decoded position -> listing id
+        epochs = hp.phase1_epochs + hp.phase2_epochs
+        readers = 2 * max(1, workers)
         return {
-            "train": self.shards.part(ids[self.split.train]),
-            "val": self.shards.part(ids[self.split.val]),
+            "train": self.shards.part(
+                ids[self.split.train], epochs=epochs, seed=hp.seed, readers=readers
+            ),
+            "val": self.shards.part(ids[self.split.val], readers=readers),
         }
 
     def test_set(self) -> tuple[np.ndarray, np.ndarray, list[str]]:

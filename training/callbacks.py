@@ -349,6 +349,12 @@ class ProgressLogger(Callback):
                 f" acc {logs['accuracy']:.4f} val_loss {logs['val_loss']:.4f}"
                 f" val_acc {logs['val_accuracy']:.4f} lr {logs['lr']:.2g}"
                 f" {logs['epoch_time_s']:.1f}s"
+                + (
+                    f" ({logs['images_per_s']:.0f} img/s, waiting for data "
+                    f"{100 * logs['data_wait']:.0f} %)"
+                    if "data_wait" in logs
+                    else ""
+                )
             )
 
     def _print(self, line: str) -> None:

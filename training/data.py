@@ -19,7 +19,6 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MANIFEST = "manifest.csv"
@@ -266,6 +265,9 @@ def split(
     Sizes are ``round(n * frac)``, capped by ``*_max``; every class appears in every part in
     proportion to its size, and the same seed gives the same split.
     """
+    from sklearn.model_selection import train_test_split  # here: Ray Data's decode and
+    # read workers import this module, and scikit-learn (scipy.stats) costs them ~1.5 s
+
     labels = np.asarray(labels)
     n = len(labels)
     k = len(np.unique(labels))
@@ -283,6 +285,8 @@ def kfold(
     labels: np.ndarray, indices: np.ndarray, k: int, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k folds over ``indices`` (positions into ``labels``): (train, val) pairs."""
+    from sklearn.model_selection import StratifiedKFold
+
     indices = np.asarray(indices)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [

@@ -13,6 +13,7 @@ steps through.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -129,6 +130,22 @@ def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
     yield prev, True
 
 
+class Timed(Iterator[T]):
+    """``items`` as they come, adding up in ``seconds`` how long each one took to come:
+    the time a training step waited for its batch (on a GPU, a CUDA step queued before
+    still runs meanwhile, so this is the wait of the host, an upper bound on the GPU's)."""
+
+    def __init__(self, items: Iterable[T]):
+        self.items, self.seconds = iter(items), 0.0
+
+    def __next__(self) -> T:
+        t0 = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
 class ArrayBatches:
     """A rank's batches from decoded images in memory: the training DataLoader (sampler,
     loader processes) and its slice of the validation split."""
@@ -159,11 +176,17 @@ class ArrayBatches:
 class StreamedBatches:
     """A rank's batches streamed by Ray Data (``ray.train.get_dataset_shard``): uint8
     images from the decoded shards, augmented on the batch on the worker's device (each
-    image its own random draw). ``train_it`` is this rank's split of the train rows (equal
-    row counts across ranks, so every rank runs as many steps); ``val_it`` walks every
-    validation row and this rank keeps those with ``id % world_size == rank``; a slice of at
-    most ``val_keep_bytes`` is kept in memory after the first pass (each Ray Data execution
-    costs seconds of start-up, every epoch)."""
+    image its own random draw).
+
+    ``train_it`` is this rank's split of one stream holding every epoch of the run
+    (``ShardSet.part(epochs=...)``: one Ray Data execution for the whole run, its reads
+    overlapping training across epoch ends). An epoch takes the next ``n_train //
+    world_size`` rows of it in whole batches, the same count on every rank (DDP needs as
+    many steps everywhere; the split gives equal rows): over the run every train image is
+    seen once per epoch, give or take the rows a rank's epoch borrows from its neighbour
+    across the boundary. ``val_it`` walks every validation row and this rank keeps those
+    with ``id % world_size == rank``; a slice of at most ``val_keep_bytes`` is kept in
+    memory after the first pass (each pass is an execution of its own)."""
 
     def __init__(
         self,
@@ -182,21 +205,39 @@ class StreamedBatches:
         self.hp, self.train_it, self.val_it = hp, train_it, val_it
         self.rank, self.world_size, self.device = rank, world_size, device
         self.per_rank = n_train // world_size
+        # as the in-memory loader: whole batches (no last batch of one), one short batch
+        # when a rank has fewer rows than a batch
+        self.batch_size = max(1, min(hp.batch_size, self.per_rank))
+        self.steps = self.per_rank // self.batch_size
         self.val_keep_bytes = val_keep_bytes
         self._val_kept: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._stream: Iterator[dict[str, torch.Tensor]] | None = None
         self.augment = per_image(train_transform(hp))
         self.normalize = eval_transform()
 
-    def train(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        bs = self.hp.batch_size
-        for b in self.train_it.iter_torch_batches(
-            batch_size=bs,
-            drop_last=self.per_rank > bs,  # as the in-memory loader: no last batch of one
-            local_shuffle_buffer_size=max(4 * bs, 256),
-            local_shuffle_seed=self.hp.seed + 1000 * epoch + self.rank,
-            device="cpu",
-            prefetch_batches=2,
-        ):
+    def _next(self) -> dict[str, torch.Tensor]:
+        if self._stream is None:
+            self._stream = iter(
+                self.train_it.iter_torch_batches(
+                    batch_size=self.batch_size,
+                    drop_last=True,
+                    local_shuffle_buffer_size=max(4 * self.batch_size, 256),
+                    local_shuffle_seed=self.hp.seed + self.rank,
+                    device="cpu",
+                    prefetch_batches=2,
+                )
+            )
+        try:
+            return next(self._stream)
+        except StopIteration:
+            raise RuntimeError(
+                "the train stream ended before the run's last epoch (it holds "
+                "phase1_epochs + phase2_epochs passes: ShardSet.part(epochs=...))"
+            ) from None
+
+    def train(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ARG002
+        for _ in range(self.steps):
+            b = self._next()
             x = b["image"].to(self.device, non_blocking=True)
             yield self.augment(x), b["label"].to(self.device, non_blocking=True)
 

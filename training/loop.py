@@ -36,7 +36,7 @@ from training.callbacks import (
     build_callbacks,
 )
 from training.hyperparams import Hyperparameters
-from training.loaders import ArrayBatches, with_last
+from training.loaders import ArrayBatches, Timed, with_last
 from training.losses import build_loss
 from training.model import (
     build_model,
@@ -246,7 +246,7 @@ class TwoPhaseRun:
         self.callbacks.on_epoch_begin(self.epoch)
         lr = self.schedule.lr
         t0 = time.perf_counter()
-        loss, acc, seen = self._train_one_epoch()
+        loss, acc, seen, data_s = self._train_one_epoch()
         train_s = time.perf_counter() - t0
         val_loss, val_acc = self.validate()
         logs = {
@@ -260,6 +260,9 @@ class TwoPhaseRun:
             "lr": lr,
             "epoch_time_s": time.perf_counter() - t0,
             "images_per_s": seen / train_s if train_s > 0 else 0.0,
+            # the share of the epoch's training time spent waiting for the next batch
+            # (read + augment): how long the model (the GPU, when there is one) waited
+            "data_wait": data_s / train_s if train_s > 0 else 0.0,
         }
         self.callbacks.on_epoch_end(self.epoch, logs)  # callbacks see the epoch as it ran
         self.schedule.step(val_loss)
@@ -286,14 +289,15 @@ class TwoPhaseRun:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def _train_one_epoch(self) -> tuple[float, float, int]:
+    def _train_one_epoch(self) -> tuple[float, float, int, float]:
         hp, model, opt = self.hp, self.model, self.optimizer
         train_mode(model)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         opt.zero_grad(set_to_none=True)
-        for i, ((x, y), last) in enumerate(with_last(self.batches.train(self.epoch))):
+        batches = Timed(with_last(self.batches.train(self.epoch)))
+        for i, ((x, y), last) in enumerate(batches):
             x, y = self._to_device(x, y)
             step = (i + 1) % hp.grad_accum == 0 or last
             sync = contextlib.nullcontext()
@@ -321,7 +325,7 @@ class TwoPhaseRun:
                     i, {"batch": i, "size": len(y), "loss": loss.item()}
                 )
         s, c, n = _all_reduce([total.item(), float(correct.item()), float(seen)], self.device)
-        return s / max(n, 1), c / max(n, 1), int(n)
+        return s / max(n, 1), c / max(n, 1), int(n), batches.seconds
 
     @torch.inference_mode()
     def validate(self) -> tuple[float, float]:

@@ -326,22 +326,36 @@ class ShardSet:
             phash=m["phash"][keep].astype(np.uint64),
         )
 
-    def part(self, ids: np.ndarray):
+    def part(self, ids: np.ndarray, epochs: int = 1, seed: int = 0, readers: int = 4):
         """A Ray Data dataset of the rows ``ids`` (listing ids): id, label, image, one
-        block per shard. Reading a decoded shard is I/O, not compute: its tasks ask for no
-        CPU, so they run beside Train workers that hold every CPU of the node (tasks that
-        ask for one would wait for ever on a node the workers fill)."""
+        block per shard, ``epochs`` times over, each pass over the shards in its own
+        seeded order. Many epochs in one dataset are one Ray Data execution for a whole
+        run: a ``streaming_split`` starts its coordinator once, not every epoch (seconds
+        each time, Ray #49190), and the next epoch's reads overlap this one's training.
+
+        Reading a decoded shard is I/O, not compute: its tasks ask for no CPU, so they
+        run beside Train workers that hold every CPU of the node (tasks that ask for one
+        would wait for ever on a node the workers fill). Asking for nothing, they are not
+        held back by the CPUs either: at most ``readers`` run at once (each in a worker
+        process of its own, whose start-up costs seconds; two per consumer keep one
+        shard ahead of each)."""
         import ray.data
 
+        if epochs < 1:
+            raise ValueError("epochs must be at least 1")
         keep = np.zeros(len(self), bool)
         keep[np.asarray(ids, np.int64)] = True
-        files = [{"file": f} for f in self.files]
+        rng = np.random.default_rng(seed)
+        order = [np.arange(len(self.files))] if epochs == 1 else []
+        order += [rng.permutation(len(self.files)) for _ in range(epochs - len(order))]
+        files = [{"file": self.files[f]} for o in order for f in o]
         return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
             _read_rows,
             fn_kwargs={"filesystem": self.filesystem, "keep": keep},
             batch_size=1,
             batch_format="numpy",
             num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=max(1, readers)),
         )
 
 

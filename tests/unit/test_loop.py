@@ -98,6 +98,7 @@ def test_two_phases_record_every_epoch_with_its_lr():
     h = run.history
     assert [r["epoch"] for r in h] == [1, 2, 3, 4] and [r["phase"] for r in h] == [1, 1, 2, 2]
     assert [r["lr"] for r in h] == [1e-2, 1e-2, 1e-3, 1e-3]
+    assert all(0 <= r["data_wait"] <= 1 and r["images_per_s"] > 0 for r in h)
     assert all(0 <= r["val_accuracy"] <= 1 and r["loss"] > 0 for r in h)
     assert run.summary()["epochs"] == 4
 
