@@ -126,6 +126,25 @@ def ray_cluster(s3_server, tmp_path_factory):
                 os.environ[k] = v
 
 
+def cli_env(settings, cluster, write_token: str, read_token: str) -> dict[str, str]:
+    """The environment of a ``colecionador`` command run as a subprocess against the
+    session's cluster with these settings: this process's environment without its own
+    COLECIONADOR_ variables, the settings', the tokens and Ray's token auth."""
+    from services.ray_jobs import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
+    env.update(
+        settings_env(settings),
+        COLECIONADOR_RAY_ADDRESS=cluster.address,
+        COLECIONADOR_API_TOKEN=write_token,
+        COLECIONADOR_API_READ_TOKEN=read_token,
+        COLECIONADOR_S3_SECRET_KEY=settings.s3_secret_key.get_secret_value(),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(cluster.token_path),
+    )
+    return env
+
+
 def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
     """The predicate's first truthy value, polled every ``every`` s; TimeoutError after
     ``timeout`` s naming ``what``."""

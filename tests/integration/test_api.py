@@ -12,7 +12,6 @@ job without a Ray job).
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
@@ -34,10 +33,18 @@ from services.db import repo
 from services.db.session import session_factory
 from services.jobs import run_job
 from services.messages import TrainingRequest
-from services.ray_jobs import auth_headers, settings_env
+from services.ray_jobs import auth_headers
 from services.records import create_job
 from tests.amqp import delete_queues, message_count, next_message
-from tests.conftest import AMQP_URL, SESSION, TINY, fresh_database, wait_until, write_dataset
+from tests.conftest import (
+    AMQP_URL,
+    SESSION,
+    TINY,
+    cli_env,
+    fresh_database,
+    wait_until,
+    write_dataset,
+)
 from tests.raycluster import free_port
 from training.hyperparams import Hyperparameters
 
@@ -544,16 +551,7 @@ def test_colecionador_serve_deploys_a_read_token_app(api):
     reads need the read or the write token; the pages take HTTP Basic; links keep the
     route prefix."""
     name = f"api-cli-{uuid.uuid4().hex[:4]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
-    env.update(
-        settings_env(api.settings),
-        COLECIONADOR_RAY_ADDRESS=api.cluster.address,
-        COLECIONADOR_API_TOKEN=WRITE,
-        COLECIONADOR_API_READ_TOKEN=READ,
-        COLECIONADOR_S3_SECRET_KEY=api.settings.s3_secret_key.get_secret_value(),
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(api.cluster.token_path),
-    )
+    env = cli_env(api.settings, api.cluster, WRITE, READ)
     cli = Path(sys.executable).with_name("colecionador")
     done = subprocess.run(
         [

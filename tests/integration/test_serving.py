@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -30,11 +29,10 @@ from services.db.session import session_factory
 from services.demo import write_digits
 from services.jobs import run_job
 from services.messages import TrainingRequest
-from services.ray_jobs import settings_env
 from services.records import create_job
 from services.serving import deploy_model
 from services.storage import open_store
-from tests.conftest import AMQP_URL, SESSION, TINY, fresh_database, wait_until
+from tests.conftest import AMQP_URL, SESSION, TINY, cli_env, fresh_database, wait_until
 from tests.raycluster import free_port
 from training.hyperparams import Hyperparameters
 
@@ -255,16 +253,7 @@ def test_colecionador_serve_pins_a_version_and_reads_follow_the_read_token_rule(
     model's application answers with v2 whatever production says; predict needs the
     read (or write) token. Last in the module: it replaces the model's application."""
     name = f"ro-{uuid.uuid4().hex[:6]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
-    env.update(
-        settings_env(served.settings),
-        COLECIONADOR_RAY_ADDRESS=served.cluster.address,
-        COLECIONADOR_API_TOKEN=WRITE,
-        COLECIONADOR_API_READ_TOKEN=READ,
-        COLECIONADOR_S3_SECRET_KEY=served.settings.s3_secret_key.get_secret_value(),
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(served.cluster.token_path),
-    )
+    env = cli_env(served.settings, served.cluster, WRITE, READ)
     cli = Path(sys.executable).with_name("colecionador")
     argv = [str(cli), "serve", "--port", str(served.port), "--name", name]
     argv += ["--route-prefix", f"/{name}", "--predict", f"{served.model}@2", "--reload-s", "1"]
