@@ -177,8 +177,8 @@ def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, mak
         assert trial.mean_val_loss is None and trial.epochs[0]["val_loss"] is None
     assert hp.phase1_lr == GOOD[1]
     said: list[str] = []
-    out, summary = tune_step(job, hp, None, None, None, None, settings, said.append)
-    assert out is hp and summary["best_config"] == {"phase1_lr": GOOD[1]}
+    out, summary, oof = tune_step(job, hp, None, None, None, None, settings, said.append)
+    assert out is hp and summary["best_config"] == {"phase1_lr": GOOD[1]} and oof is None
     assert "search already done" in said[0]
 
 
