@@ -192,10 +192,11 @@ def _run_steps(
         raise StepFailed("callbacks", one_line(e)) from None
     backbone_state = steps.load_weights(hp, len(data.decoded.classes), settings)
     tuning: dict[str, Any] | None = None
+    oof = None  # a tune job's out-of-fold probabilities, for its label check
     if job.mode == "tune":
         from services.tuning_job import tune_step
 
-        hp, tuning = tune_step(
+        hp, tuning, oof = tune_step(
             job, hp, data.decoded, data.split, backbone_state, store, settings, say
         )
     train_data = data.train_data()
@@ -216,7 +217,7 @@ def _run_steps(
             return _outcome_from_db(settings, job.id)  # cancelled while it trained
         history = repo.epoch_rows(s, job.id)
     evaluation = steps.evaluate(trained, data, hp)
-    labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say)
+    labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say, oof)
     files = steps.version_files(
         job, hp, data, trained, evaluation, history, pre.report, tuning, labels
     )

@@ -54,6 +54,7 @@ from training.evaluate import GateResult, predict_logits, quality_gate
 from training.export import OnnxExport, export_with_parity
 from training.health import failing, health_report
 from training.hyperparams import Hyperparameters
+from training.label_issues import OutOfFold
 from training.loop import TrainData
 from training.metrics import classification_metrics
 from training.model import (
@@ -453,11 +454,16 @@ def check_labels(
     backbone_state: dict[str, torch.Tensor] | None,
     store: Store,
     say: Say,
+    oof: OutOfFold | None = None,
 ) -> LabelCheck | None:
     """With ``label_check``: cleanlab's label issues among the train + val images, from
-    out-of-fold probabilities of a linear head cross-validated on frozen-backbone features
-    (training/label_issues.py). The backbone is the one the job started from when it named
-    weights (it never saw these labels), else the trained model's. Written to
+    out-of-fold probabilities (training/label_issues.py). A tune job hands in ``oof``, its
+    best config's k fold models' (services/tuning_job.py): each image scored by the fold
+    model that never trained on it, at no extra cost. Otherwise (a train job, or a tune job
+    without them: resumed after its search, the winner stopped early, their images not
+    this job's train + val; the report's ``source`` says why) a linear head is
+    cross-validated on frozen-backbone features: the backbone the job started from when
+    it named weights (it never saw these labels), else the trained model's. Written to
     reports/job-<id>/ at once; a check that cannot run says why in its report and never
     fails the job (the model is judged by its own gate)."""
     if not hp.label_check:
@@ -471,24 +477,29 @@ def check_labels(
 
     d = data.decoded
     pool = np.union1d(data.split.train, data.split.val)
+    given, why_not = _given_out_of_fold(oof, pool, len(d.classes))
     t0 = time.perf_counter()
     try:
-        if backbone_state is not None:
-            model = build_model(hp.backbone, len(d.classes), hp.dropout)
-            load_backbone_weights(model, backbone_state)
-            source = f"the starting weights ({hp.weights})"
+        if given is not None:
+            probs, source = given.probs, given.source
         else:
-            model = trained.module()
-            source = "the trained model (no starting weights named)"
-        features = backbone_features(model, d.images[pool])
-        probs = out_of_fold_probs(features, d.labels[pool], seed=hp.seed)
+            if backbone_state is not None:
+                model = build_model(hp.backbone, len(d.classes), hp.dropout)
+                load_backbone_weights(model, backbone_state)
+                of = f"the starting weights ({hp.weights})"
+            else:
+                model = trained.module()
+                of = "the trained model (no starting weights named)"
+            features = backbone_features(model, d.images[pool])
+            probs = out_of_fold_probs(features, d.labels[pool], seed=hp.seed)
+            source = (
+                "out-of-fold probabilities of a LogisticRegression cross-validated on "
+                f"frozen-backbone features of {of}"
+            )
+            if why_not:
+                source += f" (not the search's fold models: {why_not})"
         report = find_issues(
-            d.labels[pool],
-            probs,
-            [d.paths[i] for i in pool],
-            d.classes,
-            source="out-of-fold probabilities of a LogisticRegression cross-validated on "
-            f"frozen-backbone features of {source}",
+            d.labels[pool], probs, [d.paths[i] for i in pool], d.classes, source=source
         )
         report["seconds"] = round(time.perf_counter() - t0, 2)
         png = label_issues_png(report, d.images[pool])
@@ -496,14 +507,33 @@ def check_labels(
         report, png = {"error": one_line(e), "issues": []}, None
         say(f"label check failed: {one_line(e)}")
     else:
+        by = "the search's fold models" if given is not None else "a linear head"
         say(
             f"label check: {report['issues_found']} likely label issue(s) among "
-            f"{report['images_checked']} train + val images ({report['seconds']} s)"
+            f"{report['images_checked']} train + val images ({by}, {report['seconds']} s)"
         )
     put_report(store, job.id, LABEL_ISSUES_FILE, report)
     if png is not None:
         put_report(store, job.id, LABEL_ISSUES_PNG, png)
     return LabelCheck(report, png)
+
+
+def _given_out_of_fold(
+    oof: OutOfFold | None, pool: np.ndarray, n_classes: int
+) -> tuple[OutOfFold | None, str | None]:
+    """``oof`` when it scores exactly the job's train + val images (``pool``), else None
+    and why not (None: no ``oof`` was handed in, a train job)."""
+    if oof is None:
+        return None, None
+    if oof.missing or oof.index is None or oof.probs is None:
+        return None, oof.missing or "none were made"
+    if not np.array_equal(np.asarray(oof.index), pool):
+        return None, (
+            f"they score {len(oof.index)} images, not this job's {len(pool)} train + val images"
+        )
+    if np.shape(oof.probs) != (len(pool), n_classes):
+        return None, f"their shape {np.shape(oof.probs)} is not ({len(pool)}, {n_classes})"
+    return oof, None
 
 
 def version_files(

@@ -1,7 +1,9 @@
 """The search step of a ``mode: tune`` job: Ray Tune over the request's space with k-fold
 cross-validation on train + val (the test split stays held out) and ASHA; every trial
 recorded as it ends; the best config merged into the job's hyperparameters. The job then
-trains, judges and versions that config like any train job (services/jobs.py)."""
+trains, judges and versions that config like any train job (services/jobs.py). With
+``label_check`` the winner's out-of-fold probabilities (its k fold models, tuning/cv.py)
+go back to the job for its label check, never into tuning.json."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from services.errors import StepFailed, one_line
 from services.ray_jobs import init_ray
 from services.storage import Store
 from training.hyperparams import Hyperparameters
+from training.label_issues import OutOfFold
 
 log = logging.getLogger("colecionador.tuning")
 
@@ -31,15 +34,18 @@ def tune_step(
     store: Store,
     settings: Settings,
     say: Callable[[str], None],
-) -> tuple[Hyperparameters, dict[str, Any]]:
+) -> tuple[Hyperparameters, dict[str, Any], OutOfFold | None]:
     """The search of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold CV
     on train + val (the test split stays held out) and ASHA; every trial recorded as it
     ends; the best config merged into the job's hyperparameters (same transaction as the
-    run's completion). Returns the merged hyperparameters and a summary for tuning.json.
-    A job resumed after its search completed reuses that search; one whose driver died
-    during the search (its tuning run still ``running``) restores that run from its
-    storage in the store (tuning.search: Tune's ``Tuner.restore``), and the trials that
-    had ended are not trained again."""
+    run's completion). Returns the merged hyperparameters, a summary for tuning.json and,
+    with ``label_check``, the winner's out-of-fold probabilities (``OutOfFold``; its
+    ``missing`` says why there are none; None without ``label_check``): reading them
+    never fails the job. A job resumed after its search completed reuses that search
+    (its out-of-fold probabilities are not kept: the check fits its linear head); one
+    whose driver died during the search (its tuning run still ``running``) restores that
+    run from its storage in the store (tuning.search: Tune's ``Tuner.restore``), and the
+    trials that had ended are not trained again."""
     from pydantic import ValidationError
 
     from tuning import report as tuning_report
@@ -57,12 +63,23 @@ def tune_step(
                 f"{tuning_report.config_text(previous.best_config or {})}"
             )
             trials = [_trial_dict(t) for t in repo.tuning_trials(s, previous.id)]
-            return hp, {
-                "run_id": previous.id,
-                "metric": previous.metric,
-                "best_config": previous.best_config,
-                "trials": trials,
-            }
+            oof = None
+            if hp.label_check:
+                oof = OutOfFold(
+                    "",
+                    missing=f"the job resumed after its search (tuning run {previous.id}) "
+                    "had ended, and its fold models' probabilities are not kept",
+                )
+            return (
+                hp,
+                {
+                    "run_id": previous.id,
+                    "metric": previous.metric,
+                    "best_config": previous.best_config,
+                    "trials": trials,
+                },
+                oof,
+            )
         resume_id = previous.id if previous is not None and previous.status == "running" else None
     try:
         spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
@@ -167,6 +184,9 @@ def tune_step(
             job_hyperparameters=merged.effective(),
             **summary_fields,
         )
+    oof = None
+    if hp.label_check:
+        oof = _out_of_fold(by_index[winner.index], search, run_id, spec.k_folds)
     say(tuning_report.table(ranked, spec.metric))
     say(
         f"best config: {tuning_report.config_text(winner.config)} "
@@ -176,21 +196,45 @@ def tune_step(
         f"{result.wall_s:.0f} s. "
         f"Training it on the train split, judging it on the test split."
     )
-    return merged, {
-        "run_id": run_id,
-        "metric": spec.metric,
-        "mode": spec.mode,
-        "scheduler": spec.scheduler,
-        "search": spec.strategy,
-        "num_samples": spec.num_samples,
-        "resumed": result.resumed,
-        "k_folds": spec.k_folds,
-        "grid": grid,
-        "best_config": winner.config,
-        "max_t": result.max_t,
-        "epochs_run": result.epochs_run,
-        "trials": [c.to_dict() for c in ranked],
-    }
+    return (
+        merged,
+        {
+            "run_id": run_id,
+            "metric": spec.metric,
+            "mode": spec.mode,
+            "scheduler": spec.scheduler,
+            "search": spec.strategy,
+            "num_samples": spec.num_samples,
+            "resumed": result.resumed,
+            "k_folds": spec.k_folds,
+            "grid": grid,
+            "best_config": winner.config,
+            "max_t": result.max_t,
+            "epochs_run": result.epochs_run,
+            "trials": [c.to_dict() for c in ranked],
+        },
+        oof,
+    )
+
+
+def _out_of_fold(trial: Any, search: Any, run_id: int, k: int) -> OutOfFold:
+    """The winner's out-of-fold probabilities from its checkpoint in the run's storage,
+    or why there are none (a reading failure is logged and said, never raised)."""
+    from tuning.search import load_out_of_fold
+
+    source = (
+        f"out-of-fold probabilities of the best config's {k} fold models "
+        f"(tuning run {run_id}, k={k})"
+    )
+    if not trial.oof_checkpoint:
+        why = "it stopped early" if trial.status == "stopped_early" else "it saved none"
+        return OutOfFold(source, missing=f"the best config (trial {trial.index}) has none: {why}")
+    try:
+        index, probs = load_out_of_fold(trial, search.storage_filesystem)
+    except Exception as e:  # noqa: BLE001 - the check falls back to the linear head
+        log.warning("out-of-fold probabilities of run %s not read: %s", run_id, e)
+        return OutOfFold(source, missing=f"reading them failed: {one_line(e)}")
+    return OutOfFold(source, index, probs)
 
 
 def _trial_fields(c: Any, history: list[dict[str, Any]], trial_id: str) -> dict[str, Any]:

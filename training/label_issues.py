@@ -8,12 +8,14 @@ backbone (its last Linear replaced by the identity), then cross-validate a sciki
 LogisticRegression on those features (``cross_val_predict``, stratified k folds). An
 image whose given label the out-of-fold model finds unlikely, while it is confident of
 another, is an issue; issues are ranked by self-confidence (the probability of the given
-label, lowest first).
+label, lowest first). A tune job has better ones for free: its best config's k fold models
+(tuning/cv.py), carried to the check as an ``OutOfFold``.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,20 @@ from training.model import head_prefix
 
 MAX_LISTED = 50  # label_issues.json lists at most this many (ranked)
 SHOWN = 30  # the picture shows the first of them
+
+
+@dataclass
+class OutOfFold:
+    """Out-of-fold probabilities made before the label check (a tune job's search: its
+    best config's k fold models), or why a tune job has none (``missing``; the check then
+    falls back to the linear head and says why). ``index``: the job's train + val image
+    indices, ascending; ``probs``: (len(index), classes); ``source``: where they came from,
+    as label_issues.json says it."""
+
+    source: str
+    index: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    missing: str | None = None
 
 
 def feature_extractor(model: nn.Module) -> nn.Module:

@@ -7,10 +7,19 @@ reports the mean and std over folds of val_loss and val_accuracy (and every fold
 figures) with ``ray.tune.report``, so ASHA stops weak configs early on the cross-validated
 estimate, not on one split's noise. ``cv_trainable`` is that plain Tune function trainable,
 run in-process with the trial's own resources (tuning.search says why not a TorchTrainer).
+
+The k fold models of a config that trained to the end are also what confident learning
+needs (training/label_issues.py): every train + val image's probabilities from the fold
+model that held it out. With ``label_check`` such a trial attaches them to its last report
+as a Tune checkpoint (``oof.npz``: ``index`` in the job's numbering, ``probs``), so a tune
+job's label check reads its winner's instead of fitting a linear head (services/steps.py
+``check_labels``); without ``label_check`` nothing is computed or written.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +56,19 @@ def cv_folds(
 class CVData:
     """What every trial shares (through the object store): decoded images and the folds.
     ``images`` may be lazy (training.shards.ShardImages: a large data set's decoded
-    shards); a trial then reads its train + val images from the shards (``local``)."""
+    shards); a trial then reads its train + val images from the shards (``local``).
+    ``origin`` maps this object's image positions to the job's (None: the same)."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     folds: list[tuple[np.ndarray, np.ndarray]]
+    origin: np.ndarray | None = None
+
+    def original(self, idx: np.ndarray) -> np.ndarray:
+        """Positions here -> the job's image indices (what its split and labels use)."""
+        idx = np.asarray(idx, np.int64)
+        return idx if self.origin is None else np.asarray(self.origin, np.int64)[idx]
 
     def fold(self, i: int) -> TrainData:
         train, val = self.folds[i]
@@ -60,7 +76,8 @@ class CVData:
 
     def local(self) -> CVData:
         """The same folds over images in memory: itself when they are, else the images
-        of train + val read from the shards (never a JPEG), the folds renumbered."""
+        of train + val read from the shards (never a JPEG), the folds renumbered and
+        ``origin`` mapping the new positions back to the job's indices."""
         if isinstance(self.images, np.ndarray):
             return self
         pool = np.unique(np.concatenate([np.concatenate(f) for f in self.folds]))
@@ -71,6 +88,7 @@ class CVData:
             self.labels[pool],
             self.classes,
             [(at[a], at[b]) for a, b in self.folds],
+            self.original(pool),
         )
 
 
@@ -191,6 +209,22 @@ def aggregate(
     return out
 
 
+OOF_FILE = "oof.npz"  # in a trial's checkpoint: index (int64, the job's), probs (float32)
+
+
+def save_out_of_fold(folder: str, index: np.ndarray, probs: np.ndarray) -> str:
+    """Write ``oof.npz`` into ``folder`` (a checkpoint's directory); returns its path."""
+    path = os.path.join(folder, OOF_FILE)
+    np.savez(path, index=np.asarray(index, np.int64), probs=np.asarray(probs, np.float32))
+    return path
+
+
+def read_out_of_fold(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(index, probs) from a checkpoint directory written by ``save_out_of_fold``."""
+    with np.load(os.path.join(folder, OOF_FILE)) as f:
+        return f["index"].astype(np.int64), f["probs"].astype(np.float32)
+
+
 def cv_trainable(
     config: dict[str, Any],
     *,
@@ -198,7 +232,9 @@ def cv_trainable(
     base: dict[str, Any],
     backbone_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """The Tune function trainable: one config, k folds in lockstep, a report per epoch."""
+    """The Tune function trainable: one config, k folds in lockstep, a report per epoch.
+    With ``label_check``, the last report of a trial whose folds all finished carries its
+    out-of-fold probabilities as a checkpoint (``oof.npz``, the job's image indices)."""
     import ray
     from ray import tune
 
@@ -214,6 +250,13 @@ def cv_trainable(
     cv = FoldsInLockstep(hp, data, backbone_state=backbone_state, device=device, quiet=True)
     while not cv.done:
         report = cv.step()
+        if cv.done and not cv.failure and hp.label_check:
+            idx, probs = cv.out_of_fold_probs()
+            with tempfile.TemporaryDirectory(prefix="oof-") as folder:
+                save_out_of_fold(folder, data.original(idx), probs)
+                # persisted to the run's storage before report returns
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+            return
         tune.report(report)  # NaN stays NaN here (ASHA ignores it); a diverged fold ends
         if cv.failure:  # the trial as failed right after the epoch is on record
             raise RuntimeError(cv.failure)

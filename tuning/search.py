@@ -4,7 +4,10 @@
 strategy, folds, sampling, metric, scheduler) and a ``SearchRun`` (each trial's resources,
 Tune's storage, the run's name), runs one ``cv_trainable`` per config (tuning.cv: k folds in
 lockstep) with ``ASHAScheduler`` (or FIFO), and returns every trial as it ended; the
-``listener`` hears each one as it ends (a failed trial is recorded, not raised).
+``listener`` hears each one as it ends (a failed trial is recorded, not raised). A trial
+that ran with ``label_check`` to its end leaves its out-of-fold probabilities as a Tune
+checkpoint (tuning.cv); the collector keeps where (``TrialOutcome.oof_checkpoint``, in the
+run's snapshot too, so a restored run still knows) and ``load_out_of_fold`` reads them.
 
 The configs come from the strategy: ``grid`` (``tune.grid_search`` per list), ``random``
 (Tune's seeded ``BasicVariantGenerator`` drawing ``num_samples``) or ``tpe`` (Ray Tune's
@@ -38,7 +41,7 @@ import torch
 
 from training.data import Split
 from training.hyperparams import Hyperparameters
-from tuning.cv import CVData, cv_folds, cv_trainable
+from tuning.cv import CVData, cv_folds, cv_trainable, read_out_of_fold
 from tuning.grid import max_epochs
 from tuning.space import ends, to_tune, validate_space
 from tuning.spec import TuningSpec
@@ -55,6 +58,9 @@ class TrialOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)  # one report per epoch
     max_epochs: int | None = None
     error: str | None = None
+    # where its out-of-fold probabilities are (a Tune checkpoint in the run's storage):
+    # only a trial that ran with label_check and finished every fold has them
+    oof_checkpoint: str | None = None
 
     @property
     def stopped_at(self) -> int:
@@ -71,6 +77,7 @@ class TrialOutcome:
             list(d["history"]),
             d.get("max_epochs"),
             d.get("error"),
+            d.get("oof_checkpoint"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +89,7 @@ class TrialOutcome:
             "stopped_at": self.stopped_at,
             "max_epochs": self.max_epochs,
             "error": self.error,
+            "oof_checkpoint": self.oof_checkpoint,
             "history": self.history,
         }
 
@@ -181,7 +189,7 @@ def _make_collector(name: str, keys: list[str]):
             self.trials = {k: TrialOutcome.from_dict(d) for k, d in state["trials"].items()}
             for t in self.trials.values():
                 if t.status == "running":  # Tune starts it again, from its first epoch
-                    t.history = []
+                    t.history, t.oof_checkpoint = [], None
 
         def _get(self, trials: list, trial: Any) -> TrialOutcome:
             t = self.trials.get(trial.trial_id)
@@ -205,6 +213,10 @@ def _make_collector(name: str, keys: list[str]):
             on_result = self._hooks().on_result
             if on_result is not None:
                 on_result(t, row)
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            # the only checkpoint a trial saves: its out-of-fold probabilities (tuning.cv)
+            self._get(trials, trial).oof_checkpoint = checkpoint.path
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             t = self._get(trials, trial)
@@ -427,6 +439,24 @@ def run_search(
     trials = sorted(collector.trials.values(), key=lambda t: t.index)
     sizes = [{"train": len(a), "val": len(b)} for a, b in folds]
     return SearchResult(trials, spec, dims, max_t, sizes, time.perf_counter() - t0, resumed)
+
+
+def load_out_of_fold(
+    outcome: TrialOutcome, filesystem: Any = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The trial's out-of-fold probabilities, ``(index, probs)`` with ``index`` the job's
+    train + val image indices (ascending), or None when it left none (no label_check, or
+    it did not finish every fold). ``filesystem`` is the run's storage filesystem
+    (``SearchRun.storage_filesystem``: pyarrow's S3 for a store in S3, None on disk). A
+    search on its own temporary storage (``SearchRun.storage_path`` None) took its
+    checkpoints with it when it ended."""
+    if not outcome.oof_checkpoint:
+        return None
+    from ray import tune
+
+    checkpoint = tune.Checkpoint(outcome.oof_checkpoint, filesystem)
+    with checkpoint.as_directory() as folder:
+        return read_out_of_fold(folder)
 
 
 def searcher(spec: TuningSpec, seed: int) -> Any:

@@ -320,6 +320,26 @@ def test_ray_storage_is_a_working_pyarrow_filesystem(s3_server, s3_settings, buc
     assert no_filesystem is None and Path(local_dir).is_dir()
 
 
+def test_a_trials_out_of_fold_checkpoint_reads_back_from_s3(s3_settings, bucket, tmp_path):
+    """A tune job's label check reads its winner's oof.npz where Tune stored it: the
+    run's storage in the store (tuning.search load_out_of_fold with the pyarrow S3 fs)."""
+    import numpy as np
+
+    from tuning.cv import OOF_FILE, save_out_of_fold
+    from tuning.search import TrialOutcome, load_out_of_fold
+
+    store = open_store(s3_settings(f"s3://{bucket}/p"))
+    path, filesystem = store.ray_storage("tuning")
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), 5)
+    local = save_out_of_fold(str(tmp_path), np.array([0, 3, 4, 8, 9]), probs)
+    checkpoint = f"{path}/job-1-run-1/trial_0/checkpoint_000004"
+    with filesystem.open_output_stream(f"{checkpoint}/{OOF_FILE}") as out:
+        out.write(Path(local).read_bytes())
+    outcome = TrialOutcome(0, "t0", {}, "completed", oof_checkpoint=checkpoint)
+    index, got = load_out_of_fold(outcome, filesystem)
+    assert index.tolist() == [0, 3, 4, 8, 9] and np.allclose(got, probs, atol=1e-6)
+
+
 # ----------------------------------------------------------------- fetching
 def test_fetch_dataset_downloads_once_then_only_changes(
     s3_server, s3_settings, bucket, make_dataset, s3_calls

@@ -62,3 +62,41 @@ def test_a_trial_started_again_reports_from_its_first_epoch():
     for epoch in (1, 2, 1, 2, 3):
         c.on_trial_result(0, [a], a, report(epoch))
     assert [h["epoch"] for h in c.trials["a"].history] == [1, 2, 3]
+
+
+class FakeCheckpoint:
+    def __init__(self, path: str):
+        self.path = path
+
+
+def test_the_out_of_fold_checkpoint_is_kept_through_a_snapshot_and_a_restore(tmp_path):
+    import numpy as np
+
+    from tuning.cv import save_out_of_fold
+
+    c = search._make_collector("run-c", ["phase1_lr"])
+    a, b = FakeTrial("a", 1e-3), FakeTrial("b", 1e-2)
+    trials = [a, b]
+    for t in trials:
+        c.on_trial_start(0, trials, t)
+    c.on_trial_result(0, trials, a, report(1, done=True))
+    folder = tmp_path / "checkpoint_000000"
+    folder.mkdir()
+    index, probs = np.array([0, 2, 5]), np.eye(3)[[1, 0, 2]] * 0.9 + 0.1 / 3
+    save_out_of_fold(str(folder), index, probs)
+    c.on_checkpoint(0, trials, a, FakeCheckpoint(str(folder)))
+    c.on_trial_complete(0, trials, a)
+    c.on_trial_result(0, trials, b, report(1))
+    c.on_checkpoint(0, trials, b, FakeCheckpoint(str(tmp_path / "b")))  # then the driver died
+    state = c.get_state()
+    assert state["trials"]["a"]["oof_checkpoint"] == str(folder)
+
+    restored = cloudpickle.loads(cloudpickle.dumps(c))
+    restored.set_state(state)
+    assert restored.trials["a"].oof_checkpoint == str(folder)
+    assert restored.trials["b"].oof_checkpoint is None  # it trains again from the start
+    got_index, got_probs = search.load_out_of_fold(restored.trials["a"])
+    assert got_index.dtype == np.int64 and got_index.tolist() == [0, 2, 5]
+    assert got_probs.dtype == np.float32 and np.allclose(got_probs, probs)
+    assert search.load_out_of_fold(restored.trials["b"]) is None
+    search.HOOKS.pop("run-c", None)

@@ -124,3 +124,96 @@ def test_a_diverged_fold_names_itself():
     cv.runs = [_Run([]), _Run([])]
     cv.runs[0].failure, cv.runs[1].failure = None, "loss became nan at epoch 2"
     assert cv.failure == "fold 1 diverged: loss became nan at epoch 2"
+
+
+# ------------------------------------------------- out-of-fold probabilities (#17)
+class LazyImages:
+    """Images that are no array (as training.shards.ShardImages): read with ``take``."""
+
+    def __init__(self, images: np.ndarray):
+        self.images, self.taken = images, []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, positions) -> np.ndarray:
+        self.taken.append(np.asarray(positions))
+        return self.images[positions]
+
+
+def test_local_folds_of_lazy_images_map_back_to_the_jobs_numbering():
+    y = labels_of([10, 10, 10])
+    sp = data.split(y, 0.1, 0.2, seed=1)  # 6 test images, spread over the numbering
+    images = np.arange(len(y), dtype=np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 3, 2, 2))
+    images = images.astype(np.uint8)  # image i is filled with the value i
+    folds = cv_folds(y, sp, 3, seed=1)
+    lazy = LazyImages(images)
+    local = CVData(lazy, y, ["a", "b", "c"], folds).local()
+    pool = np.union1d(sp.train, sp.val)
+    assert [t.tolist() for t in lazy.taken] == [pool.tolist()]  # the test split is not read
+    assert isinstance(local.images, np.ndarray) and len(local.images) == len(pool) < len(y)
+    for (a, b), (la, lb) in zip(folds, local.folds):
+        assert local.original(lb).tolist() == b.tolist()  # renumbered, and mapped back
+        assert local.original(la).tolist() == a.tolist()
+        assert (local.images[lb, 0, 0, 0] == b).all() and (local.labels[lb] == y[b]).all()
+    assert local.original(np.arange(len(pool))).tolist() == pool.tolist()
+    # images in memory keep the job's numbering
+    mem = CVData(images, y, ["a", "b", "c"], folds)
+    assert mem.local() is mem and mem.original(np.array([3, 1])).tolist() == [3, 1]
+
+
+class _Report:
+    """tune.report as a trial sees it: each report, and the checkpoint's oof.npz read
+    while its folder still exists."""
+
+    def __init__(self):
+        self.reports, self.checkpoints = [], []
+
+    def __call__(self, metrics, checkpoint=None):
+        from tuning.cv import read_out_of_fold
+
+        self.reports.append(metrics)
+        if checkpoint is not None:
+            self.checkpoints.append((len(self.reports), read_out_of_fold(checkpoint.path)))
+
+
+@pytest.mark.parametrize("label_check", [True, False])
+def test_the_last_report_carries_out_of_fold_probs_in_the_jobs_numbering(
+    make_dataset, monkeypatch, label_check
+):
+    import ray
+    from ray import tune
+
+    from tuning.cv import cv_trainable
+
+    root = make_dataset(per_class=9, size=16)
+    hp = Hyperparameters(**{**TINY, "image_size": 16, "phase1_epochs": 1, "phase2_epochs": 1})
+    d = data.load(root, hp.image_size, "fail", hp.min_per_class)
+    sp = data.split(d.labels, 0.1, 0.2, seed=0)
+    folds = cv_folds(d.labels, sp, 2)
+    report = _Report()
+
+    class Context:
+        def get_assigned_resources(self):
+            return {"CPU": 1.0}
+
+    monkeypatch.setattr(ray, "get_runtime_context", Context)
+    monkeypatch.setattr(tune, "report", report)
+    if not label_check:  # no cost: the probabilities are never computed
+        monkeypatch.setattr(FoldsInLockstep, "out_of_fold_probs", None)
+    cv_trainable(
+        {"phase1_lr": 1e-3},
+        data=CVData(LazyImages(d.images), d.labels, d.classes, folds),
+        base={**hp.effective(), "label_check": label_check},
+    )
+    assert [r["epoch"] for r in report.reports] == [1, 2] and report.reports[-1]["trial_done"]
+    if not label_check:
+        assert report.checkpoints == []
+        return
+    ((at, (index, probs)),) = report.checkpoints
+    assert at == 2  # the last report
+    pool = np.union1d(sp.train, sp.val)
+    assert len(sp.test) > 0 and index.dtype == np.int64 and probs.dtype == np.float32
+    assert index.tolist() == pool.tolist()  # the job's indices, not the renumbered ones
+    assert probs.shape == (len(pool), len(d.classes))
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
