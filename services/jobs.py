@@ -197,7 +197,7 @@ def _run_steps(
         from services.tuning_job import tune_step
 
         hp, tuning, oof = tune_step(
-            job, hp, data.decoded, data.split, backbone_state, store, settings, say
+            job, hp, data.decoded, data.split, backbone_state, store, settings, say, data.shards
         )
     train_data = data.train_data()
     pre = steps.run_preflight(job, hp, train_data, backbone_state, store, settings, say)

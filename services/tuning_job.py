@@ -34,6 +34,7 @@ def tune_step(
     store: Store,
     settings: Settings,
     say: Callable[[str], None],
+    shards: Any = None,
 ) -> tuple[Hyperparameters, dict[str, Any], OutOfFold | None]:
     """The search of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold CV
     on train + val (the test split stays held out) and ASHA; every trial recorded as it
@@ -45,7 +46,8 @@ def tune_step(
     (its out-of-fold probabilities are not kept: the check fits its linear head); one
     whose driver died during the search (its tuning run still ``running``) restores that
     run from its storage in the store (tuning.search: Tune's ``Tuner.restore``), and the
-    trials that had ended are not trained again."""
+    trials that had ended are not trained again. ``shards`` (a large data set's decoded
+    shards, PreparedData.shards): every fold of every trial streams them."""
     from pydantic import ValidationError
 
     from tuning import report as tuning_report
@@ -149,6 +151,7 @@ def tune_step(
             search,
             backbone_state=backbone_state,
             listener=record,
+            shards=shards,  # a large data set: every fold streams its shards
         )
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:

@@ -14,6 +14,12 @@ model that held it out. With ``label_check`` such a trial attaches them to its l
 as a Tune checkpoint (``oof.npz``: ``index`` in the job's numbering, ``probs``), so a tune
 job's label check reads its winner's instead of fitting a linear head (services/steps.py
 ``check_labels``); without ``label_check`` nothing is computed or written.
+
+A large data set (decoded shards, ``CVData.shards``) is streamed inside the trial too: each
+fold reads its train rows through one Ray Data stream holding all its epochs and its
+validation rows through another (training.loaders.StreamedBatches, world size 1), so a
+trial holds a few batches per fold, not the train + val images. Without shards a trial
+with lazy images reads train + val into memory once (``local``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from training.data import Split, kfold
 from training.hyperparams import Hyperparameters
 from training.loop import TrainData, TwoPhaseRun, WorkerInfo
+from training.shards import ShardImages
 from tuning.grid import total_epochs
 
 
@@ -57,13 +64,41 @@ class CVData:
     """What every trial shares (through the object store): decoded images and the folds.
     ``images`` may be lazy (training.shards.ShardImages: a large data set's decoded
     shards); a trial then reads its train + val images from the shards (``local``).
-    ``origin`` maps this object's image positions to the job's (None: the same)."""
+    ``origin`` maps this object's image positions to the job's (None: the same).
+    ``shards`` (training.shards.ShardSet, with lazy ``images`` numbered as its
+    ``decoded()``): each fold streams its rows (``fold_batches``) instead."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     folds: list[tuple[np.ndarray, np.ndarray]]
     origin: np.ndarray | None = None
+    shards: Any = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.shards is not None and not isinstance(self.images, np.ndarray)
+
+    def fold_batches(self, i: int, hp: Hyperparameters, device: torch.device) -> Any:
+        """Fold ``i``'s batches streamed from the shards (None when not ``streamed``):
+        its train rows ``total_epochs`` times over in one stream, its val rows once per
+        epoch (kept in memory after the first pass when under 512 MB / k)."""
+        if not self.streamed:
+            return None
+        from training.loaders import StreamedBatches
+
+        train, val = self.folds[i]
+        ids = self.shards.kept()  # position -> listing id
+        return StreamedBatches(
+            hp,
+            self.shards.part(ids[train], epochs=total_epochs(hp), seed=hp.seed + i, readers=2),
+            self.shards.part(ids[val], readers=1),
+            len(train),
+            0,
+            1,
+            device,
+            val_keep_bytes=512 * 2**20 // len(self.folds),
+        )
 
     def original(self, idx: np.ndarray) -> np.ndarray:
         """Positions here -> the job's image indices (what its split and labels use)."""
@@ -78,7 +113,7 @@ class CVData:
         """The same folds over images in memory: itself when they are, else the images
         of train + val read from the shards (never a JPEG), the folds renumbered and
         ``origin`` mapping the new positions back to the job's indices."""
-        if isinstance(self.images, np.ndarray):
+        if isinstance(self.images, np.ndarray) or self.streamed:
             return self
         pool = np.unique(np.concatenate([np.concatenate(f) for f in self.folds]))
         at = np.full(len(self.labels), -1, np.int64)
@@ -119,7 +154,14 @@ class FoldsInLockstep:
         self.hp = hp
         worker = WorkerInfo(device=device or torch.device("cpu"))
         self.runs = [
-            TwoPhaseRun(hp, data.fold(i), worker=worker, backbone_state=backbone_state, quiet=quiet)
+            TwoPhaseRun(
+                hp,
+                data.fold(i),
+                worker=worker,
+                backbone_state=backbone_state,
+                quiet=quiet,
+                batches=data.fold_batches(i, hp, worker.device),
+            )
             for i in range(len(data.folds))
         ]
         self.iteration = 0
@@ -164,7 +206,9 @@ class FoldsInLockstep:
         for run in self.runs:
             val = run.data.val_idx
             idx.append(val)
-            probs.append(predict_probs(run.eval_module, run.data.images[val], device=run.device))
+            images = run.data.images
+            images = images.view(val) if isinstance(images, ShardImages) else images[val]
+            probs.append(predict_probs(run.eval_module, images, device=run.device))
         order = np.argsort(np.concatenate(idx), kind="stable")
         return np.concatenate(idx)[order], np.concatenate(probs)[order]
 

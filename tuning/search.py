@@ -354,10 +354,12 @@ def run_search(
     backbone_state: dict[str, torch.Tensor] | None = None,
     listener: Callable[[TrialOutcome], None] | None = None,
     on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None = None,
+    shards: Any = None,
 ) -> SearchResult:
     """Run the whole search of ``spec`` on top of ``base`` on the connected Ray cluster;
     every trial ends in the result (a failed trial is recorded, not raised). ``listener``
-    hears each trial as it ends, ``on_result`` each report."""
+    hears each trial as it ends, ``on_result`` each report. ``shards``: the decoded
+    shards behind lazy ``images`` (training.shards.ShardSet): every fold streams them."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -367,7 +369,7 @@ def run_search(
     epoch_keys = {k: ends(d) for k, d in dims.items() if k in ("phase1_epochs", "phase2_epochs")}
     max_t = max_epochs(epoch_keys, base)
     folds = cv_folds(labels, split, spec.k_folds, base.seed)
-    data = CVData(images, labels, list(classes), folds)
+    data = CVData(images, labels, list(classes), folds, shards=shards)
     trainable = tune.with_parameters(
         cv_trainable, data=data, base=base.effective(), backbone_state=backbone_state
     )

@@ -217,3 +217,61 @@ def test_the_last_report_carries_out_of_fold_probs_in_the_jobs_numbering(
     assert index.tolist() == pool.tolist()  # the job's indices, not the renumbered ones
     assert probs.shape == (len(pool), len(d.classes))
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+class FakeShards:
+    """A ShardSet's streaming side over images in memory: ``part`` records what each
+    fold asked for and streams those rows ``epochs`` times (as Ray Data would)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels, self.parts = images, labels, []
+        self.order = np.random.default_rng(0).permutation(len(labels))  # position -> id
+
+    def kept(self) -> np.ndarray:
+        return self.order
+
+    def part(self, ids, epochs=1, seed=0, readers=4):
+        self.parts.append((np.asarray(ids), epochs))
+        at = {int(i): p for p, i in enumerate(self.order)}
+        rows = np.array([at[int(i)] for i in np.tile(ids, epochs)])
+        images, labels = self.images, self.labels
+
+        class Stream:
+            def iter_torch_batches(self, *, batch_size, drop_last=False, **_kw):
+                import torch
+
+                stop = len(rows) - len(rows) % batch_size if drop_last else len(rows)
+                for s in range(0, stop, batch_size):
+                    r = rows[s : min(s + batch_size, stop)]
+                    yield {
+                        "id": torch.as_tensor(r),
+                        "label": torch.as_tensor(labels[r]),
+                        "image": torch.as_tensor(images[r]),
+                    }
+
+        return Stream()
+
+
+def test_folds_of_a_sharded_data_set_stream_every_epoch_without_reading_images_whole(
+    make_dataset,
+):
+    """With shards, a trial never reads train + val into memory: each fold streams its
+    train rows (all its epochs in one stream) and its val rows from the shards, and
+    its out-of-fold probabilities come from lazy views of its val rows."""
+    root = make_dataset(per_class=8, size=16)
+    hp = Hyperparameters(**{**TINY, "image_size": 16, "phase1_epochs": 2, "phase2_epochs": 1})
+    d = data.load(root, hp.image_size, "fail", hp.min_per_class)
+    sp = data.split(d.labels, seed=0)
+    folds = cv_folds(d.labels, sp, 2)
+    lazy, shards = LazyImages(d.images), FakeShards(d.images, d.labels)
+    cv_data = CVData(lazy, d.labels, d.classes, folds, shards=shards)
+    assert cv_data.streamed and cv_data.local() is cv_data
+    cv = FoldsInLockstep(hp, cv_data)
+    while not cv.done:
+        cv.step()
+    assert lazy.taken == []  # training read no image but through the streams
+    train_parts, val_parts = shards.parts[0::2], shards.parts[1::2]
+    for (a, b), (tr, e_tr), (va, e_va) in zip(folds, train_parts, val_parts):
+        assert tr.tolist() == shards.order[a].tolist() and e_tr == 3  # every epoch, once
+        assert va.tolist() == shards.order[b].tolist() and e_va == 1
+    assert cv.runs[0].history[-1]["images_per_s"] > 0
