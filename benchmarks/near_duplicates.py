@@ -107,7 +107,7 @@ def false_positives(root: Path, size: int) -> dict[str, float]:
     pairs = near_duplicates(d.images, RADIUS)
     return {
         "images": len(d),
-        "candidates": len(candidates(d.images, RADIUS, True)),
+        "candidates": len(candidates(d.images, RADIUS, True)[0]),
         "confirmed": len(pairs),
         "seconds": time.perf_counter() - t0,
     }

@@ -70,11 +70,25 @@ def flips(width: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.uint64)
 
 
+class TooManyPairs(ValueError):
+    """More pairs than the caller's ``limit``: found, counted, not listed."""
+
+    def __init__(self, count: int, limit: int):
+        super().__init__(f"{count} pairs, over the limit of {limit}")
+        self.count, self.limit = count, limit
+
+
 def hash_pairs(
-    a: np.ndarray, b: np.ndarray | None, max_distance: int, bands: int | None = None
+    a: np.ndarray,
+    b: np.ndarray | None,
+    max_distance: int,
+    bands: int | None = None,
+    limit: int | None = None,
 ) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance), i < j, with ``a[i]`` and ``b[j]`` (``a[j]`` when ``b`` is
-    None) within ``max_distance`` bits, in (i, j) order: the same list as ``all_pairs``."""
+    None) within ``max_distance`` bits, in (i, j) order: the same list as ``all_pairs``.
+    More than ``limit`` pairs raise ``TooManyPairs`` before any is listed (8 bytes a
+    pair counted, where the list costs ~100)."""
     a = np.asarray(a, dtype=np.uint64)
     b = a if b is None else np.asarray(b, dtype=np.uint64)
     if len(a) < 2 or len(b) < 2:
@@ -108,6 +122,8 @@ def hash_pairs(
     if not found:
         return []
     codes = np.unique(np.concatenate(found))
+    if limit is not None and len(codes) > limit:
+        raise TooManyPairs(len(codes), limit)
     i, j = np.divmod(codes, len(b))
     dist = np.bitwise_count(a[i] ^ b[j])
     return [(int(x), int(y), int(d)) for x, y, d in zip(i, j, dist)]

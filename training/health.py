@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from training.data import DecodedDataset, Split
-from training.near_duplicates import CONFIRMED_BY, near_duplicates
+from training.near_duplicates import CONFIRMED_BY, near_duplicate_search
 
 FINDING_KINDS = (
     "imbalance",
@@ -27,6 +27,7 @@ FINDING_KINDS = (
     "unreadable",
     "duplicates",
     "near_duplicates",
+    "near_duplicates_narrowed",
     "label_conflicts",
     "leakage",
 )
@@ -112,10 +113,10 @@ def health_report(
     exact = [g for g in by_sha.values() if len(g) > 1]
     exact_pairs = [(g[0], j) for g in exact for j in g[1:]]
     same_bytes = {(min(i, j), max(i, j)) for g in exact for i in g for j in g if i != j}
-    near = (
-        near_duplicates(data.images, near_distance, mirrored=mirrored, exclude=same_bytes)
+    near, radius = (
+        near_duplicate_search(data.images, near_distance, mirrored=mirrored, exclude=same_bytes)
         if len(data.images) == n
-        else []
+        else ([], near_distance)
     )
     groups = _groups(n, exact_pairs + [(p.i, p.j) for p in near])
     conflicts = label_conflicts(data, exact_pairs, near)
@@ -177,6 +178,19 @@ def health_report(
                 "near_duplicates", f"{len(near)} near-duplicate pair(s) ({CONFIRMED_BY})", len(near)
             )
         )
+    if radius < near_distance:
+        findings.append(
+            Finding(
+                "near_duplicates_narrowed",
+                "the images are so alike that near-duplicate candidates within "
+                f"{near_distance} hash bits exceed the search's budget: searched within "
+                f"{radius} bits"
+                if radius >= 0
+                else "the images are so alike that even identical perceptual hashes exceed "
+                "the near-duplicate search's budget: no near-duplicate search",
+                1,
+            )
+        )
     if conflicts:
         first = conflicts[0]
         findings.append(
@@ -216,6 +230,7 @@ def health_report(
             for p in near[:max_listed]
         ],
         "near_duplicates_confirmed_by": CONFIRMED_BY,
+        "near_duplicates_radius": radius,  # hash bits searched (less than asked: narrowed)
         "label_conflicts": conflicts[:max_listed],
         "leakage": [describe(g) for g in leaks[:max_listed]],
         "sizes": {"width": _stats(widths), "height": _stats(heights)},

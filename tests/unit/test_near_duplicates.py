@@ -51,3 +51,53 @@ def test_hash_pairs_within_and_across_two_sets():
     h = np.array([0b0, 0b1, 0b111], dtype=np.uint64)
     assert hash_pairs(h, None, 1) == [(0, 1, 1)]
     assert hash_pairs(h, np.array([0b111, 0b111, 0b0], dtype=np.uint64), 0) == [(0, 2, 0)]
+
+
+def test_a_pair_count_over_the_limit_is_counted_not_listed():
+    from training.hash_index import TooManyPairs
+
+    h = np.zeros(50, dtype=np.uint64)  # 1,225 identical pairs
+    with pytest.raises(TooManyPairs) as e:
+        hash_pairs(h, None, 0, limit=1000)
+    assert e.value.count == 1225 and e.value.limit == 1000
+    assert len(hash_pairs(h, None, 0, limit=1225)) == 1225
+
+
+def test_images_that_all_look_alike_narrow_the_search_to_its_budget(monkeypatch):
+    """40 noisy variations of one picture plus 10 distinct ones: within 10 bits every
+    pair of the 40 is a candidate (780, more with mirrors); a budget of what fits at 0
+    bits narrows the radius two bits at a time until the candidates fit, and the health
+    report names the narrowing; a budget nothing fits turns the search off (-1)."""
+    from training import near_duplicates as nd
+    from training.data import DecodedDataset
+    from training.health import health_report
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (1, 3, 8, 8)).repeat(4, axis=2).repeat(4, axis=3)
+    alike = np.clip(base + rng.integers(-20, 21, (40, 3, 32, 32)), 0, 255)
+    distinct = rng.integers(0, 255, (10, 3, 32, 32))
+    images = np.concatenate([alike, distinct]).astype(np.uint8)
+    full, radius = nd.candidates(images, 10, True)
+    assert radius == 10 and len(full) >= 780
+    budget = len(nd.candidates(images, 0, True)[0])  # what fits at 0 bits
+    assert 0 < budget < len(full)
+    narrowed, radius = nd.candidates(images, 10, True, limit=budget)
+    assert 0 <= radius < 10 and 0 < len(narrowed) <= budget and set(narrowed) <= set(full)
+    assert nd.candidates(images, 10, True, limit=budget - 1) == ({}, -1)
+    found, radius = nd.near_duplicate_search(images, 10, limit=budget)
+    assert radius < 10 and {(p.i, p.j) for p in found} <= set(narrowed)
+
+    monkeypatch.setattr(nd, "candidate_budget", lambda n: budget)
+    d = DecodedDataset(
+        images,
+        np.arange(50) % 2,
+        ["a", "b"],
+        paths=[f"{i}.png" for i in range(50)],
+        sizes=[(32, 32)] * 50,
+        modes=["RGB"] * 50,
+        sha1=[str(i) for i in range(50)],
+    )
+    r = health_report(d, None, min_per_class=5)
+    assert r["near_duplicates_radius"] == radius
+    (f,) = [f for f in r["findings"] if f["kind"] == "near_duplicates_narrowed"]
+    assert f"searched within {radius} bits" in f["message"]
