@@ -74,8 +74,51 @@ class TooManyPairs(ValueError):
     """More pairs than the caller's ``limit``: found, counted, not listed."""
 
     def __init__(self, count: int, limit: int):
-        super().__init__(f"{count} pairs, over the limit of {limit}")
+        super().__init__(f"{count} pairs or more, over the limit of {limit}")
         self.count, self.limit = count, limit
+
+
+CHUNK = 1 << 22  # candidate pairs materialised at a time (~100 MB of index arrays)
+
+
+def _row_chunks(sizes: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """Row ranges whose candidates add up to about ``chunk`` (a row more than ``chunk`` on
+    its own is a range of its own)."""
+    ends = np.cumsum(sizes)
+    out, r0 = [], 0
+    while r0 < len(sizes):
+        base = ends[r0 - 1] if r0 else 0
+        r1 = int(np.searchsorted(ends, base + chunk, side="right"))
+        r1 = max(r1, r0 + 1)
+        if ends[r1 - 1] > base:
+            out.append((r0, r1))
+        r0 = r1
+    return out
+
+
+class _Found:
+    """Pair codes (i * len(b) + j) as they are found, the same pair found again under
+    another band or flip merged away whenever the held codes reach twice the limit: over
+    ``limit`` distinct pairs raises ``TooManyPairs`` (memory stays ~``limit``)."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.parts, self.held = limit, [], 0
+
+    def add(self, codes: np.ndarray) -> None:
+        self.parts.append(codes)
+        self.held += len(codes)
+        if self.limit is not None and self.held > 2 * self.limit + CHUNK:
+            self._merge()
+
+    def _merge(self) -> None:
+        merged = np.unique(np.concatenate(self.parts)) if self.parts else np.zeros(0, np.int64)
+        self.parts, self.held = [merged], len(merged)
+        if self.limit is not None and self.held > self.limit:
+            raise TooManyPairs(self.held, self.limit)
+
+    def codes(self) -> np.ndarray:
+        self._merge()
+        return self.parts[0]
 
 
 def hash_pairs(
@@ -88,14 +131,15 @@ def hash_pairs(
     """Pairs (i, j, distance), i < j, with ``a[i]`` and ``b[j]`` (``a[j]`` when ``b`` is
     None) within ``max_distance`` bits, in (i, j) order: the same list as ``all_pairs``.
     More than ``limit`` pairs raise ``TooManyPairs`` before any is listed (8 bytes a
-    pair counted, where the list costs ~100)."""
+    pair counted, where the list costs ~100), as soon as the pairs found so far exceed
+    it: its ``count`` is then a lower bound."""
     a = np.asarray(a, dtype=np.uint64)
     b = a if b is None else np.asarray(b, dtype=np.uint64)
     if len(a) < 2 or len(b) < 2:
         return all_pairs(a, b, max_distance)
     m = max(bands or choose_bands(max(len(a), len(b)), max_distance), FEWEST)
     radius = max_distance // m
-    found: list[np.ndarray] = []
+    found = _Found(limit)
     shift = 0
     for width in band_widths(m):
         mask = np.uint64((1 << width) - 1)
@@ -112,18 +156,20 @@ def hash_pairs(
             sizes = hi - lo
             if not sizes.any():
                 continue
-            i = np.repeat(np.arange(len(a)), sizes)
-            j = order[np.repeat(hi - sizes.cumsum(), sizes) + np.arange(sizes.sum())]
-            keep = i < j
-            i, j = i[keep], j[keep]
-            near = np.bitwise_count(a[i] ^ b[j]) <= max_distance
-            found.append(i[near].astype(np.int64) * len(b) + j[near])
+            # rows a few million candidates at a time: hashes that are all alike put
+            # every pair in one bucket (N² candidates), and a limit stops it early
+            for r0, r1 in _row_chunks(sizes, CHUNK):
+                sz = sizes[r0:r1]
+                i = np.repeat(np.arange(r0, r1), sz)
+                j = order[np.repeat(hi[r0:r1] - sz.cumsum(), sz) + np.arange(sz.sum())]
+                keep = i < j
+                i, j = i[keep], j[keep]
+                near = np.bitwise_count(a[i] ^ b[j]) <= max_distance
+                found.add(i[near].astype(np.int64) * len(b) + j[near])
         shift += width
-    if not found:
+    codes = found.codes()
+    if not len(codes):
         return []
-    codes = np.unique(np.concatenate(found))
-    if limit is not None and len(codes) > limit:
-        raise TooManyPairs(len(codes), limit)
     i, j = np.divmod(codes, len(b))
     dist = np.bitwise_count(a[i] ^ b[j])
     return [(int(x), int(y), int(d)) for x, y, d in zip(i, j, dist)]
