@@ -1,7 +1,10 @@
 """Decode once per data set version: the decoded shards in the store, reused when there.
 
 A data set version is its listing's fingerprint (training.data.fingerprint: paths, classes,
-sizes, modification times, the image size and the decoder's version). Its shards live at
+sizes, modification times of local files or ETags of objects, the image size and the
+decoder's version): every driver listing the same objects keys them alike. A remote
+listing (an S3 prefix, services/fetch.py) is decoded by tasks that read the objects from
+the bucket themselves (``object_reader``); nothing is downloaded to the driver. Its shards live at
 ``cache/decoded/<hash>-<size>/`` (services/artifacts.py): each decode writes into a fresh
 ``<attempt>/`` folder, and the set becomes usable only when ``manifest.json`` naming that
 folder's shards is written, last. A half-written set has no manifest (or a manifest that
@@ -24,6 +27,7 @@ from collections.abc import Callable
 
 from services.artifacts import decoded_manifest_key, decoded_prefix
 from services.config import Settings
+from services.fetch import object_reader
 from services.ray_jobs import init_ray
 from services.storage import Store, read_json
 from training.data import DatasetIndex, fingerprint
@@ -66,7 +70,8 @@ def shard_set(
     attempt = f"{int(started)}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
-        files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem)
+        reader = object_reader(index, settings) if index.remote else None
+        files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem, reader=reader)
         shards = ShardSet.read(files, filesystem, image_size)
     except BaseException:
         _remove(store, f"{decoded_prefix(key, image_size)}/{attempt}")
