@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,7 +32,6 @@ from services.storage import (
     error_code,
     error_reason,
     is_missing,
-    list_objects,
     s3_client,
     s3_errors,
 )
@@ -74,17 +74,23 @@ def _bucket_prefix(uri: str) -> tuple[str, str]:
     return parsed.netloc, f"{prefix}/" if prefix else ""
 
 
-def _list_s3(uri: str, settings: Settings) -> tuple[str, str, list[dict[str, Any]], Any]:
-    """(bucket, prefix, the objects under it without folder markers, the client)."""
+def _list_s3(
+    uri: str, settings: Settings, row: Callable[[dict[str, Any]], Any] = lambda o: o
+) -> tuple[str, str, list[Any], Any]:
+    """(bucket, prefix, ``row`` of each object under it but folder markers, the client).
+    ``row`` keeps what is needed of each object as its page arrives: boto3's dict of an
+    object is ~1 KB, a million of them a gigabyte on the driver."""
     bucket, prefix = _bucket_prefix(uri)
     client = s3_client(settings)
+    objects = []
     try:
-        objects = list_objects(client, bucket, prefix)
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            objects += [row(o) for o in page.get("Contents", []) if not o["Key"].endswith("/")]
     except s3_errors() as e:
         if error_code(e) == "NoSuchBucket":
             raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} for {uri}") from None
         raise StoreError(f"cannot list {uri}: {error_reason(e)}") from None
-    objects = [o for o in objects if not o["Key"].endswith("/")]  # folder markers
     if not objects:
         raise FileNotFoundError(f"dataset not found: no objects under s3://{bucket}/{prefix}")
     return bucket, prefix, objects, client
@@ -99,8 +105,10 @@ def list_dataset(uri: str, settings: Settings) -> DatasetIndex:
         if not path.is_dir():
             raise FileNotFoundError(f"dataset not found: {uri}")
         return discover(path)
-    bucket, prefix, objects, client = _list_s3(uri, settings)
-    listed = [(o["Key"][len(prefix) :], int(o["Size"]), str(o.get("ETag", ""))) for o in objects]
+    cut = len(_bucket_prefix(uri)[1])
+    bucket, prefix, listed, client = _list_s3(
+        uri, settings, lambda o: (o["Key"][cut:], int(o["Size"]), str(o.get("ETag", "")))
+    )
     manifest = None
     if any(rel == MANIFEST for rel, _, _ in listed):
         try:

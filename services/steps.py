@@ -183,7 +183,7 @@ def prepare_data(
 
     try:
         decoded, split, report = inspect_dataset(index, hp, from_shards)
-    except ValueError as e:
+    except (ValueError, StoreError) as e:  # StoreError: the bucket could not be read
         raise StepFailed("dataset", one_line(e)) from None
     shift = drift_from_production(job, decoded, settings, store, say)
     if shift is not None:

@@ -195,3 +195,22 @@ def test_the_s3_reader_tells_a_bad_object_from_a_store_it_cannot_reach():
         down = S3ObjectReader(reader.access, "bucket", "p/", _client=_Raising(code))
         with pytest.raises(StoreError, match="cannot read s3://bucket/p/a/1.png"):
             data.decode_listed_or_reason(down, "a/1.png", 1, '"e"', 8)  # fails the decode
+
+
+def test_a_store_error_in_a_decode_task_fails_the_decode_with_its_reason():
+    from services.decoded_cache import _store_error_in
+
+    # what Ray Data 2.60 raises on the driver when a map_batches task raised a StoreError:
+    # a RayTaskError(UserCodeException) whose text alone carries the task's traceback
+    text = (
+        "ray::MapBatches(_decode_rows)->Write() (pid=1, ip=10.0.0.1)\n"
+        '  File "/x/services/fetch.py", line 9, in read\n'
+        "services.storage.StoreError: cannot read s3://b/p/c1/7.png: EndpointConnectionError\n"
+        "\nThe above exception was the direct cause of the following exception:\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
+    )
+    assert _store_error_in(RuntimeError(text)) == (
+        "cannot read s3://b/p/c1/7.png: EndpointConnectionError"
+    )
+    assert _store_error_in(StoreError("direct")) == "direct"
+    assert _store_error_in(RuntimeError("UnidentifiedImageError: not a store error")) is None
