@@ -1,7 +1,10 @@
 """Decode once per data set version: the decoded shards in the store, reused when there.
 
 A data set version is its listing's fingerprint (training.data.fingerprint: paths, classes,
-sizes, modification times, the image size and the decoder's version). Its shards live at
+sizes, modification times of local files or ETags of objects, the image size and the
+decoder's version): every driver listing the same objects keys them alike. A remote
+listing (an S3 prefix, services/fetch.py) is decoded by tasks that read the objects from
+the bucket themselves (``object_reader``); nothing is downloaded to the driver. Its shards live at
 ``cache/decoded/<hash>-<size>/`` (services/artifacts.py): each decode writes into a fresh
 ``<attempt>/`` folder, and the set becomes usable only when ``manifest.json`` naming that
 folder's shards is written, last. A half-written set has no manifest (or a manifest that
@@ -18,14 +21,16 @@ one, and a job still reading the set this one's manifest replaced.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
 
 from services.artifacts import decoded_manifest_key, decoded_prefix
 from services.config import Settings
+from services.fetch import object_reader
 from services.ray_jobs import init_ray
-from services.storage import Store, read_json
+from services.storage import Store, StoreError, read_json
 from training.data import DatasetIndex, fingerprint
 from training.shards import ShardSet, decode_to_shards
 
@@ -66,10 +71,14 @@ def shard_set(
     attempt = f"{int(started)}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
-        files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem)
+        reader = object_reader(index, settings) if index.remote else None
+        files = decode_to_shards(index, image_size, f"{base}/{attempt}", filesystem, reader=reader)
         shards = ShardSet.read(files, filesystem, image_size)
-    except BaseException:
+    except BaseException as e:
         _remove(store, f"{decoded_prefix(key, image_size)}/{attempt}")
+        reason = _store_error_in(e)
+        if reason is not None:
+            raise StoreError(reason) from e
         raise
     manifest = {
         "fingerprint": key,
@@ -87,6 +96,15 @@ def shard_set(
         f"{time.perf_counter() - t0:.1f} s: {decoded_prefix(key, image_size)}"
     )
     return shards, False
+
+
+def _store_error_in(e: BaseException) -> str | None:
+    """The reason of a StoreError raised in a decode task (an object store that could not
+    be reached), which Ray Data passes on only as the text of its task error."""
+    if isinstance(e, StoreError):
+        return str(e)
+    found = re.findall(r"^(?:services\.storage\.)?StoreError: (.+)$", str(e), re.MULTILINE)
+    return found[-1] if found else None
 
 
 def _remove(store: Store, prefix: str) -> None:

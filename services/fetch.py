@@ -1,26 +1,41 @@
-"""Datasets and weights named by URI, as local paths: a local path is used in place, an
-``s3://`` object or prefix is copied into the cache under the home and fetched again only
-when it changed (size and ETag)."""
+"""Datasets and weights named by URI: listed, read in place, or copied into the cache.
+
+``dataset_index`` is the listing a job decodes. A local folder is listed in place. An
+``s3://bucket/prefix/`` is listed without downloading anything (``list_dataset``: the
+objects' keys, sizes and ETags, and the ``manifest.csv`` object when there is one); a
+large set (``settings.stream_min_images`` files or more) stays in the bucket, and the Ray
+Data tasks that decode it read each object themselves through an ``S3ObjectReader``, on
+whatever node they run: the driver's disk never holds it. A small set is copied into the
+cache under the home (``fetch_dataset``, fetched again only when it changed: size and
+ETag) and decoded in memory there, which is faster for it.
+
+``fetch_file`` is the same cache for one object (weights named by URI).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlparse
 
 from services.config import Settings
 from services.storage import (
+    S3Access,
     StoreError,
     error_code,
     error_reason,
     is_missing,
-    list_objects,
     s3_client,
     s3_errors,
 )
+from training.data import MANIFEST, DatasetIndex, discover, discover_listing
 
 
 def local_path(uri: str) -> Path | None:
@@ -51,6 +66,130 @@ def _write_manifest(path: Path, manifest: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
+def _bucket_prefix(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"unsupported dataset URI {uri!r}: use a path or s3://bucket/prefix/")
+    prefix = parsed.path.strip("/")
+    return parsed.netloc, f"{prefix}/" if prefix else ""
+
+
+def _list_s3(
+    uri: str, settings: Settings, row: Callable[[dict[str, Any]], Any] = lambda o: o
+) -> tuple[str, str, list[Any], Any]:
+    """(bucket, prefix, ``row`` of each object under it but folder markers, the client).
+    ``row`` keeps what is needed of each object as its page arrives: boto3's dict of an
+    object is ~1 KB, a million of them a gigabyte on the driver."""
+    bucket, prefix = _bucket_prefix(uri)
+    client = s3_client(settings)
+    objects = []
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            objects += [row(o) for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except s3_errors() as e:
+        if error_code(e) == "NoSuchBucket":
+            raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} for {uri}") from None
+        raise StoreError(f"cannot list {uri}: {error_reason(e)}") from None
+    if not objects:
+        raise FileNotFoundError(f"dataset not found: no objects under s3://{bucket}/{prefix}")
+    return bucket, prefix, objects, client
+
+
+def list_dataset(uri: str, settings: Settings) -> DatasetIndex:
+    """The listing of the data set a URI names, nothing downloaded: ``discover`` of a
+    local folder, or the remote listing of an ``s3://`` prefix (training.data
+    .discover_listing; the manifest object is the one object read)."""
+    path = local_path(uri)
+    if path is not None:
+        if not path.is_dir():
+            raise FileNotFoundError(f"dataset not found: {uri}")
+        return discover(path)
+    cut = len(_bucket_prefix(uri)[1])
+    bucket, prefix, listed, client = _list_s3(
+        uri, settings, lambda o: (o["Key"][cut:], int(o["Size"]), str(o.get("ETag", "")))
+    )
+    manifest = None
+    if any(rel == MANIFEST for rel, _, _ in listed):
+        try:
+            body = client.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"]
+            manifest = body.read().decode("utf-8")
+        except s3_errors() as e:
+            raise StoreError(
+                f"cannot read s3://{bucket}/{prefix}{MANIFEST}: {error_reason(e)}"
+            ) from None
+    return discover_listing(f"s3://{bucket}/{prefix}", listed, manifest)
+
+
+def dataset_index(uri: str, settings: Settings) -> DatasetIndex:
+    """The listing a job decodes. A remote set of ``settings.stream_min_images`` files or
+    more stays remote (decoded into shards by tasks reading the bucket); a smaller one is
+    copied into the cache first (``fetch_dataset``) and listed there, for the in-memory
+    decode that is faster at that size. The choice is made from the listing, before any
+    object is downloaded."""
+    index = list_dataset(uri, settings)
+    if index.remote and len(index) < settings.stream_min_images:
+        return discover(fetch_dataset(uri, settings))
+    return index
+
+
+_CLIENT_LOCK = threading.Lock()  # boto3's default session is not thread-safe
+
+
+@dataclass
+class S3ObjectReader:
+    """training.data.ObjectReader for a remote listing under ``s3://bucket/prefix``: what
+    a decode task, on any node, reads the listed objects with. It travels pickled in the
+    task's arguments (endpoint and keys: ``S3Access``, its secret a SecretStr that no repr
+    shows); each worker process makes its boto3 client once.
+
+    Each object is read as listed (``If-Match`` its ETag), so shards keyed by the listing
+    hold the bytes it names. An object gone, changed since it was listed or refused is an
+    unreadable file (OSError, its row's ``error``); a store that cannot be reached fails
+    the decode (StoreError: nothing is cached, the job fails and says why)."""
+
+    access: S3Access
+    bucket: str
+    prefix: str
+    _client: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def client(self):
+        with _CLIENT_LOCK:
+            if self._client is None:
+                self._client = self.access.client()
+            return self._client
+
+    def read(self, name: str, etag: str, limit: int) -> bytes:
+        key = self.prefix + name
+        extra = {"IfMatch": etag} if etag else {}
+        try:
+            body = self.client().get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+            try:
+                return body.read(limit + 1)
+            finally:
+                body.close()
+        except s3_errors() as e:
+            code = error_code(e)
+            if code in ("PreconditionFailed", "412"):
+                raise OSError("changed since the data set was listed") from None
+            if is_missing(e):
+                raise FileNotFoundError("no longer in the bucket") from None
+            if code in ("AccessDenied", "Forbidden", "403"):
+                raise PermissionError(f"reading it was refused ({code})") from None
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {error_reason(e)}") from None
+
+
+def object_reader(index: DatasetIndex, settings: Settings) -> S3ObjectReader:
+    """The reader of a remote listing's objects (``index.source``: s3://bucket/prefix/)."""
+    if index.source is None:
+        raise ValueError("a local listing is read from its folder")
+    bucket, prefix = _bucket_prefix(index.source)
+    return S3ObjectReader(S3Access.of(settings), bucket, prefix)
+
+
 def fetch_dataset(uri: str, settings: Settings) -> Path:
     """A local folder holding the dataset: the folder itself for a local URI, else a copy
     of ``s3://bucket/prefix/`` in the cache. Files already there with the same size and
@@ -60,23 +199,7 @@ def fetch_dataset(uri: str, settings: Settings) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"dataset not found: {uri}")
         return path
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"unsupported dataset URI {uri!r}: use a path or s3://bucket/prefix/")
-    bucket, prefix = parsed.netloc, parsed.path.strip("/")
-    if prefix:
-        prefix += "/"
-    client = s3_client(settings)
-    try:
-        objects = list_objects(client, bucket, prefix)
-    except s3_errors() as e:
-        if error_code(e) == "NoSuchBucket":
-            raise FileNotFoundError(f"dataset not found: no bucket {bucket!r} for {uri}") from None
-        raise StoreError(f"cannot list {uri}: {error_reason(e)}") from None
-    objects = [o for o in objects if not o["Key"].endswith("/")]  # folder markers
-    if not objects:
-        raise FileNotFoundError(f"dataset not found: no objects under s3://{bucket}/{prefix}")
-
+    bucket, prefix, objects, client = _list_s3(uri, settings)
     name = _cache_name(settings, f"{bucket}/{prefix}")
     dest = settings.cache_dir / "datasets" / name
     manifest_path = settings.cache_dir / "datasets" / f"{name}.json"

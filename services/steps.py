@@ -1,6 +1,6 @@
 """The steps of a job, each a function that returns a small typed result:
 
-    prepare_data -> PreparedData      fetch, decode, split, health report (written first)
+    prepare_data -> PreparedData      list (fetch a small S3 set), decode, split, health report
     load_weights -> state dict        the backbone to start from, if any
     run_preflight -> Preflight        overfit one batch + LR range test, as a Ray task
     train -> TrainedModel             Ray Train's TorchTrainer over the two phases
@@ -42,7 +42,7 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
-from services.fetch import fetch_dataset, fetch_file
+from services.fetch import dataset_index, fetch_file
 from services.ray_jobs import init_ray
 from services.storage import Store, StoreError
 from training import data as datasets
@@ -128,15 +128,16 @@ class PreparedData:
 
 
 def inspect_dataset(
-    folder: Path,
+    source: Path | DatasetIndex,
     hp: Hyperparameters,
     decoder: Callable[[DatasetIndex], DecodedDataset] | None = None,
 ) -> tuple[DecodedDataset, Split | None, dict[str, Any]]:
     """Decode every image (unreadable ones left out and listed), split when every class
     has min_per_class images (None otherwise), and the health report of both. Nothing
     here fails for what the report finds: the caller decides (ValueError: no dataset).
-    ``decoder``: how the listing is decoded (default: into memory, here)."""
-    index = datasets.discover(folder)
+    ``source``: a folder, or its listing; ``decoder``: how the listing is decoded
+    (default: into memory, here)."""
+    index = source if isinstance(source, DatasetIndex) else datasets.discover(source)
     decoded = (
         decoder(index) if decoder is not None else datasets.decode(index, hp.image_size, "skip")
     )
@@ -160,10 +161,12 @@ def inspect_dataset(
 def prepare_data(
     job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store, say: Say
 ) -> PreparedData:
-    """Fetch, decode and split; the health report is written before any check can fail
-    the job, so a job failed for its data says what is wrong with it."""
+    """List (and copy a small S3 set into the cache), decode and split; the health report
+    is written before any check can fail the job, so a job failed for its data says what
+    is wrong with it. A large set (settings.stream_min_images) is decoded into shards by
+    Ray tasks, reading an S3 set's objects from the bucket (services/fetch.py)."""
     try:
-        folder = fetch_dataset(job.dataset_uri, settings)
+        index = dataset_index(job.dataset_uri, settings)
     except (FileNotFoundError, ValueError) as e:
         raise StepFailed("dataset", one_line(e)) from None
     except Exception as e:  # noqa: BLE001 - a store error of any kind
@@ -171,7 +174,7 @@ def prepare_data(
     shards: list[ShardSet] = []
 
     def from_shards(index: DatasetIndex) -> DecodedDataset:
-        if len(index.paths) < settings.stream_min_images:
+        if len(index) < settings.stream_min_images:
             return datasets.decode(index, hp.image_size, "skip")
         from services.decoded_cache import shard_set
 
@@ -180,8 +183,8 @@ def prepare_data(
         return got.decoded(index.classes)
 
     try:
-        decoded, split, report = inspect_dataset(folder, hp, from_shards)
-    except ValueError as e:
+        decoded, split, report = inspect_dataset(index, hp, from_shards)
+    except (ValueError, StoreError) as e:  # StoreError: the bucket could not be read
         raise StepFailed("dataset", one_line(e)) from None
     shift = drift_from_production(job, decoded, settings, store, say)
     if shift is not None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
+
+from pydantic import SecretStr
 
 from services.config import Settings
 from services.errors import one_line
@@ -101,18 +104,41 @@ class LocalStore:
         return str(path), None
 
 
+@dataclass(frozen=True)
+class S3Access:
+    """What a boto3 client for the settings' endpoint needs, and nothing else of the
+    settings: the part that travels to Ray tasks reading a data set's objects
+    (services/fetch.py). The secret stays a SecretStr: its repr never shows it."""
+
+    endpoint: str | None
+    region: str
+    access_key: str | None
+    secret_key: SecretStr | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> S3Access:
+        return cls(
+            settings.s3_endpoint, settings.s3_region, settings.s3_access_key, settings.s3_secret_key
+        )
+
+    def client(self):
+        return _client(self)
+
+
 def s3_client(settings: Settings):
+    return _client(S3Access.of(settings))
+
+
+def _client(access: S3Access):
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3",
-        endpoint_url=settings.s3_endpoint,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=(
-            settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
-        ),
+        endpoint_url=access.endpoint,
+        region_name=access.region,
+        aws_access_key_id=access.access_key,
+        aws_secret_access_key=(access.secret_key.get_secret_value() if access.secret_key else None),
         config=Config(
             s3={"addressing_style": "path"},
             signature_version="s3v4",

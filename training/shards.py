@@ -4,10 +4,16 @@ read them lazily, and stream them to Ray Train workers.
 ``decode_to_shards`` turns a listing (training.data.discover) into Ray Data items, decodes
 and resizes them in parallel Ray tasks across the cluster (``map_batches``, with every
 trust check of ``training.data.decode_or_reason``) and writes parquet shards into one folder
-(a local path, or ``bucket/prefix`` with a pyarrow S3 filesystem). A shard row is one
-listed file: ``id`` (its position in the listing), ``label``, ``image`` (uint8 (3, S, S);
-zeros when unreadable), ``path``, ``width``, ``height``, ``mode``, ``sha1``, ``phash`` and
-``error`` (empty when it decoded). Nothing here holds more than a block of images.
+(a local path, or ``bucket/prefix`` with a pyarrow S3 filesystem). A local listing's files
+are opened by path, so its tasks must run where that folder is; a remote listing
+(training.data.discover_listing) is read object by object by the tasks themselves through
+the ``reader`` the services give (services/fetch.py), on any node, and never lands on the
+driver's disk (``decode_listed_or_reason``: the same checks, the listed size first).
+
+A shard row is one listed file: ``id`` (its position in the listing), ``label``,
+``image`` (uint8 (3, S, S); zeros when unreadable), ``path`` (relative to the data set:
+the key under the prefix for a remote one), ``width``, ``height``, ``mode``, ``sha1``,
+``phash`` and ``error`` (empty when it decoded). Nothing here holds more than a block of images.
 
 ``ShardSet`` is a written set read back without its images (the metadata columns only);
 ``ShardSet.decoded`` gives the ``DecodedDataset`` every later step uses, whose ``images``
@@ -29,10 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from training.data import DatasetIndex, DecodedDataset, decode_or_reason
+from training.data import (
+    DatasetIndex,
+    DecodedDataset,
+    ObjectReader,
+    decode_listed_or_reason,
+    decode_or_reason,
+)
 
 META_COLUMNS = ["id", "label", "path", "width", "height", "mode", "sha1", "phash", "error"]
 ROWS_PER_SHARD = 256  # ~38 MB of images per shard at 224 px
+READ_THREADS = 8  # objects fetched at once by one decode task: a GET waits on the network
 
 
 def decode_order(n: int) -> np.ndarray:
@@ -60,18 +73,35 @@ def _filesystem(filesystem: Any):
     return filesystem if filesystem is not None else fs.LocalFileSystem()
 
 
-def _decode_rows(batch: dict[str, np.ndarray], root: str, size: int):
+def _decoded_batch(batch: dict[str, np.ndarray], root: str, size: int, reader):
+    """Each listed file of the batch decoded, or the reason it is not: by path under a
+    local ``root``, or through ``reader`` (a few objects at once: each is a round trip)."""
+    if reader is None:
+        base = Path(root)
+        resolved = base.resolve()
+        return [decode_or_reason(base / str(rel), size, resolved) for rel in batch["path"]]
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = zip(
+        [str(p) for p in batch["path"]],
+        [int(n) for n in batch["bytes"]],
+        [str(e) for e in batch["etag"]],
+    )
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(lambda r: decode_listed_or_reason(reader, *r, size), rows))
+
+
+def _decode_rows(
+    batch: dict[str, np.ndarray], root: str, size: int, reader: ObjectReader | None = None
+):
     """Ray Data map_batches: decode and resize one batch of listed files."""
-    base = Path(root)
-    resolved = base.resolve()
     n = len(batch["id"])
     images = np.zeros((n, 3, size, size), np.uint8)
     width = np.zeros(n, np.int32)
     height = np.zeros(n, np.int32)
     phash = np.zeros(n, np.uint64)
     mode, sha1, error = [""] * n, [""] * n, [""] * n
-    for k, rel in enumerate(batch["path"]):
-        r = decode_or_reason(base / str(rel), size, resolved)
+    for k, r in enumerate(_decoded_batch(batch, root, size, reader)):
         if isinstance(r, str):
             error[k] = r
             continue
@@ -104,22 +134,31 @@ def decode_to_shards(
     folder: str,
     filesystem: Any = None,
     rows_per_shard: int = ROWS_PER_SHARD,
+    reader: ObjectReader | None = None,
 ) -> list[str]:
     """Decode every listed file with Ray Data and write the shards under ``folder``;
-    returns the shard files' paths (for ``filesystem``), sorted. Needs a connected Ray."""
+    returns the shard files' paths (for ``filesystem``), sorted. Needs a connected Ray.
+    A remote listing needs ``reader``: the tasks read its objects with it (it travels
+    in their arguments, pickled, as ``filesystem`` does)."""
     import ray.data
     from pyarrow import fs as pafs
 
-    items = [
-        {"id": i, "label": int(label), "path": p.relative_to(index.root).as_posix()}
-        for i, (p, label) in enumerate(zip(index.paths, index.labels.tolist()))
+    if index.remote and reader is None:
+        raise ValueError(f"{index.source} is a remote listing: its objects need a reader")
+    items: list[dict[str, Any]] = [
+        {"id": i, "label": int(label), "path": rel}
+        for i, (rel, label) in enumerate(zip(index.relative(), index.labels.tolist()))
     ]
+    if index.remote:
+        assert index.sizes is not None and index.etags is not None
+        for item, n, etag in zip(items, index.sizes, index.etags):
+            item["bytes"], item["etag"] = int(n), etag
     items = [items[i] for i in decode_order(len(items))]
     blocks = max(1, math.ceil(len(items) / rows_per_shard))
     quiet_ray_data()
     ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _decode_rows,
-        fn_kwargs={"root": str(index.root), "size": image_size},
+        fn_kwargs={"root": str(index.root), "size": image_size, "reader": reader},
         batch_size=rows_per_shard,
         batch_format="numpy",
     )
@@ -293,7 +332,7 @@ class ShardSet:
 
     def matches(self, index: DatasetIndex) -> bool:
         """The same listing (paths and labels, in order) as ``index``."""
-        paths = [p.relative_to(index.root).as_posix() for p in index.paths]
+        paths = index.relative()
         return (
             len(paths) == len(self)
             and list(self.meta["path"]) == paths

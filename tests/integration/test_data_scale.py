@@ -1,10 +1,11 @@
 """The data path at scale (issue #15): a data set streamed from the S3 test server is
-decoded once into shards in the store, a job trains on them through Ray Data and a tuning
-run's folds read the same shards; a data set larger than a small cluster's object store
-trains."""
+decoded once into shards in the store by tasks reading the bucket (nothing downloaded to
+the driver), a job trains on them through Ray Data and a tuning run's folds read the same
+shards; a data set larger than a small cluster's object store trains."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def test_a_job_and_a_search_stream_an_s3_dataset_decoded_once(
     bucket = s3_server.bucket_name("scale")
     s3_server.client().create_bucket(Bucket=bucket)
     assert upload(s3_server, make_dataset(per_class=12, size=16), bucket, "datasets/shapes") == 36
+    planted = "datasets/shapes/class_1/planted.png"  # listed as an image, not one
+    s3_server.client().put_object(Bucket=bucket, Key=planted, Body=b"\x89PNG not really")
     settings = settings_for(
         f"sqlite:///{tmp_path / 'scale.db'}",
         store_url=f"s3://{bucket}",
@@ -57,15 +60,22 @@ def test_a_job_and_a_search_stream_an_s3_dataset_decoded_once(
         batch_id=f"scale-{uuid.uuid4().hex[:8]}",
         dataset_uri=uri,
         model_name="streamed",
-        hyperparameters=Hyperparameters(**TINY),
+        hyperparameters=Hyperparameters(**TINY, on_bad_image="skip"),
     )
     job, _ = create_job(settings, request)
     said: list[str] = []
     outcome = run_job(job.id, settings, say=said.append)
     assert outcome.status == "success", outcome.error
-    assert any(m.startswith("decoded 36 files into 1 shard(s)") for m in said), said
+    assert any(m.startswith("decoded 37 files into 1 shard(s)") for m in said), said
+    assert "skipped 1 unreadable image(s)" in said
     assert outcome.metrics["n"] == 4  # the test split, read from the shards
+    downloads = settings.cache_dir / "datasets"  # where a copy of a small S3 set goes
+    assert not downloads.exists() or not any(downloads.iterdir())
     store = open_store(settings)
+    health = json.loads(store.get_bytes(f"reports/job-{job.id}/health.json"))
+    [bad] = health["unreadable"]
+    assert bad["path"] == "class_1/planted.png"  # relative to the prefix, as a folder's
+    assert bad["reason"].startswith("UnidentifiedImageError")
     cached = store.list("cache/decoded")
     manifests = [k for k in cached if k.endswith("/manifest.json")]
     assert len(manifests) == 1 and manifests[0].endswith("-32/manifest.json")
@@ -77,7 +87,7 @@ def test_a_job_and_a_search_stream_an_s3_dataset_decoded_once(
             "datasetUri": uri,
             "modelName": "streamed-tuned",
             "mode": "tune",
-            "hyperparameters": {**TINY, "phase2_epochs": 0},
+            "hyperparameters": {**TINY, "phase2_epochs": 0, "on_bad_image": "skip"},
             "tuning": {"grid": {"phase1_lr": [1e-3, 3e-3]}, "kFolds": 2},
         }
     )
@@ -86,8 +96,9 @@ def test_a_job_and_a_search_stream_an_s3_dataset_decoded_once(
     outcome2 = run_job(job2.id, settings, say=said2.append)
     assert outcome2.status == "success", outcome2.error
     assert any(m.startswith("decoded shards reused") for m in said2), said2
-    assert not any(m.startswith("decoded 36") for m in said2)
+    assert not any(m.startswith("decoded 37") for m in said2)
     assert store.list("cache/decoded") == cached  # nothing decoded or written again
+    assert not downloads.exists() or not any(downloads.iterdir())
 
 
 def test_a_dataset_larger_than_the_object_store_trains(settings_for, make_dataset, tmp_path):

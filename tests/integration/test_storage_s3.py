@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services import fetch, storage
-from services.fetch import fetch_dataset, fetch_file
+from services.fetch import dataset_index, fetch_dataset, fetch_file, object_reader
 from services.storage import LocalStore, S3Store, StoreError, open_store
 
 pytestmark = pytest.mark.integration
@@ -398,6 +398,45 @@ def test_fetch_dataset_empty_prefix_or_missing_bucket(s3_server, s3_settings, bu
         fetch_dataset(f"s3://{missing}/datasets/b/", settings)
     with pytest.raises(ValueError, match="unsupported dataset URI"):
         fetch_dataset("gs://bucket/datasets/b/", settings)
+
+
+def test_a_large_s3_dataset_is_listed_not_downloaded_and_read_as_listed(
+    s3_server, s3_settings, bucket, make_dataset, s3_calls
+):
+    folder = make_dataset("ds", classes=2, per_class=3, size=8)
+    files = upload_tree(s3_server, folder, bucket, "datasets/big")
+    uri = f"s3://{bucket}/datasets/big/"
+    large = s3_settings(stream_min_images=6)
+    index = dataset_index(uri, large)
+    assert index.remote and index.source == uri and len(index) == 6
+    assert index.relative() == sorted(files)
+    assert set(s3_calls) == {"ListObjectsV2"}  # no object read
+    assert not (large.cache_dir / "datasets").exists()
+
+    reader = object_reader(index, large)  # what the decode tasks read with
+    first = index.relative()[0]
+    assert reader.read(first, index.etags[0], 10**6) == files[first]
+    assert len(reader.read(first, index.etags[0], 10)) == 11  # at most limit + 1 bytes
+    s3_server.client().put_object(
+        Bucket=bucket, Key=f"datasets/big/{first}", Body=files[first] + b"!"
+    )
+    with pytest.raises(OSError, match="changed since the data set was listed"):
+        reader.read(first, index.etags[0], 10**6)  # never the bytes of another version
+    s3_server.client().delete_object(Bucket=bucket, Key=f"datasets/big/{first}")
+    with pytest.raises(FileNotFoundError, match="no longer in the bucket"):
+        reader.read(first, index.etags[0], 10**6)
+
+    manifest = "path,label\nclass_1/000.png,b\nclass_0/001.png,a\n"
+    s3_server.client().put_object(
+        Bucket=bucket, Key="datasets/big/manifest.csv", Body=manifest.encode()
+    )
+    listed = dataset_index(uri, s3_settings(stream_min_images=2))
+    assert listed.relative() == ["class_1/000.png", "class_0/001.png"]
+    assert listed.classes == ["a", "b"] and listed.labels.tolist() == [1, 0]
+
+    small = dataset_index(uri, s3_settings(stream_min_images=3))  # 2 rows: copied, as before
+    assert not small.remote and large.cache_dir in small.root.parents
+    assert [p.relative_to(small.root).as_posix() for p in small.paths] == listed.relative()
 
 
 def test_fetch_file_from_s3(s3_server, s3_settings, bucket, s3_calls):
