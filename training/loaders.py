@@ -220,9 +220,7 @@ class StreamedBatches:
             self._stream = iter(
                 self.train_it.iter_torch_batches(
                     batch_size=self.batch_size,
-                    drop_last=True,
-                    local_shuffle_buffer_size=max(4 * self.batch_size, 256),
-                    local_shuffle_seed=self.hp.seed + self.rank,
+                    drop_last=True,  # rows come shuffled by their readers (ShardSet.part)
                     device="cpu",
                     prefetch_batches=2,
                 )

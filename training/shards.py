@@ -368,7 +368,11 @@ class ShardSet:
     def part(self, ids: np.ndarray, epochs: int = 1, seed: int = 0, readers: int = 4):
         """A Ray Data dataset of the rows ``ids`` (listing ids): id, label, image, one
         block per shard, ``epochs`` times over, each pass over the shards in its own
-        seeded order. Many epochs in one dataset are one Ray Data execution for a whole
+        seeded order and each shard's rows shuffled by its reader (a shuffle the trainer's
+        process does not pay for, where a local shuffle buffer copies every batch in it;
+        a batch holds images of one shard, ``ROWS_PER_SHARD`` drawn from the whole set by
+        ``decode_order``, a new mix each epoch). One pass (``epochs=1``) keeps the order.
+        Many epochs in one dataset are one Ray Data execution for a whole
         run: a ``streaming_split`` starts its coordinator once, not every epoch (seconds
         each time, Ray #49190), and the next epoch's reads overlap this one's training.
 
@@ -385,9 +389,14 @@ class ShardSet:
         keep = np.zeros(len(self), bool)
         keep[np.asarray(ids, np.int64)] = True
         rng = np.random.default_rng(seed)
-        order = [np.arange(len(self.files))] if epochs == 1 else []
-        order += [rng.permutation(len(self.files)) for _ in range(epochs - len(order))]
-        files = [{"file": self.files[f]} for o in order for f in o]
+        if epochs == 1:  # one pass (validation): the files and rows in order
+            files = [{"file": f, "seed": -1} for f in self.files]
+        else:  # each epoch its own order of files, and of rows within each file
+            files = [
+                {"file": self.files[f], "seed": int(rng.integers(2**31))}
+                for _ in range(epochs)
+                for f in rng.permutation(len(self.files))
+            ]
         return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
             _read_rows,
             fn_kwargs={"filesystem": self.filesystem, "keep": keep},
@@ -399,16 +408,19 @@ class ShardSet:
 
 
 def _read_rows(batch: dict[str, np.ndarray], filesystem: Any, keep: np.ndarray):
-    """Ray Data map_batches: the kept rows (id, label, image) of the shard files named."""
+    """Ray Data map_batches: the kept rows (id, label, image) of the shard files named,
+    shuffled by their ``seed`` (-1: in order)."""
     pq = _parquet()
 
     ids, labels, images = [], [], []
-    for path in batch["file"]:
+    for path, seed in zip(batch["file"], batch["seed"]):
         t = pq.read_table(str(path), columns=["id", "label", "image"], filesystem=filesystem)
-        mask = keep[t.column("id").to_numpy()]
-        ids.append(t.column("id").to_numpy()[mask])
-        labels.append(t.column("label").to_numpy()[mask])
-        images.append(_images_of(t)[mask])
+        rows = np.nonzero(keep[t.column("id").to_numpy()])[0]
+        if seed >= 0:
+            rows = np.random.default_rng(int(seed)).permutation(rows)
+        ids.append(t.column("id").to_numpy()[rows])
+        labels.append(t.column("label").to_numpy()[rows])
+        images.append(_images_of(t)[rows])
     return {
         "id": np.concatenate(ids),
         "label": np.concatenate(labels),
