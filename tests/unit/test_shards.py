@@ -110,11 +110,25 @@ def test_a_part_reads_only_its_rows_from_the_shards(shard_data):
     index, shards = shard_data
     keep = np.zeros(len(shards), bool)
     keep[[2, 3, 17]] = True
-    out = _read_rows({"file": np.array(shards.files)}, None, keep)
+    files = np.array(shards.files)
+    out = _read_rows({"file": files, "seed": np.full(len(files), -1)}, None, keep)
     order = np.argsort(out["id"])
     assert out["id"][order].tolist() == [2, 3, 17]
     np.testing.assert_array_equal(out["label"][order], index.labels[[2, 3, 17]])
     assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.uint8
+    # an epoch's pass: the same rows, shuffled by the seed, each image with its label
+    everything = np.ones(len(shards), bool)
+    plain = _read_rows({"file": files, "seed": np.full(len(files), -1)}, None, everything)
+    orders = []
+    for seed in (1, 2):
+        got = _read_rows({"file": files, "seed": np.full(len(files), seed)}, None, everything)
+        assert sorted(got["id"].tolist()) == sorted(plain["id"].tolist())
+        at = {int(i): k for k, i in enumerate(plain["id"])}
+        back = [at[int(i)] for i in got["id"]]
+        np.testing.assert_array_equal(got["image"], plain["image"][back])
+        np.testing.assert_array_equal(got["label"], plain["label"][back])
+        orders.append(got["id"].tolist())
+    assert orders[0] != orders[1] != plain["id"].tolist()
 
 
 def test_folds_over_lazy_images_read_their_images_from_the_shards(shard_data):
