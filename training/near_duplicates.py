@@ -26,6 +26,7 @@ the narrowing), so time and memory stay linear in N whatever the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -183,20 +184,10 @@ def similarity(
     return out
 
 
-def near_duplicates(
-    images: np.ndarray,
-    max_distance: int = 10,
-    *,
-    mirrored: bool = True,
-    threshold: float = THRESHOLD,
-    exclude: set[tuple[int, int]] = frozenset(),
-    limit: int | None = None,
-) -> list[NearPair]:
-    """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index order;
-    ``exclude`` drops pairs known already (exact duplicates)."""
-    return near_duplicate_search(
-        images, max_distance, mirrored=mirrored, threshold=threshold, exclude=exclude, limit=limit
-    )[0]
+def near_duplicates(images: np.ndarray, max_distance: int = 10, **options: Any) -> list[NearPair]:
+    """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index order
+    (``near_duplicate_search``'s pairs; the same options)."""
+    return near_duplicate_search(images, max_distance, **options)[0]
 
 
 def near_duplicate_search(
@@ -208,8 +199,11 @@ def near_duplicate_search(
     exclude: set[tuple[int, int]] = frozenset(),
     limit: int | None = None,
 ) -> tuple[list[NearPair], int]:
-    """``near_duplicates`` and the hash radius it searched (``max_distance``, or less
-    when the candidates were over the budget; -1: not even identical hashes fit)."""
+    """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index
+    order, and the hash radius searched (``max_distance``, or less when the candidates
+    were over the budget; -1: not even identical hashes fit). ``exclude`` drops pairs
+    known already (exact duplicates); ``limit``: the candidate budget
+    (``candidate_budget`` when None)."""
     found, radius = candidates(images, max_distance, mirrored, limit)
     cand = {k: v for k, v in found.items() if k not in exclude}
     keys = sorted(cand)

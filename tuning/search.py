@@ -28,13 +28,13 @@ This package imports training/, never services/: results go to whoever passes a 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -316,23 +316,6 @@ class SearchResult:
         )
 
 
-@contextlib.contextmanager
-def _quiet_tune():
-    """Tune's environment for the fit: its console tables and automatic file loggers off
-    (the listener reports progress, and run_search adds the JSON logger itself), and an
-    experiment snapshot every 2 s (see QUIET_ENV)."""
-    saved = {k: os.environ.get(k) for k in QUIET_ENV}
-    os.environ.update(QUIET_ENV)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -431,7 +414,10 @@ def run_search(
                 ),
             )
         t0 = time.perf_counter()
-        with _quiet_tune():
+        # Tune's environment for the fit: its console tables and automatic file loggers
+        # off (the listener reports progress; the JSON logger is added above), and an
+        # experiment snapshot every 2 s (QUIET_ENV)
+        with mock.patch.dict(os.environ, QUIET_ENV):
             tuner.fit()
     finally:
         HOOKS.pop(name, None)
