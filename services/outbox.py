@@ -4,8 +4,11 @@ transaction as the change it reports (a job's final status), and published from 
 ``stage`` adds an event to the caller's transaction. ``publish_pending`` publishes the
 unpublished ones with publisher confirms and marks each after the broker confirmed it:
 at least once (a crash between the confirm and the mark publishes it again), each with
-its ``event_id`` so a consumer drops a redelivery. The ingress drains the outbox on every
-reconciler pass; a job driver and the one-shot CLI publish their own event right away.
+its ``event_id`` so a consumer drops a redelivery. Each event's row is locked from its
+publish to its mark (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite ignores it), so the
+job's driver and the ingress's drain, racing on the same new event, publish it once.
+The ingress drains the outbox on every reconciler pass; a job driver and the one-shot
+CLI publish their own event right away.
 """
 
 from __future__ import annotations
@@ -89,9 +92,24 @@ async def publish_pending_async(
                 (e.id, e.queue, e.body) for e in repo.pending_events(s, limit=limit, job_id=job_id)
             ]
 
-    def mark(event_id: str) -> None:
-        with sf() as s:
+    def claim(event_id: str) -> Any:
+        """A session holding the event's row lock, or None (published, or another
+        publisher, the job's driver or the ingress, is publishing it)."""
+        s = sf()
+        try:
+            if repo.claim_event(s, event_id):
+                return s
+        except Exception:
+            s.close()
+            raise
+        s.close()
+        return None
+
+    def mark(s: Any, event_id: str) -> None:
+        try:
             repo.mark_published(s, event_id)
+        finally:
+            s.close()
 
     events = await asyncio.to_thread(pending)
     if not events:
@@ -104,24 +122,35 @@ async def publish_pending_async(
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         declared: set[str] = set()
+        published = 0
         for event_id, queue, body in events:
-            if queue not in declared:
-                await broker.declare_events(channel, queue)
-                declared.add(queue)
-            await asyncio.wait_for(
-                channel.default_exchange.publish(
-                    aio_pika.Message(
-                        json.dumps(body).encode(),
-                        content_type="application/json",
-                        message_id=event_id,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            # the row stays locked from here to its mark: the job's driver and the
+            # ingress's drain never publish the same event at once (PostgreSQL)
+            held = await asyncio.to_thread(claim, event_id)
+            if held is None:
+                continue
+            try:
+                if queue not in declared:
+                    await broker.declare_events(channel, queue)
+                    declared.add(queue)
+                await asyncio.wait_for(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(
+                            json.dumps(body).encode(),
+                            content_type="application/json",
+                            message_id=event_id,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=queue,
                     ),
-                    routing_key=queue,
-                ),
-                10,
-            )
-            await asyncio.to_thread(mark, event_id)
-    return len(events)
+                    10,
+                )
+            except BaseException:
+                await asyncio.to_thread(held.close)  # rolled back: still pending
+                raise
+            await asyncio.to_thread(mark, held, event_id)
+            published += 1
+    return published
 
 
 def publish_pending(settings: Settings, *, job_id: int | None = None) -> int:

@@ -364,6 +364,19 @@ def count_pending_events(s: Session) -> int:
     )
 
 
+def claim_event(s: Session, event_id: str) -> bool:
+    """Lock an unpublished event for this session's transaction (PostgreSQL: ``FOR
+    UPDATE SKIP LOCKED``): False when it is published already or another publisher
+    holds it. The lock ends with the transaction (``mark_published`` commits it; a
+    publisher that dies rolls it back, and the event stays pending)."""
+    q = (
+        select(Event.id)
+        .where(Event.id == event_id, Event.published_at.is_(None))
+        .with_for_update(skip_locked=True)
+    )
+    return s.scalar(q) is not None
+
+
 def mark_published(s: Session, event_id: str) -> None:
     s.execute(
         update(Event)

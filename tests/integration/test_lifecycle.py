@@ -125,6 +125,38 @@ def test_an_event_waits_in_the_outbox_while_the_broker_is_away_then_goes_out_onc
     print(f"\nbacklog published {backlog_s:.2f} s after the broker came back")
 
 
+def test_an_event_being_published_is_claimed_by_one_publisher(pg_url, settings_for):
+    """The job's driver and the ingress race on a new event: the first to claim its row
+    holds it until the mark; the other skips it (no second publish), and a claim after
+    the mark finds it published. A publisher that dies rolls back: still pending."""
+    settings = settings_for(pg_url)
+    job, _ = create_job(
+        settings,
+        TrainingRequest(
+            batch_id=f"claim-{uuid.uuid4().hex[:8]}",
+            dataset_uri="/nowhere",
+            hyperparameters=Hyperparameters(**TINY),
+        ),
+    )
+    event_id = uuid.uuid4().hex
+    sf = session_factory(pg_url)
+    with sf() as s:
+        repo.add_event(s, event_id, job.id, "ModelEvaluation", "q", {"event_id": event_id})
+        s.commit()
+    first, second = sf(), sf()
+    try:
+        assert repo.claim_event(first, event_id)
+        assert not repo.claim_event(second, event_id)  # held: skipped, not waited on
+        second.rollback()
+        first.rollback()  # the first publisher died before its mark
+        assert repo.claim_event(second, event_id)  # pending again
+        repo.mark_published(second, event_id)
+        assert not repo.claim_event(first, event_id)  # published
+    finally:
+        first.close()
+        second.close()
+
+
 def _declared(queue: str) -> bool:
     try:
         message_count(queue)
