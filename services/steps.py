@@ -481,6 +481,7 @@ def check_labels(
     d = data.decoded
     pool = np.union1d(data.split.train, data.split.val)
     given, why_not = _given_out_of_fold(oof, pool, len(d.classes))
+    images = data.images_of(pool)  # a lazy view over the shards when streamed
     t0 = time.perf_counter()
     try:
         if given is not None:
@@ -493,7 +494,7 @@ def check_labels(
             else:
                 model = trained.module()
                 of = "the trained model (no starting weights named)"
-            features = backbone_features(model, d.images[pool])
+            features = backbone_features(model, images)
             probs = out_of_fold_probs(features, d.labels[pool], seed=hp.seed)
             source = (
                 "out-of-fold probabilities of a LogisticRegression cross-validated on "
@@ -505,7 +506,7 @@ def check_labels(
             d.labels[pool], probs, [d.paths[i] for i in pool], d.classes, source=source
         )
         report["seconds"] = round(time.perf_counter() - t0, 2)
-        png = label_issues_png(report, d.images[pool])
+        png = label_issues_png(report, images)
     except Exception as e:  # noqa: BLE001 - a diagnostic: said, never fatal
         report, png = {"error": one_line(e), "issues": []}, None
         say(f"label check failed: {one_line(e)}")
@@ -595,7 +596,7 @@ def version_files(
     d, test = data.decoded, data.split.test
     files[DATA_PROFILE_FILE] = as_json(
         drift.data_profile(
-            d.classes, d.labels, test, d.paths, d.sha1, drift.image_hashes(d.images[test])
+            d.classes, d.labels, test, d.paths, d.sha1, drift.image_hashes(data.images_of(test))
         )
     )
     if labels is not None:
