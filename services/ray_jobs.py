@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlparse
 
 from services.config import Settings
@@ -82,10 +82,16 @@ def init_ray(settings: Settings) -> None:
     )
 
 
-def connect_ray(settings: Settings, *, start_local: bool = False) -> bool:
+def connect_ray(
+    settings: Settings,
+    *,
+    start_local: bool = False,
+    local_env: Callable[[], dict[str, str]] | None = None,
+) -> bool:
     """Join a running cluster (``settings.ray_address``, else a local ``ray start``) in
     colecionador's namespace, for the long-lived commands (ingress, serve). With
-    ``start_local`` and no cluster running, start a local Ray; True if it was started."""
+    ``start_local`` and no cluster running, start a local Ray (its processes inherit
+    this one's environment, plus what ``local_env()`` gives); True if it was started."""
     import ray
 
     if ray.is_initialized():
@@ -98,6 +104,7 @@ def connect_ray(settings: Settings, *, start_local: bool = False) -> bool:
     except ConnectionError:
         if not start_local or settings.ray_address:
             raise
+    os.environ.update(local_env() if local_env else {})
     ray.init(namespace=NAMESPACE, logging_level="WARNING")
     return True
 

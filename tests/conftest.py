@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -95,17 +96,21 @@ def db_url(request, tmp_path):
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server, tmp_path_factory):
     """One local Ray cluster for the session, started as a user starts one (``ray start
-    --head`` with token auth and the job server, tests/raycluster.py); this process joins
-    it as a driver with the token. Only this cluster is stopped at the end. Its node holds
-    the secrets (the S3 server's secret key) in COLECIONADOR_SECRETS_DIR, as an operator's
-    nodes do: they never travel in a Ray job's runtime_env."""
+    --head`` with token auth, the job server and the HAProxy ingress, tests/raycluster.py);
+    this process joins it as a driver with the token. Only this cluster is stopped at the
+    end. Its node holds the secrets (the S3 server's secret key) in
+    COLECIONADOR_SECRETS_DIR, as an operator's nodes do: they never travel in a Ray job's
+    runtime_env."""
     import ray
 
+    from services.api import haproxy
     from tests.raycluster import LocalRayCluster
 
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "colecionador_s3_secret_key").write_text(s3_server.secret_key)
-    cluster = LocalRayCluster(num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets)})
+    # Serve's HTTP ingress is Ray's HAProxy, as README tells operators to start Ray
+    ingress = haproxy.node_env() if haproxy.installed() else {}
+    cluster = LocalRayCluster(num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets), **ingress})
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
     # Ray caches its auth mode and token per process (a module imported at collection
@@ -119,6 +124,8 @@ def ray_cluster(s3_server, tmp_path_factory):
     finally:
         ray.shutdown()
         cluster.stop()
+        if ingress:
+            shutil.rmtree(ingress["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

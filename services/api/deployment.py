@@ -1,17 +1,19 @@
 """The app as a Ray Serve deployment: ``@serve.deployment @serve.ingress(app)``, with
 backpressure and the scale-out settings of ``colecionador serve``.
 
-Backpressure (issue #18): each replica takes at most ``max_ongoing_requests`` at a time;
-each caller (the HTTP proxy) holds at most ``max_queued_requests`` more waiting for a
-replica, and rejects the rest at once. Without the bound a proxy's queue grows without
-limit under overload, and every request waits behind it (50-97 s measured at 100 req/s).
+Backpressure (issue #18): each replica takes at most ``max_ongoing_requests`` at a time
+and holds at most ``max_queued_requests`` more waiting for a slot (with Ray's HAProxy
+ingress, services/api/haproxy.py, requests reach the replica's own HTTP server and it
+counts them; with Serve's Python proxy each proxy holds its own queue); the rest are
+rejected at once. Without the bound the queue grows without limit under overload, and
+every request waits behind it (50-97 s measured at 100 req/s).
 
-What a rejected request gets is Serve's, not the app's: the proxy answers before the
-request reaches FastAPI, so no middleware or exception handler of the app sees it. In
-Ray 2.60 it is status 503 (``BackpressureConfig.status_code``), a ``text/plain`` body
-``Request dropped due to backpressure (num_queued_requests=N, max_queued_requests=M).``
-(not the JSON ``{"detail": ...}`` of the app's own errors), and ``Retry-After: <s>`` when
-``BackpressureConfig.retry_after_s`` is set, as it is here (``retry_after_s``).
+What a rejected request gets is Serve's, not the app's: Serve answers before the request
+reaches FastAPI, so no middleware or exception handler of the app sees it. In Ray 2.60 it
+is status 503 (``BackpressureConfig.status_code``), a ``text/plain`` body ``Request
+dropped due to backpressure`` (not the JSON ``{"detail": ...}`` of the app's own errors),
+and ``Retry-After: <s>`` when ``BackpressureConfig.retry_after_s`` is set, as it is here
+(``retry_after_s``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ DEPLOYMENT_NAME = "colecionador-api"
 # A replica's share of work at once: enough to overlap database round trips, few enough
 # that a request admitted to a replica is answered in well under a second on 2 cores.
 MAX_ONGOING_REQUESTS = 8
-# Waiting requests per proxy: about a quarter of a second of one replica's capacity
-# (~60 req/s here); anything beyond that is shed with 503 + Retry-After, not queued.
+# Waiting requests per replica (per proxy with Serve's proxy): a few dozen milliseconds of
+# one replica's capacity (~400 req/s here behind HAProxy); anything beyond that is shed
+# with 503 + Retry-After, not queued.
 MAX_QUEUED_REQUESTS = 16
 RETRY_AFTER_S = 1.0
 

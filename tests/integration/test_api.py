@@ -549,7 +549,7 @@ def test_without_a_configured_token_every_write_is_refused(deploy, api):
 def test_colecionador_serve_deploys_a_read_token_app(api):
     """`colecionador serve` on the cluster (COLECIONADOR_RAY_ADDRESS), with a read token:
     reads need the read or the write token; the pages take HTTP Basic; links keep the
-    route prefix."""
+    route prefix; it says which ingress the cluster runs."""
     name = f"api-cli-{uuid.uuid4().hex[:4]}"
     env = cli_env(api.settings, api.cluster, WRITE, READ)
     cli = Path(sys.executable).with_name("colecionador")
@@ -575,6 +575,7 @@ def test_colecionador_serve_deploys_a_read_token_app(api):
         assert done.returncode == 0, done.stderr[-3000:]
         base = f"{api.url}/{name}"
         assert f"at {base}/ (OpenAPI at {base}/docs)" in done.stdout
+        assert "ingress: HAProxy" in done.stdout  # the session's cluster runs it
         c = httpx.Client(base_url=base, timeout=30)
         wait_until(lambda: c.get("/healthz").status_code == 200, 60, "the CLI's app")
         r = c.get("/jobs")

@@ -3,6 +3,10 @@ the deployment's backpressure options, and `colecionador serve`'s scale-out flag
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import Response
@@ -118,3 +122,45 @@ def test_the_deployment_sheds_with_503_and_retry_after():
     )._deployment_config
     assert auto.autoscaling_config.max_replicas == 4
     assert auto.autoscaling_config.target_ongoing_requests == 4
+
+
+def test_the_haproxy_ingress_gets_files_and_ports_of_its_own(tmp_path):
+    from services.api import haproxy
+
+    short = Path(tempfile.mkdtemp(prefix="h-", dir="/tmp"))
+    try:
+        env = haproxy.node_env(short / "hap", stats_port=18404, metrics_port=19101)
+        assert env[haproxy.ENABLE] == "1" and (short / "hap").is_dir()
+    finally:
+        shutil.rmtree(short)
+    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "SERVER_STATE_FILE", "METRICS_SOCKET_PATH"):
+        assert env[f"RAY_SERVE_HAPROXY_{key}"].startswith(str(short / "hap")), key
+    assert (env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"]) == (
+        "18404",
+        "19101",
+    )
+    free = haproxy.node_env()  # two Rays on one host never share a folder or a port
+    try:
+        assert free["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"].startswith("/tmp/hap-")
+        ports = {free["RAY_SERVE_HAPROXY_STATS_PORT"], free["RAY_SERVE_HAPROXY_METRICS_PORT"]}
+        assert ports & {"8404", "9101"} == set()
+    finally:
+        shutil.rmtree(free["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    # Ray adds a 56-character node id under the folder; HAProxy's socket paths stop at 97
+    with pytest.raises(ValueError, match="too long"):
+        haproxy.node_env(tmp_path / ("x" * 40))
+
+
+def test_serve_picks_haproxy_when_installed_and_says_when_it_cannot(monkeypatch):
+    from services.api import haproxy
+
+    assert build_parser().parse_args(["serve"]).ingress == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--ingress", "nginx"])
+    monkeypatch.setattr(haproxy, "installed", lambda: True)
+    assert haproxy.choose("auto") == haproxy.choose("haproxy") == "haproxy"
+    assert haproxy.choose("proxy") == "proxy"
+    monkeypatch.setattr(haproxy, "installed", lambda: False)
+    assert haproxy.choose("auto") == "proxy"
+    with pytest.raises(ValueError, match="pip install 'colecionador\\[haproxy\\]'"):
+        haproxy.choose("haproxy")

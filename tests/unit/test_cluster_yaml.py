@@ -204,6 +204,8 @@ def test_start_commands_are_rays_standard_ones(raw):
     for commands in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
         assert commands[0].rstrip().endswith("ray stop")
         assert "ray start" in commands[-1]
+        # Serve's ingress is HAProxy, read when each node's Ray starts
+        assert _exported(commands[-1], "RAY_SERVE_ENABLE_HA_PROXY") == "1", commands
 
 
 def test_setup_installs_the_pinned_stack_then_the_project(raw):
@@ -218,7 +220,8 @@ def test_setup_installs_the_pinned_stack_then_the_project(raw):
     assert pins["torch"] in words and pins["torchvision"] in words
     assert pins["ray"] in words
     # then the project, editable, from the copy in ~/colecionador, after the pins
-    editable = [i for i, c in enumerate(setup) if re.search(r"pip install -e \.(\s|$)", c)]
+    # (with the HAProxy extra: Serve's ingress on every node)
+    editable = [i for i, c in enumerate(setup) if 'pip install -e ".[haproxy]"' in c]
     assert editable and editable[0] > pip[0], setup
     assert "cd ~/colecionador" in setup[editable[0]]
     # the container's Ray is the same release as the pin

