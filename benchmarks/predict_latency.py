@@ -5,7 +5,8 @@ Like for like: the same model.pt (the demo's recipe shape: ResNet18 at 32 px, 10
 classes; random weights, which cost the same as trained ones), the same one image (a
 scikit-learn digit as PNG, decoded and resized on every request), the same torch threads
 (1). Served: the API app and the model's predict application (services/serving.py,
-``@serve.batch``) on a local 2-CPU Ray, an open-loop aiohttp client (benchmarks/api_latency.py:
+``@serve.batch``) on a local 2-CPU Ray behind HAProxy when installed (the default
+ingress, services/api/haproxy.py), an open-loop aiohttp client (benchmarks/api_latency.py:
 request i is sent at t0 + i/rate and its latency counts from then; 1 s warm-up not
 counted). Bare: one process, no HTTP, no Serve: decode + predict for each request at its
 scheduled time, back to back, latency from the scheduled time too, so both sides queue
@@ -137,9 +138,10 @@ def bench_bare(
 def bench_serve(
     settings, png: bytes, rates: list[float], duration: float, threads: int, batch: int
 ) -> list[dict[str, Any]]:
+    from services.api.haproxy import installed
     from services.serving import deploy_model
 
-    with local_serve(settings) as url:
+    with local_serve(settings, haproxy=installed()) as url:  # the default ingress
         deploy_model(settings, MODEL, torch_threads=threads, max_batch_size=batch)
         asyncio.run(wait_up(f"{url}/healthz"))
         body = {"image": base64.b64encode(png).decode(), "top_k": 5}

@@ -48,7 +48,7 @@ class DieOnce(Callback):
             os._exit(1)
 
 
-def run(settings, root, callbacks):
+def run(settings, root, callbacks, say=None):
     hp = {
         **TINY,
         "phase1_epochs": 2,
@@ -65,7 +65,7 @@ def run(settings, root, callbacks):
             hyperparameters=Hyperparameters(**hp),
         ),
     )
-    return run_job(job.id, settings)
+    return run_job(job.id, settings, say=say) if say else run_job(job.id, settings)
 
 
 def test_a_worker_that_dies_mid_epoch_resumes_to_the_same_result(
@@ -130,34 +130,15 @@ def test_a_streamed_run_whose_worker_dies_resumes_and_records_each_epoch_once(
     root = make_dataset(per_class=24)
     marker = tmp_path / "died"
     said: list[str] = []
-    hp = {**TINY, "phase1_epochs": 2, "phase2_epochs": 2, "early_stopping_patience": 1}
-    job, _ = create_job(
-        settings,
-        TrainingRequest(
-            batch_id=f"resume-streamed-{uuid.uuid4().hex[:8]}",
-            dataset_uri=str(root),
-            model_name="resume-streamed",
-            hyperparameters=Hyperparameters(
-                **hp,
-                callbacks=[
-                    {
-                        "name": "tests.integration.test_resume:DieOnce",
-                        "epoch": 3,
-                        "rank": 1,
-                        "marker": str(marker),
-                    }
-                ],
-            ),
-        ),
-    )
-    outcome = run_job(job.id, settings, say=said.append)
+    die = {"name": "tests.integration.test_resume:DieOnce", "epoch": 3, "rank": 1}
+    outcome = run(settings, root, [{**die, "marker": str(marker)}], say=said.append)
     assert any(m.startswith("decoded 72 files into") for m in said), said  # streamed
     assert marker.read_text() == "rank 1 died in epoch 3"
     assert outcome.status == "success", outcome.error
     assert int(marker.with_suffix(".resumed").read_text()) in (2, 3)
     with session_factory(settings.db_url)() as s:
-        rows = repo.epoch_rows(s, job.id)
+        rows = repo.epoch_rows(s, outcome.job_id)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert [r["phase"] for r in rows] == [1, 1, 2, 2]
     store = open_store(settings)
-    assert store.exists(f"models/resume-streamed/v{outcome.version}/model.pt")
+    assert store.exists(f"models/resume/v{outcome.version}/model.pt")
