@@ -322,7 +322,7 @@ def _non_negative_int(text: str) -> int:
 INGRESS_NAMES = {
     "haproxy": "HAProxy (Ray's HAProxy ingress)",
     "proxy": "Serve's Python proxy",
-    None: "unknown (Ray's state API did not answer)",
+    None: "unknown (Ray's state API did not answer, or Serve runs no HTTP proxy)",
 }
 
 

@@ -2,11 +2,11 @@
 request straight to a replica's own HTTP port.
 
 Why (issue #18, ``make bench``, 2 cores shared with the client): Serve's Python proxy
-spends more CPU per request than the app; it serves 200 req/s at 11x uvicorn's p99 and
-collapses at 400 req/s (83 % shed, answers up to 1.4 s), while with HAProxy the same
-replica serves 400 req/s at uvicorn's p99 and, at 800 req/s, sheds the excess with 503 +
-Retry-After and answers everything within 0.12 s. The replica's own backpressure
-(``max_queued_requests``) does the shedding in both.
+spends more CPU per request than the app; it holds 100 req/s at ~3x uvicorn's p99 and
+collapses at 200 (65 % shed, p99 2.5 s), while with HAProxy the same replica serves 400
+req/s within 1.8x of uvicorn's p99 and, at 800 req/s, sheds 60 % with 503 + Retry-After
+and answers every request within 0.13 s. The replica's own backpressure
+(``max_queued_requests``) does the shedding.
 
 Ray reads the switch and HAProxy's settings from the environment of its processes when
 they start (``RAY_SERVE_ENABLE_HA_PROXY=1`` at ``ray start``, on every node): a running
@@ -93,17 +93,15 @@ def choose(requested: Literal["auto", "haproxy", "proxy"]) -> Ingress:
 
 
 def running() -> Ingress | None:
-    """Which ingress the connected cluster's Serve runs (its proxy actors' class), or None
-    when Ray's state API cannot tell (no dashboard)."""
+    """Which ingress the connected cluster's Serve runs (the class of its proxy actors),
+    or None when Ray's state API cannot tell (no dashboard) or Serve has no proxy."""
     try:
         from ray.util.state import list_actors
 
-        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, timeout=10)
+        for cls, ingress in (("HAProxyManager", "haproxy"), ("ProxyActor", "proxy")):
+            alive = [("class_name", "=", cls), ("state", "=", "ALIVE")]
+            if list_actors(filters=alive, limit=1, timeout=10):
+                return ingress  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 - the state API needs the dashboard
         return None
-    classes = {a.class_name for a in alive}
-    if "HAProxyManager" in classes:
-        return "haproxy"
-    if "ProxyActor" in classes:
-        return "proxy"
     return None
