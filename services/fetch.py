@@ -96,21 +96,22 @@ def _list_s3(
     return bucket, prefix, objects, client
 
 
-def list_dataset(uri: str, settings: Settings) -> DatasetIndex:
-    """The listing of the data set a URI names, nothing downloaded: ``discover`` of a
-    local folder, or the remote listing of an ``s3://`` prefix (training.data
-    .discover_listing; the manifest object is the one object read)."""
-    path = local_path(uri)
-    if path is not None:
-        if not path.is_dir():
-            raise FileNotFoundError(f"dataset not found: {uri}")
-        return discover(path)
+Listed = tuple[str, str, list[tuple[str, int, str]], Any]  # bucket, prefix, rows, client
+
+
+def _listed(uri: str, settings: Settings) -> Listed:
+    """The objects under an ``s3://`` prefix as (name under the prefix, size, ETag)."""
     cut = len(_bucket_prefix(uri)[1])
-    bucket, prefix, listed, client = _list_s3(
+    return _list_s3(
         uri, settings, lambda o: (o["Key"][cut:], int(o["Size"]), str(o.get("ETag", "")))
     )
+
+
+def _index_of(listed: Listed) -> DatasetIndex:
+    """training.data.discover_listing of a listing (the manifest object is the one read)."""
+    bucket, prefix, rows, client = listed
     manifest = None
-    if any(rel == MANIFEST for rel, _, _ in listed):
+    if any(rel == MANIFEST for rel, _, _ in rows):
         try:
             body = client.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"]
             manifest = body.read().decode("utf-8")
@@ -118,18 +119,32 @@ def list_dataset(uri: str, settings: Settings) -> DatasetIndex:
             raise StoreError(
                 f"cannot read s3://{bucket}/{prefix}{MANIFEST}: {error_reason(e)}"
             ) from None
-    return discover_listing(f"s3://{bucket}/{prefix}", listed, manifest)
+    return discover_listing(f"s3://{bucket}/{prefix}", rows, manifest)
+
+
+def list_dataset(uri: str, settings: Settings) -> DatasetIndex:
+    """The listing of the data set a URI names, nothing downloaded: ``discover`` of a
+    local folder, or the remote listing of an ``s3://`` prefix."""
+    path = local_path(uri)
+    if path is not None:
+        if not path.is_dir():
+            raise FileNotFoundError(f"dataset not found: {uri}")
+        return discover(path)
+    return _index_of(_listed(uri, settings))
 
 
 def dataset_index(uri: str, settings: Settings) -> DatasetIndex:
     """The listing a job decodes. A remote set of ``settings.stream_min_images`` files or
     more stays remote (decoded into shards by tasks reading the bucket); a smaller one is
-    copied into the cache first (``fetch_dataset``) and listed there, for the in-memory
-    decode that is faster at that size. The choice is made from the listing, before any
-    object is downloaded."""
-    index = list_dataset(uri, settings)
-    if index.remote and len(index) < settings.stream_min_images:
-        return discover(fetch_dataset(uri, settings))
+    copied into the cache first and listed there, for the in-memory decode that is faster
+    at that size. The choice is made from the listing, before any object is downloaded,
+    and the copy works from that same listing (the bucket is listed once)."""
+    if local_path(uri) is not None:
+        return list_dataset(uri, settings)
+    listed = _listed(uri, settings)
+    index = _index_of(listed)
+    if len(index) < settings.stream_min_images:
+        return discover(_copy(listed, settings))
     return index
 
 
@@ -192,14 +207,19 @@ def object_reader(index: DatasetIndex, settings: Settings) -> S3ObjectReader:
 
 def fetch_dataset(uri: str, settings: Settings) -> Path:
     """A local folder holding the dataset: the folder itself for a local URI, else a copy
-    of ``s3://bucket/prefix/`` in the cache. Files already there with the same size and
-    ETag are not fetched again; files no longer in the bucket are removed from the copy."""
+    of ``s3://bucket/prefix/`` in the cache (``_copy``)."""
     path = local_path(uri)
     if path is not None:
         if not path.is_dir():
             raise FileNotFoundError(f"dataset not found: {uri}")
         return path
-    bucket, prefix, objects, client = _list_s3(uri, settings)
+    return _copy(_listed(uri, settings), settings)
+
+
+def _copy(listed: Listed, settings: Settings) -> Path:
+    """The listed objects copied into the cache. Files already there with the same size
+    and ETag are not fetched again; files no longer listed are removed from the copy."""
+    bucket, prefix, rows, client = listed
     name = _cache_name(settings, f"{bucket}/{prefix}")
     dest = settings.cache_dir / "datasets" / name
     manifest_path = settings.cache_dir / "datasets" / f"{name}.json"
@@ -209,24 +229,23 @@ def fetch_dataset(uri: str, settings: Settings) -> Path:
     manifest: dict[str, str] = {}
     wanted: set[Path] = set()
     try:
-        for o in objects:
-            rel = o["Key"][len(prefix) :]
+        for rel, size, etag in rows:
             target = (dest / rel).resolve()
             if root not in target.parents:
                 raise StoreError(
-                    f"refusing object s3://{bucket}/{o['Key']}: its key leaves the dataset folder"
+                    f"refusing object s3://{bucket}/{prefix}{rel}: its key leaves the "
+                    "dataset folder"
                 )
             wanted.add(target)
-            etag = str(o.get("ETag", ""))
-            if target.is_file() and target.stat().st_size == o["Size"] and old.get(rel) == etag:
+            if target.is_file() and target.stat().st_size == size and old.get(rel) == etag:
                 manifest[rel] = etag
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                client.download_file(bucket, o["Key"], str(target))
+                client.download_file(bucket, prefix + rel, str(target))
             except s3_errors() as e:
                 raise StoreError(
-                    f"cannot download s3://{bucket}/{o['Key']}: {error_reason(e)}"
+                    f"cannot download s3://{bucket}/{prefix}{rel}: {error_reason(e)}"
                 ) from None
             manifest[rel] = etag
     finally:
