@@ -357,8 +357,8 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
         _parser.error(str(e))
     local: dict[str, str] = {}  # the environment of a Ray started here
 
-    def local_env() -> dict[str, str]:
-        local.update(haproxy.node_env() if ingress == "haproxy" else {})
+    def local_env() -> dict[str, str]:  # "proxy" also when the shell exported the switch
+        local.update(haproxy.node_env() if ingress == "haproxy" else {haproxy.ENABLE: "0"})
         return local
 
     started_here = connect_ray(settings, start_local=True, local_env=local_env)
@@ -405,7 +405,7 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
         except KeyboardInterrupt:
             pass
         serve.shutdown()
-        if haproxy.ENABLE in local:
+        if local.get(haproxy.ENABLE) == "1":
             shutil.rmtree(local["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
     return 0
 
