@@ -481,9 +481,9 @@ def check_labels(
     d = data.decoded
     pool = np.union1d(data.split.train, data.split.val)
     given, why_not = _given_out_of_fold(oof, pool, len(d.classes))
-    images = data.images_of(pool)  # a lazy view over the shards when streamed
     t0 = time.perf_counter()
     try:
+        images = data.images_of(pool)  # a lazy view over the shards when streamed
         if given is not None:
             probs, source = given.probs, given.source
         else:
