@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
-import shutil
 import socket
 import statistics
 import tempfile
@@ -245,7 +244,7 @@ def local_serve(settings, *, haproxy: bool = False, **deployment: Any) -> Iterat
     HAProxy ingress (services/api/haproxy.py) in front of the replicas' own HTTP ports
     instead of Serve's Python proxy (the variables must be in the environment of the
     Ray processes: a local Ray inherits this one's)."""
-    from services.api.haproxy import node_env
+    from services.api.haproxy import discard, node_env
 
     env = node_env() if haproxy else {}
     try:
@@ -253,8 +252,7 @@ def local_serve(settings, *, haproxy: bool = False, **deployment: Any) -> Iterat
             with _local_serve(settings, **deployment) as url:
                 yield url
     finally:
-        if env:
-            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        discard(env)
 
 
 @contextlib.contextmanager

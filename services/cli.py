@@ -332,7 +332,6 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
     On the cluster at COLECIONADOR_RAY_ADDRESS, or a running local one (``ray start``):
     the app stays deployed after this command exits. With no cluster running, a local
     Ray is started here and the command serves until Ctrl-C."""
-    import shutil
     import signal
 
     from ray import serve
@@ -405,8 +404,7 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
         except KeyboardInterrupt:
             pass
         serve.shutdown()
-        if local.get(haproxy.ENABLE) == "1":
-            shutil.rmtree(local["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        haproxy.discard(local)
     return 0
 
 

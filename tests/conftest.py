@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -124,8 +123,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     finally:
         ray.shutdown()
         cluster.stop()
-        if ingress:
-            shutil.rmtree(ingress["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        haproxy.discard(ingress)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -18,6 +18,7 @@ cluster, the benchmark, the tests' cluster), and tells which ingress a running c
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -76,6 +77,14 @@ def node_env(
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port or _free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port or _free_port()),
     }
+
+
+def discard(env: dict[str, str]) -> None:
+    """Remove the folder ``node_env`` made for ``env`` (nothing when ``env`` is not one),
+    once the Ray that used it has stopped."""
+    state = env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if env.get(ENABLE) == "1" and state:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def choose(requested: Literal["auto", "haproxy", "proxy"]) -> Ingress:

@@ -145,7 +145,9 @@ def test_the_haproxy_ingress_gets_files_and_ports_of_its_own(tmp_path):
         ports = {free["RAY_SERVE_HAPROXY_STATS_PORT"], free["RAY_SERVE_HAPROXY_METRICS_PORT"]}
         assert ports & {"8404", "9101"} == set()
     finally:
-        shutil.rmtree(free["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+        haproxy.discard(free)
+    assert not Path(free["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]).exists()
+    haproxy.discard({})  # not an ingress environment: nothing to remove
     # Ray adds a 56-character node id under the folder; HAProxy's socket paths stop at 97
     with pytest.raises(ValueError, match="too long"):
         haproxy.node_env(tmp_path / ("x" * 40))
