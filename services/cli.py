@@ -28,11 +28,10 @@ def _record_and_run(
 ) -> int:
     """What train and tune share: check a local dataset, record the job (a known batch id
     starts nothing), run it here, report the verdict."""
+    from services.admission import Rejection, admit
     from services.fetch import local_path
     from services.jobs import run_job
-    from services.messages import TrainingRequest
     from services.records import create_job
-    from services.trust import check_plugins
 
     path = local_path(args.dataset)
     if path is not None and not path.is_dir():
@@ -40,17 +39,17 @@ def _record_and_run(
     settings = Settings()
     if args.gpu:
         settings.use_gpu = True
-    request = TrainingRequest(
-        batch_id=args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
-        dataset_uri=str(path.resolve()) if path else args.dataset,
-        model_name=args.model_name,
-        hyperparameters=hp,
+    body = {
+        "batch_id": args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
+        "dataset_uri": str(path.resolve()) if path else args.dataset,
+        "model_name": args.model_name,
+        "hyperparameters": hp,
         **request_fields,
-    )
-    try:  # the local user's dataset is theirs to name; code only from allowed modules
-        check_plugins(hp, settings, request.tuning.discrete_values() if request.tuning else None)
-    except ValueError as e:
-        parser.error(str(e))
+    }
+    # the local user's dataset is theirs to name; everything else is checked as on the queue
+    request = admit(body, settings, local_user=True)
+    if isinstance(request, Rejection):
+        parser.error(request.reason)
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
@@ -77,7 +76,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """A search (grid, random or TPE) with k-fold CV and ASHA, then the best config
     trained, gated, versioned."""
     from tuning.grid import parse_grid
-    from tuning.space import error_text, parse_space, validate_space
+    from tuning.space import error_text, parse_space
     from tuning.spec import TuningSpec
 
     try:
@@ -97,8 +96,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         }
         spec = TuningSpec(
             grid=grid, space=space, k_folds=args.k_folds, num_samples=args.num_samples, **options
-        )
-        validate_space(spec.dimensions, hp)  # against the base: tunable, every combination
+        )  # checked against the base (tunable, every combination) on admission
     except ValidationError as e:
         parser.error(error_text(e))
     except ValueError as e:
@@ -254,9 +252,8 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from services.admission import Rejection, admit
     from services.broker import publish_request
-    from services.messages import parse_request
-    from services.trust import check_plugins
 
     try:
         hp = load_hyperparameters(args.config, args.set or [])
@@ -272,10 +269,9 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.total_images is not None:
         body["total_images"] = args.total_images
     settings = Settings()
-    try:
-        check_plugins(parse_request(body).hyperparameters, settings)  # as the ingress does
-    except ValueError as e:
-        parser.error(str(e))
+    rejected = admit(body, settings, local_user=True)  # as the ingress will, but the roots
+    if isinstance(rejected, Rejection):
+        parser.error(rejected.reason)
     publish_request(settings.amqp_url, settings.requests_queue, body)
     print(f"published batch {args.batch_id} on {settings.requests_queue}")
     return 0

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     # decoded into memory per job (faster there: benchmarks/data_scale.py). 0: always stream
     stream_min_images: int = Field(8000, ge=0)
 
+    # the operator's floor of the quality gate: a request may ask for a stricter gate, never
+    # a weaker one (refused at the edge), and the driver judges with the stricter of the two
+    gate_min_accuracy: float = Field(0.90, ge=0, le=1)
+    gate_min_precision: float = Field(0.88, ge=0, le=1)
+    gate_min_recall: float = Field(0.88, ge=0, le=1)
+
     workers: int = Field(2, ge=1)
     use_gpu: bool = False
     max_failures: int = Field(1, ge=-1)
@@ -94,6 +100,14 @@ class Settings(BaseSettings):
     def weights_roots(self) -> list[str]:
         """Weights may also be a version's model.pt: the store's models/."""
         return [*self.data_roots(), self.store.rstrip("/") + "/models"]
+
+    def gate_floor(self) -> dict[str, float]:
+        """The operator's minimum threshold per gate rule (``gate_<metric>`` names)."""
+        return {
+            "gate_accuracy": self.gate_min_accuracy,
+            "gate_precision": self.gate_min_precision,
+            "gate_recall": self.gate_min_recall,
+        }
 
     @property
     def cache_dir(self) -> Path:

@@ -10,6 +10,19 @@ def one_line(e: BaseException | str, limit: int = 500) -> str:
     return first[:limit]
 
 
+def printable(text: str, limit: int = 1000) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: newlines and other
+    control characters escaped (a reason may quote anything a request held)."""
+    out = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _escaped(c: str) -> str:
+    return c.encode("unicode_escape").decode("ascii")
+
+
 class StepFailed(Exception):
     """A step of the job failed; ``str()`` is the one-line reason stored on the job."""
 

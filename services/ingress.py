@@ -23,6 +23,7 @@ torch nor training code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -34,15 +35,14 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from sqlalchemy import text
 
 from services import broker, outbox
+from services.admission import Rejection, admit
 from services.config import Settings
 from services.db import repo
 from services.db.session import get_engine, session_factory
 from services.errors import one_line
-from services.messages import parse_request
 from services.ray_jobs import NAMESPACE, RayJobs, settings_env
 from services.reconciler import Reconciler
 from services.records import create_job, prepare_database
-from services.trust import check_request
 
 log = logging.getLogger("colecionador.ingress")
 
@@ -212,12 +212,32 @@ class Consumer:
         log.warning("dead-lettered a request: %s", reason)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        """One message: admitted and recorded (then acked), or dead-lettered with its
+        reason. Whatever goes wrong, the message is settled: one left unacked would hold
+        a place of the prefetch window for as long as the connection lives, and a few of
+        them stop intake for everyone."""
         self.stats["received"] += 1
         try:
-            request = parse_request(message.body)
-            check_request(request, self.settings)
-        except ValueError as e:
-            await self.dead_letter(message, str(e))
+            await self._handle(message)
+        except Exception as e:  # noqa: BLE001 - a bug here must not stall the queue
+            self._error(f"handle: {type(e).__name__}: {one_line(e)}")
+            await self._settle(message, f"could not be handled: {type(e).__name__}: {one_line(e)}")
+
+    async def _settle(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Dead-letter a message that could not be handled; if even that fails (the
+        broker went away), reject it so that the broker requeues it."""
+        if message.processed:
+            return
+        try:
+            await self.dead_letter(message, reason)
+        except Exception:  # noqa: BLE001 - the channel is gone: the broker redelivers
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        request = await asyncio.to_thread(admit, message.body, self.settings)
+        if isinstance(request, Rejection):
+            await self.dead_letter(message, request.reason)
             return
         try:
             job, created = await asyncio.to_thread(create_job, self.settings, request)

@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services import lifecycle, outbox, promotion, steps
+from services.admission import Rejection, admit
 from services.artifacts import MODEL_FILE, event_key, version_prefix
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
-from services.messages import TrainingRequest
 from services.ray_jobs import current_submission_id
 from services.records import create_job, prepare_database
 from services.storage import Store, open_store
-from services.trust import check_plugins, check_request
+from services.trust import check_plugins, judged_by
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
 log = logging.getLogger("colecionador.jobs")
@@ -169,6 +169,15 @@ def _commit_version(
     raise StepFailed("store", f"could not reserve a version of {job.model_name}")
 
 
+def _searched_values(job: TrainingJob) -> dict[str, list[Any]] | None:
+    """Every value a tune job's search may try, by name (its plugins are checked too)."""
+    if job.mode != "tune":
+        return None
+    from tuning.spec import TuningSpec
+
+    return TuningSpec.model_validate((job.request or {}).get("tuning") or {}).discrete_values()
+
+
 def _run_steps(
     job: TrainingJob,
     hp: Hyperparameters,
@@ -180,7 +189,7 @@ def _run_steps(
     """Every step of a started job: its success, or the outcome the row already has when
     it was cancelled meanwhile. A failing step raises StepFailed."""
     try:  # the row may predate the operator's current allowlist: checked again here
-        check_plugins(hp, settings)
+        check_plugins(hp, settings, _searched_values(job))
     except ValueError as e:
         raise StepFailed("plugins", one_line(e)) from None
     data = steps.prepare_data(job, hp, settings, store, say)
@@ -216,7 +225,7 @@ def _run_steps(
         if not repo.mark_evaluating(s, job.id, trained.training_time_s):
             return _outcome_from_db(settings, job.id)  # cancelled while it trained
         history = repo.epoch_rows(s, job.id)
-    evaluation = steps.evaluate(trained, data, hp)
+    evaluation = steps.evaluate(trained, data, judged_by(hp, settings))
     labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say, oof)
     files = steps.version_files(
         job, hp, data, trained, evaluation, history, pre.report, tuning, labels
@@ -263,7 +272,10 @@ def run_job(
         except Exception as e:  # noqa: BLE001 - any store error fails the job, recorded
             raise StepFailed("store", one_line(e)) from e
         outcome = _run_steps(job, hp, settings, store, resume, say)
-    except Exception as e:  # noqa: BLE001 - every failure is recorded, then reported
+    except KeyboardInterrupt:
+        raise  # stopped by its user or Ray: the cancel (or the reconciler) says how it ended
+    except BaseException as e:  # noqa: BLE001 - every failure is recorded, then reported
+        # (SystemExit too: a plugin that exits must not leave the row ``training``)
         reason = str(e) if isinstance(e, StepFailed) else f"{type(e).__name__}: {one_line(e)}"
         if not isinstance(e, StepFailed):
             traceback.print_exc()
@@ -321,16 +333,15 @@ def main(argv: list[str] | None = None) -> int:
             hp = load_hyperparameters(args.config, args.set or [])
         except ValueError as e:
             p.error(str(e))
-        request = TrainingRequest(
-            batch_id=args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
-            dataset_uri=args.dataset,
-            model_name=args.model_name,
-            hyperparameters=hp,
-        )
-        try:  # a Ray job is a request like any other: the operator's roots apply
-            check_request(request, settings)
-        except ValueError as e:
-            p.error(str(e))
+        body = {
+            "batch_id": args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
+            "dataset_uri": args.dataset,
+            "model_name": args.model_name,
+            "hyperparameters": hp,
+        }
+        request = admit(body, settings)  # a Ray job is a request like any other
+        if isinstance(request, Rejection):
+            p.error(request.reason)
         job, created = create_job(settings, request, num_workers=args.workers)
         job_id = job.id
         if created and current_submission_id():

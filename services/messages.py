@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from training.hyperparams import Hyperparameters, Text, validation_message
 from tuning.spec import TuningSpec
@@ -56,6 +64,19 @@ class TrainingRequest(BaseModel):
             raise ValueError("batch_id must be printable and contain no '/'")
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _total(cls, data: Any, handler: Any) -> Any:
+        """Whatever a value makes a validator raise is a validation error of the request
+        (pydantic passes on anything but ValueError and AssertionError): the frameworks
+        that validate the body themselves (FastAPI) answer 422, never 500."""
+        try:
+            return handler(data)
+        except (ValidationError, ValueError, AssertionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - turned into the request's rejection
+            raise ValueError(f"the request could not be read ({type(e).__name__}: {e})") from None
+
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=True)
         data["hyperparameters"] = self.hyperparameters.model_dump(mode="json", exclude_unset=True)
@@ -69,7 +90,7 @@ def parse_request(body: bytes | str | dict[str, Any]) -> TrainingRequest:
             return TrainingRequest.model_validate(body)
         return TrainingRequest.model_validate_json(body)
     except ValidationError as e:
-        raise ValueError(validation_message(e)) from None
+        raise ValueError(validation_message(e, root=None)) from None
 
 
 class EventMetrics(BaseModel):

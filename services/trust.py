@@ -29,6 +29,13 @@ def _is_name(location: str) -> bool:
 
 def under(location: str, roots: list[str]) -> bool:
     """Whether ``location`` (a path, file:// or s3:// URI) lies under one of ``roots``."""
+    try:
+        return _under(location, roots)
+    except (OSError, RuntimeError, ValueError):  # ~nobody, a name too long, a NUL: not ours
+        return False
+
+
+def _under(location: str, roots: list[str]) -> bool:
     path = local_path(location)
     if path is not None:
         resolved = path.resolve()
@@ -62,20 +69,67 @@ def check_plugins(
     hyperparameters and in a tuning search's listed values (a grid's lists, a space's choices)."""
     allowed = plugins.parse_patterns(settings.plugin_modules)
     plugins.check(hp.loss, hp.callbacks, allowed)
-    for loss in (grid or {}).get("loss", []):
-        plugins.check(str(loss), [], allowed)
-    for callbacks in (grid or {}).get("callbacks", []):
-        plugins.check("", list(callbacks), allowed)
+    for j, loss in enumerate((grid or {}).get("loss", [])):
+        plugins.check(loss, [], allowed, where=f"tuning.loss.{j}")
+    for j, callbacks in enumerate((grid or {}).get("callbacks", [])):
+        plugins.check(None, list(callbacks), allowed, where=f"tuning.callbacks.{j}")
 
 
-def check_request(request: TrainingRequest, settings: Settings) -> None:
-    """ValueError naming the field when the request points outside the roots or names
-    code outside the allowed plugin modules."""
+def check_gate(hp: Hyperparameters, settings: Settings) -> None:
+    """ValueError naming the field for a gate threshold below the operator's floor: a
+    request may ask for a stricter gate, never a weaker one."""
+    for name, floor in settings.gate_floor().items():
+        asked = getattr(hp, name)
+        if name in hp.model_fields_set and asked < floor:
+            setting = "COLECIONADOR_" + name.replace("gate_", "GATE_MIN_").upper()
+            raise ValueError(
+                f"hyperparameters.{name}: {asked} is below the operator's floor {floor} "
+                f"(a request may raise the gate, not lower it; the operator sets {setting})"
+            )
+
+
+def judged_by(hp: Hyperparameters, settings: Settings) -> Hyperparameters:
+    """``hp`` with each gate threshold at least the operator's floor: what the driver
+    judges a model by (a row recorded before the floor was raised is held to it too)."""
+    floor = settings.gate_floor()
+    return hp.model_copy(update={k: max(getattr(hp, k), v) for k, v in floor.items()})
+
+
+def check_tuning(request: TrainingRequest) -> None:
+    """ValueError naming the field for a search the driver would refuse: names that may not
+    be tuned, values or combinations invalid on top of the request's hyperparameters."""
+    if request.tuning is None:
+        return
+    from pydantic import ValidationError
+
+    from tuning.space import error_text, validate_space
+
+    try:
+        validate_space(request.tuning.dimensions, request.hyperparameters)
+    except ValidationError as e:
+        raise ValueError(f"tuning.{error_text(e)}") from None
+    except ValueError as e:
+        raise ValueError(f"tuning.{e}") from None
+
+
+def check_request(request: TrainingRequest, settings: Settings, *, roots: bool = True) -> None:
+    """ValueError naming the field when the request points outside the roots, names
+    code outside the allowed plugin modules, lowers the operator's gate or asks for a
+    search its driver would refuse. ``roots=False``: the CLI's local user names their own
+    data and weights (everything else is checked all the same)."""
     check_plugins(
         request.hyperparameters,
         settings,
         request.tuning.discrete_values() if request.tuning else None,
     )
+    check_gate(request.hyperparameters, settings)
+    check_tuning(request)
+    if roots:
+        check_locations(request, settings)
+
+
+def check_locations(request: TrainingRequest, settings: Settings) -> None:
+    """ValueError naming the field for a dataset_uri or weights outside the roots."""
     roots = settings.data_roots()
     if not under(request.dataset_uri, roots):
         raise ValueError(

@@ -277,15 +277,17 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def validation_message(err: ValidationError) -> str:
-    """One line per problem, naming the field, for CLI errors and dead-letter reasons."""
+def validation_message(err: ValidationError, root: str | None = "hyperparameters") -> str:
+    """One line per problem, naming the field, for CLI errors and dead-letter reasons; a
+    problem of the whole model is ``root``'s (no field when None)."""
     parts = []
     for e in err.errors():
-        loc = ".".join(_printable(str(p)) for p in e["loc"]) or "hyperparameters"
+        loc = ".".join(_printable(str(p)) for p in e["loc"]) or root
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown hyperparameter"
-        parts.append(f"{loc}: {msg}")
+            within = root == "hyperparameters" or e["loc"][:1] == ("hyperparameters",)
+            msg = "unknown hyperparameter" if within else "unknown field"
+        parts.append(f"{loc}: {msg}" if loc else msg.removeprefix("Value error, "))
     return "; ".join(parts)
 
 

@@ -43,6 +43,10 @@ def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def import_callable(path: str) -> Callable:
     """``package.module:name`` to the object it names, with a clear error."""
+    from training.plugins import IMPORT_PATH
+
+    if not isinstance(path, str) or not IMPORT_PATH.fullmatch(path):
+        raise ValueError(f"{path!r} is not an import path 'package.module:name'")
     module, _, name = path.partition(":")
     try:
         obj = getattr(importlib.import_module(module), name)

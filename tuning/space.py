@@ -160,7 +160,11 @@ def coerce(key: str, raw: Any) -> list[Any] | Range:
         return list(raw)
     if is_range(raw):
         return raw
-    if not isinstance(raw, dict) or raw.get("type") not in KINDS:
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("type"), str)
+        or raw["type"] not in KINDS
+    ):
         raise ValueError(
             f"space {key}: expected a list or a range with type one of {', '.join(KINDS)}"
         )

@@ -115,10 +115,15 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
             hyperparameters=Hyperparameters(**{**TINY, **hp}),
         )
 
-    # A: a real job on the cluster; recall > 1.0 can never pass: v1 is rejected by one rule
-    trained, _ = create_job(settings, request(f"api-trained-{SESSION}", str(data), gate_recall=1.0))
-    outcome = run_job(trained.id, settings, say=lambda _m: None)
+    # A: a real job on the cluster; recall > 1.0 can never pass: v1 is rejected by one rule,
+    # the operator's floor (its row asks for a recall of 0: judged by the stricter of the two)
+    trained, _ = create_job(settings, request(f"api-trained-{SESSION}", str(data)))
+    floor = settings.model_copy(update={"gate_min_recall": 1.0})
+    outcome = run_job(trained.id, floor, say=lambda _m: None)
     assert outcome.status == "success" and outcome.verdict == "rejected", outcome.error
+    rules = {r["metric"]: r for r in outcome.gate["rules"]}
+    assert rules["recall"]["threshold"] == 1.0 and not rules["recall"]["passed"]
+    assert rules["accuracy"]["threshold"] == 0.0 and rules["accuracy"]["passed"]
     # B: fails at the data step; C: queued; D: recorded as a success that made v2 (approved)
     failed, _ = create_job(settings, request(f"api-failed-{SESSION}", str(home / "nowhere")))
     assert run_job(failed.id, settings, say=lambda _m: None).status == "failed"
@@ -272,7 +277,7 @@ def test_one_job_by_id_and_by_batch_and_404s(client, api):
     )
     assert job["accuracy"] == pytest.approx(api.outcome.metrics["accuracy"])
     assert job["training_time_s"] > 0 and job["num_workers"] == 2 and job["error"] is None
-    assert job["hyperparameters"] == Hyperparameters(**{**TINY, "gate_recall": 1.0}).effective()
+    assert job["hyperparameters"] == Hyperparameters(**TINY).effective()
     assert job["versions"] == [{"model_name": api.model, "version": 1, "status": "rejected"}]
     assert client.get(f"/jobs/by-batch/{api.batch['trained']}").json() == job
     failed = client.get(f"/jobs/by-batch/{api.batch['failed']}").json()

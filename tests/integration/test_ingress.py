@@ -63,22 +63,32 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
         "hyperparameters": TINY,
     }
 
+    # more poison than the prefetch window (4), each of a kind that once escaped the parser
+    # or the checks: were any left unacked, the valid request behind them would never train
+    poison = {
+        "bad": ({"hyperparameters": {"learning_rate": 0.1}}, "hyperparameters.learning_rate: "),
+        "tilde": ({"dataset_uri": "~nobody-here/x"}, "dataset_uri: "),  # RuntimeError
+        "space": (  # TypeError (an unhashable range type) inside the tuning validator
+            {"mode": "tune", "tuning": {"space": {"schedule": {"type": {}}}}},
+            "tuning.space: ",
+        ),
+        "bare": ({"hyperparameters": {"callbacks": ["antigravity"]}}, "hyperparameters.callbacks"),
+        "gate": ({"tuning": {"grid": {"seed": [1, 2]}}, "mode": "tune"}, "tuning.grid: "),
+    }
     actor = ingress.start_ingress(settings)
     try:
-        publish(
-            settings,
-            {
-                "batch_id": "bad",
-                "dataset_uri": str(root),
-                "hyperparameters": {"learning_rate": 0.1},
-            },
-        )
+        for name, (fields, _) in poison.items():
+            publish(settings, {"batch_id": name, "dataset_uri": dataset_uri, **fields})
         publish(settings, body)
         publish(settings, body)  # a duplicate: the same batch
 
-        dead, headers = next_message(requests + ".dead", timeout=60)
-        assert dead["batch_id"] == "bad"
-        assert headers["x-reason"] == "hyperparameters.learning_rate: unknown hyperparameter"
+        reasons = {}
+        for _ in poison:
+            dead, headers = next_message(requests + ".dead", timeout=60)
+            reasons[dead["batch_id"]] = headers["x-reason"]
+        assert reasons["bad"] == "hyperparameters.learning_rate: unknown hyperparameter"
+        for name, (_, start) in poison.items():
+            assert reasons[name].startswith(start), (name, reasons[name])
 
         event, _ = next_message(events, timeout=600)  # the job ran on the cluster
         status = ray.get(actor.status.remote())
@@ -86,12 +96,12 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
         ingress.stop_ingress()
 
     assert (event["batch_id"], event["status"], event["version"]) == (batch, "approved", 1)
-    assert status["received"] == 3 and status["created"] == 1
-    assert status["duplicates"] == 1 and status["dead_lettered"] == 1
+    assert status["received"] == 2 + len(poison) and status["created"] == 1
+    assert status["duplicates"] == 1 and status["dead_lettered"] == len(poison)
     assert status["submitted"] >= 1 and status["submit_errors"] == 0
 
     with session_factory(pg_url)() as s:
-        jobs = s.query(TrainingJob).filter(TrainingJob.batch_id.in_([batch, "bad"])).all()
+        jobs = s.query(TrainingJob).filter(TrainingJob.batch_id.in_([batch, *poison])).all()
         assert [j.batch_id for j in jobs] == [batch]  # one job; nothing for the bad one
         job = jobs[0]
         assert job.status == "success" and job.total_images == 36

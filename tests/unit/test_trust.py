@@ -125,7 +125,7 @@ def test_a_tuning_grid_cannot_smuggle_code(settings):
         mode="tune",
         tuning={"grid": {"loss": ["cross_entropy", "os:system"]}},
     )
-    with pytest.raises(ValueError, match="^hyperparameters.loss: 'os:system'"):
+    with pytest.raises(ValueError, match="^tuning.loss.1: 'os:system'"):
         check_request(request, settings)
 
 
@@ -139,5 +139,5 @@ def test_a_tuning_space_cannot_smuggle_code_in_a_list_or_a_choice(settings, spac
         mode="tune",
         tuning={"space": space, "numSamples": 2, "search": "random"},
     )
-    with pytest.raises(ValueError, match="^hyperparameters.loss: 'os:system'"):
+    with pytest.raises(ValueError, match="^tuning.loss.1: 'os:system'"):
         check_request(request, settings)

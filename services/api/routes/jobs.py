@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from sqlalchemy.exc import DataError
 
 from services import lifecycle
+from services.admission import Rejection, admit
 from services.api import reads
 from services.api.deps import READ, WRITE, DbDep, JobDep, SettingsDep, StoreDep, not_found
 from services.api.schemas import (
@@ -30,7 +31,6 @@ from services.db.models import FINAL_STATUSES
 from services.messages import MAX_INT, TrainingRequest
 from services.ray_jobs import RayJobs
 from services.records import create_job
-from services.trust import check_request
 
 log = logging.getLogger("colecionador.api")
 
@@ -107,13 +107,9 @@ async def submit_job(
     is published when the job is new, or still queued without a Ray job (an earlier
     publish may have failed); never for a job that runs or has finished. A dataset_uri
     or weights outside the operator's roots is refused (422)."""
-    try:
-        check_request(request, settings)
-    except ValueError as exc:
-        field, _, msg = str(exc).partition(": ")
-        raise HTTPException(
-            422, [{"loc": ["body", *field.split(".")], "msg": msg, "type": "value_error"}]
-        ) from None
+    admitted = await asyncio.to_thread(admit, request, settings)
+    if isinstance(admitted, Rejection):
+        raise HTTPException(422, admitted.detail())
     try:
         job, created = await asyncio.to_thread(create_job, settings, request)
     except DataError as exc:
