@@ -15,7 +15,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import urlsplit
 
 from services.config import Settings
 
@@ -122,15 +123,25 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _has_password(value: str) -> bool:
-    """A URL whose user info carries a password (postgresql://u:p@h/db, amqp://u:p@h/)."""
-    userinfo = urlparse(value).netloc.rpartition("@")[0] if "://" in value else ""
-    return ":" in userinfo
+def carries_credentials(value: str) -> bool:
+    """A URL that may carry a secret in any part: a password in its user info
+    (postgresql://u:p@h/db, amqp://u:p@h/), or any query or fragment at all
+    (``?password=...``, ``?sslkey=...``, ``#token``): only a plainly credential-free URL
+    may travel."""
+    if "://" not in value:
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # not a URL urllib can read: keep it home
+        return True
+    userinfo = parts.netloc.rpartition("@")[0]
+    return ":" in userinfo or bool(parts.query) or bool(parts.fragment) or "?" in value
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as COLECIONADOR_* variables, for the job drivers the ingress submits,
-    less every secret: a Ray job's runtime_env is readable by anyone with the dashboard.
+    less every secret: a Ray job's runtime_env is readable by anyone with the dashboard
+    (secret settings never travel, nor does any value that is a URL carrying credentials).
     The drivers read secrets from their node (environment or COLECIONADOR_SECRETS_DIR)."""
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
@@ -138,7 +149,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif hasattr(value, "get_secret_value"):
             continue  # tokens and keys: never
-        if _has_password(str(value)):
+        if carries_credentials(str(value)):
             continue
         env[f"COLECIONADOR_{name.upper()}"] = str(value)
     return env
@@ -147,9 +158,32 @@ def settings_env(settings: Settings) -> dict[str, str]:
 URL_SETTINGS = ("database_url", "broker_url")
 
 
+class JobServerError(RuntimeError):
+    """The job server answered with an error status (``status``: the HTTP code). The SDK
+    raises a RuntimeError whose text holds the code; its text can hold any number too (a
+    submission id of job 404, a proxy on port 8404), so the code is kept apart."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(f"Request failed with status code {status}: {text}.")
+        self.status = status
+
+
 def job_missing(exc: Exception) -> bool:
-    """Whether the Job Submission SDK's error says Ray does not know the job (its 404)."""
-    return "does not exist" in str(exc) or "404" in str(exc)
+    """Whether the job server said it does not know the job: its 404, never a guess
+    from the error's text."""
+    return isinstance(exc, JobServerError) and exc.status == 404
+
+
+def _client(address: str | None, headers: dict[str, str]) -> Any:
+    """Ray's JobSubmissionClient, raising JobServerError (with the status) on an error
+    answer where the SDK raises a bare RuntimeError (``_raise_error``, its one place)."""
+    from ray.job_submission import JobSubmissionClient
+
+    class Client(JobSubmissionClient):
+        def _raise_error(self, r: Any) -> None:
+            raise JobServerError(r.status_code, r.text)
+
+    return Client(address, headers=headers)
 
 
 class RayJobs:
@@ -157,12 +191,8 @@ class RayJobs:
     status, stop-and-wait."""
 
     def __init__(self, settings: Settings, address: str | None = None):
-        from ray.job_submission import JobSubmissionClient
-
         self.settings = settings
-        self.client = JobSubmissionClient(
-            address or settings.ray_dashboard_url, headers=auth_headers(settings)
-        )
+        self.client = _client(address or settings.ray_dashboard_url, auth_headers(settings))
 
     def exists(self, sid: str) -> bool:
         return self.status(sid)[0] is not None
