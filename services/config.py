@@ -7,10 +7,11 @@ store, Ray's run storage and the caches, so a new user needs no server at all.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,8 +45,11 @@ class Settings(BaseSettings):
     ray_dashboard_url: str | None = None  # for job submission, e.g. http://head:8265
     ray_auth_token_path: Path | None = None
 
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = None  # a write token whose identity is "api"
     api_read_token: SecretStr | None = None
+    # write tokens with a name each, ``ana=<token>,bob=<token>``: who moved an alias is the
+    # name of the token that asked, never what a request body says
+    api_writers: SecretStr | None = None
 
     max_job_attempts: int = Field(2, ge=1)  # Ray jobs per job: the first + resubmissions
     reconcile_interval_s: float = Field(5.0, gt=0)  # the ingress's reconciler and outbox
@@ -101,6 +105,21 @@ class Settings(BaseSettings):
         """Weights may also be a version's model.pt: the store's models/."""
         return [*self.data_roots(), self.store.rstrip("/") + "/models"]
 
+    @field_validator("api_writers")
+    @classmethod
+    def _named_writers(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _writers(v.get_secret_value())  # a bad entry stops the service at start
+        return v
+
+    def write_tokens(self) -> list[tuple[str, SecretStr]]:
+        """(identity, token) of every write token: ``api`` for ``api_token``, then the
+        named ones of ``api_writers``."""
+        out = [("api", self.api_token)] if self.api_token is not None else []
+        if self.api_writers is not None:
+            out += _writers(self.api_writers.get_secret_value())
+        return out
+
     def gate_floor(self) -> dict[str, float]:
         """The operator's minimum threshold per gate rule (``gate_<metric>`` names)."""
         return {
@@ -114,6 +133,20 @@ class Settings(BaseSettings):
         path = self.resolved_home / "cache"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _writers(raw: str) -> list[tuple[str, SecretStr]]:
+    """``ana=<token>,bob=<token>`` as (name, token); ValueError for an entry without a
+    name or a token, or the name the quality gate's own moves go by."""
+    out = []
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        name, _, token = (p.strip() for p in entry.partition("="))
+        if not re.fullmatch(r"[\w.@\-]{1,200}", name) or not token:
+            raise ValueError("api_writers: each entry is name=token (name: letters, digits, ._@-)")
+        if name == "gate":
+            raise ValueError("api_writers: 'gate' is the quality gate's own name")
+        out.append((name, SecretStr(token)))
+    return out
 
 
 def get_settings(**overrides) -> Settings:

@@ -149,7 +149,7 @@ def _check_read(request: Request, settings: Settings, basic: bool) -> None:
             "a token is needed to read: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": challenge},
         )
-    if not _matches(token, settings.api_read_token, settings.api_token):
+    if not _matches(token, settings.api_read_token, *(t for _, t in settings.write_tokens())):
         raise HTTPException(403, "invalid token")
 
 
@@ -170,12 +170,14 @@ _bearer = HTTPBearer(auto_error=False, description="COLECIONADOR_API_TOKEN")
 
 async def _require_write(
     settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    if settings.api_token is None:
+) -> str:
+    """The identity of the write token presented (``api``, or its name in api_writers)."""
+    tokens = settings.write_tokens()
+    if not tokens:
         raise HTTPException(
             403,
             "writes are disabled: no API token is configured "
-            "(set COLECIONADOR_API_TOKEN on the server)",
+            "(set COLECIONADOR_API_TOKEN or COLECIONADOR_API_WRITERS on the server)",
         )
     if creds is None or not creds.credentials:
         raise HTTPException(
@@ -183,14 +185,21 @@ async def _require_write(
             "a token is needed: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not _matches(creds.credentials, settings.api_token):
+    who = None
+    for name, token in tokens:  # every token compared: no early exit on a match
+        if _matches(creds.credentials, token) and who is None:
+            who = name
+    if who is None:
         raise HTTPException(403, "invalid token")
+    return who
 
 
 # route-level dependencies: ``dependencies=[READ]``
 READ = Depends(_read_bearer)
 READ_PAGE = Depends(_read_basic)  # pages: HTTP Basic too, for a browser
 WRITE = Depends(_require_write)
+# a route that records who wrote: ``writer: WriterDep`` (the token's identity)
+WriterDep = Annotated[str, Depends(_require_write)]
 
 
 def not_found(what: str) -> HTTPException:

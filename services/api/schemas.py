@@ -221,7 +221,8 @@ AliasName = Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=50)]
 
 class PromoteIn(BaseModel):
     """Move ``alias`` to this version. Over a version the gate rejected, ``reason`` is
-    required: the move overrides the gate and is recorded as such."""
+    required: the move overrides the gate and is recorded as such. Who moved it is the
+    identity of the write token (COLECIONADOR_API_WRITERS), not a field of the body."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -229,7 +230,6 @@ class PromoteIn(BaseModel):
     reason: str | None = Field(
         None, max_length=2000, description="why (required over a rejected version)"
     )
-    by: str = Field("api", min_length=1, max_length=200, description="who moves it")
 
 
 class PromotionModeIn(BaseModel):

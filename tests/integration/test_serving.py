@@ -40,6 +40,8 @@ pytestmark = pytest.mark.integration
 
 WRITE, READ = "w-" + uuid.uuid4().hex, "r-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {WRITE}"}
+ANA = {"Authorization": f"Bearer ana-{WRITE}"}  # named writers: who moved an alias
+BOB = {"Authorization": f"Bearer bob-{WRITE}"}
 
 
 def _answers(url: str) -> bool:
@@ -65,6 +67,7 @@ def served(ray_cluster, s3_server, tmp_path_factory):
             s3_access_key=s3_server.access_key,
             s3_secret_key=SecretStr(s3_server.secret_key),
             api_token=SecretStr(WRITE),
+            api_writers=SecretStr(f"ana=ana-{WRITE},bob=bob-{WRITE}"),
             dataset_roots=str(home),
         )
         data = write_digits(home, range(0, 3))  # the demo's digits, three classes
@@ -201,7 +204,7 @@ def test_alias_moves_switch_the_version_and_the_override_needs_a_reason(served):
         seen[body["version"]] = body["predictions"][0][0]["probability"]
         return body["version"]
 
-    r = c.post(f"/models/{model}/versions/2/promote", json={"by": "ana"}, headers=AUTH)
+    r = c.post(f"/models/{model}/versions/2/promote", json={}, headers=ANA)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "reason"]
     assert version() == 1
     with session_factory(served.settings.db_url)() as s:
@@ -209,8 +212,8 @@ def test_alias_moves_switch_the_version_and_the_override_needs_a_reason(served):
 
     r = c.post(
         f"/models/{model}/versions/2/promote",
-        json={"by": "ana", "reason": "v1 misreads a customer's scans"},
-        headers=AUTH,
+        json={"reason": "v1 misreads a customer's scans"},
+        headers=ANA,
     )
     assert r.status_code == 200 and r.json()["overrode_gate"] is True
     wait_until(lambda: version() == 2, 30, "v2 answering")
@@ -227,7 +230,7 @@ def test_alias_moves_switch_the_version_and_the_override_needs_a_reason(served):
         "moved_at": None,
     }
     assert c.post(f"/models/{model}/versions/2/promote", json={}, headers=AUTH).status_code == 409
-    r = c.post(f"/models/{model}/versions/1/promote", json={"by": "bob"}, headers=AUTH)
+    r = c.post(f"/models/{model}/versions/1/promote", json={}, headers=BOB)
     assert r.status_code == 200 and r.json()["overrode_gate"] is False
     wait_until(lambda: version() == 1, 30, "v1 answering again")
     page = c.get("/").text

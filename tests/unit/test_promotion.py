@@ -19,6 +19,7 @@ from services.records import prepare_database
 
 TOKEN = "w-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ANA = {"Authorization": "Bearer ana-token"}  # a named writer (COLECIONADOR_API_WRITERS)
 MODEL = "digits"
 
 
@@ -28,6 +29,7 @@ def settings(tmp_path) -> Settings:
         home=tmp_path / "home",
         database_url=SecretStr(f"sqlite:///{tmp_path / 'p.db'}"),
         api_token=SecretStr(TOKEN),
+        api_writers=SecretStr("ana=ana-token, bob=bob-token"),
         publish_events=True,
         broker_url=SecretStr("amqp://guest:guest@127.0.0.1:1/"),  # never answers
     )
@@ -103,8 +105,8 @@ def test_promote_route_moves_an_alias_records_and_stages_the_event(settings, cli
     add_version(settings, "approved", auto=False)
     r = client.post(
         f"/models/{MODEL}/versions/2/promote",
-        json={"alias": "staging", "by": "ana", "reason": "try it"},
-        headers=AUTH,
+        json={"alias": "staging", "reason": "try it"},
+        headers=ANA,
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -147,8 +149,8 @@ def test_over_a_rejected_version_a_reason_is_required_and_the_override_is_audite
         assert len(repo.alias_moves(s, MODEL)) == 1
     r = client.post(
         f"/models/{MODEL}/versions/2/promote",
-        json={"reason": "hotfix: v1 misreads 7s", "by": "ana"},
-        headers=AUTH,
+        json={"reason": "hotfix: v1 misreads 7s"},
+        headers=ANA,
     )
     assert r.status_code == 200 and r.json()["overrode_gate"] is True
     with session_factory(settings.db_url)() as s:
@@ -236,3 +238,26 @@ def test_cli_promote_exits_2_without_a_reason_over_a_rejected_version(
     with session_factory(settings.db_url)() as s:
         assert repo.version_for_alias(s, MODEL, "production") == 2
         assert repo.promotion_mode(s, MODEL) == "manual"
+
+
+def test_who_moved_an_alias_is_the_tokens_identity_never_the_body(settings, client):
+    add_version(settings, "approved", auto=False)
+    r = client.post(f"/models/{MODEL}/versions/1/promote", json={"by": "gate"}, headers=ANA)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "by"]
+    r = client.post(f"/models/{MODEL}/versions/1/promote", json={}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["by"] == "api"  # the unnamed api_token
+    r = client.post(
+        f"/models/{MODEL}/versions/1/promote",
+        json={"alias": "staging"},
+        headers={"Authorization": "Bearer bob-token"},
+    )
+    assert r.status_code == 200 and r.json()["by"] == "bob"
+    bad = {"Authorization": "Bearer ana-token-x"}
+    r = client.post(f"/models/{MODEL}/versions/1/promote", json={"alias": "x"}, headers=bad)
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize("writers", ["ana", "=tok", "gate=tok", "a b=tok"])
+def test_a_bad_writer_entry_stops_the_settings(tmp_path, writers):
+    with pytest.raises(ValueError, match="api_writers"):
+        Settings(home=tmp_path, api_writers=writers)

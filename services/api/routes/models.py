@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Response
 
 from services import outbox, promotion
 from services.api import reads
-from services.api.deps import READ, WRITE, DbDep, SettingsDep, StoreDep, not_found
+from services.api.deps import READ, WRITE, DbDep, SettingsDep, StoreDep, WriterDep, not_found
 from services.api.schemas import (
     AliasMoveOut,
     AliasOut,
@@ -101,11 +101,15 @@ async def model_aliases(name: ModelName, db: DbDep) -> ModelAliases:
 @router.post(
     "/{name}/versions/{version}/promote",
     response_model=Promoted,
-    dependencies=[WRITE],
     responses={409: {"model": ErrorOut}, **AUTH_ERRORS},
 )
 async def promote_version(
-    name: ModelName, version: VersionNo, body: PromoteIn, db: DbDep, settings: SettingsDep
+    name: ModelName,
+    version: VersionNo,
+    body: PromoteIn,
+    db: DbDep,
+    settings: SettingsDep,
+    writer: WriterDep,
 ) -> Promoted:
     """Point an alias (default ``production``) at this version; recorded (who, when, why)
     and published as a ModelPromoted event. 404: no such version; 409: the alias already
@@ -114,7 +118,7 @@ async def promote_version(
     def move(s):
         try:
             event = promotion.promote(
-                s, settings, name, version, body.alias, by=body.by, reason=body.reason
+                s, settings, name, version, body.alias, by=writer, reason=body.reason
             )
         except promotion.PromotionError:
             s.rollback()
