@@ -256,7 +256,10 @@ def run_job(
     A ``mode: tune`` job first runs the search (services/tuning_job.py), records it,
     merges the best config into the job's hyperparameters, then goes through the same
     train -> evaluate -> gate -> store -> publish steps with them."""
-    prepare_database(settings)
+    try:
+        prepare_database(settings)
+    except Exception as e:  # noqa: BLE001 - the job's failure, recorded where it can be
+        return _unmigrated(settings, job_id, e)
     with session_factory(settings.db_url)() as s:
         job = repo.get_job(s, job_id)
         if job is None:
@@ -283,6 +286,19 @@ def run_job(
     if outcome.event is not None:  # this run decided the final status: say it
         _archive_event(settings, store, outcome.event)
     return outcome
+
+
+def _unmigrated(settings: Settings, job_id: int, e: Exception) -> JobOutcome:
+    """The schema could not be brought to this driver's head (a revision it does not know,
+    a migration that failed): the job fails with that reason, recorded if its row can
+    still be written, rather than a driver that exits with a traceback and a row that
+    stays queued for the reconciler to resubmit again and again."""
+    reason = f"database: the schema could not be migrated: {type(e).__name__}: {one_line(e)}"
+    try:
+        lifecycle.fail(settings, job_id, reason)
+    except Exception as again:  # noqa: BLE001 - not even that: the driver's output says why
+        log.error("job %s: %s (and it could not be recorded: %s)", job_id, reason, again)
+    return JobOutcome(job_id, "failed", error=reason)
 
 
 def _fail(settings: Settings, job: TrainingJob, reason: str) -> JobOutcome:

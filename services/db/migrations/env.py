@@ -1,10 +1,11 @@
 """Alembic environment: the URL comes from the caller (services/db/session.py)."""
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from services.db.models import Base
 
+MIGRATION_LOCK = 0x636F6C6563  # "colec": the advisory lock every migrator takes first
 config = context.config
 url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
 
@@ -28,6 +29,10 @@ def run() -> None:
             render_as_batch=conn.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if conn.dialect.name == "postgresql":
+                # one migrator at a time: the others wait here, then find the schema at head
+                # (the API's replicas, the ingress and every job driver migrate on start)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             context.run_migrations()
     engine.dispose()
 

@@ -1,0 +1,105 @@
+"""Migrations on a real database: several processes migrating one PostgreSQL database at
+once all end at head (the advisory lock serialises them: the API's replicas, the ingress
+and every job driver migrate on start), and 0006 gives every model versioned before
+aliases existed its ``production``."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from services.db import repo
+from services.db.session import get_engine, session_factory, upgrade
+from tests.conftest import fresh_database
+
+pytestmark = pytest.mark.integration
+
+
+def _migrate(url: str, barrier, errors) -> None:
+    try:
+        barrier.wait(30)  # all at once
+        upgrade(url)
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_migrating_at_once_all_reach_head():
+    ctx = multiprocessing.get_context("spawn")
+    with fresh_database(f"colecionador_migrate_{uuid.uuid4().hex[:8]}") as url:
+        barrier, errors = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_migrate, args=(url, barrier, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        found = []
+        while not errors.empty():
+            found.append(errors.get())
+        assert not found, found
+        assert [p.exitcode for p in procs] == [0] * 4
+        with get_engine(url).connect() as c:
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+
+
+def _version(s, model: str, n: int, status: str) -> None:
+    job, _ = repo.create_job(
+        s, batch_id=f"{model}-{n}", dataset_uri="x", model_name=model, hyperparameters={}
+    )
+    repo.reserve_version(
+        s,
+        model,
+        job_id=job.id,
+        accuracy=0.9,
+        precision=0.9,
+        recall=0.9,
+        f1=0.9,
+        status=status,
+        gate={"status": status, "rules": []},
+        model_path=f"/store/models/{model}/v{n}/model.pt",
+    )
+    s.commit()
+
+
+def test_0006_sets_production_to_the_latest_approved_version(db_url):
+    upgrade(db_url, "0005")
+    with session_factory(db_url)() as s:
+        for n, status in enumerate(["approved", "approved", "rejected"], 1):
+            _version(s, "old", n, status)  # production: v2 (v3 was rejected)
+        _version(s, "refused", 1, "rejected")  # nothing approved: no production
+        _version(s, "manual", 1, "approved")
+        repo.set_promotion_mode(s, "manual", "manual")  # manual: left to a person
+        _version(s, "moved", 1, "approved")
+        _version(s, "moved", 2, "approved")
+        repo.move_alias(s, "moved", "production", 1, by="ana", reason=None)
+        s.commit()
+    upgrade(db_url)
+    with session_factory(db_url)() as s:
+        assert repo.version_for_alias(s, "old", "production") == 2
+        assert repo.version_for_alias(s, "refused", "production") is None
+        assert repo.version_for_alias(s, "manual", "production") is None
+        assert repo.version_for_alias(s, "moved", "production") == 1  # a person's choice
+        (move,) = repo.alias_moves(s, "old")
+        assert (move.from_version, move.to_version, move.moved_by) == (None, 2, "migration")
+
+
+def test_a_driver_whose_migration_fails_fails_its_job(tmp_path, settings_for):
+    from services.jobs import run_job
+    from services.messages import TrainingRequest
+    from services.records import create_job
+
+    settings = settings_for(f"sqlite:///{tmp_path / 'newer.db'}")
+    job, _ = create_job(settings, TrainingRequest(batch_id="b", dataset_uri=str(tmp_path)))
+    with get_engine(settings.db_url).begin() as c:  # a database a newer release migrated
+        c.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    from services import records
+
+    records._migrated.discard(settings.db_url)  # a fresh driver process
+    outcome = run_job(job.id, settings, say=lambda _m: None)
+    assert outcome.status == "failed" and outcome.error.startswith("database: the schema")
+    assert "0099" in outcome.error
+    with session_factory(settings.db_url)() as s:
+        row = repo.get_job(s, job.id)
+        assert (row.status, row.error) == ("failed", outcome.error)
