@@ -14,12 +14,14 @@ ETag) and decoded in memory there, which is faster for it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -216,11 +218,32 @@ def fetch_dataset(uri: str, settings: Settings) -> Path:
     return _copy(_listed(uri, settings), settings)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock_path`` (flock: every process and thread on the node that
+    copies into the same cache folder waits for the one copying now)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _copy(listed: Listed, settings: Settings) -> Path:
     """The listed objects copied into the cache. Files already there with the same size
-    and ETag are not fetched again; files no longer listed are removed from the copy."""
-    bucket, prefix, rows, client = listed
+    and ETag are not fetched again; files no longer listed are removed from the copy. One
+    copier at a time per folder: two jobs on the same set once deleted each other's
+    half-downloaded files while pruning."""
+    bucket, prefix, _rows, _client = listed
     name = _cache_name(settings, f"{bucket}/{prefix}")
+    with _exclusive(settings.cache_dir / "datasets" / f"{name}.lock"):
+        return _copy_locked(listed, settings, name)
+
+
+def _copy_locked(listed: Listed, settings: Settings, name: str) -> Path:
+    bucket, prefix, rows, client = listed
     dest = settings.cache_dir / "datasets" / name
     manifest_path = settings.cache_dir / "datasets" / f"{name}.json"
     dest.mkdir(parents=True, exist_ok=True)
@@ -281,6 +304,21 @@ def fetch_file(uri: str, settings: Settings) -> Path:
             raise FileNotFoundError(f"file not found: {uri}") from None
         raise StoreError(f"cannot fetch {uri}: {error_reason(e)}") from None
     etag = str(head.get("ETag", ""))
+    with _exclusive(folder.with_name(folder.name + ".lock")):  # one download at a time
+        return _fetch_file_locked(client, bucket, key, uri, head, etag, folder, dest, etag_file)
+
+
+def _fetch_file_locked(
+    client: Any,
+    bucket: str,
+    key: str,
+    uri: str,
+    head: dict[str, Any],
+    etag: str,
+    folder: Path,
+    dest: Path,
+    etag_file: Path,
+) -> Path:
     if (
         dest.is_file()
         and dest.stat().st_size == head.get("ContentLength")

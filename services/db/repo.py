@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -652,7 +652,14 @@ def move_alias(
     """Point ``alias`` at ``version`` and record the move, without committing (the caller
     commits it with its event). None when nothing moved: the alias already points there,
     or (``only_forward``) at a newer version. One conditional upsert, so two movers at
-    once never lose a move's audit row."""
+    once never lose a move's audit row; on PostgreSQL movers of one alias take its
+    advisory lock first, so the first move of an alias (no row to lock yet) is serialised
+    too and the second mover's audit row says where the first one left it."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"colecionador alias {model_name} {alias}"},
+        )
     current = s.scalar(
         select(ModelAlias.version)
         .where(ModelAlias.model_name == model_name, ModelAlias.alias == alias)

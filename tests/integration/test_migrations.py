@@ -103,3 +103,41 @@ def test_a_driver_whose_migration_fails_fails_its_job(tmp_path, settings_for):
     with session_factory(settings.db_url)() as s:
         row = repo.get_job(s, job.id)
         assert (row.status, row.error) == ("failed", outcome.error)
+
+
+def test_two_first_moves_of_an_alias_are_serialised(pg_url):
+    """A's first move of ``staging`` is not committed yet when B moves it too: B waits for
+    A's lock (awaited in pg_locks, no sleep), then records the move from A's version."""
+    import threading
+
+    from tests.conftest import wait_until
+
+    upgrade(pg_url)
+    model = f"race-{uuid.uuid4().hex[:6]}"
+    sf = session_factory(pg_url)
+    with sf() as s:
+        _version(s, model, 1, "approved")
+        _version(s, model, 2, "approved")
+    a = sf()
+    assert repo.move_alias(a, model, "staging", 1, by="ana", reason=None) is not None
+    moved: list = []
+
+    def b() -> None:
+        with sf() as s:
+            moved.append(repo.move_alias(s, model, "staging", 2, by="bob", reason=None))
+            s.commit()
+
+    thread = threading.Thread(target=b)
+    thread.start()
+    with sf() as s:
+        wait_until(
+            lambda: s.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar(),
+            30,
+            "B waiting for A's lock",
+        )
+    a.commit()
+    a.close()
+    thread.join(30)
+    with sf() as s:
+        moves = [(m.from_version, m.to_version) for m in reversed(repo.alias_moves(s, model))]
+    assert moves == [(None, 1), (1, 2)]

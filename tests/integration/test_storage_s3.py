@@ -382,6 +382,37 @@ def test_fetch_dataset_downloads_once_then_only_changes(
     assert local_tree(dest) == expected
 
 
+def test_jobs_copying_one_set_at_once_copy_it_once(
+    s3_server, s3_settings, bucket, make_dataset, s3_calls
+):
+    """Four copiers of the same S3 set at once (threads: flock excludes them as it does
+    processes): one downloads, the others wait and find the copy complete; none deletes
+    another's half-downloaded file."""
+    import threading
+
+    folder = make_dataset("ds", classes=3, per_class=4, size=8)
+    files = upload_tree(s3_server, folder, bucket, "datasets/shared")
+    settings = s3_settings()
+    uri = f"s3://{bucket}/datasets/shared/"
+    start, got, errors = threading.Barrier(4), [], []
+
+    def job() -> None:
+        start.wait(30)
+        try:
+            got.append(fetch_dataset(uri, settings))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(set(got)) == 1
+    assert local_tree(got[0]) == files
+    assert s3_calls["GetObject"] == len(files)  # each object once
+
+
 def test_fetch_dataset_empty_prefix_or_missing_bucket(s3_server, s3_settings, bucket):
     s3_server.client().put_object(Bucket=bucket, Key="datasets/other/a.png", Body=b"x")
     s3_server.client().put_object(Bucket=bucket, Key="datasets/only-marker/", Body=b"")
