@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     api_writers: SecretStr | None = None
 
     max_job_attempts: int = Field(2, ge=1)  # Ray jobs per job: the first + resubmissions
+    # wall-clock limit of one job from its first start, all attempts (the reconciler ends
+    # it ``failed``); None: no limit. Default: a day
+    max_job_seconds: float | None = Field(86_400.0, gt=0)
+    # a search's budget: configs x folds x epochs a config trains (refused on admission)
+    max_tuning_epochs: int = Field(10_000, ge=1)
     reconcile_interval_s: float = Field(5.0, gt=0)  # the ingress's reconciler and outbox
 
     # where a request (queue, HTTP) may point dataset_uri and weights: comma-separated local
@@ -63,6 +68,9 @@ class Settings(BaseSettings):
     # store (cache/decoded/) and streamed to the workers by Ray Data; smaller ones are
     # decoded into memory per job (faster there: benchmarks/data_scale.py). 0: always stream
     stream_min_images: int = Field(8000, ge=0)
+    # what one job may decode into its driver's memory (images x side^2 x 3 bytes); a set
+    # over it is streamed from shards whatever its count (1024 px x 7,999 images is 25 GB)
+    decode_memory_mb: float = Field(4096, gt=0)
 
     # the operator's floor of the quality gate: a request may ask for a stricter gate, never
     # a weaker one (refused at the edge), and the driver judges with the stricter of the two
@@ -119,6 +127,15 @@ class Settings(BaseSettings):
         if self.api_writers is not None:
             out += _writers(self.api_writers.get_secret_value())
         return out
+
+    def streams(self, images: int, image_size: int | None = None) -> bool:
+        """Whether a set of ``images`` decoded at ``image_size`` px is streamed from
+        shards instead of decoded into the driver's memory: from ``stream_min_images``
+        images, or when its decoded size is over ``decode_memory_mb``."""
+        if images >= self.stream_min_images:
+            return True
+        side = image_size or 0
+        return images * side * side * 3 > self.decode_memory_mb * 2**20
 
     def gate_floor(self) -> dict[str, float]:
         """The operator's minimum threshold per gate rule (``gate_<metric>`` names)."""

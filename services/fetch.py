@@ -135,17 +135,18 @@ def list_dataset(uri: str, settings: Settings) -> DatasetIndex:
     return _index_of(_listed(uri, settings))
 
 
-def dataset_index(uri: str, settings: Settings) -> DatasetIndex:
-    """The listing a job decodes. A remote set of ``settings.stream_min_images`` files or
-    more stays remote (decoded into shards by tasks reading the bucket); a smaller one is
-    copied into the cache first and listed there, for the in-memory decode that is faster
-    at that size. The choice is made from the listing, before any object is downloaded,
-    and the copy works from that same listing (the bucket is listed once)."""
+def dataset_index(uri: str, settings: Settings, image_size: int | None = None) -> DatasetIndex:
+    """The listing a job decodes. A remote set that is streamed (``settings.streams``:
+    from ``stream_min_images`` files, or over the decode budget at ``image_size``) stays
+    remote (decoded into shards by tasks reading the bucket); a smaller one is copied into
+    the cache first and listed there, for the in-memory decode that is faster at that
+    size. The choice is made from the listing, before any object is downloaded, and the
+    copy works from that same listing (the bucket is listed once)."""
     if local_path(uri) is not None:
         return list_dataset(uri, settings)
     listed = _listed(uri, settings)
     index = _index_of(listed)
-    if len(index) < settings.stream_min_images:
+    if not settings.streams(len(index), image_size):
         return discover(_copy(listed, settings))
     return index
 

@@ -7,7 +7,9 @@ caller acts); ``Reconciler.pass_once`` reads the rows and Ray, and applies each 
 - a Ray job that is FAILED, STOPPED, SUCCEEDED or gone while its row is still active
   (its driver died: OOM killer, a lost node, SIGKILL) is resubmitted as the next attempt,
   which resumes from the latest checkpoint in the store, up to ``max_job_attempts``;
-- past that, the job is marked ``failed`` with what Ray said, and its event goes out.
+- past that, the job is marked ``failed`` with what Ray said, and its event goes out;
+- a job running longer than ``max_job_seconds`` since it first started is marked
+  ``failed`` (``limit: ...``) with its event, then its Ray job is stopped.
 
 A cancelled job is not active, so a Ray job stopped by a cancel is never resubmitted.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Literal
 
 from services import lifecycle
@@ -32,7 +35,7 @@ RUNNING = ("PENDING", "RUNNING")
 
 @dataclass(frozen=True)
 class Decision:
-    action: Literal["wait", "submit", "resubmit", "fail"]
+    action: Literal["wait", "submit", "resubmit", "fail", "stop"]
     reason: str | None = None
 
 
@@ -43,8 +46,17 @@ def decide(
     ray_message: str | None,
     attempts: int,
     max_attempts: int,
+    running_s: float | None = None,
+    max_seconds: float | None = None,
 ) -> Decision:
-    """What to do with one active job, given Ray's word on its latest Ray job."""
+    """What to do with one active job, given Ray's word on its latest Ray job and how
+    long it has run since it first started (``running_s``; None: not started)."""
+    if max_seconds is not None and running_s is not None and running_s > max_seconds:
+        return Decision(
+            "stop",
+            f"limit: the job ran {running_s:.0f} s, over the wall-clock limit of "
+            f"{max_seconds:.0f} s (COLECIONADOR_MAX_JOB_SECONDS)",
+        )
     if ray_job_id is None:
         # queued: submit it; training without a Ray job is a local `colecionador train`
         return Decision("submit") if status == "queued" else Decision("wait")
@@ -75,11 +87,26 @@ class Reconciler:
     def pass_once(self) -> dict[str, int]:
         sf = session_factory(self.settings.db_url)
         with sf() as s:
-            jobs = [(j.id, j.status, j.ray_job_id, j.attempts) for j in repo.active_jobs(s)]
-        for job_id, status, sid, attempts in jobs:
+            jobs = [
+                (j.id, j.status, j.ray_job_id, j.attempts, _running_s(j.started_at))
+                for j in repo.active_jobs(s)
+            ]
+        for job_id, status, sid, attempts, running_s in jobs:
             ray_status, message = self.ray_jobs.status(sid) if sid else (None, None)
-            d = decide(status, sid, ray_status, message, attempts, self.settings.max_job_attempts)
+            d = decide(
+                status,
+                sid,
+                ray_status,
+                message,
+                attempts,
+                self.settings.max_job_attempts,
+                running_s,
+                self.settings.max_job_seconds,
+            )
             if d.action == "wait":
+                continue
+            if d.action == "stop":
+                self._stop(job_id, sid, d.reason or "limit")
                 continue
             if d.action == "submit":
                 self.submit(job_id)
@@ -101,3 +128,26 @@ class Reconciler:
                 self.stats["failed"] += 1
         self.stats["passes"] += 1
         return dict(self.stats)
+
+    def _stop(self, job_id: int, sid: str | None, reason: str) -> None:
+        """Over its wall-clock limit: ``failed`` at once with its event (as a cancel is
+        ``cancelled`` at once, so nothing the driver does afterwards ends it otherwise),
+        then its Ray job is stopped; a stop that does not go through is retried on the
+        next pass, since Ray's job stays running while the row has ended."""
+        if lifecycle.fail(self.settings, job_id, reason) is not None:
+            log.error("job %s failed: %s", job_id, reason)
+            self.stats["failed"] += 1
+            self.stats["over_limit"] = self.stats.get("over_limit", 0) + 1
+        if sid is not None:
+            try:
+                self.ray_jobs.client.stop_job(sid)
+            except Exception as e:  # noqa: BLE001 - the job server is away: logged
+                log.warning("job %s: its Ray job %s could not be stopped: %s", job_id, sid, e)
+
+
+def _running_s(started_at: datetime | None) -> float | None:
+    if started_at is None:
+        return None
+    if started_at.tzinfo is None:  # SQLite returns naive UTC datetimes
+        started_at = started_at.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - started_at).total_seconds()

@@ -166,7 +166,7 @@ def prepare_data(
     is wrong with it. A large set (settings.stream_min_images) is decoded into shards by
     Ray tasks, reading an S3 set's objects from the bucket (services/fetch.py)."""
     try:
-        index = dataset_index(job.dataset_uri, settings)
+        index = dataset_index(job.dataset_uri, settings, hp.image_size)
     except (FileNotFoundError, ValueError) as e:
         raise StepFailed("dataset", one_line(e)) from None
     except Exception as e:  # noqa: BLE001 - a store error of any kind
@@ -174,8 +174,15 @@ def prepare_data(
     shards: list[ShardSet] = []
 
     def from_shards(index: DatasetIndex) -> DecodedDataset:
-        if len(index) < settings.stream_min_images:
+        if not settings.streams(len(index), hp.image_size):
             return datasets.decode(index, hp.image_size, "skip")
+        if len(index) < settings.stream_min_images:
+            say(
+                f"job {job.id}: {len(index)} images at {hp.image_size} px decode to "
+                f"{len(index) * hp.image_size**2 * 3 / 2**20:.1f} MB, over the "
+                f"{settings.decode_memory_mb} MB budget (COLECIONADOR_DECODE_MEMORY_MB): "
+                "streamed from decoded shards"
+            )
         from services.decoded_cache import shard_set
 
         got, _ = shard_set(index, hp.image_size, settings, store, say)

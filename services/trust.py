@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
@@ -20,6 +21,7 @@ from services.fetch import local_path
 from services.messages import TrainingRequest
 from training import plugins
 from training.hyperparams import Hyperparameters
+from tuning.spec import TuningSpec
 
 
 def _is_name(location: str) -> bool:
@@ -95,9 +97,10 @@ def judged_by(hp: Hyperparameters, settings: Settings) -> Hyperparameters:
     return hp.model_copy(update={k: max(getattr(hp, k), v) for k, v in floor.items()})
 
 
-def check_tuning(request: TrainingRequest) -> None:
-    """ValueError naming the field for a search the driver would refuse: names that may not
-    be tuned, values or combinations invalid on top of the request's hyperparameters."""
+def check_tuning(request: TrainingRequest, settings: Settings) -> None:
+    """ValueError naming the field for a search the driver would refuse (names that may not
+    be tuned, values or combinations invalid on top of the request's hyperparameters) or
+    one over the operator's budget of epochs."""
     if request.tuning is None:
         return
     from pydantic import ValidationError
@@ -110,6 +113,30 @@ def check_tuning(request: TrainingRequest) -> None:
         raise ValueError(f"tuning.{error_text(e)}") from None
     except ValueError as e:
         raise ValueError(f"tuning.{e}") from None
+    budget = search_epochs(request.tuning, request.hyperparameters)
+    if budget > settings.max_tuning_epochs:
+        raise ValueError(
+            f"tuning: the search trains up to {budget} epochs (configs x folds x epochs a "
+            f"config); at most {settings.max_tuning_epochs} (COLECIONADOR_MAX_TUNING_EPOCHS)"
+        )
+
+
+def search_epochs(spec: TuningSpec, hp: Hyperparameters) -> int:
+    """The most epochs a search may train: its configs (every grid combination, or
+    ``num_samples``) x ``k_folds`` x the epochs of its longest config (both phases, the
+    largest value searched where the epochs are searched)."""
+    from tuning.space import ends
+
+    dims = spec.dimensions
+
+    def most(name: str) -> int:
+        return max(int(v) for v in ends(dims[name])) if name in dims else getattr(hp, name)
+
+    if spec.strategy == "grid":
+        configs = math.prod(len(ends(d)) for d in dims.values())
+    else:
+        configs = spec.num_samples
+    return configs * spec.k_folds * (most("phase1_epochs") + most("phase2_epochs"))
 
 
 def check_request(request: TrainingRequest, settings: Settings, *, roots: bool = True) -> None:
@@ -123,7 +150,7 @@ def check_request(request: TrainingRequest, settings: Settings, *, roots: bool =
         request.tuning.discrete_values() if request.tuning else None,
     )
     check_gate(request.hyperparameters, settings)
-    check_tuning(request)
+    check_tuning(request, settings)
     if roots:
         check_locations(request, settings)
 

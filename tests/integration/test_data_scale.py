@@ -53,7 +53,9 @@ def test_a_job_and_a_search_stream_an_s3_dataset_decoded_once(
         s3_secret_key=s3_server.secret_key,
         s3_region=s3_server.region,
         dataset_roots=f"s3://{bucket}/datasets",
-        stream_min_images=0,  # this small set takes the large sets' path
+        # this small set takes the large sets' path: 37 files at 32 px are 0.1 MB decoded,
+        # over a decode budget of 0.05 MB (the product rule; the count rule is far off)
+        decode_memory_mb=0.05,
     )
     uri = f"s3://{bucket}/datasets/shapes/"
     request = TrainingRequest(
@@ -66,6 +68,7 @@ def test_a_job_and_a_search_stream_an_s3_dataset_decoded_once(
     said: list[str] = []
     outcome = run_job(job.id, settings, say=said.append)
     assert outcome.status == "success", outcome.error
+    assert any("over the 0.05 MB budget" in m and "streamed" in m for m in said), said
     assert any(m.startswith("decoded 37 files into 1 shard(s)") for m in said), said
     assert "skipped 1 unreadable image(s)" in said
     assert outcome.metrics["n"] == 4  # the test split, read from the shards

@@ -197,3 +197,51 @@ def _wait_job(client: JobSubmissionClient, sid: str, timeout: float = 300) -> Jo
 
     asyncio.run(asyncio.wait_for(tail(), timeout))  # ends when the job ends
     return client.get_job_status(sid)
+
+
+def test_a_job_over_its_wall_clock_limit_is_failed_and_its_ray_job_stopped(
+    ray_cluster, settings_for, queues, tmp_path
+):
+    """A job whose driver has run for an hour (a Ray job that sleeps, started_at an hour
+    back) against a limit of 60 s: one reconciler pass ends it ``failed`` with the reason
+    and its event, and stops its Ray job."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from services.db.models import utcnow
+    from services.messages import TrainingRequest
+    from services.reconciler import Reconciler
+    from services.records import create_job
+
+    requests, events = queues
+    settings = settings_for(
+        f"sqlite:///{tmp_path / 'limit.db'}",
+        requests_queue=requests,
+        events_queue=events,
+        ray_dashboard_url=ray_cluster.dashboard_url,
+        ray_auth_token_path=ray_cluster.token_path,
+        max_job_seconds=60,
+    )
+    job, _ = create_job(settings, TrainingRequest(batch_id="slow", dataset_uri=str(tmp_path)))
+    ray_jobs = RayJobs(settings)
+    sid = f"colecionador-limit-{uuid.uuid4().hex[:8]}"
+    ray_jobs.client.submit_job(entrypoint="sleep 600", submission_id=sid)
+    with session_factory(settings.db_url)() as s:
+        repo.record_attempt(s, job.id, sid)
+        repo.start_job(s, job.id, sid)
+        s.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job.id)
+            .values(started_at=utcnow() - timedelta(hours=1))
+        )
+        s.commit()
+    counts = Reconciler(settings, ray_jobs).pass_once()
+    assert counts["failed"] == 1 and counts["over_limit"] == 1
+    with session_factory(settings.db_url)() as s:
+        row = repo.get_job(s, job.id)
+        assert row.status == "failed" and row.error.startswith("limit: the job ran 36")
+        assert "wall-clock limit of 60 s" in row.error
+        (event,) = repo.job_events(s, job.id)
+        assert event.body["status"] == "failed" and event.body["error"] == row.error
+    assert _wait_job(ray_jobs.client, sid, timeout=60) == JobStatus.STOPPED

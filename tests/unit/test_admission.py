@@ -210,3 +210,31 @@ def test_import_callable_imports_nothing_but_an_import_path():
 
     with pytest.raises(ValueError, match="not an import path"):
         import_callable("antigravity")
+
+
+def test_a_set_is_streamed_by_its_count_or_by_its_decoded_size(tmp_path):
+    settings = Settings(home=tmp_path, stream_min_images=8000, decode_memory_mb=4096)
+    assert not settings.streams(7999, 224)  # 1.2 GB decoded: in memory
+    assert settings.streams(8000, 32)  # the count
+    assert settings.streams(7999, 1024)  # 25 GB decoded: over the budget, streamed
+    assert not settings.streams(7999)  # no size known: the count alone
+
+
+def test_a_search_over_the_operators_budget_of_epochs_is_refused(tmp_path):
+    operator = Settings(home=tmp_path, dataset_roots="s3://d", max_tuning_epochs=1000)
+    hp = {"phase1_epochs": 10, "phase2_epochs": 20}
+    big = {"grid": {"dropout": [0.1, 0.2, 0.3, 0.4]}, "k_folds": 10}  # 4 x 10 x 30 = 1200
+    out = admit({**BASE, "mode": "tune", "hyperparameters": hp, "tuning": big}, operator)
+    assert isinstance(out, Rejection) and out.field == "tuning"
+    assert "up to 1200 epochs" in out.reason and "at most 1000" in out.reason
+    fits = {"grid": {"dropout": [0.1, 0.2, 0.3]}, "k_folds": 10}  # 900
+    assert isinstance(
+        admit({**BASE, "mode": "tune", "hyperparameters": hp, "tuning": fits}, operator),
+        TrainingRequest,
+    )
+    sampled = {  # 8 samples x 5 folds x (10 + the largest phase-2 value searched, 40)
+        "space": {"phase2_epochs": {"type": "int", "low": 5, "high": 40}},
+        "num_samples": 8,
+    }
+    out = admit({**BASE, "mode": "tune", "hyperparameters": hp, "tuning": sampled}, operator)
+    assert isinstance(out, Rejection) and "up to 2000 epochs" in out.reason

@@ -42,3 +42,12 @@ def test_the_failure_names_what_ray_said_and_the_attempts():
         decide("training", "x", None, None, 3, 3).reason
         == "driver: Ray job x is gone (attempt 3 of 3)"
     )
+
+
+def test_a_job_over_its_wall_clock_limit_is_stopped_whatever_ray_says():
+    for ray in ("RUNNING", "PENDING", None):
+        d = decide("training", "s", ray, None, 1, 2, running_s=3601, max_seconds=3600)
+        assert d.action == "stop" and d.reason.startswith("limit: the job ran 3601 s")
+    assert decide("training", "s", "RUNNING", None, 1, 2, 3599, 3600).action == "wait"
+    assert decide("queued", None, None, None, 0, 2, None, 3600).action == "submit"  # not started
+    assert decide("training", "s", "RUNNING", None, 1, 2, 10**9, None).action == "wait"  # no limit
