@@ -154,7 +154,7 @@ async def open_loop(
                 async with client.request(method, url, json=json_body) as response:
                     await response.read()
                     code = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 code = 0
             if i >= first_counted:
                 took = loop.time() - at

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -58,7 +58,7 @@ def job_event(
         else None,
         gate={r["metric"]: r["passed"] for r in (gate or {}).get("rules", [])},
         artifact_uri=artifact_uri,
-        finished_at=datetime.now(timezone.utc),
+        finished_at=datetime.now(UTC),
         error=error,
     )
 

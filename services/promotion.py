@@ -15,7 +15,7 @@ transaction (the outbox publishes it). No torch here: the API imports this modul
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -134,6 +134,6 @@ def _move(
             by=by,
             reason=reason,
             overrode_gate=overrode,
-            at=move.moved_at or datetime.now(timezone.utc),
+            at=move.moved_at or datetime.now(UTC),
         ),
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from services import lifecycle
@@ -149,5 +149,5 @@ def _running_s(started_at: datetime | None) -> float | None:
     if started_at is None:
         return None
     if started_at.tzinfo is None:  # SQLite returns naive UTC datetimes
-        started_at = started_at.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - started_at).total_seconds()
+        started_at = started_at.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - started_at).total_seconds()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import tomllib
 from pydantic import (
     AfterValidator,
     BaseModel,

@@ -7,7 +7,7 @@ effective batch depends on them) and the request as received.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import (
@@ -34,7 +34,7 @@ ACTIVE_STATUSES = ("queued", "training", "evaluating")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):

@@ -13,11 +13,11 @@ import copy
 import re
 import shlex
 import socket
+import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
-import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
