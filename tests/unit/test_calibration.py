@@ -9,7 +9,9 @@ from torch import nn
 
 from training.calibration import (
     calibration_report,
+    ece_interval,
     expected_calibration_error,
+    fit,
     fit_temperature,
     reliability_bins,
     softmax,
@@ -62,10 +64,43 @@ def test_temperature_scaling_repairs_a_miscalibrated_model(scale):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_fit_temperature_is_bounded_when_val_is_all_right():
-    z = np.array([[5.0, 0.0], [0.0, 5.0]])
-    assert 1e-2 <= fit_temperature(z, np.array([0, 1])) <= 1.0
+def test_a_split_the_model_gets_all_right_keeps_t_at_one_and_says_why():
+    z, y = planted(400, seed=2)
+    right = z.argmax(1)  # every top-1 label right: the plain NLL fit runs to T -> 0
+    fitted = fit(z, right)
+    assert (fitted.temperature, fitted.fitted) == (1.0, False)
+    assert "0 error(s) in 400 images" in fitted.reason
+    two = right.copy()
+    two[:2] = (two[:2] + 1) % 5  # two errors: still too few
+    assert fit(z, two).temperature == 1.0 and "2 error(s)" in fit(z, two).reason
     assert fit_temperature(np.zeros((0, 2)), np.zeros(0)) == 1.0
+    report = calibration_report(z, right, z, right)
+    assert report["fitted"] is False and report["kept_because"] == fitted.reason
+    assert report["nll_after"] == report["nll_before"]  # never worse: nothing was done
+
+
+def test_calibration_never_hurts_on_held_out_data_of_every_kind():
+    """Calibrated test NLL is never worse than uncalibrated by more than noise, for
+    planted models from under- to over-confident and splits from all right to noisy."""
+    for seed, scale in enumerate([0.3, 0.7, 1.0, 1.5, 4.0, 12.0]):
+        z, y = planted(600, seed=10 + seed)
+        logits = z * scale
+        report = calibration_report(logits[:300], y[:300], logits[300:], y[300:])
+        assert report["nll_after"] <= report["nll_before"] + 0.02, (scale, report)
+        lo, hi = report["ece_after_interval"]
+        assert 0 <= lo < hi <= 1
+
+
+def test_the_ece_interval_is_wide_for_few_images_and_narrow_for_many():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 1])
+    exact = expected_calibration_error(probs, labels)
+    assert ece_interval(probs[[0, 0]], labels[[0, 0]]) == [pytest.approx(0.1)] * 2
+    assert ece_interval(probs, labels, n_boot=2000)[1] >= exact  # the by-hand example's
+    z, y = planted(6000, seed=3)
+    few = ece_interval(softmax(z[:90]), y[:90])
+    many = ece_interval(softmax(z), y, n_boot=200)
+    assert few[1] - few[0] > 3 * (many[1] - many[0])
 
 
 def tiny_model() -> nn.Module:
