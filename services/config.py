@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     # write tokens with a name each, ``ana=<token>,bob=<token>``: who moved an alias is the
     # name of the token that asked, never what a request body says
     api_writers: SecretStr | None = None
+    api_upload_mb: float = Field(16.0, gt=0, le=1024)  # a predict request's body (413 beyond)
 
     max_job_attempts: int = Field(2, ge=1)  # Ray jobs per job: the first + resubmissions
     # wall-clock limit of one job from its first start, all attempts (the reconciler ends

@@ -59,7 +59,8 @@ def create_app(
     app.state.predict_handles = {}  # model name -> its predict application's handle
     app.add_middleware(ConditionalGetMiddleware)  # ETag on reads, 304 on If-None-Match
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodyLimit)  # outermost: 413 before anything reads the body
+    # outermost: 413 before anything reads the body
+    app.add_middleware(BodyLimit, upload_bytes=int(settings.api_upload_mb * 2**20))
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _crash)

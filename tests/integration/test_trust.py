@@ -215,3 +215,35 @@ def test_hostile_requests_on_the_queue_are_dead_lettered_with_the_reason(trust_s
     assert consumer.stats["dead_lettered"] == len(HOSTILE) and consumer.stats["created"] == 1
     with session_factory(settings.db_url)() as s:  # the valid one, and nothing else
         assert [j.batch_id for j in repo.list_jobs(s)] == [valid["batch_id"]]
+
+
+def test_a_plugin_that_exits_fails_its_job_instead_of_leaving_it_training(
+    settings_for, make_dataset, tmp_path, monkeypatch
+):
+    """An allowed plugin module whose import raises SystemExit (its top level runs when
+    the driver builds the callbacks): the job ends ``failed`` with the reason, its row
+    never left ``training``."""
+    import sys
+
+    from services.jobs import run_job
+    from services.messages import TrainingRequest
+    from services.records import create_job
+    from tests.conftest import TINY
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "exitplug.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.delitem(sys.modules, "exitplug", raising=False)
+    settings = settings_for(f"sqlite:///{tmp_path / 'exit.db'}", plugin_modules="exitplug")
+    request = TrainingRequest(
+        batch_id="exits",
+        dataset_uri=str(make_dataset(per_class=6, size=8)),
+        hyperparameters={**TINY, "callbacks": ["exitplug:Cb"]},
+    )
+    job, _ = create_job(settings, request)
+    outcome = run_job(job.id, settings, say=lambda _m: None)
+    assert outcome.status == "failed" and outcome.error == "SystemExit: 3"
+    with session_factory(settings.db_url)() as s:
+        row = repo.get_job(s, job.id)
+        assert (row.status, row.error) == ("failed", "SystemExit: 3")

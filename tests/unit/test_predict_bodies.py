@@ -73,3 +73,9 @@ def test_a_form_within_the_bounds_reaches_the_model(client):
         "no image files in the form"
     )
     assert _post(client, b"not a form at all").status_code == 422
+
+
+def test_the_upload_limit_is_the_operators(tmp_path):
+    small = TestClient(create_app(Settings(home=tmp_path, api_upload_mb=0.01)))  # 10 KB
+    r = _post(small, _form([("images", "a.png", b"x" * 20_000)]))
+    assert r.status_code == 413 and "10485 bytes" in r.json()["detail"]
