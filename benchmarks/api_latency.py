@@ -59,8 +59,7 @@ def make_settings(home: Path):
 def record_jobs(settings, n: int) -> None:
     """``n`` jobs through the repository: queued, success (with 10 epochs) and failed."""
     from services.db import repo
-    from services.db.session import session_factory
-    from services.records import prepare_database
+    from services.db.session import prepare_database, session_factory
     from training.hyperparams import Hyperparameters
 
     prepare_database(settings)

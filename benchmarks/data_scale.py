@@ -105,12 +105,12 @@ class PeakMemory:
 
 def data_step(folder: Path, hp: Hyperparameters, streamed: bool, home: Path) -> dict[str, Any]:
     from services.config import Settings
-    from services.storage import LocalStore
+    from services.store.storage import LocalStore
 
     def run() -> int:
         index = datasets.discover(folder)
         if streamed:
-            from services.decoded_cache import shard_set
+            from services.jobs.decoded_cache import shard_set
 
             settings = Settings(home=home, stream_min_images=0)
             shards, _ = shard_set(index, hp.image_size, settings, LocalStore(home / "store"))
@@ -138,9 +138,9 @@ def throughput(folder: Path, home: Path, epochs: int, size: int) -> dict[str, di
     import ray
 
     from services.config import Settings
-    from services.decoded_cache import shard_set
-    from services.steps import PreparedData
-    from services.storage import LocalStore
+    from services.jobs.decoded_cache import shard_set
+    from services.jobs.steps import PreparedData
+    from services.store.storage import LocalStore
     from training.ray_worker import read_checkpoint
     from training.trainer import build_trainer
 

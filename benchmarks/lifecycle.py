@@ -24,14 +24,14 @@ import time
 import uuid
 from pathlib import Path
 
-from services import lifecycle
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
 from services.ingress import Consumer
-from services.messages import TrainingRequest
-from services.ray_jobs import RayJobs
-from services.records import create_job
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs import lifecycle
+from services.jobs.ray_jobs import RayJobs
 
 AMQP = "amqp://guest:guest@127.0.0.1:{port}/"
 

@@ -4,7 +4,7 @@ loop, at fixed rates.
 Like for like: the same model.pt (the demo's recipe shape: ResNet18 at 32 px, 10 digit
 classes; random weights, which cost the same as trained ones), the same one image (a
 scikit-learn digit as PNG, decoded and resized on every request), the same torch threads
-(1). Served: the API app and the model's predict application (services/serving.py,
+(1). Served: the API app and the model's predict application (services/registry/serving.py,
 ``@serve.batch``) on a local 2-CPU Ray behind HAProxy when installed (the default
 ingress, services/api/haproxy.py), an open-loop aiohttp client (benchmarks/api_latency.py:
 request i is sent at t0 + i/rate and its latency counts from then; 1 s warm-up not
@@ -44,13 +44,12 @@ def make_model(home: Path, backbone: str, image_size: int):
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from services import promotion
-    from services.artifacts import MODEL_FILE, version_prefix
     from services.config import Settings
     from services.db import repo
-    from services.db.session import session_factory
-    from services.records import prepare_database
-    from services.storage import open_store
+    from services.db.session import prepare_database, session_factory
+    from services.registry import promotion
+    from services.store.artifacts import MODEL_FILE, version_prefix
+    from services.store.storage import open_store
     from training.hyperparams import Hyperparameters
     from training.model import build_model, export_model
 
@@ -139,7 +138,7 @@ def bench_serve(
     settings, png: bytes, rates: list[float], duration: float, threads: int, batch: int
 ) -> list[dict[str, Any]]:
     from services.api.haproxy import installed
-    from services.serving import deploy_model
+    from services.registry.serving import deploy_model
 
     with local_serve(settings, haproxy=installed()) as url:  # the default ingress
         deploy_model(settings, MODEL, torch_threads=threads, max_batch_size=batch)

@@ -28,10 +28,10 @@ def _record_and_run(
 ) -> int:
     """What train and tune share: check a local dataset, record the job (a known batch id
     starts nothing), run it here, report the verdict."""
-    from services.admission import Rejection, admit
-    from services.fetch import local_path
-    from services.jobs import run_job
-    from services.records import create_job
+    from services.intake.admission import Rejection, admit
+    from services.intake.records import create_job
+    from services.jobs.driver import run_job
+    from services.store.fetch import local_path
 
     path = local_path(args.dataset)
     if path is not None and not path.is_dir():
@@ -129,9 +129,9 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     settings, then overfit one batch and the LR range test; exits 1 only when a job would
     fail (or the recipe cannot learn one batch)."""
     from services.errors import StepFailed
-    from services.fetch import fetch_dataset
-    from services.steps import inspect_dataset, load_weights
-    from services.trust import check_plugins
+    from services.intake.trust import check_plugins
+    from services.jobs.steps import inspect_dataset, load_weights
+    from services.store.fetch import fetch_dataset
     from training.health import blocking
     from training.loop import TrainData
     from training.preflight import preflight
@@ -202,11 +202,10 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from services.artifacts import report_key
     from services.db import repo
-    from services.db.session import session_factory
-    from services.records import prepare_database
-    from services.storage import StoreError, open_store, read_json
+    from services.db.session import prepare_database, session_factory
+    from services.store.artifacts import report_key
+    from services.store.storage import StoreError, open_store, read_json
 
     settings = Settings()
     prepare_database(settings)
@@ -252,8 +251,8 @@ def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from services.admission import Rejection, admit
-    from services.broker import publish_request
+    from services.events.broker import publish_request
+    from services.intake.admission import Rejection, admit
 
     try:
         hp = load_hyperparameters(args.config, args.set or [])
@@ -279,7 +278,7 @@ def cmd_submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services import ingress
-    from services.ray_jobs import connect_ray
+    from services.jobs.ray_jobs import connect_ray
 
     settings = Settings()
     connect_ray(settings)
@@ -334,7 +333,7 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
 
     from services.api import api_application, haproxy
     from services.api.deployment import autoscaling
-    from services.ray_jobs import connect_ray
+    from services.jobs.ray_jobs import connect_ray
 
     settings = Settings()
     scale = {"num_replicas": args.replicas}
@@ -411,11 +410,11 @@ def cmd_promote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     import getpass
     import re
 
-    from services import outbox, promotion
     from services.db import repo
-    from services.db.session import session_factory
-    from services.messages import ALIAS_PATTERN
-    from services.records import prepare_database
+    from services.db.session import prepare_database, session_factory
+    from services.events import outbox
+    from services.events.schemas import ALIAS_PATTERN
+    from services.registry import promotion
 
     if not re.fullmatch(ALIAS_PATTERN, args.alias):
         parser.error(f"--alias must match {ALIAS_PATTERN}, not {args.alias!r}")
@@ -456,8 +455,7 @@ def _models_to_serve(args: argparse.Namespace, settings: Settings) -> list[tuple
     if args.predict:
         return args.predict
     from services.db import repo
-    from services.db.session import session_factory
-    from services.records import prepare_database
+    from services.db.session import prepare_database, session_factory
 
     prepare_database(settings)
     with session_factory(settings.db_url)() as s:
@@ -470,7 +468,7 @@ def _deploy_predict(
     args: argparse.Namespace, settings: Settings, model: str, version: int | None
 ) -> None:
     from services.api.deployment import autoscaling
-    from services.serving import deploy_model
+    from services.registry.serving import deploy_model
 
     scale: dict[str, Any] = {"num_replicas": args.predict_replicas}
     if args.predict_max_replicas is not None:

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from services.config import Settings
-from services.jobs import JobOutcome, run_job
-from services.messages import TrainingRequest
-from services.records import create_job
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs.driver import JobOutcome, run_job
 from training.hyperparams import Hyperparameters
 
 # Chosen by measurement on 2 cores (see README, "The demo"): ResNet18 learns 8x8 digits

@@ -3,14 +3,14 @@ sure every job ends.
 
 For each message: validate it (a malformed one is published to the dead-letter queue with
 the reason in its headers, then acked: nothing is written); record the job
-(services/records.py: batch_id is unique, so a redelivered or duplicated message finds
+(services/intake/records.py: batch_id is unique, so a redelivered or duplicated message finds
 the job it already made); ack once the row is committed; then submit
 ``python -m services.jobs --job-id N`` as a Ray job whose submission id is derived from
-the job id, so a retry finds the Ray job it already submitted (services/ray_jobs.py).
+the job id, so a retry finds the Ray job it already submitted (services/jobs/ray_jobs.py).
 
 Beside the consumer, every ``reconcile_interval_s``: the reconciler
-(services/reconciler.py: queued jobs without a Ray job are submitted, dead drivers
-resubmitted or their jobs failed) and the outbox (services/outbox.py: unpublished events
+(services/jobs/reconciler.py: queued jobs without a Ray job are submitted, dead drivers
+resubmitted or their jobs failed) and the outbox (services/events/outbox.py: unpublished events
 are published).
 
 It cannot die silently: the broker or the database unreachable, at start or later, is
@@ -34,15 +34,15 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from sqlalchemy import text
 
-from services import broker, outbox
-from services.admission import Rejection, admit
 from services.config import Settings
 from services.db import repo
-from services.db.session import get_engine, session_factory
+from services.db.session import get_engine, prepare_database, session_factory
 from services.errors import one_line
-from services.ray_jobs import NAMESPACE, RayJobs, settings_env
-from services.reconciler import Reconciler
-from services.records import create_job, prepare_database
+from services.events import broker, outbox
+from services.intake.admission import Rejection, admit
+from services.intake.records import create_job
+from services.jobs.ray_jobs import NAMESPACE, RayJobs, settings_env
+from services.jobs.reconciler import Reconciler
 
 log = logging.getLogger("colecionador.ingress")
 

@@ -158,7 +158,7 @@ def cli_env(settings, cluster, write_token: str, read_token: str) -> dict[str, s
     """The environment of a ``colecionador`` command run as a subprocess against the
     session's cluster with these settings: this process's environment without its own
     COLECIONADOR_ variables, the settings', the tokens and Ray's token auth."""
-    from services.ray_jobs import settings_env
+    from services.jobs.ray_jobs import settings_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
     env.update(

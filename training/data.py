@@ -271,7 +271,7 @@ def _decode_one(path: Path, size: int, root: Path) -> _Decoded:
 
 class ObjectReader(Protocol):
     """How a decode task reads one listed object of a remote listing (the services give
-    one: services/fetch.py). ``read`` returns the bytes of ``name`` as listed (``etag``),
+    one: services/store/fetch.py). ``read`` returns the bytes of ``name`` as listed (``etag``),
     at most ``limit + 1`` of them; it raises OSError when that object cannot be read
     (gone, changed since listed, refused: the file is unreadable) and any other error
     when the store itself cannot be reached (the decode fails, nothing is cached)."""

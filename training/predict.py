@@ -2,7 +2,7 @@
 (RGB, bilinear resize to the model's side, uint8 (3, S, S)), probabilities through
 ``training.evaluate.predict_probs`` with model.pt's ``temperature``, and the top-k labels.
 
-Pure: no I/O beyond the bytes it is given (services/serving.py loads model.pt and serves).
+Pure: no I/O beyond the bytes it is given (services/registry/serving.py loads model.pt and serves).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ trust check of ``training.data.decode_or_reason``) and writes parquet shards int
 (a local path, or ``bucket/prefix`` with a pyarrow S3 filesystem). A local listing's files
 are opened by path, so its tasks must run where that folder is; a remote listing
 (training.data.discover_listing) is read object by object by the tasks themselves through
-the ``reader`` the services give (services/fetch.py), on any node, and never lands on the
+the ``reader`` the services give (services/store/fetch.py), on any node, and never lands on the
 driver's disk (``decode_listed_or_reason``: the same checks, the listed size first).
 
 A shard row is one listed file: ``id`` (its position in the listing), ``label``,
@@ -22,7 +22,7 @@ images is asked for. ``ShardSet.part`` is the Ray Data dataset of some rows (a s
 part) that a TorchTrainer hands to its workers (``get_dataset_shard``).
 
 Where the shards live and when a set is complete (its manifest) is the services' business
-(services/decoded_cache.py); this module only reads and writes the files it is given.
+(services/jobs/decoded_cache.py); this module only reads and writes the files it is given.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The k fold models of a config that trained to the end are also what confident le
 needs (training/label_issues.py): every train + val image's probabilities from the fold
 model that held it out. With ``label_check`` such a trial attaches them to its last report
 as a Tune checkpoint (``oof.npz``: ``index`` in the job's numbering, ``probs``), so a tune
-job's label check reads its winner's instead of fitting a linear head (services/steps.py
+job's label check reads its winner's instead of fitting a linear head (services/jobs/steps.py
 ``check_labels``); without ``label_check`` nothing is computed or written.
 
 A large data set (decoded shards, ``CVData.shards``) is streamed inside the trial too: each

@@ -11,7 +11,7 @@ TPE search), or a typed range the search samples:
 Text (``--space`` and the message's shorthand) and JSON objects (``{"type": "uniform",
 "low": 0, "high": 0.5}``) give the same typed objects; errors name the key. A float range
 needs a float hyperparameter, an integer range an integer one, and both ends must be valid
-values of it. No Ray and no torch here (services.messages imports this through
+values of it. No Ray and no torch here (services.intake.request imports this through
 tuning.spec); ``to_tune`` imports Ray Tune when a search is built.
 """
 

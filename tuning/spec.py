@@ -12,7 +12,7 @@ the caller's: see tuning.search.SearchRun. Names and each value (a range's ends)
 own are checked here; the whole space against a job's base hyperparameters (tunable
 names, every combination) by tuning.space.validate_space, which needs that base.
 
-No torch here: services.messages (the API and the ingress) imports this module.
+No torch here: services.intake.request (the API and the ingress) imports this module.
 """
 
 from __future__ import annotations

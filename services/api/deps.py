@@ -28,9 +28,8 @@ from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.repo import json_safe
-from services.db.session import session_factory
-from services.records import prepare_database
-from services.storage import Store, open_store, read_json
+from services.db.session import prepare_database, session_factory
+from services.store.storage import Store, open_store, read_json
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ from services.api.schemas import (
     VersionDetail,
     VersionSummary,
 )
-from services.artifacts import version_prefix
 from services.db import repo
 from services.db.repo import json_safe
+from services.store.artifacts import version_prefix
 
 PNG = "image/png"
 _plot_lock = threading.Lock()  # pyplot keeps global state: one figure at a time

@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from services.artifacts import VERSION_FILES
 from services.db.models import JobStatus
-from services.messages import ALIAS_PATTERN, MAX_INT
+from services.events.schemas import ALIAS_PATTERN
+from services.intake.request import MAX_INT
+from services.store.artifacts import VERSION_FILES
 
 
 def _finite(v: float | None) -> float | None:

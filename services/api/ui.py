@@ -32,15 +32,15 @@ from services.api.schemas import (
     VersionDetail,
     VersionNo,
 )
-from services.artifacts import (
+from services.db import repo
+from services.db.models import FINAL_STATUSES, JOB_STATUSES
+from services.store.artifacts import (
     LABEL_ISSUES_FILE,
     LABEL_ISSUES_PNG,
     RELIABILITY_FILE,
     report_key,
     version_prefix,
 )
-from services.db import repo
-from services.db.models import FINAL_STATUSES, JOB_STATUSES
 
 router = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
 

@@ -133,7 +133,7 @@ class ModelVersion(Base):
 
 class JobAttempt(Base):
     """One Ray job that ran (or runs) a job: the first submission, then one per driver
-    death the reconciler resubmitted (services/reconciler.py)."""
+    death the reconciler resubmitted (services/jobs/reconciler.py)."""
 
     __tablename__ = "job_attempts"
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_attempts_job_attempt"),)
@@ -249,7 +249,7 @@ PROMOTION_MODES = ("auto", "manual")
 
 class ModelAlias(Base):
     """(model_name, alias) -> version: ``production``, ``staging`` or any name of the
-    user's. Moved only through services.promotion, each move recorded in alias_moves."""
+    user's. Moved only through services.registry.promotion, each move recorded in alias_moves."""
 
     __tablename__ = "model_aliases"
 

@@ -1,7 +1,9 @@
-"""Engine and session factory; schema upgrades through Alembic only."""
+"""Engine and session factory; schema upgrades through Alembic only (``prepare_database``:
+once per process and database, under the migrations' advisory lock)."""
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,6 +11,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from services.config import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,3 +46,18 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
+
+
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def prepare_database(settings: Settings) -> None:
+    """Bring the schema to head once per process and database (Alembic's context is
+    module-global, so concurrent upgrades in threads would trample each other)."""
+    if not settings.auto_migrate or settings.db_url in _migrated:
+        return
+    with _migrate_lock:
+        if settings.db_url not in _migrated:
+            upgrade(settings.db_url)
+            _migrated.add(settings.db_url)

@@ -31,10 +31,10 @@ from services.api import api_application
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
-from services.jobs import run_job
-from services.messages import TrainingRequest
-from services.ray_jobs import auth_headers
-from services.records import create_job
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs.driver import run_job
+from services.jobs.ray_jobs import auth_headers
 from tests.amqp import delete_queues, message_count, next_message
 from tests.conftest import (
     AMQP_URL,

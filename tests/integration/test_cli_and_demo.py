@@ -12,7 +12,7 @@ from services.cli import main
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
-from services.storage import open_store
+from services.store.storage import open_store
 from tests.conftest import TINY
 from training.model import build_model
 

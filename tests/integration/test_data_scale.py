@@ -16,10 +16,10 @@ import pytest
 
 from services.db.models import TrainingJob
 from services.db.session import session_factory
-from services.jobs import run_job
-from services.messages import TrainingRequest, parse_request
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest, parse_request
+from services.jobs.driver import run_job
+from services.store.storage import open_store
 from tests.conftest import TINY
 from training.hyperparams import Hyperparameters
 

@@ -11,11 +11,11 @@ import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from services import ingress
-from services.broker import publish_request
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
-from services.ray_jobs import RayJobs, auth_headers, submission_id
+from services.events.broker import publish_request
+from services.jobs.ray_jobs import RayJobs, auth_headers, submission_id
 from tests.amqp import message_count, next_message
 from tests.conftest import TINY
 
@@ -136,9 +136,9 @@ def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(
 ):
     """The ingress died between commit and submit: the reconciler submits what is
     pending (its own database: the reconciler takes every queued job it finds)."""
-    from services.messages import TrainingRequest
-    from services.reconciler import Reconciler
-    from services.records import create_job
+    from services.intake.records import create_job
+    from services.intake.request import TrainingRequest
+    from services.jobs.reconciler import Reconciler
     from tests.conftest import fresh_database
     from training.hyperparams import Hyperparameters
 
@@ -210,9 +210,9 @@ def test_a_job_over_its_wall_clock_limit_is_failed_and_its_ray_job_stopped(
     from sqlalchemy import update
 
     from services.db.models import utcnow
-    from services.messages import TrainingRequest
-    from services.reconciler import Reconciler
-    from services.records import create_job
+    from services.intake.records import create_job
+    from services.intake.request import TrainingRequest
+    from services.jobs.reconciler import Reconciler
 
     requests, events = queues
     settings = settings_for(

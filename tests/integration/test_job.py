@@ -16,10 +16,10 @@ import torch
 from services.db import repo
 from services.db.models import ModelVersion, TrainingJob
 from services.db.session import session_factory
-from services.jobs import run_job
-from services.messages import TrainingRequest
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs.driver import run_job
+from services.store.storage import open_store
 from tests.amqp import delete_queues
 from tests.conftest import AMQP_URL, TINY
 from training.export import onnx_probs

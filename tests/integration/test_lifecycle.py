@@ -16,16 +16,16 @@ import uuid
 import aio_pika
 import pytest
 
-from services import lifecycle, steps
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.ingress import Consumer, start_ingress, stop_ingress
-from services.jobs import run_job
-from services.messages import TrainingRequest
-from services.ray_jobs import RayJobs
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs import lifecycle, steps
+from services.jobs.driver import run_job
+from services.jobs.ray_jobs import RayJobs
+from services.store.storage import open_store
 from tests.amqp import message_count, next_message
 from tests.conftest import AMQP_URL, PG_ADMIN_URL, SESSION, TINY, wait_until
 from tests.raycluster import free_port
@@ -42,7 +42,7 @@ def publish_all(queue: str, bodies: list[dict]) -> None:
         conn = await aio_pika.connect(AMQP_URL)
         async with conn:
             ch = await conn.channel(publisher_confirms=True)
-            from services import broker
+            from services.events import broker
 
             await broker.declare_requests(ch, queue)
             await asyncio.gather(
@@ -390,7 +390,7 @@ def test_an_attempt_recorded_by_a_message_and_its_duplicate_at_once_is_one_attem
 ):
     """Prefetch hands a message and its duplicate to two handlers at once: both submit
     the same Ray job and record it; one attempt, no IntegrityError."""
-    from services.records import prepare_database
+    from services.db.session import prepare_database
 
     settings = settings_for(db_url)
     prepare_database(settings)

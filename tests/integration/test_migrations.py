@@ -86,17 +86,17 @@ def test_0006_sets_production_to_the_latest_approved_version(db_url):
 
 
 def test_a_driver_whose_migration_fails_fails_its_job(tmp_path, settings_for):
-    from services.jobs import run_job
-    from services.messages import TrainingRequest
-    from services.records import create_job
+    from services.intake.records import create_job
+    from services.intake.request import TrainingRequest
+    from services.jobs.driver import run_job
 
     settings = settings_for(f"sqlite:///{tmp_path / 'newer.db'}")
     job, _ = create_job(settings, TrainingRequest(batch_id="b", dataset_uri=str(tmp_path)))
     with get_engine(settings.db_url).begin() as c:  # a database a newer release migrated
         c.execute(text("UPDATE alembic_version SET version_num = '0099'"))
-    from services import records
+    from services.db import session
 
-    records._migrated.discard(settings.db_url)  # a fresh driver process
+    session._migrated.discard(settings.db_url)  # a fresh driver process
     outcome = run_job(job.id, settings, say=lambda _m: None)
     assert outcome.status == "failed" and outcome.error.startswith("database: the schema")
     assert "0099" in outcome.error

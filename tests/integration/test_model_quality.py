@@ -15,14 +15,14 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services import steps
 from services.api import create_app
 from services.db import repo
 from services.db.session import session_factory
-from services.jobs import run_job
-from services.messages import TrainingRequest
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs import steps
+from services.jobs.driver import run_job
+from services.store.storage import open_store
 from tests.conftest import TINY, write_dataset
 from training.hyperparams import Hyperparameters
 

@@ -14,10 +14,10 @@ import torch
 
 from services.db import repo
 from services.db.session import session_factory
-from services.jobs import run_job
-from services.messages import TrainingRequest
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs.driver import run_job
+from services.store.storage import open_store
 from tests.conftest import TINY
 from training.callbacks import Callback
 from training.hyperparams import Hyperparameters

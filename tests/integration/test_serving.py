@@ -27,11 +27,11 @@ from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
 from services.demo import write_digits
-from services.jobs import run_job
-from services.messages import TrainingRequest
-from services.records import create_job
-from services.serving import deploy_model
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import TrainingRequest
+from services.jobs.driver import run_job
+from services.registry.serving import deploy_model
+from services.store.storage import open_store
 from tests.conftest import AMQP_URL, SESSION, TINY, cli_env, fresh_database, wait_until
 from tests.raycluster import free_port
 from training.hyperparams import Hyperparameters

@@ -1,4 +1,4 @@
-"""services/storage.py against a real SeaweedFS S3 server (the session's ``s3_server``):
+"""services/store/storage.py against a real SeaweedFS S3 server (the session's ``s3_server``):
 the S3 store (with and without a key prefix), the local store doing the same, dataset
 and file fetching into the cache, wrong credentials, and Ray's pyarrow filesystem."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services import fetch, storage
-from services.fetch import dataset_index, fetch_dataset, fetch_file, object_reader
-from services.storage import LocalStore, S3Store, StoreError, open_store
+from services.store import fetch, storage
+from services.store.fetch import dataset_index, fetch_dataset, fetch_file, object_reader
+from services.store.storage import LocalStore, S3Store, StoreError, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,8 @@ def bucket(s3_server, request):
 
 @pytest.fixture
 def s3_calls(monkeypatch):
-    """Counts the S3 operations of every boto3 client services.storage and services.fetch
-    make."""
+    """Counts the S3 operations of every boto3 client services.store.storage and
+    services.store.fetch make."""
     calls: Counter[str] = Counter()
     real = storage.s3_client
 

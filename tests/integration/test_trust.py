@@ -17,9 +17,8 @@ from pydantic import SecretStr
 
 from services.api import create_app
 from services.db import repo
-from services.db.session import session_factory
+from services.db.session import prepare_database, session_factory
 from services.ingress import Consumer
-from services.records import prepare_database
 from tests.amqp import delete_queues, message_count, next_message
 from tests.conftest import AMQP_URL, SESSION, wait_until
 from tests.raycluster import free_port
@@ -225,9 +224,9 @@ def test_a_plugin_that_exits_fails_its_job_instead_of_leaving_it_training(
     never left ``training``."""
     import sys
 
-    from services.jobs import run_job
-    from services.messages import TrainingRequest
-    from services.records import create_job
+    from services.intake.records import create_job
+    from services.intake.request import TrainingRequest
+    from services.jobs.driver import run_job
     from tests.conftest import TINY
 
     plugins = tmp_path / "plugins"

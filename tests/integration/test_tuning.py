@@ -15,10 +15,10 @@ from sqlalchemy import create_engine, inspect, text
 from services.db import repo
 from services.db.models import Base, ModelVersion, TrainingJob, TuningRun, TuningTrial
 from services.db.session import alembic_config, get_engine, session_factory
-from services.jobs import run_job
-from services.messages import parse_request
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import parse_request
+from services.jobs.driver import run_job
+from services.store.storage import open_store
 from tests.conftest import TINY, fresh_database, write_dataset
 from training.hyperparams import Hyperparameters
 
@@ -136,7 +136,7 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
 
 def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, make_dataset):
     """No Ray: the search is not run again, and its winner (merged) stays."""
-    from services.tuning_job import tune_step
+    from services.jobs.tune_step import tune_step
 
     settings = settings_for(db_url)
     job, _ = create_job(settings, parse_request(tune_message(make_dataset(per_class=6))))

@@ -17,11 +17,11 @@ import pytest
 
 from services.db import repo
 from services.db.session import session_factory
-from services.messages import parse_request
-from services.ray_jobs import RayJobs
-from services.reconciler import Reconciler
-from services.records import create_job
-from services.storage import open_store
+from services.intake.records import create_job
+from services.intake.request import parse_request
+from services.jobs.ray_jobs import RayJobs
+from services.jobs.reconciler import Reconciler
+from services.store.storage import open_store
 from tests.conftest import TINY, wait_until
 from training.callbacks import Callback
 

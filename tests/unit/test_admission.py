@@ -1,4 +1,4 @@
-"""The trust boundary's one door (services/admission.py): whatever a request holds, ``admit``
+"""The trust boundary's one door (services/intake/admission.py): whatever a request holds, ``admit``
 returns a checked request or a Rejection with one printable line; it never raises.
 
 Requests are generated over the whole schema (TrainingRequest's JSON Schema, tuning ``grid``
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from services.admission import Rejection, admit, rejection
 from services.config import Settings
-from services.messages import TrainingRequest
+from services.intake.admission import Rejection, admit, rejection
+from services.intake.request import TrainingRequest
 from tests.schema_strategy import from_json_schema
 
 json_values = st.recursive(
@@ -139,7 +139,7 @@ def test_a_request_may_not_lower_the_operators_gate(tmp_path, gate, field, monke
 
 
 def test_the_driver_judges_by_the_stricter_of_request_and_floor(tmp_path):
-    from services.trust import judged_by
+    from services.intake.trust import judged_by
     from training.hyperparams import Hyperparameters
 
     operator = Settings(home=tmp_path, gate_min_accuracy=0.95, gate_min_recall=0.5)

@@ -190,7 +190,7 @@ def test_a_local_ray_gets_the_ingress_environment_and_a_cluster_never_asks_for_i
     import ray
 
     from services.config import Settings
-    from services.ray_jobs import connect_ray
+    from services.jobs.ray_jobs import connect_ray
 
     calls: list[tuple[str, str | None]] = []
 

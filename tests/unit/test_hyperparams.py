@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from services.messages import parse_request
+from services.intake.request import parse_request
 from training.hyperparams import (
     Hyperparameters,
     load_hyperparameters,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from services.fetch import S3ObjectReader, object_reader
-from services.storage import StoreError
+from services.store.fetch import S3ObjectReader, object_reader
+from services.store.storage import StoreError
 from tests.conftest import write_dataset
 from training import data
 from training.shards import _decode_rows
@@ -198,14 +198,15 @@ def test_the_s3_reader_tells_a_bad_object_from_a_store_it_cannot_reach():
 
 
 def test_a_store_error_in_a_decode_task_fails_the_decode_with_its_reason():
-    from services.decoded_cache import _store_error_in
+    from services.jobs.decoded_cache import _store_error_in
 
     # what Ray Data 2.60 raises on the driver when a map_batches task raised a StoreError:
     # a RayTaskError(UserCodeException) whose text alone carries the task's traceback
     text = (
         "ray::MapBatches(_decode_rows)->Write() (pid=1, ip=10.0.0.1)\n"
-        '  File "/x/services/fetch.py", line 9, in read\n'
-        "services.storage.StoreError: cannot read s3://b/p/c1/7.png: EndpointConnectionError\n"
+        '  File "/x/services/store/fetch.py", line 9, in read\n'
+        "services.store.storage.StoreError: cannot read s3://b/p/c1/7.png: "
+        "EndpointConnectionError\n"
         "\nThe above exception was the direct cause of the following exception:\n"
         "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
     )

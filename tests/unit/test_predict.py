@@ -87,7 +87,7 @@ def test_serve_predict_flags():
 
 
 def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tmp_path):
-    """services.serving.ModelServer outside Serve (its batch handler, ``answer``): no
+    """services.registry.serving.ModelServer outside Serve (its batch handler, ``answer``): no
     version yet is a 503 naming why; each refresh loads the version the alias points at,
     and every answer names the version that gave it."""
     import base64
@@ -96,11 +96,11 @@ def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tm
     from pydantic import SecretStr
 
     from benchmarks.predict_latency import MODEL, make_model
-    from services import promotion
     from services.api import create_app
     from services.db import repo
     from services.db.session import session_factory
-    from services.serving import ModelServer
+    from services.registry import promotion
+    from services.registry.serving import ModelServer
 
     settings, _package, png = make_model(tmp_path, "mobilenet_v3_small", 32)
     with session_factory(settings.db_url)() as s:
@@ -127,7 +127,7 @@ def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tm
             status="approved",
             model_path=mv.model_path,
         )
-        from services.storage import open_store
+        from services.store.storage import open_store
 
         store = open_store(settings)
         store.put_bytes(
@@ -152,7 +152,7 @@ def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tm
 def test_the_predict_application_takes_replicas_autoscaling_and_batching():
     from services.api.deployment import autoscaling
     from services.config import Settings
-    from services.serving import predict_application
+    from services.registry.serving import predict_application
 
     settings = Settings(database_url="sqlite://")
     fixed = predict_application(settings, "m", num_replicas=3, max_batch_size=40)

@@ -1,4 +1,4 @@
-"""Aliases and promotion (services/promotion.py, POST /models/{name}/versions/{v}/promote)
+"""Aliases and promotion (services/registry/promotion.py, POST /models/{name}/versions/{v}/promote)
 on an embedded SQLite database: the gate's automatic production, manual mode, the override
 of a rejected version (reason required, audited), 409 for a move to where it points, the
 ModelPromoted event staged with every move, and the status page's alias tables."""
@@ -9,13 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from services import promotion
 from services.api import create_app
 from services.config import Settings
 from services.db import repo
 from services.db.models import Event
-from services.db.session import session_factory
-from services.records import prepare_database
+from services.db.session import prepare_database, session_factory
+from services.registry import promotion
 
 TOKEN = "w-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from services.config import Settings
-from services.ray_jobs import JobServerError, RayJobs, job_missing
+from services.jobs.ray_jobs import JobServerError, RayJobs, job_missing
 
 # submission id -> (status code, body) the server answers for GET /api/jobs/<id>
 ANSWERS = {
@@ -81,7 +81,7 @@ def test_only_the_job_servers_own_404_is_missing():
     ],
 )
 def test_a_url_with_credentials_in_any_part_never_travels_to_a_ray_job(tmp_path, url):
-    from services.ray_jobs import settings_env
+    from services.jobs.ray_jobs import settings_env
 
     env = settings_env(Settings(home=tmp_path, database_url=url, broker_url=url))
     assert "COLECIONADOR_DATABASE_URL" not in env and "COLECIONADOR_BROKER_URL" not in env

@@ -3,7 +3,7 @@
 import logging
 
 from services.config import Settings
-from services.ray_jobs import ray_logging
+from services.jobs.ray_jobs import ray_logging
 
 
 def test_local_ray_is_quiet_below_errors_and_watches_no_preemption():

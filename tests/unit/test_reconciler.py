@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.reconciler import decide
+from services.jobs.reconciler import decide
 
 
 @pytest.mark.parametrize(

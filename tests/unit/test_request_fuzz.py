@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.messages import TrainingRequest, parse_request
+from services.intake.request import TrainingRequest, parse_request
 from training.hyperparams import Hyperparameters
 
 json_values = st.recursive(

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from services.artifacts import decoded_manifest_key, decoded_prefix
+from services.store.artifacts import decoded_manifest_key, decoded_prefix
 from tests.conftest import write_dataset
 from training import data as datasets
 from training.augment import per_image, train_transform
@@ -248,8 +248,8 @@ def test_a_complete_decode_prunes_stale_attempts_and_leaves_recent_ones(tmp_path
     """Attempt folders a killed or replaced decode left are removed once they are older
     than the grace; a recent one (a decode of the same data still running) and the
     manifest stay."""
-    from services.decoded_cache import prune_attempts
-    from services.storage import LocalStore
+    from services.jobs.decoded_cache import prune_attempts
+    from services.store.storage import LocalStore
 
     store, prefix = LocalStore(tmp_path), "cache/decoded/ab-16"
     for attempt in ("100-dead", "200-replaced", "290-running", "300-mine"):

@@ -1,4 +1,4 @@
-"""The job's label check (services/steps.py check_labels): a tune job's out-of-fold
+"""The job's label check (services/jobs/steps.py check_labels): a tune job's out-of-fold
 probabilities are used as given; without them, or when they do not fit the job's
 train + val images, the linear head runs and the report's source says why."""
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from services.steps import PreparedData, check_labels
-from services.storage import LocalStore
+from services.jobs.steps import PreparedData, check_labels
+from services.store.storage import LocalStore
 from tests.conftest import TINY
 from training.data import DecodedDataset, Split
 from training.hyperparams import Hyperparameters

@@ -6,7 +6,7 @@ from torchvision import models as tvm
 
 from services.config import Settings
 from services.errors import StepFailed
-from services.steps import load_weights
+from services.jobs.steps import load_weights
 from training.hyperparams import Hyperparameters
 from training.model import build_model, load_backbone_weights
 

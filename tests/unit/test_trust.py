@@ -3,8 +3,8 @@
 import pytest
 
 from services.config import Settings
-from services.messages import TrainingRequest
-from services.trust import check_request, under
+from services.intake.request import TrainingRequest
+from services.intake.trust import check_request, under
 
 
 @pytest.fixture

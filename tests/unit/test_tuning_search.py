@@ -8,7 +8,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from services.messages import TrainingRequest, parse_request
+from services.intake.request import TrainingRequest, parse_request
 from tuning.search import SearchRun, error_line
 from tuning.spec import TuningSpec
 
@@ -105,7 +105,7 @@ def test_where_a_search_runs_is_separate_from_the_spec():
 
 
 def test_the_spec_imports_no_torch():
-    """services.messages (the API, the ingress) imports tuning.spec: it stays torch-free."""
+    """services.intake.request (the API, the ingress) imports tuning.spec: it stays torch-free."""
     code = "import sys, tuning.spec; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

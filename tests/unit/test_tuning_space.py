@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.messages import parse_request
+from services.intake.request import parse_request
 from training.hyperparams import Hyperparameters
 from tuning.space import (
     Choice,

@@ -10,8 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from sqlalchemy.exc import DataError
 
-from services import lifecycle
-from services.admission import Rejection, admit
 from services.api import reads
 from services.api.deps import READ, WRITE, DbDep, JobDep, SettingsDep, StoreDep, not_found
 from services.api.schemas import (
@@ -24,13 +22,15 @@ from services.api.schemas import (
     StatusFilter,
     Submitted,
 )
-from services.artifacts import report_key
-from services.broker import publish_request
 from services.db import repo
 from services.db.models import FINAL_STATUSES
-from services.messages import MAX_INT, TrainingRequest
-from services.ray_jobs import RayJobs
-from services.records import create_job
+from services.events.broker import publish_request
+from services.intake.admission import Rejection, admit
+from services.intake.records import create_job
+from services.intake.request import MAX_INT, TrainingRequest
+from services.jobs import lifecycle
+from services.jobs.ray_jobs import RayJobs
+from services.store.artifacts import report_key
 
 log = logging.getLogger("colecionador.api")
 

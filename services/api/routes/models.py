@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
 
-from services import outbox, promotion
 from services.api import reads
 from services.api.deps import READ, WRITE, DbDep, SettingsDep, StoreDep, WriterDep, not_found
 from services.api.schemas import (
@@ -27,6 +26,8 @@ from services.api.schemas import (
     VersionSummary,
 )
 from services.db import repo
+from services.events import outbox
+from services.registry import promotion
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 

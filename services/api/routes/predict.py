@@ -2,7 +2,7 @@
 with base64 strings) -> the top-k labels with probabilities, and the version that
 answered. Reads follow the read-token rule.
 
-The model runs elsewhere: in the model's own Serve application (services/serving.py,
+The model runs elsewhere: in the model's own Serve application (services/registry/serving.py,
 ``predict-<name>``), reached through a deployment handle, so this app stays torch-free.
 Multipart bodies are parsed as they stream in (Starlette's parser over
 ``python-multipart``), bounded: at most ``MAX_IMAGES`` files and ``MAX_FIELDS`` other
@@ -24,17 +24,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from services.api.deps import READ
 from services.api.schemas import ErrorOut, ModelName
+from services.registry.apps import DEPLOYMENT_NAME, app_name
 
-DEPLOYMENT_NAME = "ModelServer"
-APP_PREFIX = "predict-"
 MAX_IMAGES = 64  # per request
 MAX_FIELDS = 16  # form fields that are not files (ignored, but counted)
 MAX_FIELD_BYTES = 64 * 2**10  # a field that is not a file (files: the upload limit, edges.py)
-
-
-def app_name(model_name: str) -> str:
-    """The Serve application that serves ``model_name``."""
-    return APP_PREFIX + model_name
 
 
 router = APIRouter(prefix="/models", tags=["predict"], responses={404: {"model": ErrorOut}})

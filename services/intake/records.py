@@ -4,27 +4,11 @@ stack (the Serve replica and the ingress actor import this module)."""
 
 from __future__ import annotations
 
-import threading
-
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
-from services.db.session import session_factory, upgrade
-from services.messages import TrainingRequest
-
-_migrated: set[str] = set()
-_migrate_lock = threading.Lock()
-
-
-def prepare_database(settings: Settings) -> None:
-    """Bring the schema to head once per process and database (Alembic's context is
-    module-global, so concurrent upgrades in threads would trample each other)."""
-    if not settings.auto_migrate or settings.db_url in _migrated:
-        return
-    with _migrate_lock:
-        if settings.db_url not in _migrated:
-            upgrade(settings.db_url)
-            _migrated.add(settings.db_url)
+from services.db.session import prepare_database, session_factory
+from services.intake.request import TrainingRequest
 
 
 def create_job(

@@ -3,7 +3,7 @@
 Every edge (the queue's consumer, POST /jobs, the CLI, ``python -m services.jobs``) hands
 what it received to ``admit``: bytes or text off the wire, a mapping, or a request an edge's
 framework already parsed. It returns a ``TrainingRequest`` that parsed and passed the
-operator's checks (services/trust.py: roots, plugins, the gate's floor, a tuning space
+operator's checks (services/intake/trust.py: roots, plugins, the gate's floor, a tuning space
 against the request's own hyperparameters), or a ``Rejection`` with one printable line that
 names the field. Nothing a request can make the parser or the checks raise escapes:
 whatever the exception, the request is refused for what it is (dead-lettered, 422, exit 2),
@@ -19,8 +19,8 @@ from typing import Any
 
 from services.config import Settings
 from services.errors import printable
-from services.messages import TrainingRequest, parse_request
-from services.trust import check_request
+from services.intake.request import TrainingRequest, parse_request
+from services.intake.trust import check_request
 
 MAX_REASON = 1000  # characters of a rejection's reason (a dead letter's x-reason header)
 FIELD = re.compile(r"^[^\s:;]+(?=: )")  # "hyperparameters.lr: ..." names hyperparameters.lr

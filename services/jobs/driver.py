@@ -1,12 +1,12 @@
-"""The job driver: take a queued job through its steps (services/steps.py) to one final
+"""The job driver: take a queued job through its steps (services/jobs/steps.py) to one final
 status, and say so once.
 
-    record (services/records.py) -> prepare data -> [tune] -> [preflight] -> train
+    record (services/intake/records.py) -> prepare data -> [tune] -> [preflight] -> train
         -> evaluate + gate -> version (row + files) -> final status -> event
 
 ``run_job`` never raises for a failing step: the job ends ``failed`` with a one-line
 reason naming the step. The final status is decided once, by a conditional update, in
-the same transaction as the job's event (services/outbox.py) and, on success, its
+the same transaction as the job's event (services/events/outbox.py) and, on success, its
 version: a job cancelled meanwhile stays cancelled and keeps no version (the cancel wrote
 its event). The event always matches the row.
 
@@ -26,18 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services import lifecycle, outbox, promotion, steps
-from services.admission import Rejection, admit
-from services.artifacts import MODEL_FILE, event_key, version_prefix
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
-from services.db.session import session_factory
+from services.db.session import prepare_database, session_factory
 from services.errors import StepFailed, one_line
-from services.ray_jobs import current_submission_id
-from services.records import create_job, prepare_database
-from services.storage import Store, open_store
-from services.trust import check_plugins, judged_by
+from services.events import outbox
+from services.intake.admission import Rejection, admit
+from services.intake.records import create_job
+from services.intake.trust import check_plugins, judged_by
+from services.jobs import lifecycle, steps
+from services.jobs.ray_jobs import current_submission_id
+from services.registry import promotion
+from services.store.artifacts import MODEL_FILE, event_key, version_prefix
+from services.store.storage import Store, open_store
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
 log = logging.getLogger("colecionador.jobs")
@@ -203,7 +205,7 @@ def _run_steps(
     tuning: dict[str, Any] | None = None
     oof = None  # a tune job's out-of-fold probabilities, for its label check
     if job.mode == "tune":
-        from services.tuning_job import tune_step
+        from services.jobs.tune_step import tune_step
 
         hp, tuning, oof = tune_step(
             job, hp, data.decoded, data.split, backbone_state, store, settings, say, data.shards
@@ -253,7 +255,7 @@ def run_job(
 ) -> JobOutcome:
     """Take job ``job_id`` through every step; never raises for a failing step.
 
-    A ``mode: tune`` job first runs the search (services/tuning_job.py), records it,
+    A ``mode: tune`` job first runs the search (services/jobs/tune_step.py), records it,
     merges the best config into the job's hyperparameters, then goes through the same
     train -> evaluate -> gate -> store -> publish steps with them."""
     try:

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from services.config import Settings
-from services.storage import (
+from services.store.storage import (
     S3Access,
     StoreError,
     error_code,

@@ -3,9 +3,9 @@
 A data set version is its listing's fingerprint (training.data.fingerprint: paths, classes,
 sizes, modification times of local files or ETags of objects, the image size and the
 decoder's version): every driver listing the same objects keys them alike. A remote
-listing (an S3 prefix, services/fetch.py) is decoded by tasks that read the objects from
+listing (an S3 prefix, services/store/fetch.py) is decoded by tasks that read the objects from
 the bucket themselves (``object_reader``); nothing is downloaded to the driver. Its shards live at
-``cache/decoded/<hash>-<size>/`` (services/artifacts.py): each decode writes into a fresh
+``cache/decoded/<hash>-<size>/`` (services/store/artifacts.py): each decode writes into a fresh
 ``<attempt>/`` folder, and the set becomes usable only when ``manifest.json`` naming that
 folder's shards is written, last. A half-written set has no manifest (or a manifest that
 names another, complete attempt), so it is never reused; every job, retry, tuning trial
@@ -26,11 +26,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from services.artifacts import decoded_manifest_key, decoded_prefix
 from services.config import Settings
-from services.fetch import object_reader
-from services.ray_jobs import init_ray
-from services.storage import Store, StoreError, read_json
+from services.jobs.ray_jobs import init_ray
+from services.store.artifacts import decoded_manifest_key, decoded_prefix
+from services.store.fetch import object_reader
+from services.store.storage import Store, StoreError, read_json
 from training.data import DatasetIndex, fingerprint
 from training.shards import ShardSet, decode_to_shards
 
@@ -103,7 +103,7 @@ def _store_error_in(e: BaseException) -> str | None:
     be reached), which Ray Data passes on only as the text of its task error."""
     if isinstance(e, StoreError):
         return str(e)
-    found = re.findall(r"^(?:services\.storage\.)?StoreError: (.+)$", str(e), re.MULTILINE)
+    found = re.findall(r"^(?:services\.store\.storage\.)?StoreError: (.+)$", str(e), re.MULTILINE)
     return found[-1] if found else None
 
 

@@ -24,14 +24,13 @@ from typing import Any
 from ray import serve
 from ray.serve.config import AutoscalingConfig
 
-from services.api.routes.predict import DEPLOYMENT_NAME, app_name
-from services.artifacts import MODEL_FILE, version_prefix
 from services.config import Settings
 from services.db import repo
-from services.db.session import session_factory
+from services.db.session import prepare_database, session_factory
 from services.errors import one_line
-from services.records import prepare_database
-from services.storage import open_store
+from services.registry.apps import DEPLOYMENT_NAME, app_name
+from services.store.artifacts import MODEL_FILE, version_prefix
+from services.store.storage import open_store
 
 log = logging.getLogger("colecionador.serving")
 

@@ -1,9 +1,9 @@
 """The object store: a local folder (embedded default) or S3 / MinIO through boto3.
 
-Keys are relative (``models/<name>/v<version>/model.pt``, see services/artifacts.py for
+Keys are relative (``models/<name>/v<version>/model.pt``, see services/store/artifacts.py for
 the layout); ``uri(key)`` gives the full address (``file:///...`` or
 ``s3://bucket/prefix/...``). Ray Train's run storage lives in the same store. Datasets and
-weights named by URI are fetched into a local cache by services/fetch.py.
+weights named by URI are fetched into a local cache by services/store/fetch.py.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LocalStore:
 class S3Access:
     """What a boto3 client for the settings' endpoint needs, and nothing else of the
     settings: the part that travels to Ray tasks reading a data set's objects
-    (services/fetch.py). The secret stays a SecretStr: its repr never shows it."""
+    (services/store/fetch.py). The secret stays a SecretStr: its repr never shows it."""
 
     endpoint: str | None
     region: str

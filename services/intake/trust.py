@@ -17,8 +17,8 @@ from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
 from services.config import Settings
-from services.fetch import local_path
-from services.messages import TrainingRequest
+from services.intake.request import TrainingRequest
+from services.store.fetch import local_path
 from training import plugins
 from training.hyperparams import Hyperparameters
 from tuning.spec import TuningSpec

@@ -2,7 +2,7 @@
 ``staging``, or a name of the user's), and who moved it, when and why.
 
 - An approved version becomes ``production`` by itself (``by: gate``), in the job's own
-  transaction (services/jobs.py), unless the model's promotion mode is ``manual``; it
+  transaction (services/jobs/driver.py), unless the model's promotion mode is ``manual``; it
   only ever moves forward (a late, older approval does not take production back).
 - A person moves any alias with ``promote`` (POST /models/{name}/versions/{v}/promote,
   ``colecionador promote``): over a rejected version too, but only with a reason (a
@@ -20,10 +20,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services import outbox
 from services.config import Settings
 from services.db import repo
-from services.messages import ModelPromotedEvent
+from services.events import outbox
+from services.events.schemas import ModelPromotedEvent
 
 PRODUCTION = "production"
 GATE = "gate"  # who moved it: the quality gate's automatic promotion

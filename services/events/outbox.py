@@ -26,7 +26,7 @@ from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
-from services.messages import EventMetrics, ModelEvaluationEvent, ModelPromotedEvent
+from services.events.schemas import EventMetrics, ModelEvaluationEvent, ModelPromotedEvent
 
 log = logging.getLogger("colecionador.outbox")
 
@@ -116,7 +116,7 @@ async def publish_pending_async(
         return 0
     import aio_pika
 
-    from services import broker
+    from services.events import broker
 
     connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     async with connection:

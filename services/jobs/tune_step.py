@@ -1,7 +1,7 @@
 """The search step of a ``mode: tune`` job: Ray Tune over the request's space with k-fold
 cross-validation on train + val (the test split stays held out) and ASHA; every trial
 recorded as it ends; the best config merged into the job's hyperparameters. The job then
-trains, judges and versions that config like any train job (services/jobs.py). With
+trains, judges and versions that config like any train job (services/jobs/driver.py). With
 ``label_check`` the winner's out-of-fold probabilities (its k fold models, tuning/cv.py)
 go back to the job for its label check, never into tuning.json."""
 
@@ -11,14 +11,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from services.artifacts import TUNING
 from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
-from services.ray_jobs import init_ray
-from services.storage import Store
+from services.jobs.ray_jobs import init_ray
+from services.store.artifacts import TUNING
+from services.store.storage import Store
 from training.hyperparams import Hyperparameters
 from training.label_issues import OutOfFold
 

@@ -1,9 +1,9 @@
-"""Wire formats: the training request (queue ``training.requests``, POST /jobs) and the
-event on ``ModelEvaluation``. camelCase names from the source system are accepted."""
+"""The request that comes in (queue ``training.requests``, POST /jobs, the CLI, ``python -m
+services.jobs``): ``TrainingRequest`` and ``parse_request``. camelCase names from the source
+system are accepted. What goes out (the events) is services/events/schemas.py."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import (
@@ -91,47 +91,3 @@ def parse_request(body: bytes | str | dict[str, Any]) -> TrainingRequest:
         return TrainingRequest.model_validate_json(body)
     except ValidationError as e:
         raise ValueError(validation_message(e, root=None)) from None
-
-
-class EventMetrics(BaseModel):
-    accuracy: float
-    precision: float
-    recall: float
-    f1: float
-
-
-class ModelEvaluationEvent(BaseModel):
-    """How a job ended; at least once on the queue: ``event_id`` lets a consumer drop a
-    redelivery."""
-
-    event_id: str
-    job_id: int
-    batch_id: str
-    model_name: str
-    version: int | None = None
-    status: Literal["approved", "rejected", "failed", "cancelled"]
-    metrics: EventMetrics | None = None
-    gate: dict[str, bool] = Field(default_factory=dict)
-    artifact_uri: str | None = None
-    finished_at: datetime
-    error: str | None = None
-
-
-ALIAS_PATTERN = r"^[a-z][a-z0-9_\-]{0,49}$"  # production, staging, or a name of the user's
-
-
-class ModelPromotedEvent(BaseModel):
-    """An alias moved (on the ``ModelPromoted`` queue, at least once, ``event_id`` to drop
-    a redelivery): by the quality gate (``by: gate``) or by a person; ``overrode_gate``
-    when a rejected version was promoted over the gate, with the reason they gave."""
-
-    event_id: str
-    model_name: str
-    version: int
-    alias: str
-    from_version: int | None = None
-    job_id: int | None = Field(None, description="the job that made the version")
-    by: str
-    reason: str | None = None
-    overrode_gate: bool = False
-    at: datetime

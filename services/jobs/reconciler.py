@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from services import lifecycle
 from services.config import Settings
 from services.db import repo
 from services.db.models import ACTIVE_STATUSES
 from services.db.session import session_factory
-from services.ray_jobs import RayJobs
+from services.jobs import lifecycle
+from services.jobs.ray_jobs import RayJobs
 
 log = logging.getLogger("colecionador.reconciler")
 

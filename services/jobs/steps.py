@@ -8,7 +8,7 @@
                                       the gate
     version_files -> dict             what models/<name>/v<N>/ will hold
 
-A step that fails raises ``StepFailed(step, reason)``; the driver (services/jobs.py)
+A step that fails raises ``StepFailed(step, reason)``; the driver (services/jobs/driver.py)
 records it. Nothing here decides a job's final status.
 """
 
@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.artifacts import (
+from services.config import Settings
+from services.db import repo
+from services.db.models import TrainingJob
+from services.db.session import session_factory
+from services.errors import StepFailed, one_line
+from services.jobs.ray_jobs import init_ray
+from services.store.artifacts import (
     CHECKPOINTS,
     DATA_PROFILE_FILE,
     LABEL_ISSUES_FILE,
@@ -37,14 +43,8 @@ from services.artifacts import (
     report_key,
     version_prefix,
 )
-from services.config import Settings
-from services.db import repo
-from services.db.models import TrainingJob
-from services.db.session import session_factory
-from services.errors import StepFailed, one_line
-from services.fetch import dataset_index, fetch_file
-from services.ray_jobs import init_ray
-from services.storage import Store, StoreError
+from services.store.fetch import dataset_index, fetch_file
+from services.store.storage import Store, StoreError
 from training import data as datasets
 from training import drift
 from training.calibration import calibration_report, softmax
@@ -164,7 +164,7 @@ def prepare_data(
     """List (and copy a small S3 set into the cache), decode and split; the health report
     is written before any check can fail the job, so a job failed for its data says what
     is wrong with it. A large set (settings.stream_min_images) is decoded into shards by
-    Ray tasks, reading an S3 set's objects from the bucket (services/fetch.py)."""
+    Ray tasks, reading an S3 set's objects from the bucket (services/store/fetch.py)."""
     try:
         index = dataset_index(job.dataset_uri, settings, hp.image_size)
     except (FileNotFoundError, ValueError) as e:
@@ -183,7 +183,7 @@ def prepare_data(
                 f"{settings.decode_memory_mb} MB budget (COLECIONADOR_DECODE_MEMORY_MB): "
                 "streamed from decoded shards"
             )
-        from services.decoded_cache import shard_set
+        from services.jobs.decoded_cache import shard_set
 
         got, _ = shard_set(index, hp.image_size, settings, store, say)
         shards.append(got)
@@ -350,7 +350,7 @@ def train(
     ``datasets`` (PreparedData.train_datasets): the workers stream their batches."""
     import ray
 
-    from services.progress import EpochRecorder
+    from services.jobs.progress import EpochRecorder
     from training.trainer import build_trainer
 
     init_ray(settings)
@@ -468,7 +468,7 @@ def check_labels(
 ) -> LabelCheck | None:
     """With ``label_check``: cleanlab's label issues among the train + val images, from
     out-of-fold probabilities (training/label_issues.py). A tune job hands in ``oof``, its
-    best config's k fold models' (services/tuning_job.py): each image scored by the fold
+    best config's k fold models' (services/jobs/tune_step.py): each image scored by the fold
     model that never trained on it, at no extra cost. Otherwise (a train job, or a tune job
     without them: resumed after its search, the winner stopped early, their images not
     this job's train + val; the report's ``source`` says why) a linear head is
@@ -558,7 +558,7 @@ def version_files(
     tuning: dict[str, Any] | None = None,
     labels: LabelCheck | None = None,
 ) -> dict[str, bytes]:
-    """The files of the version folder (services/artifacts.py names them)."""
+    """The files of the version folder (services/store/artifacts.py names them)."""
 
     def as_json(obj: Any) -> bytes:
         return json.dumps(obj, indent=2).encode()

@@ -1,6 +1,6 @@
 """A job's final word from outside its driver: a cancel (HTTP) or a failure the reconciler
 finds (the driver died past its last attempt). Each is one conditional update with its
-event in the same transaction (services/outbox.py), so the final status is decided once
+event in the same transaction (services/events/outbox.py), so the final status is decided once
 and the event always matches the row."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services import outbox
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
+from services.events import outbox
 
 
 def cancel(settings: Settings, job_id: int, reason: str) -> dict[str, Any] | None:

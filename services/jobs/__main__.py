@@ -1,0 +1,7 @@
+"""``python -m services.jobs --job-id N`` (what a Ray job runs) or ``--dataset URI``."""
+
+import sys
+
+from services.jobs.driver import main
+
+sys.exit(main())
