@@ -14,6 +14,7 @@ from sqlalchemy import text
 from services.db import repo
 from services.db.session import get_engine, session_factory, upgrade
 from tests.conftest import fresh_database
+from tests.factories import add_version
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +46,7 @@ def test_processes_migrating_at_once_all_reach_head():
 
 
 def _version(s, model: str, n: int, status: str) -> None:
-    job, _ = repo.create_job(
-        s, batch_id=f"{model}-{n}", dataset_uri="x", model_name=model, hyperparameters={}
-    )
-    repo.reserve_version(
-        s,
-        model,
-        job_id=job.id,
-        accuracy=0.9,
-        precision=0.9,
-        recall=0.9,
-        f1=0.9,
-        status=status,
-        gate={"status": status, "rules": []},
-        model_path=f"/store/models/{model}/v{n}/model.pt",
-    )
+    add_version(s, model, status, n)
     s.commit()
 
 

@@ -15,6 +15,7 @@ from services.db import repo
 from services.db.models import Event
 from services.db.session import prepare_database, session_factory
 from services.registry import promotion
+from tests import factories
 
 TOKEN = "w-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,22 +40,7 @@ def settings(tmp_path) -> Settings:
 def add_version(settings: Settings, status: str, *, auto: bool = True) -> int:
     """A job and its version, committed as the job driver does (auto-promotion included)."""
     with session_factory(settings.db_url)() as s:
-        n = len(repo.versions(s, MODEL)) + 1
-        job, _ = repo.create_job(
-            s, batch_id=f"b{n}", dataset_uri="x", model_name=MODEL, hyperparameters={}
-        )
-        mv = repo.reserve_version(
-            s,
-            MODEL,
-            job_id=job.id,
-            accuracy=0.9,
-            precision=0.9,
-            recall=0.9,
-            f1=0.9,
-            status=status,
-            gate={"status": status, "rules": []},
-            model_path=f"/store/models/{MODEL}/v{n}/model.pt",
-        )
+        job, mv = factories.add_version(s, MODEL, status)
         if status == "approved" and auto:
             promotion.auto_promote(s, settings, MODEL, mv.version, job.id)
         s.commit()
