@@ -37,8 +37,6 @@ def _record_and_run(
     if path is not None and not path.is_dir():
         parser.error(f"dataset not found: {args.dataset}")
     settings = Settings()
-    if args.gpu:
-        settings.use_gpu = True
     body = {
         "batch_id": args.batch_id or f"cli-{uuid.uuid4().hex[:12]}",
         "dataset_uri": str(path.resolve()) if path else args.dataset,
@@ -530,7 +528,12 @@ def _train_parser(sub: Any) -> None:
         help="a hyperparameter (repeatable); see DESIGN.md for names",
     )
     train.add_argument("--workers", type=int, default=None)
-    train.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    train.add_argument(
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one GPU per worker (default: when the cluster has GPUs)",
+    )
     train.add_argument("--batch-id", help="idempotency key (default: a new one)")
     train.add_argument("--model-name", default="classifier")
     train.set_defaults(func=cmd_train)
@@ -608,7 +611,10 @@ def _tune_parser(sub: Any) -> None:
         "--workers", type=int, default=None, help="Ray Train workers of the final training"
     )
     tune.add_argument(
-        "--gpu", action="store_true", help="one GPU per trial and per final-training worker"
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one GPU per trial and per final-training worker (default: when the cluster has GPUs)",
     )
     tune.add_argument("--batch-id", help="idempotency key (default: a new one)")
     tune.add_argument("--model-name", default="classifier")

@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     gate_min_recall: float = Field(0.88, ge=0, le=1)
 
     workers: int = Field(2, ge=1)
-    use_gpu: bool = False
+    # None (the default): a GPU per worker when the cluster has GPUs; true or false forces it
+    use_gpu: bool | None = None
     max_failures: int = Field(1, ge=-1)
 
     @cached_property

@@ -47,6 +47,7 @@ from services.jobs.reconciler import Reconciler
 log = logging.getLogger("colecionador.ingress")
 
 ACTOR_NAME = "colecionador-ingress"
+HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alone
 MAX_BACKOFF_S = 30.0
 
 
@@ -342,7 +343,16 @@ def start_ingress(settings: Settings, prefetch: int = 4, wait_s: float = 60.0) -
 
     actor = (
         _make_actor_class()
-        .options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
+        .options(
+            name=ACTOR_NAME,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            # on the head, whose node holds the settings and secrets (as Ray Train pins its
+            # state actor): placed or restarted on a worker node it would open that node's
+            # empty SQLite and a guest broker on its 127.0.0.1, consuming nothing
+            resources={HEAD_NODE: 0.001},
+        )
         .remote(settings_env(settings), prefetch)
     )
     ray.get(actor.wait_ready.remote(wait_s))

@@ -256,6 +256,12 @@ def set_ray_job_id(s: Session, job_id: int, ray_job_id: str) -> None:
     s.commit()
 
 
+def set_use_gpu(s: Session, job_id: int, use_gpu: bool) -> None:
+    """Record whether the job trains on GPUs, once decided (only that column)."""
+    s.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(use_gpu=use_gpu))
+    s.commit()
+
+
 # ------------------------------------------------------- attempts and the outbox (issue 13)
 def active_jobs(s: Session) -> Sequence[TrainingJob]:
     """Every job that has not ended (queued, training, evaluating), oldest first."""

@@ -279,6 +279,40 @@ class Preflight:
     report: dict[str, Any] | None  # None: preflight was not asked for
 
 
+def store_on_cluster(settings: Settings, nodes: int) -> str | None:
+    """Why the store cannot serve a cluster of ``nodes`` nodes, or None: the default store
+    is a folder under this node's home (COLECIONADOR_STORE_URL unset), which the Ray Train
+    workers on other nodes cannot write their checkpoints to (Ray's storage check fails
+    at rank 0's first checkpoint, after a whole epoch of GPU time). A folder the operator
+    names is taken as shared (NFS and the like)."""
+    if nodes > 1 and settings.store_url is None:
+        return (
+            f"the store is this node's folder {settings.store} (COLECIONADOR_STORE_URL is not "
+            f"set) but the cluster has {nodes} nodes: the workers on the others cannot write "
+            "their checkpoints there; set COLECIONADOR_STORE_URL to s3://... (or a shared folder)"
+        )
+    return None
+
+
+def on_the_cluster(job: TrainingJob, settings: Settings) -> None:
+    """Once Ray is up (``init_ray``): StepFailed when the store cannot serve this cluster
+    (``store_on_cluster``), before anything trains; and the job's GPUs decided, as asked
+    (``use_gpu`` true or false) or, None (the default), from the cluster: one GPU per worker
+    when it has GPUs, so a queue, HTTP or ``ray job submit`` job on a cluster with GPU
+    nodes uses them without a flag. The decision is recorded on the row (a resumed attempt
+    keeps it)."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problem = store_on_cluster(settings, nodes)
+    if problem is not None:
+        raise StepFailed("store", problem)
+    if job.use_gpu is None:
+        job.use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        with session_factory(settings.db_url)() as s:
+            repo.set_use_gpu(s, job.id, job.use_gpu)
+
+
 def run_preflight(
     job: TrainingJob,
     hp: Hyperparameters,
@@ -302,6 +336,7 @@ def run_preflight(
         return preflight(hp, data, state, device)
 
     init_ray(settings)
+    on_the_cluster(job, settings)
     task = ray.remote(num_cpus=1, num_gpus=1 if job.use_gpu else 0)(run)
     sample = train_data.sample_in_memory(PREFLIGHT_IMAGES, hp.seed)  # streamed: a sample
     try:
@@ -354,6 +389,7 @@ def train(
     from training.trainer import build_trainer
 
     init_ray(settings)
+    on_the_cluster(job, settings)
     storage_path, filesystem = store.ray_storage(CHECKPOINTS)
     if not resume:  # a reused (storage_path, name) silently resumes an older run
         store.delete_prefix(checkpoints_prefix(job.id))
