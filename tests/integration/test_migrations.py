@@ -50,7 +50,18 @@ def _version(s, model: str, n: int, status: str) -> None:
     s.commit()
 
 
-def test_0006_sets_production_to_the_latest_approved_version(db_url):
+@pytest.fixture(params=["sqlite", "postgres"])
+def unmigrated_url(request, tmp_path):
+    """A database no migration has touched yet (the session's PostgreSQL one is at head)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        return
+    with fresh_database(f"colecionador_0005_{uuid.uuid4().hex[:8]}") as url:
+        yield url
+
+
+def test_0006_sets_production_to_the_latest_approved_version(unmigrated_url):
+    db_url = unmigrated_url
     upgrade(db_url, "0005")
     with session_factory(db_url)() as s:
         for n, status in enumerate(["approved", "approved", "rejected"], 1):
