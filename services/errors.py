@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from training.hyperparams import printable_text
+
 
 def one_line(e: BaseException | str, limit: int = 500) -> str:
     """The first non-empty line of an error (or its type's name), at most ``limit`` chars."""
@@ -11,16 +13,10 @@ def one_line(e: BaseException | str, limit: int = 500) -> str:
 
 
 def printable(text: str, limit: int = 1000) -> str:
-    """``text`` as one printable line of at most ``limit`` characters: newlines and other
-    control characters escaped (a reason may quote anything a request held)."""
-    out = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
-    )
+    """``text`` as one printable line (training.hyperparams.printable_text's escaping) of
+    at most ``limit`` characters."""
+    out = printable_text(text)
     return out if len(out) <= limit else out[: limit - 3] + "..."
-
-
-def _escaped(c: str) -> str:
-    return c.encode("unicode_escape").decode("ascii")
 
 
 class StepFailed(Exception):

@@ -272,8 +272,9 @@ def _json_or_word(text: str) -> Any:
         return text.strip()
 
 
-def _printable(text: str) -> str:
-    """A field name from the request as one printable line (it may be anything)."""
+def printable_text(text: str) -> str:
+    """Text from a request (a field name, a value quoted in a reason) as one printable
+    line: unchanged when printable, else escaped (``\\n``, ``\\x00``, ...)."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
@@ -282,7 +283,7 @@ def validation_message(err: ValidationError, root: str | None = "hyperparameters
     problem of the whole model is ``root``'s (no field when None)."""
     parts = []
     for e in err.errors():
-        loc = ".".join(_printable(str(p)) for p in e["loc"]) or root
+        loc = ".".join(printable_text(str(p)) for p in e["loc"]) or root
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             within = root == "hyperparameters" or e["loc"][:1] == ("hyperparameters",)
