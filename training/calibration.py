@@ -30,6 +30,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _bins(conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bins' edges and each confidence's bin: bin b holds (edges[b], edges[b+1]]; a
+    confidence of exactly 0 cannot occur (>= 1/K)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return edges, np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+
+
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
     """Per equal-width bin of the top-1 confidence: its edges, image count, mean confidence
     and accuracy (None for an empty bin)."""
@@ -37,9 +44,7 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS
     labels = np.asarray(labels)
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
     right = (probs.argmax(axis=1) == labels) if len(probs) else np.zeros(0, bool)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # bin b holds (edges[b], edges[b+1]]; a confidence of exactly 0 cannot occur (>= 1/K)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    edges, which = _bins(conf, n_bins)
     out = []
     for b in range(n_bins):
         inside = which == b
@@ -155,8 +160,7 @@ def ece_interval(
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     conf = probs.max(axis=1)
     right = (probs.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    _edges, which = _bins(conf, n_bins)
     draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     # per resample and bin: the sums of correctness and of confidence; ECE is
     # sum_b |sum right - sum conf| / n (the share-weighted |accuracy - confidence|)
