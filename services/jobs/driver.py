@@ -202,6 +202,7 @@ def _run_steps(
     except (ValueError, TypeError) as e:
         raise StepFailed("callbacks", one_line(e)) from None
     backbone_state = steps.load_weights(hp, len(data.decoded.classes), settings)
+    steps.on_the_cluster(job, settings)  # once, before the search, preflight or training
     tuning: dict[str, Any] | None = None
     oof = None  # a tune job's out-of-fold probabilities, for its label check
     if job.mode == "tune":

@@ -295,14 +295,16 @@ def store_on_cluster(settings: Settings, nodes: int) -> str | None:
 
 
 def on_the_cluster(job: TrainingJob, settings: Settings) -> None:
-    """Once Ray is up (``init_ray``): StepFailed when the store cannot serve this cluster
-    (``store_on_cluster``), before anything trains; and the job's GPUs decided, as asked
+    """Ray up (``init_ray``), then, once per run before anything trains (the driver calls
+    it): StepFailed when the store cannot serve this cluster (``store_on_cluster``); and
+    the job's GPUs decided, as asked
     (``use_gpu`` true or false) or, None (the default), from the cluster: one GPU per worker
     when it has GPUs, so a queue, HTTP or ``ray job submit`` job on a cluster with GPU
     nodes uses them without a flag. The decision is recorded on the row (a resumed attempt
     keeps it)."""
     import ray
 
+    init_ray(settings)
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     problem = store_on_cluster(settings, nodes)
     if problem is not None:
@@ -336,7 +338,6 @@ def run_preflight(
         return preflight(hp, data, state, device)
 
     init_ray(settings)
-    on_the_cluster(job, settings)
     task = ray.remote(num_cpus=1, num_gpus=1 if job.use_gpu else 0)(run)
     sample = train_data.sample_in_memory(PREFLIGHT_IMAGES, hp.seed)  # streamed: a sample
     try:
@@ -389,7 +390,6 @@ def train(
     from training.trainer import build_trainer
 
     init_ray(settings)
-    on_the_cluster(job, settings)
     storage_path, filesystem = store.ray_storage(CHECKPOINTS)
     if not resume:  # a reused (storage_path, name) silently resumes an older run
         store.delete_prefix(checkpoints_prefix(job.id))

@@ -17,7 +17,6 @@ from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
 from services.jobs.ray_jobs import init_ray
-from services.jobs.steps import on_the_cluster
 from services.store.artifacts import TUNING
 from services.store.storage import Store
 from training.hyperparams import Hyperparameters
@@ -88,11 +87,9 @@ def tune_step(
         spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
         dims = validate_space(spec.dimensions, hp)
         grid = {k: to_json(d) for k, d in dims.items()}  # the run's grid column: the space
+        search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
     except (ValidationError, ValueError, TypeError) as e:
         raise StepFailed("tuning", one_line(e)) from None
-    init_ray(settings)
-    on_the_cluster(job, settings)  # the store checked, the GPUs decided
-    search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
     if resume_id is not None:
         # its driver died (this is attempt n+1): the same run, restored from its storage
         run_id = resume_id
@@ -142,6 +139,7 @@ def tune_step(
         except Exception as e:  # noqa: BLE001 - recorded again after the search
             log.warning("trial %s of run %s not recorded yet: %s", c.index, run_id, e)
 
+    init_ray(settings)
     try:
         result = run_search(
             decoded.images,
