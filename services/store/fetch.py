@@ -240,10 +240,11 @@ def _copy(listed: Listed, settings: Settings) -> Path:
     bucket, prefix, _rows, _client = listed
     name = _cache_name(settings, f"{bucket}/{prefix}")
     with _exclusive(settings.cache_dir / "datasets" / f"{name}.lock"):
-        return _copy_locked(listed, settings, name)
+        return _copy_into(listed, settings, name)
 
 
-def _copy_locked(listed: Listed, settings: Settings, name: str) -> Path:
+def _copy_into(listed: Listed, settings: Settings, name: str) -> Path:
+    """``_copy``'s work, under its lock, into the cache folder ``name``."""
     bucket, prefix, rows, client = listed
     dest = settings.cache_dir / "datasets" / name
     manifest_path = settings.cache_dir / "datasets" / f"{name}.json"
@@ -306,33 +307,19 @@ def fetch_file(uri: str, settings: Settings) -> Path:
         raise StoreError(f"cannot fetch {uri}: {error_reason(e)}") from None
     etag = str(head.get("ETag", ""))
     with _exclusive(folder.with_name(folder.name + ".lock")):  # one download at a time
-        return _fetch_file_locked(client, bucket, key, uri, head, etag, folder, dest, etag_file)
-
-
-def _fetch_file_locked(
-    client: Any,
-    bucket: str,
-    key: str,
-    uri: str,
-    head: dict[str, Any],
-    etag: str,
-    folder: Path,
-    dest: Path,
-    etag_file: Path,
-) -> Path:
-    if (
-        dest.is_file()
-        and dest.stat().st_size == head.get("ContentLength")
-        and etag_file.is_file()
-        and etag_file.read_text() == etag
-    ):
+        if (
+            dest.is_file()
+            and dest.stat().st_size == head.get("ContentLength")
+            and etag_file.is_file()
+            and etag_file.read_text() == etag
+        ):
+            return dest
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download_file(bucket, key, str(dest))
+        except s3_errors() as e:
+            if is_missing(e):
+                raise FileNotFoundError(f"file not found: {uri}") from None
+            raise StoreError(f"cannot fetch {uri}: {error_reason(e)}") from None
+        etag_file.write_text(etag)
         return dest
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        client.download_file(bucket, key, str(dest))
-    except s3_errors() as e:
-        if is_missing(e):
-            raise FileNotFoundError(f"file not found: {uri}") from None
-        raise StoreError(f"cannot fetch {uri}: {error_reason(e)}") from None
-    etag_file.write_text(etag)
-    return dest
