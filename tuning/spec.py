@@ -112,7 +112,7 @@ class TuningSpec(BaseModel):
                     "search=grid tries every combination; num_samples must be 1 "
                     "(or use search=random or search=tpe)"
                 )
-            size = math.prod(len(ends(d)) for d in self.dimensions.values())
+            size = self.grid_size
             if size > MAX_CONFIGS:
                 raise ValueError(f"the grid has {size} combinations; at most {MAX_CONFIGS}")
         else:
@@ -129,6 +129,11 @@ class TuningSpec(BaseModel):
     def dimensions(self) -> dict[str, Any]:
         """The grid and the space together: name -> list or typed range."""
         return {**self.grid, **self.space}
+
+    @property
+    def grid_size(self) -> int:
+        """Configs the grid of the listed values holds (every combination)."""
+        return math.prod(len(ends(d)) for d in self.dimensions.values())
 
     @property
     def strategy(self) -> str:

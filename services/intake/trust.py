@@ -12,15 +12,17 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
+
+from pydantic import ValidationError
 
 from services.config import Settings
 from services.intake.request import TrainingRequest
 from services.store.fetch import local_path
 from training import plugins
 from training.hyperparams import Hyperparameters
+from tuning.space import ends, error_text, validate_space
 from tuning.spec import TuningSpec
 
 
@@ -103,10 +105,6 @@ def check_tuning(request: TrainingRequest, settings: Settings) -> None:
     one over the operator's budget of epochs."""
     if request.tuning is None:
         return
-    from pydantic import ValidationError
-
-    from tuning.space import error_text, validate_space
-
     try:
         validate_space(request.tuning.dimensions, request.hyperparameters)
     except ValidationError as e:
@@ -125,17 +123,12 @@ def search_epochs(spec: TuningSpec, hp: Hyperparameters) -> int:
     """The most epochs a search may train: its configs (every grid combination, or
     ``num_samples``) x ``k_folds`` x the epochs of its longest config (both phases, the
     largest value searched where the epochs are searched)."""
-    from tuning.space import ends
-
     dims = spec.dimensions
 
     def most(name: str) -> int:
         return max(int(v) for v in ends(dims[name])) if name in dims else getattr(hp, name)
 
-    if spec.strategy == "grid":
-        configs = math.prod(len(ends(d)) for d in dims.values())
-    else:
-        configs = spec.num_samples
+    configs = spec.grid_size if spec.strategy == "grid" else spec.num_samples
     return configs * spec.k_folds * (most("phase1_epochs") + most("phase2_epochs"))
 
 
