@@ -75,7 +75,7 @@ class Reconciler:
 
     def __init__(self, settings: Settings, ray_jobs: RayJobs):
         self.settings, self.ray_jobs = settings, ray_jobs
-        self.stats = {"passes": 0, "submitted": 0, "resubmitted": 0, "failed": 0}
+        self.stats = {"passes": 0, "submitted": 0, "resubmitted": 0, "failed": 0, "over_limit": 0}
 
     def submit(self, job_id: int, attempt: int = 1) -> str:
         """Submit attempt ``attempt`` of a job and record it (idempotent)."""
@@ -132,12 +132,12 @@ class Reconciler:
     def _stop(self, job_id: int, sid: str | None, reason: str) -> None:
         """Over its wall-clock limit: ``failed`` at once with its event (as a cancel is
         ``cancelled`` at once, so nothing the driver does afterwards ends it otherwise),
-        then its Ray job is stopped; a stop that does not go through is retried on the
-        next pass, since Ray's job stays running while the row has ended."""
+        then its Ray job is stopped; a stop that does not go through is logged, not tried
+        again (the row has ended, so no later pass sees the job)."""
         if lifecycle.fail(self.settings, job_id, reason) is not None:
             log.error("job %s failed: %s", job_id, reason)
             self.stats["failed"] += 1
-            self.stats["over_limit"] = self.stats.get("over_limit", 0) + 1
+            self.stats["over_limit"] += 1
         if sid is not None:
             try:
                 self.ray_jobs.client.stop_job(sid)

@@ -6,7 +6,8 @@ The model runs elsewhere: in the model's own Serve application (services/registr
 ``predict-<name>``), reached through a deployment handle, so this app stays torch-free.
 Multipart bodies are parsed as they stream in (Starlette's parser over
 ``python-multipart``), bounded: at most ``MAX_IMAGES`` files and ``MAX_FIELDS`` other
-fields, each part at most the upload limit; a body over a bound is refused (422) as soon
+fields of ``MAX_FIELD_BYTES`` each (the files by the upload limit, services/api/edges.py);
+a body over a bound is refused (422) as soon
 as the bound is crossed, never after parsing the rest (20,000 empty parts once took the
 stdlib ``email`` parser 13 s of the replica's event loop).
 """
