@@ -19,7 +19,7 @@ from typing import Any
 
 from services.config import Settings
 from services.errors import printable
-from services.intake.request import TrainingRequest, parse_request
+from services.intake.request import TrainingRequest, parse_request, unreadable
 from services.intake.trust import check_request
 
 MAX_REASON = 1000  # characters of a rejection's reason (a dead letter's x-reason header)
@@ -58,10 +58,7 @@ def rejection(e: BaseException) -> Rejection:
     """The rejection for an exception raised while parsing or checking a request: a
     ValueError says what is wrong in its text; anything else is a request the parser
     could not read, named by the exception's type."""
-    text = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-    if not isinstance(e, ValueError):
-        text = f"the request could not be read ({text})"
-    return Rejection(printable(text, MAX_REASON))
+    return Rejection(printable(str(e) if isinstance(e, ValueError) else unreadable(e), MAX_REASON))
 
 
 Raw = bytes | bytearray | memoryview | str | Mapping[str, Any] | TrainingRequest

@@ -75,12 +75,18 @@ class TrainingRequest(BaseModel):
         except (ValidationError, ValueError, AssertionError):
             raise
         except Exception as e:  # noqa: BLE001 - turned into the request's rejection
-            raise ValueError(f"the request could not be read ({type(e).__name__}: {e})") from None
+            raise ValueError(unreadable(e)) from None
 
     def to_json(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=True)
         data["hyperparameters"] = self.hyperparameters.model_dump(mode="json", exclude_unset=True)
         return data
+
+
+def unreadable(e: BaseException) -> str:
+    """The reason for a request whose parsing or checking raised something other than a
+    ValueError: the parser could not read it, named by the exception's type."""
+    return f"the request could not be read ({type(e).__name__}: {e})"
 
 
 def parse_request(body: bytes | str | dict[str, Any]) -> TrainingRequest:
