@@ -134,8 +134,7 @@ def carries_credentials(value: str) -> bool:
         parts = urlsplit(value)
     except ValueError:  # not a URL urllib can read: keep it home
         return True
-    userinfo = parts.netloc.rpartition("@")[0]
-    return ":" in userinfo or bool(parts.query) or bool(parts.fragment) or "?" in value
+    return ":" in parts.netloc.rpartition("@")[0] or "?" in value or "#" in value
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
