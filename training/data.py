@@ -232,6 +232,20 @@ class UnreadableImage(ValueError):
     """A file that is not an image we decode: outside the folder, too large, a bomb."""
 
 
+class ListedFileMissing(RuntimeError):
+    """A listed file that is not there where it is decoded: the data set's folder is not
+    on this node (or the file went after the listing). Never an unreadable image: a job
+    that read its images where they are not must fail, and say where it looked."""
+
+    def __init__(self, path: Path):
+        import socket
+
+        super().__init__(
+            f"listed file not found on node {socket.gethostname()}: {path} (a local data set "
+            "is read on the node that holds its folder; on a cluster, put it in S3)"
+        )
+
+
 def _too_large(n_bytes: int) -> UnreadableImage:
     return UnreadableImage(f"{n_bytes / 2**20:.0f} MB: over the {MAX_FILE_BYTES // 2**20} MB limit")
 
@@ -263,7 +277,10 @@ def decode_bytes(raw: bytes, size: int) -> _Decoded:
 def _decode_one(path: Path, size: int, root: Path) -> _Decoded:
     if root not in path.resolve().parents:
         raise UnreadableImage("outside the dataset folder (a symbolic link?)")
-    n_bytes = path.stat().st_size
+    try:
+        n_bytes = path.stat().st_size
+    except FileNotFoundError as e:
+        raise ListedFileMissing(path) from e
     if n_bytes > MAX_FILE_BYTES:  # before reading it
         raise _too_large(n_bytes)
     return decode_bytes(path.read_bytes(), size)

@@ -128,6 +128,28 @@ def _decode_rows(
     )
 
 
+LOCAL_DECODERS = 2  # decode tasks at once on a node that gives tasks no CPU (a 0-CPU head)
+
+
+def on_this_node() -> dict[str, Any]:
+    """Ray Data arguments that run a local listing's decode tasks on this (the driver's)
+    node, where its folder is (a hard node affinity): on any other node every file would
+    be missing. A node that offers tasks no CPU (a head started with ``--num-cpus=0``)
+    still decodes: tasks that ask for none, ``LOCAL_DECODERS`` at a time, as the driver
+    would decode in its own process."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0)
+    args: dict[str, Any] = {
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    }
+    if cpus < 1:
+        args.update(num_cpus=0, concurrency=LOCAL_DECODERS)
+    return args
+
+
 def decode_to_shards(
     index: DatasetIndex,
     image_size: int,
@@ -139,7 +161,8 @@ def decode_to_shards(
     """Decode every listed file with Ray Data and write the shards under ``folder``;
     returns the shard files' paths (for ``filesystem``), sorted. Needs a connected Ray.
     A remote listing needs ``reader``: the tasks read its objects with it (it travels
-    in their arguments, pickled, as ``filesystem`` does)."""
+    in their arguments, pickled, as ``filesystem`` does), on any node; a local one is
+    decoded on this node (``on_this_node``)."""
     import ray.data
     from pyarrow import fs as pafs
 
@@ -161,6 +184,7 @@ def decode_to_shards(
         fn_kwargs={"root": str(index.root), "size": image_size, "reader": reader},
         batch_size=rows_per_shard,
         batch_format="numpy",
+        **({} if index.remote else on_this_node()),
     )
     ds.write_parquet(
         folder,

@@ -132,3 +132,20 @@ def test_manifest_rows_cannot_leave_the_dataset_folder(make_dataset):
     (root / "manifest.csv").write_text("path,label\nclass_0/000.png,a\n../../etc/passwd,b\n")
     with pytest.raises(data.DataError, match="line 3: '../../etc/passwd' is not a file inside"):
         data.discover(root)
+
+
+def test_a_listed_file_that_is_not_there_is_never_an_unreadable_image(make_dataset):
+    """Read where its folder is not (another node), a data set is missing, not broken:
+    skipping would train on whatever happened to be there, and a decoded set with such
+    "unreadable" rows would be cached as complete."""
+    from training.shards import _decode_rows
+
+    root = make_dataset(per_class=6)
+    index = data.discover(root)
+    (root / "class_1" / "002.png").unlink()  # gone after the listing
+    for policy in ("fail", "skip"):
+        with pytest.raises(data.ListedFileMissing, match="listed file not found on node .*002"):
+            data.decode(index, 16, policy)
+    batch = {"id": np.arange(2), "label": np.zeros(2), "path": np.array(["class_1/002.png"] * 2)}
+    with pytest.raises(data.ListedFileMissing):
+        _decode_rows(batch, str(root), 16)
