@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.config import Settings
+from services.jobs.ray_jobs import EmbeddedOnCluster
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
 
@@ -288,7 +289,11 @@ def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> i
 
         print(json.dumps(ray.get(ingress.get_ingress().status.remote())))
         return 0
-    actor = ingress.start_ingress(settings, prefetch=args.prefetch)
+    try:
+        actor = ingress.start_ingress(settings, prefetch=args.prefetch)
+    except EmbeddedOnCluster as e:
+        print(f"colecionador ingress: {e}", file=sys.stderr)
+        return 2
     import ray
 
     print(
@@ -366,8 +371,13 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
         )
         if v is not None
     }
+    try:
+        application = api_application(settings, num_cpus=args.num_cpus, **limits, **scale)
+    except EmbeddedOnCluster as e:
+        print(f"colecionador serve: {e}", file=sys.stderr)
+        return 2
     serve.run(
-        api_application(settings, num_cpus=args.num_cpus, **limits, **scale),
+        application,
         name=args.name,
         route_prefix=args.route_prefix,
     )

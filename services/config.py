@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # None (the default): a GPU per worker when the cluster has GPUs; true or false forces it
     use_gpu: bool | None = None
     max_failures: int = Field(1, ge=-1)
+    # Ray resources every Train worker asks for beside its CPU (or GPU), e.g. a node type's
+    # custom resource {"gpu_node": 1} to keep training on those nodes: JSON in
+    # COLECIONADOR_WORKER_RESOURCES
+    worker_resources: dict[str, float] = Field(default_factory=dict)
 
     @cached_property
     def resolved_home(self) -> Path:
@@ -115,6 +119,21 @@ class Settings(BaseSettings):
         """Weights may also be a version's model.pt: the store's models/."""
         return [*self.data_roots(), self.store.rstrip("/") + "/models"]
 
+    @field_validator("worker_resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if not name.strip() or amount <= 0:
+                raise ValueError("worker_resources: each entry is a resource name and a number > 0")
+        return v
+
+    def resources_per_worker(self, use_gpu: bool) -> dict[str, float] | None:
+        """Ray Train's ``resources_per_worker``: None (Ray's default, a CPU or a GPU) unless
+        the operator asked for ``worker_resources``, which come beside that CPU or GPU."""
+        if not self.worker_resources:
+            return None
+        return {("GPU" if use_gpu else "CPU"): 1.0, **self.worker_resources}
+
     @field_validator("api_writers")
     @classmethod
     def _named_writers(cls, v: SecretStr | None) -> SecretStr | None:
@@ -138,6 +157,32 @@ class Settings(BaseSettings):
             return True
         side = image_size or 0
         return images * side * side * 3 > self.decode_memory_mb * 2**20
+
+    def embedded_on_cluster(
+        self, nodes: int, uses: tuple[str, ...] = ("store", "database", "broker")
+    ) -> str | None:
+        """Why these settings cannot serve a cluster of ``nodes`` nodes, as one line saying
+        what to set, or None. The embedded defaults are for one node: the store and the
+        SQLite file are folders under this node's home (the same string names each node's
+        own disk), and the broker's default is this node's 127.0.0.1; a process on another
+        node would silently use its own empty ones. A store folder the operator names is
+        taken as shared (NFS and the like); a broker URL the operator gave, even one on
+        127.0.0.1, is taken as meant. ``uses``: what the asking process needs."""
+        if nodes <= 1:
+            return None
+        missing = []
+        if "store" in uses and self.store_url is None:
+            missing.append(f"COLECIONADOR_STORE_URL (s3://...; now the folder {self.store})")
+        if "database" in uses and self.database_url is None:
+            missing.append("COLECIONADOR_DATABASE_URL (postgresql://...; now this node's SQLite)")
+        if "broker" in uses and "broker_url" not in self.model_fields_set:
+            missing.append("COLECIONADOR_BROKER_URL (now the default amqp://...@127.0.0.1)")
+        if not missing:
+            return None
+        return (
+            f"the cluster has {nodes} nodes and these settings are one node's embedded "
+            f"defaults: set {', '.join(missing)} on every node (docs/operations/cluster.md)"
+        )
 
     def gate_floor(self) -> dict[str, float]:
         """The operator's minimum threshold per gate rule (``gate_<metric>`` names)."""

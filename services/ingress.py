@@ -41,7 +41,7 @@ from services.errors import one_line
 from services.events import broker, outbox
 from services.intake.admission import Rejection, admit
 from services.intake.records import create_job
-from services.jobs.ray_jobs import NAMESPACE, RayJobs, settings_env
+from services.jobs.ray_jobs import NAMESPACE, RayJobs, refuse_embedded, settings_env
 from services.jobs.reconciler import Reconciler
 
 log = logging.getLogger("colecionador.ingress")
@@ -338,8 +338,12 @@ def _make_actor_class():
 def start_ingress(settings: Settings, prefetch: int = 4, wait_s: float = 60.0) -> Any:
     """Create (or find) the detached, named ingress actor and wait (up to ``wait_s``) until
     it consumes. If the broker or the database is not reachable yet, it keeps retrying:
-    its status says why it does not consume."""
+    its status says why it does not consume. EmbeddedOnCluster, before anything starts,
+    when the cluster has several nodes and the settings are one node's embedded database
+    or broker."""
     import ray
+
+    refuse_embedded(settings, ("database", "broker"))
 
     actor = (
         _make_actor_class()

@@ -103,7 +103,13 @@ async def _crash(request: Request, exc: Exception) -> JSONResponse:
 
 
 def api_application(settings: Settings, **kw: Any) -> Any:
-    """The bound Serve application, for ``serve.run(api_application(settings), name=...)``."""
+    """The bound Serve application, for ``serve.run(api_application(settings), name=...)``.
+    EmbeddedOnCluster (services.jobs.ray_jobs) when the connected cluster has several
+    nodes and the settings are one node's embedded database or store: a replica placed
+    elsewhere would answer from an empty one."""
     from services.api.deployment import api_deployment
+    from services.jobs.ray_jobs import refuse_embedded
+
+    refuse_embedded(settings, ("database", "store"))
 
     return api_deployment(settings, **kw).bind()

@@ -110,6 +110,26 @@ def connect_ray(
     return True
 
 
+class EmbeddedOnCluster(RuntimeError):
+    """A process on a cluster of several nodes was started with one node's embedded
+    defaults (a local store, SQLite, the default broker): the message says what to set."""
+
+
+def alive_nodes() -> int:
+    """How many nodes the connected Ray cluster has alive now."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def refuse_embedded(settings: Settings, uses: tuple[str, ...]) -> None:
+    """EmbeddedOnCluster when the connected cluster has several nodes and ``settings``
+    would use an embedded default for one of ``uses`` (Settings.embedded_on_cluster)."""
+    problem = settings.embedded_on_cluster(alive_nodes(), uses)
+    if problem is not None:
+        raise EmbeddedOnCluster(problem)
+
+
 def auth_headers(settings: Settings) -> dict[str, str]:
     """Bearer token for the Ray dashboard / job server when token auth is on."""
     path = settings.ray_auth_token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
@@ -148,9 +168,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif hasattr(value, "get_secret_value"):
             continue  # tokens and keys: never
-        if carries_credentials(str(value)):
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        if carries_credentials(text):
             continue
-        env[f"COLECIONADOR_{name.upper()}"] = str(value)
+        env[f"COLECIONADOR_{name.upper()}"] = text
     return env
 
 

@@ -30,7 +30,7 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
-from services.jobs.ray_jobs import init_ray
+from services.jobs.ray_jobs import alive_nodes, init_ray
 from services.store.artifacts import (
     CHECKPOINTS,
     DATA_PROFILE_FILE,
@@ -279,24 +279,17 @@ class Preflight:
     report: dict[str, Any] | None  # None: preflight was not asked for
 
 
-def store_on_cluster(settings: Settings, nodes: int) -> str | None:
-    """Why the store cannot serve a cluster of ``nodes`` nodes, or None: the default store
-    is a folder under this node's home (COLECIONADOR_STORE_URL unset), which the Ray Train
-    workers on other nodes cannot write their checkpoints to (Ray's storage check fails
-    at rank 0's first checkpoint, after a whole epoch of GPU time). A folder the operator
-    names is taken as shared (NFS and the like)."""
-    if nodes > 1 and settings.store_url is None:
-        return (
-            f"the store is this node's folder {settings.store} (COLECIONADOR_STORE_URL is not "
-            f"set) but the cluster has {nodes} nodes: the workers on the others cannot write "
-            "their checkpoints there; set COLECIONADOR_STORE_URL to s3://... (or a shared folder)"
-        )
-    return None
+def driver_uses(settings: Settings) -> tuple[str, ...]:
+    """What a job's driver needs that an embedded default would give it on one node only:
+    the store (checkpoints, versions), the database, and the broker when it publishes."""
+    return ("store", "database", "broker") if settings.publish_events else ("store", "database")
 
 
 def on_the_cluster(job: TrainingJob, settings: Settings) -> None:
     """Ray up (``init_ray``), then, once per run before anything trains (the driver calls
-    it): StepFailed when the store cannot serve this cluster (``store_on_cluster``); and
+    it): StepFailed when the settings are one node's embedded defaults on a cluster of
+    several nodes (Settings.embedded_on_cluster: a store, database or broker the other
+    nodes' processes would not share); and
     the job's GPUs decided, as asked
     (``use_gpu`` true or false) or, None (the default), from the cluster: one GPU per worker
     when it has GPUs, so a queue, HTTP or ``ray job submit`` job on a cluster with GPU
@@ -305,10 +298,9 @@ def on_the_cluster(job: TrainingJob, settings: Settings) -> None:
     import ray
 
     init_ray(settings)
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    problem = store_on_cluster(settings, nodes)
+    problem = settings.embedded_on_cluster(alive_nodes(), driver_uses(settings))
     if problem is not None:
-        raise StepFailed("store", problem)
+        raise StepFailed("settings", problem)
     if job.use_gpu is None:
         job.use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         with session_factory(settings.db_url)() as s:
@@ -338,7 +330,9 @@ def run_preflight(
         return preflight(hp, data, state, device)
 
     init_ray(settings)
-    task = ray.remote(num_cpus=1, num_gpus=1 if job.use_gpu else 0)(run)
+    task = ray.remote(
+        num_cpus=1, num_gpus=1 if job.use_gpu else 0, resources=settings.worker_resources
+    )(run)
     sample = train_data.sample_in_memory(PREFLIGHT_IMAGES, hp.seed)  # streamed: a sample
     try:
         result = ray.get(task.remote(hp, sample, backbone_state))
@@ -408,6 +402,7 @@ def train(
         max_failures=settings.max_failures,
         callbacks=[EpochRecorder(settings.db_url, job.id)],
         datasets=datasets,
+        resources_per_worker=settings.resources_per_worker(bool(job.use_gpu)),
     )
     t0 = time.perf_counter()
     try:

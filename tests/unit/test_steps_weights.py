@@ -28,15 +28,3 @@ def test_a_weights_file_is_still_a_file(tmp_path):
     settings = Settings(home=tmp_path / "home")
     with pytest.raises(StepFailed, match="^weights: file not found: .*IMAGENET1K_V1.pt"):
         load_weights(Hyperparameters(weights=str(tmp_path / "IMAGENET1K_V1.pt")), 3, settings)
-
-
-def test_the_default_store_cannot_serve_a_cluster_of_several_nodes(tmp_path):
-    from services.config import Settings
-    from services.jobs.steps import store_on_cluster
-
-    home = Settings(home=tmp_path)
-    assert store_on_cluster(home, 1) is None  # one node: its folder is everyone's
-    problem = store_on_cluster(home, 3)
-    assert "cluster has 3 nodes" in problem and "COLECIONADOR_STORE_URL" in problem
-    assert store_on_cluster(Settings(home=tmp_path, store_url="s3://b/p"), 3) is None
-    assert store_on_cluster(Settings(home=tmp_path, store_url="/mnt/nfs/store"), 3) is None
