@@ -1,0 +1,155 @@
+"""Two Ray nodes that share no filesystem (tests/multinode.py): a 0-CPU head that runs the
+drivers and a worker node with 2 CPUs and a custom resource standing in for a GPU node.
+Where each part ran is read from Ray's state API (node ids), not only that it ended."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.db import repo
+from services.db.session import session_factory
+from tests.conftest import TINY, write_dataset
+from tests.multinode import GPU_NODE, WorkerNode, private_mounts_refused, state
+from tests.raycluster import LocalRayCluster
+
+pytestmark = pytest.mark.integration
+
+RAY = str(Path(sys.executable).with_name("ray"))
+SECRET_FILE = "colecionador_s3_secret_key"
+
+
+class TwoNodes:
+    def __init__(self, head: LocalRayCluster, worker: WorkerNode, head_id: str):
+        self.head, self.worker, self.head_id = head, worker, head_id
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_server, tmp_path_factory):
+    why = private_mounts_refused()
+    if why is not None:
+        pytest.skip(f"no worker node without the head's filesystem here: {why}")
+    secrets = tmp_path_factory.mktemp("head-secrets")
+    (secrets / SECRET_FILE).write_text(s3_server.secret_key)
+    head = LocalRayCluster(num_cpus=0, env={"COLECIONADOR_SECRETS_DIR": str(secrets)})
+    try:
+        # the worker node sees neither the head's home nor this session's tmp folders
+        worker = WorkerNode(
+            head,
+            num_cpus=2,
+            resources={GPU_NODE: 2},
+            hide=[tmp_path_factory.getbasetemp()],
+            secrets={SECRET_FILE: s3_server.secret_key},
+        )
+    except BaseException:
+        head.stop()
+        raise
+    head_id = next(n["node_id"] for n in state(head, "nodes") if n["is_head_node"])
+    yield TwoNodes(head, worker, head_id)
+    worker.stop()
+    head.stop()
+
+
+def node_settings(s3_server, bucket: str, pg_url: str, **extra: str) -> dict[str, str]:
+    """A job's settings as the submitter gives them (no secret: the nodes hold those)."""
+    return {
+        "COLECIONADOR_DATABASE_URL": pg_url,
+        "COLECIONADOR_STORE_URL": f"s3://{bucket}/store",
+        "COLECIONADOR_S3_ENDPOINT": s3_server.endpoint,
+        "COLECIONADOR_S3_ACCESS_KEY": s3_server.access_key,
+        "COLECIONADOR_S3_REGION": s3_server.region,
+        "COLECIONADOR_PUBLISH_EVENTS": "false",
+        **extra,
+    }
+
+
+def submit(cluster: LocalRayCluster, job_env: dict[str, str], *args: str) -> tuple[str, str]:
+    """``ray job submit -- python -m services.jobs ARGS`` on ``cluster``: (id, output)."""
+    sid = f"mn-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COLECIONADOR_"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", sid]
+        + ["--runtime-env-json", json.dumps({"env_vars": job_env}), "--"]
+        + [sys.executable, "-m", "services.jobs", *args, *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return sid, done.stdout + done.stderr
+
+
+def driver_node(cluster: LocalRayCluster, sid: str) -> str:
+    return next(j for j in state(cluster, "jobs") if j.get("submission_id") == sid)[
+        "driver_node_id"
+    ]
+
+
+def test_a_head_only_folder_streams_from_the_head_and_trains_on_the_gpu_node(
+    two_nodes, s3_server, pg_url, tmp_path
+):
+    """A local data set that only the head holds, streamed (decode into shards in the
+    store): decoded on the head, where its folder is (on the worker node every file
+    would be missing); the Train workers on the node type the operator asked for."""
+    bucket = s3_server.bucket_name("mn")
+    s3_server.client().create_bucket(Bucket=bucket)
+    data = write_dataset(tmp_path / "head-only", per_class=12)
+    batch = f"mn-{uuid.uuid4().hex[:8]}"
+    job_env = node_settings(
+        s3_server,
+        bucket,
+        pg_url,
+        COLECIONADOR_STREAM_MIN_IMAGES="0",
+        COLECIONADOR_WORKER_RESOURCES=json.dumps({GPU_NODE: 1}),
+        COLECIONADOR_DATASET_ROOTS=str(tmp_path),
+    )
+    sid, out = submit(two_nodes.head, job_env, "--dataset", str(data), "--batch-id", batch)
+    assert f"Job '{sid}' succeeded" in out, out[-4000:]
+    assert "decoded 36 files" in out  # every file read where it is
+    with session_factory(pg_url)() as s:
+        job = repo.get_job_by_batch(s, batch)
+        assert job.status == "success" and job.use_gpu is False  # no GPU on this cluster
+        assert [v.version for v in repo.job_versions(s, job.id)] == [1]
+    assert driver_node(two_nodes.head, sid) == two_nodes.head_id
+    decoders = [t for t in state(two_nodes.head, "tasks") if "_decode_rows" in t.get("name", "")]
+    assert decoders and {t["node_id"] for t in decoders} == {two_nodes.head_id}
+    workers = state(two_nodes.head, "actors", class_name="RayTrainWorker")
+    assert len(workers) >= 2
+    assert {a["node_id"] for a in workers} == {two_nodes.worker.node_id}
+    # the workers' bundles ask for the resource (Ray names a bundle's by its group)
+    for a in workers:
+        asked = {v for k, v in a["required_resources"].items() if k.startswith(GPU_NODE)}
+        assert asked == {1.0}, a["required_resources"]
+
+
+def test_a_job_on_one_nodes_embedded_defaults_is_refused_saying_what_to_set(two_nodes, tmp_path):
+    """No store, database or broker named: on two nodes the driver refuses before any
+    training (the workers would checkpoint into the worker node's own folder, the job's
+    rows would live in the head's SQLite); ``colecionador ingress`` refuses to start."""
+    data = write_dataset(tmp_path / "d", per_class=6)
+    job_env = {"COLECIONADOR_DATASET_ROOTS": str(tmp_path), "COLECIONADOR_HOME": str(tmp_path)}
+    sid, out = submit(two_nodes.head, job_env, "--dataset", str(data), "--batch-id", "embedded")
+    assert f"Job '{sid}' failed" in out, out[-3000:]
+    assert "the cluster has 2 nodes" in out
+    assert "COLECIONADOR_STORE_URL" in out and "COLECIONADOR_DATABASE_URL" in out
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COLECIONADOR_"))}
+    env.update(
+        COLECIONADOR_HOME=str(tmp_path / "home"),
+        COLECIONADOR_RAY_ADDRESS=two_nodes.head.address,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(two_nodes.head.token_path),
+    )
+    cli = str(Path(sys.executable).with_name("colecionador"))
+    done = subprocess.run([cli, "ingress"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert "the cluster has 2 nodes" in lines[-1] and "COLECIONADOR_DATABASE_URL" in lines[-1]
+    assert "COLECIONADOR_BROKER_URL" in lines[-1]
