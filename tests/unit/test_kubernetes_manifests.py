@@ -2,13 +2,12 @@
 job templates rendered by kustomize (kubectl's), every object checked against the
 KubeRay CRDs' schemas (tests/data/kuberay/) or Kubernetes' own, and what the services
 need checked in what was rendered: every setting an operator must set is there, secrets
-only in the Secret, every Ray pod reads both, the probes, requests and image pins, and
-the Serve config against Ray Serve's own schema and the builders it names."""
+only in the Secret, every Ray pod reads both, the probes, requests and image pins
+(the Serve config: test_kubernetes_serve_config.py)."""
 
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,22 @@ from pydantic import SecretStr
 
 from services.config import Settings
 from services.jobs.ray_jobs import carries_credentials
-from tests.kubernetes import DEPLOY, core_errors, crd_errors, pod_templates, render
+from tests.kubernetes import (
+    DEPLOY,
+    JOBS,
+    OVERLAYS,
+    Objects,
+    Rendered,
+    config_and_secret,
+    core_errors,
+    crd_errors,
+    deploy_copy,
+    one,
+    pod_templates,
+    render,
+    render_all,
+)
 
-Objects = list[dict[str, Any]]
-Rendered = dict[str, Objects]
-OVERLAYS = ("cpu-trial", "gpu")
-JOBS = ("train", "tune")
 SECRETS_DIR_VAR = "COLECIONADOR_SECRETS_DIR"
 # Settings whose default is right on a cluster, each with why; every other field of
 # Settings must be given by the ConfigMap or the Secret of every overlay.
@@ -57,45 +66,17 @@ SAFE_DEFAULTS = {
 OTHER_SECRET_KEYS = {"auth_token", "trial_postgres_password", "trial_rabbitmq_password"}
 
 
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    return render_all(tmp_path_factory.mktemp("deploy"))
+
+
 def _secret_fields() -> set[str]:
     return {n for n, f in Settings.model_fields.items() if SecretStr in _types(f.annotation)}
 
 
 def _types(annotation: Any) -> tuple[Any, ...]:
     return getattr(annotation, "__args__", (annotation,))
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of deploy/kubernetes with each overlay's secrets.env made from its example
-    (a developer's own secrets.env is never read)."""
-    root = tmp_path_factory.mktemp("deploy") / "kubernetes"
-    shutil.copytree(DEPLOY, root, ignore=shutil.ignore_patterns("secrets.env"))
-    for overlay in OVERLAYS:
-        folder = root / "overlays" / overlay
-        shutil.copy(folder / "secrets.env.example", folder / "secrets.env")
-    return root
-
-
-@pytest.fixture(scope="module")
-def rendered(tree: Path) -> Rendered:
-    out = {name: render(tree / "overlays" / name) for name in OVERLAYS}
-    out.update({f"jobs/{name}": render(tree / "jobs" / name) for name in JOBS})
-    return out
-
-
-def one(objs: Objects, kind: str) -> dict[str, Any]:
-    (found,) = [o for o in objs if o["kind"] == kind]
-    return found
-
-
-def config_and_secret(objs: Objects) -> tuple[dict[str, str], dict[str, str]]:
-    """The ConfigMap's data and the Secret's keys, decoded."""
-    import base64
-
-    secret = one(objs, "Secret")
-    decoded = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
-    return one(objs, "ConfigMap")["data"], decoded | secret.get("stringData", {})
 
 
 # ---------------------------------------------------------------------------- schemas
@@ -133,10 +114,9 @@ def test_the_schema_check_finds_mistakes(rendered: Rendered):
     assert core_errors(config)
 
 
-def test_nothing_renders_without_the_secrets_file(tree: Path, tmp_path: Path):
+def test_nothing_renders_without_the_secrets_file(tmp_path: Path):
     """A deploy whose secrets.env was not made fails at once, never with empty secrets."""
-    copy_root = tmp_path / "kubernetes"
-    shutil.copytree(tree, copy_root)
+    copy_root = deploy_copy(tmp_path)
     (copy_root / "overlays" / "gpu" / "secrets.env").unlink()
     with pytest.raises(subprocess.CalledProcessError) as e:
         render(copy_root / "overlays" / "gpu")
@@ -189,6 +169,45 @@ def test_secrets_are_only_in_the_secret(rendered: Rendered, overlay: str):
     # no secret value anywhere else: labels, entrypoints, runtime_env, the Serve config
     elsewhere = yaml.safe_dump_all([o for o in objs if o["kind"] != "Secret"])
     assert [k for k, v in secret.items() if len(v) >= 8 and v in elsewhere] == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_pod_reads_them_as_the_services_do(rendered: Rendered, overlay: str, tmp_path: Path):
+    """The ConfigMap as the environment and the Secret as files in the secrets folder, as
+    Kubernetes gives them to a pod: Settings (in a fresh process, since the folder is
+    read at import) sees every value."""
+    import json
+    import os
+    import sys
+
+    config, secret = config_and_secret(rendered[overlay])
+    for key, value in secret.items():
+        (tmp_path / key).write_text(value)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLECIONADOR_")}
+    env |= config | {SECRETS_DIR_VAR: str(tmp_path), "COLECIONADOR_HOME": str(tmp_path / "h")}
+    code = (
+        "import json; from services.config import Settings; s = Settings();"
+        "print(json.dumps({k: getattr(v, 'get_secret_value', lambda: v)() for k, v in"
+        " s.model_dump(exclude_none=True).items()}, default=str))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    seen = json.loads(out.stdout)
+    for key, value in secret.items():
+        if key.startswith("colecionador_"):
+            assert seen[key.removeprefix("colecionador_")] == value, key
+    assert seen["store_url"] == config["COLECIONADOR_STORE_URL"]
+    assert seen["ray_dashboard_url"] == config["COLECIONADOR_RAY_DASHBOARD_URL"]
+
+
+def test_the_secrets_files_stay_out_of_git():
+    if not (DEPLOY.parents[1] / ".git").exists():
+        pytest.skip("not a git checkout")
+    for overlay in OVERLAYS:
+        path = DEPLOY / "overlays" / overlay / "secrets.env"
+        done = subprocess.run(["git", "-C", str(DEPLOY), "check-ignore", "-q", str(path)])
+        assert done.returncode == 0, f"{path} is not ignored by git"
 
 
 @pytest.mark.parametrize("name", ["gpu", *(f"jobs/{j}" for j in JOBS)])
@@ -301,67 +320,3 @@ def test_the_training_workers_autoscale(rendered: Rendered, overlay: str, gpus: 
     )
     use_gpu = one(rendered[overlay], "ConfigMap")["data"]["COLECIONADOR_USE_GPU"]
     assert use_gpu == ("true" if gpus else "false")
-
-
-# ---------------------------------------------------------------------------- Serve
-def serve_config(objs: Objects) -> dict[str, Any]:
-    return yaml.safe_load(one(objs, "RayService")["spec"]["serveConfigV2"])
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_serve_config_is_one_serve_takes(rendered: Rendered, overlay: str):
-    """Ray Serve's own schema takes it; each import path is a builder of the project
-    whose args it takes; the names are the ones the API looks up."""
-    import importlib
-
-    from ray.serve.schema import ServeDeploySchema
-
-    from services.api import deployment
-    from services.registry import apps, serving
-
-    config = ServeDeploySchema.model_validate(serve_config(rendered[overlay]))
-    assert config.proxy_location == "EveryNode" and config.http_options.port == 8000
-    builders = {
-        "services.api.deployment:build_api": (deployment.ApiArgs, deployment.DEPLOYMENT_NAME),
-        "services.registry.serving:build_predict": (serving.PredictArgs, apps.DEPLOYMENT_NAME),
-    }
-    seen = set()
-    for app in config.applications:
-        module, _, attr = app.import_path.partition(":")
-        assert callable(getattr(importlib.import_module(module), attr)), app.import_path
-        args_model, deployment_name = builders[app.import_path]
-        args = args_model.model_validate(app.args)
-        assert [d.name for d in app.deployments] == [deployment_name]
-        if args_model is serving.PredictArgs:
-            assert (app.name, app.route_prefix) == (apps.app_name(args.model_name), None)
-        else:
-            assert (app.name, app.route_prefix) == ("api", "/")
-        assert app.runtime_env == {}  # settings come from the pods, never from here
-        seen.add(app.import_path)
-    assert seen == set(builders)
-
-
-def test_the_builders_build_applications_without_a_cluster(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-):
-    from pydantic import ValidationError
-    from ray.serve import Application
-
-    from services.api.deployment import build_api
-    from services.registry.serving import build_predict
-
-    monkeypatch.setenv("COLECIONADOR_HOME", str(tmp_path))
-    assert isinstance(build_api({}), Application)
-    assert isinstance(build_predict({"model_name": "digits", "version": 3}), Application)
-    for bad in (
-        {"model_name": "digits", "replicas": 2},  # deployment options go in `deployments`
-        {"model_name": ".."},
-        {"model_name": "a/b"},
-        {"model_name": "digits", "alias": "Prod!"},
-        {"model_name": "digits", "version": 0},
-        {},
-    ):
-        with pytest.raises(ValidationError):
-            build_predict(bad)
-    with pytest.raises(ValidationError):
-        build_api({"cancel_wait_s": 0})
