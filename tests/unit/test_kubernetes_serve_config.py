@@ -29,36 +29,39 @@ def serve_config(objs: Objects) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_serve_config_is_one_serve_takes(rendered: Rendered, overlay: str):
-    """Ray Serve's own schema takes it; each import path is a builder of the project
-    whose args it takes; the names are the ones the API looks up."""
-    import importlib
-
+def test_the_serve_config_is_one_serve_takes(
+    rendered: Rendered, overlay: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """Ray Serve's own schema takes it, and Serve's own build of a config application
+    (what its controller runs: import, the builder with the args, build_app) gives the
+    deployments the config names; the predict applications go by the names the API
+    looks up, and the settings come from the pods, never from the config."""
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve._private.build_app import build_app
     from ray.serve.schema import ServeDeploySchema
 
-    from services.api import deployment
     from services.registry import apps, serving
 
+    monkeypatch.setenv("COLECIONADOR_HOME", str(tmp_path))
     config = ServeDeploySchema.model_validate(serve_config(rendered[overlay]))
     assert config.proxy_location == "EveryNode" and config.http_options.port == 8000
-    builders = {
-        "services.api.deployment:build_api": (deployment.ApiArgs, deployment.DEPLOYMENT_NAME),
-        "services.registry.serving:build_predict": (serving.PredictArgs, apps.DEPLOYMENT_NAME),
-    }
-    seen = set()
+    built = {}
     for app in config.applications:
-        module, _, attr = app.import_path.partition(":")
-        assert callable(getattr(importlib.import_module(module), attr)), app.import_path
-        args_model, deployment_name = builders[app.import_path]
-        args = args_model.model_validate(app.args)
-        assert [d.name for d in app.deployments] == [deployment_name]
-        if args_model is serving.PredictArgs:
-            assert (app.name, app.route_prefix) == (apps.app_name(args.model_name), None)
+        builder = import_attr(app.import_path)
+        application = call_user_app_builder_with_args_if_necessary(builder, app.args)
+        built[app.name] = build_app(application, name=app.name)
+        built[app.name].validate_single_fastapi_ingress()
+        names = {d.name for d in built[app.name].deployments}
+        assert {d.name for d in app.deployments} <= names, app.name
+        assert app.runtime_env == {}
+        if builder is serving.build_predict:
+            model = serving.PredictArgs.model_validate(app.args).model_name
+            assert (app.name, app.route_prefix) == (apps.app_name(model), None)
+            assert names == {apps.DEPLOYMENT_NAME}
         else:
-            assert (app.name, app.route_prefix) == ("api", "/")
-        assert app.runtime_env == {}  # settings come from the pods, never from here
-        seen.add(app.import_path)
-    assert seen == set(builders)
+            assert (app.import_path, app.route_prefix) == ("services.api.deployment:build_api", "/")
+    assert "api" in built and any(name.startswith(apps.APP_PREFIX) for name in built)
 
 
 def test_the_builders_build_applications_without_a_cluster(
