@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from services.api import CANCEL_WAIT_S, create_app
@@ -93,3 +95,21 @@ def api_deployment(
         """colecionador's HTTP API (services.api.create_app)."""
 
     return ColecionadorApi
+
+
+class ApiArgs(BaseModel):
+    """The API application's ``args`` in a Serve config (a RayService's serveConfigV2).
+    Replicas, autoscaling, CPUs and queue bounds go in the config's ``deployments``
+    entry (name ``colecionador-api``), which Serve applies over the decorator's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cancel_wait_s: float = Field(CANCEL_WAIT_S, gt=0)
+
+
+def build_api(args: dict[str, Any]) -> Application:
+    """The API application for a Serve config's ``import_path``
+    (``services.api.deployment:build_api``): its settings are the environment and the
+    secrets folder of the process that builds it, a pod of the cluster, never the config."""
+    parsed = ApiArgs.model_validate(args)
+    return api_deployment(Settings(), cancel_wait_s=parsed.cancel_wait_s).bind()

@@ -21,13 +21,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
+from ray.serve import Application
 from ray.serve.config import AutoscalingConfig
 
 from services.config import Settings
 from services.db import repo
 from services.db.session import prepare_database, session_factory
 from services.errors import one_line
+from services.events.schemas import ALIAS_PATTERN
 from services.registry.apps import DEPLOYMENT_NAME, app_name
 from services.store.artifacts import MODEL_FILE, version_prefix
 from services.store.storage import open_store
@@ -225,6 +228,47 @@ def predict_application(
         max_batch_size,
         batch_wait_timeout_s,
         torch_threads,
+    )
+
+
+class PredictArgs(BaseModel):
+    """A predict application's ``args`` in a Serve config (a RayService's
+    serveConfigV2); its name there must be ``predict-<model_name>`` (apps.app_name).
+    Replicas, autoscaling and CPUs go in the config's ``deployments`` entry (name
+    ``ModelServer``)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_name: str = Field(pattern=r"^[\w.\-]+$", max_length=200)  # as a job request's
+    alias: str = Field("production", pattern=ALIAS_PATTERN)
+    version: int | None = Field(None, ge=1)  # pins a version; the alias is then ignored
+    max_batch_size: int = Field(MAX_BATCH_SIZE, ge=1)
+    batch_wait_ms: float = Field(BATCH_WAIT_TIMEOUT_S * 1000, ge=0)
+    reload_s: float = Field(RELOAD_S, gt=0)
+    torch_threads: int = Field(1, ge=1)
+
+    @field_validator("model_name")
+    @classmethod
+    def _plain_folder_name(cls, v: str) -> str:
+        if v.strip(".") == "":  # ".", "..": not a model's folder in the store
+            raise ValueError("model_name must be a plain folder name, not '.' or '..'")
+        return v
+
+
+def build_predict(args: dict[str, Any]) -> Application:
+    """One model's predict application for a Serve config's ``import_path``
+    (``services.registry.serving:build_predict``), with the settings of the process that
+    builds it (a pod of the cluster: its environment and secrets folder)."""
+    a = PredictArgs.model_validate(args)
+    return predict_application(
+        Settings(),
+        a.model_name,
+        alias=a.alias,
+        version=a.version,
+        max_batch_size=a.max_batch_size,
+        batch_wait_timeout_s=a.batch_wait_ms / 1000,
+        reload_s=a.reload_s,
+        torch_threads=a.torch_threads,
     )
 
 
