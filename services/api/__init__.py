@@ -24,11 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from services.api import ui
+from services.api import compare_page, ui
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
-from services.api.routes import health, jobs, models, predict
+from services.api.routes import compare, health, jobs, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
 
@@ -69,7 +69,9 @@ def create_app(
         jobs.router,
         models.router,
         predict.router,
+        compare.router,
         ui.router,
+        compare_page.router,
         docs_routes,
     ):
         app.include_router(router)

@@ -23,8 +23,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from services.intake.request import MAX_INT
+
 MIN_JOBS, MAX_JOBS = 2, 8
-MAX_JOB_ID = 2**31 - 1
+MAX_JOB_ID = MAX_INT  # PostgreSQL integer columns
 
 
 def _finite(v: float | None) -> float | None:
