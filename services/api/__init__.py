@@ -3,8 +3,9 @@
 ``create_app(settings)`` builds the app (testable on its own, e.g. on uvicorn): settings,
 database and store on ``app.state``, the error handlers, one router per resource
 (routes/jobs.py, routes/models.py, routes/health.py, routes/predict.py: it forwards to
-the model's own Serve application, services/registry/serving.py) and the pages (ui.py); every
-successful GET carries an ETag and answers 304 to a matching If-None-Match (caching.py).
+the model's own Serve application, services/registry/serving.py; routes/compare.py) and
+the pages (ui.py, compare_page.py); every successful GET carries an ETag and answers 304
+to a matching If-None-Match (caching.py).
 ``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
 serve`` deploys it.
 
