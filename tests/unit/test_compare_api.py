@@ -184,3 +184,12 @@ def test_the_command_exits_2_on_bad_input(settings, monkeypatch, capsys, argv, s
     with pytest.raises(SystemExit) as exit:
         main(["compare", *argv])
     assert exit.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_database_that_is_away_is_503(tmp_path):
+    away = Settings(
+        home=tmp_path / "home",
+        database_url=SecretStr("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"),
+    )
+    got = TestClient(create_app(away)).get("/compare?jobs=1,2")
+    assert got.status_code == 503 and got.headers["retry-after"] == "5", got.text
