@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services import cli_compare
 from services.config import Settings
 from services.jobs.ray_jobs import EmbeddedOnCluster
 from training.hyperparams import Hyperparameters, load_hyperparameters
@@ -827,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
         _serve_parser,
         _promote_parser,
         _db_parser,
+        cli_compare.add_parser,
     ):
         add(sub)
     return p
