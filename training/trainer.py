@@ -32,12 +32,16 @@ def build_trainer(
     keep_checkpoints: int = 2,
     log_level: str = "WARNING",
     datasets: dict[str, Any] | None = None,
+    resources_per_worker: dict[str, float] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running the two-phase loop on ``num_workers`` workers.
 
     ``datasets`` (``train``, ``val``: Ray Data datasets of the decoded shards) streams the
     data: ``train`` is split across workers (equal rows each), ``val`` is read by every
     worker, which keeps its own slice (no row dropped from validation).
+
+    ``resources_per_worker``: Ray's (None: a CPU, or a GPU with ``use_gpu``), e.g. with a
+    node type's custom resource to place the workers on those nodes.
 
     ``name`` must be unique per job: Ray resumes a run whose (storage_path, name) exists.
     """
@@ -46,7 +50,9 @@ def build_trainer(
         train_loop_config={**loop_config, "streamed": bool(datasets)},
         datasets=datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
