@@ -289,18 +289,17 @@ class S3Store:
                 )
 
     def ray_storage(self, sub: str) -> tuple[str, Any]:
-        """Ray Train's storage_path and a pyarrow S3 filesystem for this endpoint."""
-        from pyarrow import fs
+        """Ray Train's (and Tune's) storage_path and a pyarrow filesystem for this
+        endpoint whose secret is never pickled (services/store/node_fs.py): Ray writes
+        the filesystem it is given into the store (Tune's tuner.pkl)."""
+        from services.store.node_fs import node_s3_filesystem
 
         s = self.settings
-        endpoint = urlparse(s.s3_endpoint) if s.s3_endpoint else None
-        filesystem = fs.S3FileSystem(
-            access_key=s.s3_access_key,
-            secret_key=s.s3_secret_key.get_secret_value() if s.s3_secret_key else None,
-            region=s.s3_region,
-            endpoint_override=endpoint.netloc if endpoint else None,
-            scheme=endpoint.scheme if endpoint else "https",
-            force_virtual_addressing=False,
+        filesystem = node_s3_filesystem(
+            s.s3_endpoint,
+            s.s3_region,
+            s.s3_access_key,
+            s.s3_secret_key.get_secret_value() if s.s3_secret_key else None,
         )
         return f"{self.bucket}/{self.key(sub.strip('/'))}", filesystem
 

@@ -297,16 +297,27 @@ def test_local_and_s3_stores_behave_the_same(kind, tmp_path, s3_server, s3_setti
 
 
 # ----------------------------------------------------------------- Ray's storage
-def test_ray_storage_is_a_working_pyarrow_filesystem(s3_server, s3_settings, bucket, tmp_path):
+def test_ray_storage_is_a_working_pyarrow_filesystem(
+    s3_server, s3_settings, bucket, tmp_path, monkeypatch
+):
     from pyarrow import fs as pafs
 
     store = open_store(s3_settings(f"s3://{bucket}/some/prefix"))
     path, filesystem = store.ray_storage("checkpoints")
     assert path == f"{bucket}/some/prefix/checkpoints"
-    assert isinstance(filesystem, pafs.S3FileSystem)
+    assert isinstance(filesystem, pafs.PyFileSystem)  # services/store/node_fs.py
     with filesystem.open_output_stream(f"{path}/run-1/checkpoint_000/model.pt") as out:
         out.write(b"checkpoint bytes")
     with filesystem.open_input_stream(f"{path}/run-1/checkpoint_000/model.pt") as src:
+        assert src.read() == b"checkpoint bytes"
+    # as a Train worker or a trial gets it: pickled without the secret, which it reads
+    # from its node's settings
+    import pickle
+
+    blob = pickle.dumps(filesystem)
+    assert s3_server.secret_key.encode() not in blob
+    monkeypatch.setenv("COLECIONADOR_S3_SECRET_KEY", s3_server.secret_key)  # the node's
+    with pickle.loads(blob).open_input_stream(f"{path}/run-1/checkpoint_000/model.pt") as src:
         assert src.read() == b"checkpoint bytes"
     filesystem.create_dir(f"{path}/run-1/empty")  # pyarrow writes a folder marker
     info = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
