@@ -279,7 +279,7 @@ class ObjectReader(Protocol):
     def read(self, name: str, etag: str, limit: int) -> bytes: ...
 
 
-def _decode_listed(reader: ObjectReader, name: str, n_bytes: int, etag: str, size: int):
+def _decode_listed(reader: ObjectReader, name: str, n_bytes: int, etag: str, size: int) -> _Decoded:
     if n_bytes < 0:
         raise FileNotFoundError("not in the data set's listing")
     if n_bytes > MAX_FILE_BYTES:  # from the listing: the object is never fetched

@@ -75,6 +75,7 @@ def class_shift(previous: dict[str, int], current: dict[str, int]) -> dict[str, 
     table = np.vstack([a, b])[:, (a + b) > 0]
     if table.shape[1] >= 2 and a.sum() and b.sum():
         res = chi2_contingency(table, correction=False)
+        chi: dict[str, float | None]
         chi = {"statistic": float(res.statistic), "dof": int(res.dof), "p_value": float(res.pvalue)}
     else:
         chi = {"statistic": None, "dof": 0, "p_value": None}

@@ -203,11 +203,11 @@ def health_report(
             )
         )
     if leaks:
-        first = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
+        example = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
         findings.append(
             Finding(
                 "leakage",
-                f"{len(leaks)} duplicate group(s) cross the train/val/test split, e.g. {first}",
+                f"{len(leaks)} duplicate group(s) cross the train/val/test split, e.g. {example}",
                 len(leaks),
             )
         )

@@ -78,7 +78,8 @@ def out_of_fold_probs(
         raise ValueError("label_check needs at least 2 train + val images of every class")
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0))
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return cross_val_predict(head, features, labels, cv=folds, method="predict_proba")
+    probs: np.ndarray = cross_val_predict(head, features, labels, cv=folds, method="predict_proba")
+    return probs
 
 
 def find_issues(

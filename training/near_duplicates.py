@@ -25,6 +25,7 @@ the narrowing), so time and memory stay linear in N whatever the data.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +71,10 @@ def gray(images: np.ndarray) -> np.ndarray:
     """uint8 (N, 3, S, S) -> float32 (N, S, S) grayscale (channel mean)."""
     rgb = images.astype(np.float32) if images.ndim == 3 else None
     if rgb is not None:  # one image
-        return (rgb[0] + rgb[1] + rgb[2]) / 3
-    return (images[:, 0].astype(np.float32) + images[:, 1] + images[:, 2]) / 3
+        one: np.ndarray = (rgb[0] + rgb[1] + rgb[2]) / 3
+        return one
+    many: np.ndarray = (images[:, 0].astype(np.float32) + images[:, 1] + images[:, 2]) / 3
+    return many
 
 
 def hash_thumbnails(images: np.ndarray) -> np.ndarray:
@@ -196,7 +199,7 @@ def near_duplicate_search(
     *,
     mirrored: bool = True,
     threshold: float = THRESHOLD,
-    exclude: set[tuple[int, int]] = frozenset(),
+    exclude: Container[tuple[int, int]] = frozenset(),
     limit: int | None = None,
 ) -> tuple[list[NearPair], int]:
     """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index

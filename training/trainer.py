@@ -47,7 +47,7 @@ def build_trainer(
         datasets=datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # mypy reads Train V1's; V2's has all
             name=name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
