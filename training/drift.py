@@ -18,12 +18,15 @@ compared with it (``compare``):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import chi2_contingency
 
 from training.near_duplicates import hashes
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 PROFILE_FORMAT = "colecionador.data_profile/1"
 LEAKAGE_BITS = 2  # pHash radius of a cross-version match
@@ -31,7 +34,7 @@ SHIFT_TV = 0.1  # total variation above which the class mix counts as shifted
 MAX_LISTED = 50
 
 
-def image_hashes(images: np.ndarray) -> np.ndarray:
+def image_hashes(images: np.ndarray | ShardImages) -> np.ndarray:
     """64-bit pHashes (uint64) of uint8 (N, 3, S, S) images, a block at a time (the
     near-duplicate search's own hashes, training.near_duplicates)."""
     return hashes(images)[0]

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
 from training.hash_index import TooManyPairs, hash_pairs
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 THRESHOLD = 0.995  # normalised correlation of 16x16 grayscale thumbnails
 THUMB = 16
@@ -97,7 +100,7 @@ def phash(thumbs: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def hashes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hashes(images: np.ndarray | ShardImages) -> tuple[np.ndarray, np.ndarray]:
     """pHashes of the images and of their mirror images, a block of images at a time
     (16 bytes an image kept, whatever ``images`` holds)."""
     h = np.zeros(len(images), np.uint64)
@@ -114,7 +117,10 @@ def candidate_budget(n: int) -> int:
 
 
 def candidates(
-    images: np.ndarray, max_distance: int, mirrored: bool, limit: int | None = None
+    images: np.ndarray | ShardImages,
+    max_distance: int,
+    mirrored: bool,
+    limit: int | None = None,
 ) -> tuple[dict[tuple[int, int], tuple[int, bool]], int]:
     """(i, j) -> (hash distance, mirrored) for every pair the hash proposes within the
     radius searched, and that radius: ``max_distance``, or less when more than ``limit``
@@ -157,7 +163,7 @@ def aligned_thumbnails(images: np.ndarray, mirror: bool = False) -> np.ndarray:
 
 
 def similarity(
-    images: np.ndarray, pairs: list[tuple[int, int, bool]], chunk: int = 4096
+    images: np.ndarray | ShardImages, pairs: list[tuple[int, int, bool]], chunk: int = 4096
 ) -> np.ndarray:
     """Best normalised correlation of each pair (i, j, mirrored): i's full thumbnail
     against each alignment of j (mirrored when asked), and the other way round."""
@@ -187,14 +193,16 @@ def similarity(
     return out
 
 
-def near_duplicates(images: np.ndarray, max_distance: int = 10, **options: Any) -> list[NearPair]:
+def near_duplicates(
+    images: np.ndarray | ShardImages, max_distance: int = 10, **options: Any
+) -> list[NearPair]:
     """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index order
     (``near_duplicate_search``'s pairs; the same options)."""
     return near_duplicate_search(images, max_distance, **options)[0]
 
 
 def near_duplicate_search(
-    images: np.ndarray,
+    images: np.ndarray | ShardImages,
     max_distance: int = 10,
     *,
     mirrored: bool = True,

@@ -366,7 +366,7 @@ class ShardSet:
             self.files, self.filesystem, self.file_of[keep], self.row_of[keep], self.image_size
         )
         return DecodedDataset(
-            images,  # type: ignore[arg-type]  # numpy-like: lazy, read shard by shard
+            images,
             m["label"][keep].astype(np.int64),
             list(classes),
             bad,
