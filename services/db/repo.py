@@ -505,7 +505,7 @@ def record_trial(s: Session, run_id: int, *, trial_index: int, **fields: Any) ->
     return row
 
 
-def set_trial_ranks(s: Session, run_id: int, ranks: dict[int, int]) -> None:
+def set_trial_ranks(s: Session, run_id: int, ranks: dict[int, int | None]) -> None:
     """``ranks``: trial_index -> rank (1 is best)."""
     for row in s.scalars(select(TuningTrial).where(TuningTrial.run_id == run_id)).all():
         row.rank = ranks.get(row.trial_index)
