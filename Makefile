@@ -16,11 +16,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/colecionador demo
 
-# ruff (lint and format) and import-linter's contracts (pyproject.toml): the habits, checked first
+# ruff (lint and format), import-linter's contracts and mypy --strict on training/, tuning/
+# and services/ (pyproject.toml): the habits, checked first
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q -ra --durations=15
@@ -35,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache *.egg-info

@@ -462,7 +462,8 @@ def _models_to_serve(args: argparse.Namespace, settings: Settings) -> list[tuple
     if args.no_predict:
         return []
     if args.predict:
-        return args.predict
+        named: list[tuple[str, int | None]] = args.predict
+        return named
     from services.db import repo
     from services.db.session import prepare_database, session_factory
 
@@ -839,7 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "workers", None) is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
-    return args.func(args, parser)
+    code: int = args.func(args, parser)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -213,5 +214,5 @@ def _writers(raw: str) -> list[tuple[str, SecretStr]]:
     return out
 
 
-def get_settings(**overrides) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)

@@ -107,6 +107,7 @@ class Consumer:
             self.ready.set()
 
     async def _consume(self) -> None:
+        assert self._stop is not None and self._database_down is not None  # made by run()
         connection = await broker.connect(self.settings.amqp_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -119,6 +120,7 @@ class Consumer:
                     await self._wait_for_database()
 
     async def _consume_until_stop_or_outage(self, queue: AbstractQueue) -> None:
+        assert self._stop is not None and self._database_down is not None  # made by run()
         self._queue, self._tag = queue, await queue.consume(self.handle)
         self.stats["consuming"] = True
         self.ready.set()
@@ -136,10 +138,12 @@ class Consumer:
             tag, self._tag = self._tag, None
             self.stats["consuming"] = False
             if tag is not None:
+                assert self._queue is not None  # set with the tag
                 await self._queue.cancel(tag)
 
     async def _wait_for_database(self) -> None:
         """Consume nothing until the database answers ``SELECT 1``, with backoff."""
+        assert self._stop is not None and self._database_down is not None  # made by run()
         self.stats["database_outages"] += 1
         backoff = 0.5
         while not self._stop.is_set():
@@ -153,6 +157,7 @@ class Consumer:
                 backoff = min(backoff * 2, 5.0)
 
     async def _reconcile_forever(self) -> None:
+        assert self._stop is not None  # made by run()
         while not self._stop.is_set():
             await self.reconcile_once()
             await self._sleep(self.settings.reconcile_interval_s)
@@ -177,6 +182,7 @@ class Consumer:
             self._error(f"outbox: {type(e).__name__}: {one_line(e)}")
 
     async def _sleep(self, seconds: float) -> None:
+        assert self._stop is not None  # made by run()
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except TimeoutError:
@@ -269,6 +275,7 @@ class Consumer:
             except Exception:  # noqa: BLE001 - the database is down after all
                 pass
         self._error(reason)
+        assert self._database_down is not None  # made by run(), which consumes
         self._database_down.set()
         await self._pause()  # first, so that the broker does not hand it straight back
         await message.nack(requeue=True)
@@ -295,7 +302,7 @@ def _backlog(settings: Settings) -> int:
         return repo.count_pending_events(s)
 
 
-def _make_actor_class():
+def _make_actor_class() -> Any:  # a Ray actor class
     import ray
 
     @ray.remote(num_cpus=0, max_restarts=-1)
@@ -373,6 +380,6 @@ def stop_ingress() -> dict[str, Any]:
     import ray
 
     actor = get_ingress()
-    status = ray.get(actor.stop.remote())
+    status: dict[str, Any] = ray.get(actor.stop.remote())
     ray.kill(actor)
     return status

@@ -27,7 +27,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return p
 
 
 def _bins(conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +38,9 @@ def _bins(conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     return edges, np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> list[dict]:
+def reliability_bins(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS
+) -> list[dict[str, Any]]:
     """Per equal-width bin of the top-1 confidence: its edges, image count, mean confidence
     and accuracy (None for an empty bin)."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, TextIO, get_args, runtime_checkable
 
 import torch
 from torch import nn
@@ -330,7 +330,7 @@ class TerminateOnNaN(Callback):
 class ProgressLogger(Callback):
     """One line per epoch on rank 0: phase, epoch, loss, accuracy, val figures, lr, time."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None):
         self.stream = stream
 
     def on_phase_begin(self, phase: int) -> None:
@@ -505,9 +505,9 @@ class TensorBoard(Callback):
 
     def __init__(self, log_dir: str | None = None):
         self.log_dir = log_dir
-        self._writer = None
+        self._writer: Any = None  # a tensorboardX SummaryWriter (tensorboardX has no types)
 
-    def _open(self):
+    def _open(self) -> Any:
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
@@ -527,6 +527,7 @@ class TensorBoard(Callback):
     def on_checkpoint(self, directory: Path) -> None:
         if self._writer is not None:
             self._writer.flush()
+            assert self.log_dir is not None  # _open set it with the writer
             shutil.copytree(self.log_dir, directory / "tensorboard", dirs_exist_ok=True)
 
 

@@ -21,11 +21,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MANIFEST = "manifest.csv"
@@ -76,7 +79,7 @@ class DatasetIndex:
 
 @dataclass
 class DecodedDataset:
-    images: np.ndarray  # uint8 (N, 3, H, W)
+    images: np.ndarray | ShardImages  # uint8 (N, 3, H, W); lazy when read from shards
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
     bad: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
@@ -296,7 +299,7 @@ class ObjectReader(Protocol):
     def read(self, name: str, etag: str, limit: int) -> bytes: ...
 
 
-def _decode_listed(reader: ObjectReader, name: str, n_bytes: int, etag: str, size: int):
+def _decode_listed(reader: ObjectReader, name: str, n_bytes: int, etag: str, size: int) -> _Decoded:
     if n_bytes < 0:
         raise FileNotFoundError("not in the data set's listing")
     if n_bytes > MAX_FILE_BYTES:  # from the listing: the object is never fetched

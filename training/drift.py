@@ -18,12 +18,15 @@ compared with it (``compare``):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import chi2_contingency
 
 from training.near_duplicates import hashes
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 PROFILE_FORMAT = "colecionador.data_profile/1"
 LEAKAGE_BITS = 2  # pHash radius of a cross-version match
@@ -31,7 +34,7 @@ SHIFT_TV = 0.1  # total variation above which the class mix counts as shifted
 MAX_LISTED = 50
 
 
-def image_hashes(images: np.ndarray) -> np.ndarray:
+def image_hashes(images: np.ndarray | ShardImages) -> np.ndarray:
     """64-bit pHashes (uint64) of uint8 (N, 3, S, S) images, a block at a time (the
     near-duplicate search's own hashes, training.near_duplicates)."""
     return hashes(images)[0]
@@ -75,6 +78,7 @@ def class_shift(previous: dict[str, int], current: dict[str, int]) -> dict[str, 
     table = np.vstack([a, b])[:, (a + b) > 0]
     if table.shape[1] >= 2 and a.sum() and b.sum():
         res = chi2_contingency(table, correction=False)
+        chi: dict[str, float | None]
         chi = {"statistic": float(res.statistic), "dof": int(res.dof), "p_value": float(res.pvalue)}
     else:
         chi = {"statistic": None, "dof": 0, "p_value": None}

@@ -8,10 +8,13 @@ data), as errors.json and a PNG grid of the worst of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 
 def error_report(
@@ -58,7 +61,7 @@ def error_report(
 
 
 def worst_examples_png(
-    report: dict[str, Any], images: np.ndarray, cols: int = 6, limit: int = 24
+    report: dict[str, Any], images: np.ndarray | ShardImages, cols: int = 6, limit: int = 24
 ) -> bytes | None:
     """A grid of the worst examples (``images``: uint8 (N, 3, H, W) of the test split,
     indexed like the report): true -> predicted and the confidence under each."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,10 +14,16 @@ from training.export import TOLERANCE
 from training.hyperparams import Hyperparameters
 from training.metrics import classification_metrics
 
+if TYPE_CHECKING:
+    from training.shards import ShardImages
+
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    images: np.ndarray | ShardImages,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Logits (float32, (N, classes)) for uint8 (N, 3, H, W) images."""
     model.eval().to(device)
@@ -33,7 +39,7 @@ def predict_logits(
 
 def predict_probs(
     model: nn.Module,
-    images: np.ndarray,
+    images: np.ndarray | ShardImages,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     temperature: float = 1.0,

@@ -52,17 +52,21 @@ class OnnxExport:
 class TemperatureScaled(nn.Module):
     """``model(x) / temperature``: the calibrated logits, as one graph to export."""
 
+    temperature: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, model: nn.Module, temperature: float):
         super().__init__()
         self.model = model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) / self.temperature
+        logits: torch.Tensor = self.model(x)
+        return logits / self.temperature
 
 
 def _normalised(images: np.ndarray) -> torch.Tensor:
-    return eval_transform()(torch.from_numpy(np.ascontiguousarray(images)))
+    x: torch.Tensor = eval_transform()(torch.from_numpy(np.ascontiguousarray(images)))
+    return x
 
 
 def export_onnx(model: nn.Module, image_size: int) -> tuple[bytes, dict[str, Any]]:
@@ -87,13 +91,14 @@ def export_onnx(model: nn.Module, image_size: int) -> tuple[bytes, dict[str, Any
                         output_names=[OUTPUT],
                         dynamic_shapes=({0: torch.export.Dim("batch")},),
                     )
+                    assert program is not None  # dynamo=True always returns the program
                     data = program.model_proto.SerializeToString()
                 else:
                     buf = io.BytesIO()
                     torch.onnx.export(
                         model,
                         example,
-                        buf,
+                        buf,  # type: ignore[arg-type]  # torch names paths; files work too
                         dynamo=False,
                         input_names=[INPUT],
                         output_names=[OUTPUT],
@@ -107,7 +112,7 @@ def export_onnx(model: nn.Module, image_size: int) -> tuple[bytes, dict[str, Any
 
         proto = onnx.load_from_string(data)
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-        info = {
+        info: dict[str, Any] = {
             "exporter": exporter,
             "opset": int(opset),
             "export_s": round(time.perf_counter() - t0, 3),
@@ -155,7 +160,7 @@ def parity(
         [torch.softmax(model(x[s : s + 256]).float(), dim=1) for s in range(0, len(x), 256)]
     ).numpy()
     got = onnx_probs(onnx_model, x.numpy())
-    diff: float | None = float(np.abs(got - ref).max())
+    diff = float(np.abs(got - ref).max())
     agreement = float((got.argmax(1) == ref.argmax(1)).mean())
     if not math.isfinite(diff):  # NaN in either: nothing JSON or a gate rule can hold
         return {

@@ -102,7 +102,8 @@ class _Found:
     ``limit`` distinct pairs raises ``TooManyPairs`` (memory stays ~``limit``)."""
 
     def __init__(self, limit: int | None):
-        self.limit, self.parts, self.held = limit, [], 0
+        self.parts: list[np.ndarray] = []
+        self.limit, self.held = limit, 0
 
     def add(self, codes: np.ndarray) -> None:
         self.parts.append(codes)

@@ -11,6 +11,7 @@ model has seen in training), image sizes and channels. Each finding has a kind; 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,11 +204,11 @@ def health_report(
             )
         )
     if leaks:
-        first = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
+        example = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
         findings.append(
             Finding(
                 "leakage",
-                f"{len(leaks)} duplicate group(s) cross the train/val/test split, e.g. {first}",
+                f"{len(leaks)} duplicate group(s) cross the train/val/test split, e.g. {example}",
                 len(leaks),
             )
         )
@@ -245,12 +246,12 @@ def _stats(v: np.ndarray) -> dict[str, float] | None:
     return {"min": int(v.min()), "median": float(np.median(v)), "max": int(v.max())}
 
 
-def failing(report: dict[str, Any], fail_on: list[str]) -> list[str]:
+def failing(report: dict[str, Any], fail_on: Collection[str]) -> list[str]:
     """Messages of the findings whose kind is in ``fail_on``."""
     return [f["message"] for f in report["findings"] if f["kind"] in fail_on]
 
 
-def blocking(report: dict[str, Any], fail_on: list[str], on_bad_image: str) -> list[str]:
+def blocking(report: dict[str, Any], fail_on: Collection[str], on_bad_image: str) -> list[str]:
     """Messages of the findings that would fail a job with these settings: small classes
     always (the split needs min_per_class), unreadable files unless ``on_bad_image`` is
     skip, and the kinds in ``fail_on``."""

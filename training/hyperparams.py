@@ -173,10 +173,11 @@ class Hyperparameters(BaseModel):
 
     @field_validator("callbacks")
     @classmethod
-    def _storable_callbacks(cls, v: list) -> list:
+    def _storable_callbacks(cls, v: list[Any]) -> list[Any]:
         if len(json.dumps(v, default=str)) > MAX_CALLBACK_SPEC:
             raise ValueError(f"callbacks take at most {MAX_CALLBACK_SPEC} characters of JSON")
-        return storable(v)
+        kept: list[Any] = storable(v)
+        return kept
 
     @model_validator(mode="after")
     def _check(self) -> Hyperparameters:
@@ -316,7 +317,8 @@ def _read_config(path: str) -> dict[str, Any]:
         raise ValueError(f"cannot parse {path}: {_first_line(str(e))}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of hyperparameters")
-    return data.get("hyperparameters", data)
+    found: dict[str, Any] = data.get("hyperparameters", data)
+    return found
 
 
 def load_hyperparameters(config: str | None, assignments: list[str]) -> Hyperparameters:

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
 from training.evaluate import predict_logits
 from training.model import head_prefix
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 MAX_LISTED = 50  # label_issues.json lists at most this many (ranked)
 SHOWN = 30  # the picture shows the first of them
@@ -54,7 +57,10 @@ def feature_extractor(model: nn.Module) -> nn.Module:
 
 
 def backbone_features(
-    model: nn.Module, images: np.ndarray, batch_size: int = 256, device: str = "cpu"
+    model: nn.Module,
+    images: np.ndarray | ShardImages,
+    batch_size: int = 256,
+    device: str = "cpu",
 ) -> np.ndarray:
     """(N, D) float32 features of uint8 (N, 3, S, S) images under the frozen backbone."""
     return predict_logits(feature_extractor(model), images, batch_size, device)
@@ -78,7 +84,8 @@ def out_of_fold_probs(
         raise ValueError("label_check needs at least 2 train + val images of every class")
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=1.0))
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return cross_val_predict(head, features, labels, cv=folds, method="predict_proba")
+    probs: np.ndarray = cross_val_predict(head, features, labels, cv=folds, method="predict_proba")
+    return probs
 
 
 def find_issues(
@@ -124,7 +131,10 @@ def find_issues(
 
 
 def label_issues_png(
-    report: dict[str, Any], images: np.ndarray, cols: int = 6, limit: int = SHOWN
+    report: dict[str, Any],
+    images: np.ndarray | ShardImages,
+    cols: int = 6,
+    limit: int = SHOWN,
 ) -> bytes | None:
     """A grid of the top issues (``images`` indexed like the report's ``index``): given ->
     likely label and the out-of-fold confidence under each; None when there are none."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,13 +24,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from training.augment import eval_transform, per_image, train_transform
 from training.hyperparams import Hyperparameters
 
+if TYPE_CHECKING:
+    from training.shards import ShardImages
+
 T = TypeVar("T")
 
 
-class ArrayDataset(Dataset):
+class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
     def __init__(
         self,
-        images: np.ndarray,
+        images: np.ndarray | ShardImages,
         labels: np.ndarray,
         indices: np.ndarray,
         transform: Callable[[torch.Tensor], torch.Tensor],
@@ -58,7 +61,7 @@ class DistributedWeightedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         draw = torch.multinomial(
             self.weights, self.num_samples * self.num_replicas, replacement=True, generator=g
@@ -78,12 +81,13 @@ def train_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> DataLoader[tuple[torch.Tensor, int]]:
     """This rank's training DataLoader over ``indices``, augmented by ``hp``; call
     ``loader.sampler.set_epoch(epoch)`` before each epoch."""
     ds = ArrayDataset(images, labels, indices, train_transform(hp))
     if hp.sampler == "weighted":
-        sampler: Sampler = DistributedWeightedSampler(labels[indices], world_size, rank, hp.seed)
+        sampler: DistributedWeightedSampler | DistributedSampler[int]
+        sampler = DistributedWeightedSampler(labels[indices], world_size, rank, hp.seed)
     else:
         sampler = DistributedSampler(
             ds, num_replicas=world_size, rank=rank, shuffle=True, seed=hp.seed
@@ -166,7 +170,9 @@ class ArrayBatches:
         self.val_idx = data.val_idx[rank::world_size]
 
     def train(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        self.loader.sampler.set_epoch(epoch)
+        sampler = self.loader.sampler
+        assert isinstance(sampler, (DistributedWeightedSampler, DistributedSampler))
+        sampler.set_epoch(epoch)
         return self.loader
 
     def val(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from training.model import (
 )
 from training.schedules import EpochSchedule
 
+if TYPE_CHECKING:
+    from training.shards import ShardImages
+
 
 @dataclass
 class TrainData:
@@ -55,7 +58,7 @@ class TrainData:
     ``images`` is an array in memory or a ``training.shards.ShardImages`` (lazy: its images
     stay in the decoded shards, and a Ray Train run streams them instead)."""
 
-    images: np.ndarray  # uint8 (N, 3, H, W), or numpy-like ShardImages
+    images: np.ndarray | ShardImages  # uint8 (N, 3, H, W), or numpy-like ShardImages
     labels: np.ndarray  # int64 (N,)
     train_idx: np.ndarray
     val_idx: np.ndarray
@@ -111,7 +114,9 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(values: list[float], device: torch.device, op=None) -> list[float]:
+def _all_reduce(
+    values: list[float], device: torch.device, op: dist.ReduceOp.RedOpType | None = None
+) -> list[float]:
     if not _distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -228,7 +233,7 @@ class TwoPhaseRun:
         phase, epochs, lr = self.phases[pos]
         self.phase_pos, self.epoch_in_phase, self.stop_training = pos, 0, False
         self.phase_info = set_phase(self.module, phase, self.hp.unfreeze_last)
-        self.model = None  # drop the previous DDP wrapper before making a new one
+        self.model = None  # type: ignore[assignment]  # drop the previous DDP wrapper first
         self.model = self._wrap(self.module)  # DDP must see the new trainable set
         self.optimizer = make_optimizer(self.hp, trainable_parameters(self.module), lr)
         self.schedule = EpochSchedule(self.optimizer, self.hp, epochs, lr)
@@ -278,7 +283,7 @@ class TwoPhaseRun:
                 self._begin_phase(self.phase_pos + 1)
         return logs
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -300,7 +305,7 @@ class TwoPhaseRun:
         for i, ((x, y), last) in enumerate(batches):
             x, y = self._to_device(x, y)
             step = (i + 1) % hp.grad_accum == 0 or last
-            sync = contextlib.nullcontext()
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if not step and isinstance(model, DistributedDataParallel):
                 sync = model.no_sync()
             with sync:
@@ -341,8 +346,8 @@ class TwoPhaseRun:
             total += loss_fn(out.float(), y).item()
             correct += int((out.argmax(1) == y).sum().item())
             n += len(y)
-        total, correct, n = _all_reduce([total, float(correct), float(n)], self.device)
-        return total / max(n, 1), correct / max(n, 1)
+        total, n_correct, n_seen = _all_reduce([total, float(correct), float(n)], self.device)
+        return total / max(n_seen, 1), n_correct / max(n_seen, 1)
 
     # ------------------------------------------------------------ state, export
     def state_dict(self) -> dict[str, Any]:

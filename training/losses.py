@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class FocalLoss(nn.Module):
     """Multi-class focal loss (Lin et al. 2017): mean of -w_y (1 - p_y)^γ log p_y."""
+
+    weight: torch.Tensor | None  # a buffer (register_buffer)
 
     def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
         super().__init__()
@@ -41,7 +44,7 @@ def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def import_callable(path: str) -> Callable:
+def import_callable(path: str) -> Callable[..., Any]:
     """``package.module:name`` to the object it names, with a clear error."""
     from training.plugins import IMPORT_PATH
 
@@ -49,7 +52,7 @@ def import_callable(path: str) -> Callable:
         raise ValueError(f"{path!r} is not an import path 'package.module:name'")
     module, _, name = path.partition(":")
     try:
-        obj = getattr(importlib.import_module(module), name)
+        obj: object = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot import {path!r}: {e}") from None
     if not callable(obj):
@@ -66,4 +69,4 @@ def build_loss(hp: Hyperparameters, train_labels: np.ndarray, num_classes: int) 
     obj = import_callable(hp.loss)
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         return obj()
-    return obj
+    return cast(LossFn, obj)  # a user's function: its signature is known only when it runs

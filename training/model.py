@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -41,7 +41,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def build_model(backbone: str, num_classes: int, dropout: float = 0.2) -> nn.Module:
     """A torchvision model with random weights and a new head of ``num_classes`` outputs."""
     try:
-        model = tvm.get_model(backbone, weights=None)
+        model: nn.Module = tvm.get_model(backbone, weights=None)
     except ValueError as e:
         raise ValueError(f"unknown backbone {backbone!r}: {e}") from None
     name, old = _last_linear(model)
@@ -125,7 +125,7 @@ def load_named_weights(backbone: str, name: str, torch_home: Path) -> dict[str, 
     weights = resolve_weights(backbone, name)
     path = weights_file(weights, torch_home)
     try:
-        state = weights.get_state_dict(
+        state: dict[str, torch.Tensor] = weights.get_state_dict(
             model_dir=str(path.parent), progress=False, check_hash=True, weights_only=True
         )
     except OSError as e:  # URLError, socket errors, a full disk
@@ -241,7 +241,9 @@ def export_model(module: nn.Module, hp: Any, classes: list[str]) -> dict[str, An
 def load_model(package: dict[str, Any] | str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from model.pt (a path or the loaded dict); returns (model, package)."""
     if not isinstance(package, dict):
-        package = torch.load(Path(package), map_location="cpu", weights_only=True)
+        package = cast(  # model.pt: the dict that package() makes
+            dict[str, Any], torch.load(Path(package), map_location="cpu", weights_only=True)
+        )
     if package.get("format") != MODEL_FORMAT:
         raise WeightsError(f"not a {MODEL_FORMAT} package")
     model = build_model(package["backbone"], package["num_classes"], package["dropout"])

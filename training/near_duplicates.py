@@ -25,14 +25,18 @@ the narrowing), so time and memory stay linear in N whatever the data.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
 from training.hash_index import TooManyPairs, hash_pairs
+
+if TYPE_CHECKING:
+    from training.shards import ShardImages
 
 THRESHOLD = 0.995  # normalised correlation of 16x16 grayscale thumbnails
 THUMB = 16
@@ -70,8 +74,10 @@ def gray(images: np.ndarray) -> np.ndarray:
     """uint8 (N, 3, S, S) -> float32 (N, S, S) grayscale (channel mean)."""
     rgb = images.astype(np.float32) if images.ndim == 3 else None
     if rgb is not None:  # one image
-        return (rgb[0] + rgb[1] + rgb[2]) / 3
-    return (images[:, 0].astype(np.float32) + images[:, 1] + images[:, 2]) / 3
+        one: np.ndarray = (rgb[0] + rgb[1] + rgb[2]) / 3
+        return one
+    many: np.ndarray = (images[:, 0].astype(np.float32) + images[:, 1] + images[:, 2]) / 3
+    return many
 
 
 def hash_thumbnails(images: np.ndarray) -> np.ndarray:
@@ -94,7 +100,7 @@ def phash(thumbs: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def hashes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hashes(images: np.ndarray | ShardImages) -> tuple[np.ndarray, np.ndarray]:
     """pHashes of the images and of their mirror images, a block of images at a time
     (16 bytes an image kept, whatever ``images`` holds)."""
     h = np.zeros(len(images), np.uint64)
@@ -111,7 +117,10 @@ def candidate_budget(n: int) -> int:
 
 
 def candidates(
-    images: np.ndarray, max_distance: int, mirrored: bool, limit: int | None = None
+    images: np.ndarray | ShardImages,
+    max_distance: int,
+    mirrored: bool,
+    limit: int | None = None,
 ) -> tuple[dict[tuple[int, int], tuple[int, bool]], int]:
     """(i, j) -> (hash distance, mirrored) for every pair the hash proposes within the
     radius searched, and that radius: ``max_distance``, or less when more than ``limit``
@@ -154,7 +163,7 @@ def aligned_thumbnails(images: np.ndarray, mirror: bool = False) -> np.ndarray:
 
 
 def similarity(
-    images: np.ndarray, pairs: list[tuple[int, int, bool]], chunk: int = 4096
+    images: np.ndarray | ShardImages, pairs: list[tuple[int, int, bool]], chunk: int = 4096
 ) -> np.ndarray:
     """Best normalised correlation of each pair (i, j, mirrored): i's full thumbnail
     against each alignment of j (mirrored when asked), and the other way round."""
@@ -184,19 +193,21 @@ def similarity(
     return out
 
 
-def near_duplicates(images: np.ndarray, max_distance: int = 10, **options: Any) -> list[NearPair]:
+def near_duplicates(
+    images: np.ndarray | ShardImages, max_distance: int = 10, **options: Any
+) -> list[NearPair]:
     """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index order
     (``near_duplicate_search``'s pairs; the same options)."""
     return near_duplicate_search(images, max_distance, **options)[0]
 
 
 def near_duplicate_search(
-    images: np.ndarray,
+    images: np.ndarray | ShardImages,
     max_distance: int = 10,
     *,
     mirrored: bool = True,
     threshold: float = THRESHOLD,
-    exclude: set[tuple[int, int]] = frozenset(),
+    exclude: Container[tuple[int, int]] = frozenset(),
     limit: int | None = None,
 ) -> tuple[list[NearPair], int]:
     """Confirmed near-duplicate pairs of uint8 images (N, 3, S, S), i < j, in index

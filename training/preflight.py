@@ -40,7 +40,8 @@ class _FrozenBatchNormStaysFrozen(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        out: torch.Tensor = self.model(x)
+        return out
 
     def train(self, mode: bool = True) -> _FrozenBatchNormStaysFrozen:
         super().train(mode)
@@ -50,7 +51,10 @@ class _FrozenBatchNormStaysFrozen(torch.nn.Module):
 
 
 def _model(
-    hp: Hyperparameters, data: TrainData, backbone_state: dict | None, device: torch.device
+    hp: Hyperparameters,
+    data: TrainData,
+    backbone_state: dict[str, torch.Tensor] | None,
+    device: torch.device,
 ) -> torch.nn.Module:
     torch.manual_seed(hp.seed)
     model = build_model(hp.backbone, len(data.classes), hp.dropout)
@@ -62,7 +66,7 @@ def _model(
 def overfit_one_batch(
     hp: Hyperparameters,
     data: TrainData,
-    backbone_state: dict | None = None,
+    backbone_state: dict[str, torch.Tensor] | None = None,
     *,
     steps: int = 150,
     target_loss: float = 0.05,
@@ -116,7 +120,7 @@ def overfit_one_batch(
 def lr_range_test(
     hp: Hyperparameters,
     data: TrainData,
-    backbone_state: dict | None = None,
+    backbone_state: dict[str, torch.Tensor] | None = None,
     *,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
@@ -127,7 +131,7 @@ def lr_range_test(
     the suggested lr (steepest descent), the curve, and a PNG of it."""
     from torch_lr_finder import LRFinder
 
-    from training.plots import plt, png_bytes  # pyplot on the Agg backend
+    from training.plots import plt, png_bytes  # type: ignore[attr-defined]  # Agg's pyplot
 
     device = torch.device(device)
     model = _model(hp, data, backbone_state, device)
@@ -167,7 +171,7 @@ def lr_range_test(
 def preflight(
     hp: Hyperparameters,
     data: TrainData,
-    backbone_state: dict | None = None,
+    backbone_state: dict[str, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Both checks; ``png`` is the LR range test's curve."""

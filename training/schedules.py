@@ -16,7 +16,9 @@ from torch.optim import lr_scheduler as sch
 from training.hyperparams import Hyperparameters
 
 
-def _main_scheduler(optimizer: Optimizer, hp: Hyperparameters, epochs: int, lr0: float):
+def _main_scheduler(
+    optimizer: Optimizer, hp: Hyperparameters, epochs: int, lr0: float
+) -> sch.LRScheduler:
     name = hp.schedule
     if name == "plateau":
         return sch.ReduceLROnPlateau(
@@ -60,7 +62,7 @@ class EpochSchedule:
         self.warmup = min(hp.warmup_epochs, epochs)
         self.main_epochs = max(epochs - self.warmup, 1)
         self.t = 0
-        self.main = None
+        self.main: sch.LRScheduler | None = None
         if self.warmup:
             self._set_lr(lr0 / (self.warmup + 1))
         else:
@@ -72,7 +74,8 @@ class EpochSchedule:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        lr: float = self.optimizer.param_groups[0]["lr"]
+        return lr
 
     def step(self, val_loss: float | None = None) -> None:
         """Call after each epoch; ``val_loss`` feeds ReduceLROnPlateau."""

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +43,11 @@ from training.data import (
     decode_listed_or_reason,
     decode_or_reason,
 )
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from training.data import _Decoded
 
 META_COLUMNS = ["id", "label", "path", "width", "height", "mode", "sha1", "phash", "error"]
 ROWS_PER_SHARD = 256  # ~38 MB of images per shard at 224 px
@@ -67,13 +73,15 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _filesystem(filesystem: Any):
+def _filesystem(filesystem: Any) -> Any:
     from pyarrow import fs
 
     return filesystem if filesystem is not None else fs.LocalFileSystem()
 
 
-def _decoded_batch(batch: dict[str, np.ndarray], root: str, size: int, reader):
+def _decoded_batch(
+    batch: dict[str, np.ndarray], root: str, size: int, reader: ObjectReader | None
+) -> list[_Decoded | str]:
     """Each listed file of the batch decoded, or the reason it is not: by path under a
     local ``root``, or through ``reader`` (a few objects at once: each is a round trip)."""
     if reader is None:
@@ -88,12 +96,14 @@ def _decoded_batch(batch: dict[str, np.ndarray], root: str, size: int, reader):
         [str(e) for e in batch["etag"]],
     )
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        return list(pool.map(lambda r: decode_listed_or_reason(reader, *r, size), rows))
+        return list(
+            pool.map(lambda r: decode_listed_or_reason(reader, r[0], r[1], r[2], size), rows)
+        )
 
 
 def _decode_rows(
     batch: dict[str, np.ndarray], root: str, size: int, reader: ObjectReader | None = None
-):
+) -> Any:  # a pyarrow Table
     """Ray Data map_batches: decode and resize one batch of listed files."""
     n = len(batch["id"])
     images = np.zeros((n, 3, size, size), np.uint8)
@@ -180,7 +190,7 @@ def decode_to_shards(
     blocks = max(1, math.ceil(len(items) / rows_per_shard))
     quiet_ray_data()
     ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        _decode_rows,
+        _decode_rows,  # type: ignore[arg-type]  # Ray's types leave out fn_kwargs' arguments
         fn_kwargs={"root": str(index.root), "size": image_size, "reader": reader},
         batch_size=rows_per_shard,
         batch_format="numpy",
@@ -197,18 +207,18 @@ def decode_to_shards(
     return sorted(i.path for i in infos if i.path.endswith(".parquet"))
 
 
-def _parquet():
+def _parquet() -> Any:
     import pyarrow.parquet as pq
 
     return pq
 
 
-def _images_of(table) -> np.ndarray:
+def _images_of(table: Any) -> np.ndarray:
     """The ``image`` column (raw bytes of uint8 (3, S, S), one value per row) as an
     array (N, 3, S, S), without a copy per image."""
     import pyarrow as pa
 
-    parts = []
+    parts: list[np.ndarray] = []
     for chunk in table.column("image").chunks:
         if not len(chunk):
             continue
@@ -291,10 +301,11 @@ class ShardImages:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
-            return self.take([int(key) % len(self)])[0]
+            one: np.ndarray = self.take([int(key) % len(self)])[0]
+            return one
         return self.take(key)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         for start in range(0, len(self), 64):
             yield from self.take(slice(start, start + 64))
 
@@ -367,7 +378,8 @@ class ShardSet:
         """Listing ids of the files that decoded, in ``decode_order``: position i of
         ``decoded()`` is listing id ``kept()[i]``."""
         order = decode_order(len(self))
-        return order[self.meta["error"][order] == ""]
+        kept: np.ndarray = order[self.meta["error"][order] == ""]
+        return kept
 
     def decoded(self, classes: list[str]) -> DecodedDataset:
         """The DecodedDataset of the decoded files, numbered in ``decode_order`` (so a
@@ -378,7 +390,7 @@ class ShardSet:
             self.files, self.filesystem, self.file_of[keep], self.row_of[keep], self.image_size
         )
         return DecodedDataset(
-            images,  # type: ignore[arg-type] - numpy-like
+            images,
             m["label"][keep].astype(np.int64),
             list(classes),
             bad,
@@ -389,7 +401,9 @@ class ShardSet:
             phash=m["phash"][keep].astype(np.uint64),
         )
 
-    def part(self, ids: np.ndarray, epochs: int = 1, seed: int = 0, readers: int = 4):
+    def part(
+        self, ids: np.ndarray, epochs: int = 1, seed: int = 0, readers: int = 4
+    ) -> ray.data.Dataset:
         """A Ray Data dataset of the rows ``ids`` (listing ids): id, label, image, one
         block per shard, ``epochs`` times over, each pass over the shards in its own
         seeded order and each shard's rows shuffled by its reader (a shuffle the trainer's
@@ -422,7 +436,7 @@ class ShardSet:
                 for f in rng.permutation(len(self.files))
             ]
         return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
-            _read_rows,
+            _read_rows,  # type: ignore[arg-type]  # Ray's types leave out fn_kwargs' arguments
             fn_kwargs={"filesystem": self.filesystem, "keep": keep},
             batch_size=1,
             batch_format="numpy",
@@ -431,7 +445,9 @@ class ShardSet:
         )
 
 
-def _read_rows(batch: dict[str, np.ndarray], filesystem: Any, keep: np.ndarray):
+def _read_rows(
+    batch: dict[str, np.ndarray], filesystem: Any, keep: np.ndarray
+) -> dict[str, np.ndarray]:
     """Ray Data map_batches: the kept rows (id, label, image) of the shard files named,
     shuffled by their ``seed`` (-1: in order)."""
     pq = _parquet()

@@ -53,7 +53,7 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker
         ),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # mypy reads Train V1's; V2's has all
             name=name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ class CVData:
     ``shards`` (training.shards.ShardSet, with lazy ``images`` numbered as its
     ``decoded()``): each fold streams its rows (``fold_batches``) instead."""
 
-    images: np.ndarray
+    images: np.ndarray | ShardImages
     labels: np.ndarray
     classes: list[str]
     folds: list[tuple[np.ndarray, np.ndarray]]
@@ -294,7 +294,8 @@ def cv_trainable(
     cv = FoldsInLockstep(hp, data, backbone_state=backbone_state, device=device, quiet=True)
     while not cv.done:
         report = cv.step()
-        if cv.done and not cv.failure and hp.label_check:
+        # cast: step() may finish it, where mypy keeps the loop's `not cv.done`
+        if cast(bool, cv.done) and not cv.failure and hp.label_check:
             idx, probs = cv.out_of_fold_probs()
             with tempfile.TemporaryDirectory(prefix="oof-") as folder:
                 save_out_of_fold(folder, data.original(idx), probs)

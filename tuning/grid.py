@@ -40,6 +40,7 @@ MAX_GRID = 10_000  # configs a grid may expand to
 
 def _split_values(raw: str) -> list[str]:
     """Split ``v1,v2,...`` at top-level commas: ``[3,6],[5,10]`` is two values."""
+    cur: list[str]
     parts, depth, quote, cur = [], 0, None, []
     for ch in raw:
         if quote:

@@ -14,7 +14,7 @@ of the metric at the last reported epoch, ties by the smaller std, then by grid 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,7 +73,9 @@ class ConfigSummary:
 
 def summarize(trial: Any, metric: str = "val_loss") -> ConfigSummary:
     """A ConfigSummary of a TrialOutcome (or of a dict with the same fields)."""
-    get = trial.get if isinstance(trial, Mapping) else lambda k, d=None: getattr(trial, k, d)
+    get: Callable[..., Any] = (
+        trial.get if isinstance(trial, Mapping) else lambda k, d=None: getattr(trial, k, d)
+    )
     history = list(get("history") or [])
     sign = 1.0 if MODES[metric] == "min" else -1.0
     last = _figures(history[-1]) if history else None
@@ -96,7 +98,7 @@ def summarize(trial: Any, metric: str = "val_loss") -> ConfigSummary:
     )
 
 
-def sort_key(c: ConfigSummary, metric: str) -> tuple:
+def sort_key(c: ConfigSummary, metric: str) -> tuple[int, bool, float, float, int]:
     sign = 1.0 if MODES[metric] == "min" else -1.0
     mean, std = c.mean(metric), c.std(metric)
     return (

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import numpy as np
@@ -45,6 +45,10 @@ from tuning.cv import CVData, cv_folds, cv_trainable, read_out_of_fold
 from tuning.grid import max_epochs
 from tuning.space import ends, to_tune, validate_space
 from tuning.spec import TuningSpec
+
+if TYPE_CHECKING:
+    from ray import tune
+    from ray.tune.schedulers import TrialScheduler
 
 
 @dataclass
@@ -146,7 +150,7 @@ class Hooks:
 HOOKS: dict[str, Hooks] = {}
 
 
-def _make_collector(name: str, keys: list[str]):
+def _make_collector(name: str, keys: list[str]) -> tune.Callback:
     """A Tune callback (built here so the module imports without Ray Tune) that keeps
     every trial's reports in the driver and tells the run's listener when a trial ends.
 
@@ -191,7 +195,7 @@ def _make_collector(name: str, keys: list[str]):
                 if t.status == "running":  # Tune starts it again, from its first epoch
                     t.history, t.oof_checkpoint = [], None
 
-        def _get(self, trials: list, trial: Any) -> TrialOutcome:
+        def _get(self, trials: list[Any], trial: Any) -> TrialOutcome:
             t = self.trials.get(trial.trial_id)
             if t is None:
                 config = {k: trial.config[k] for k in self.keys if k in trial.config}
@@ -200,10 +204,19 @@ def _make_collector(name: str, keys: list[str]):
                 self.trials[trial.trial_id] = t
             return t
 
-        def on_trial_start(self, iteration, trials, trial, **info):
+        def on_trial_start(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             self._get(trials, trial)
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
+        def on_trial_result(
+            self,
+            iteration: int,
+            trials: list[Any],
+            trial: Any,
+            result: dict[str, Any],
+            **info: Any,
+        ) -> None:
             t = self._get(trials, trial)
             row = {k: v for k, v in result.items() if k in REPORT_KEYS or k == "folds"}
             t.max_epochs = result.get("max_epochs", t.max_epochs)
@@ -214,11 +227,15 @@ def _make_collector(name: str, keys: list[str]):
             if on_result is not None:
                 on_result(t, row)
 
-        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        def on_checkpoint(
+            self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
+        ) -> None:
             # the only checkpoint a trial saves: its out-of-fold probabilities (tuning.cv)
             self._get(trials, trial).oof_checkpoint = checkpoint.path
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             t = self._get(trials, trial)
             if t.status != "running":
                 return
@@ -226,7 +243,9 @@ def _make_collector(name: str, keys: list[str]):
             t.status = "completed" if last.get("trial_done") else "stopped_early"
             self.ended.append(t)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             t = self._get(trials, trial)
             if t.status != "running":
                 return
@@ -239,11 +258,11 @@ def _make_collector(name: str, keys: list[str]):
                 if listener is not None:
                     listener(t)
 
-        def on_step_end(self, iteration, trials, **info):
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
             told, self.snapshotted = self.snapshotted, []
             self._tell(told)
 
-        def on_experiment_end(self, trials, **info):
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             told, self.snapshotted, self.ended = self.snapshotted + self.ended, [], []
             self._tell(told)
 
@@ -357,6 +376,7 @@ def run_search(
         cv_trainable, data=data, base=base.effective(), backbone_state=backbone_state
     )
     trainable = tune.with_resources(trainable, run.resources())
+    scheduler: TrialScheduler
     if spec.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration",

@@ -20,12 +20,15 @@ from __future__ import annotations
 import math
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from training.hyperparams import Hyperparameters, parse_assignment, validation_message
 from tuning.grid import _split_values
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 MAX_CHOICES = 256  # values one list or choice may hold
 
@@ -84,10 +87,11 @@ class IntUniform(_Dim):
 
 Range = Annotated[Choice | Uniform | LogUniform | IntUniform, Field(discriminator="type")]
 RANGES = (Choice, Uniform, LogUniform, IntUniform)
+KINDS: dict[str, type[Choice | Uniform | LogUniform | IntUniform]]
 KINDS = {"choice": Choice, "uniform": Uniform, "loguniform": LogUniform, "int": IntUniform}
 
 
-def is_range(dim: Any) -> bool:
+def is_range(dim: Any) -> TypeIs[Choice | Uniform | LogUniform | IntUniform]:
     """A sampled dimension (a ``Choice`` included), as opposed to a grid's list."""
     return isinstance(dim, RANGES)
 
@@ -186,7 +190,7 @@ def error_text(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _field_kind(key: str) -> set[type]:
+def _field_kind(key: str) -> set[object]:
     """The scalar types a hyperparameter takes (``float | None`` -> {float, NoneType})."""
     ann = Hyperparameters.model_fields[key].annotation
     if typing.get_origin(ann) in (Union, types.UnionType):
@@ -205,7 +209,7 @@ def check_values(key: str, dim: list[Any] | Range) -> None:
     if isinstance(dim, IntUniform) and (int not in kinds or bool in kinds):
         raise ValueError(f"space {key}: int needs an integer hyperparameter")
     if isinstance(dim, (Uniform, IntUniform)):
-        values = [dim.low, dim.high]
+        values: list[Any] = [dim.low, dim.high]
     else:
         values = dim.values if isinstance(dim, Choice) else dim
     for v in values:

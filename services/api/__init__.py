@@ -62,7 +62,7 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     # outermost: 413 before anything reads the body
     app.add_middleware(BodyLimit, upload_bytes=int(settings.api_upload_mb * 2**20))
-    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]  # Starlette types a handler for Exception
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _crash)
     for router in (

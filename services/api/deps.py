@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -74,7 +75,8 @@ class Database:
 
 
 async def get_db(request: Request) -> Database:
-    return request.app.state.db
+    db: Database = request.app.state.db
+    return db
 
 
 DbDep = Annotated[Database, Depends(get_db)]
@@ -99,13 +101,15 @@ class StoreReader:
         """A JSON report with NaN / inf as null, or None when it is not there or the
         store cannot be reached."""
         try:
-            return json_safe(read_json(self.store(), key))
+            report: dict[str, Any] | None = json_safe(read_json(self.store(), key))
+            return report
         except Exception:  # noqa: BLE001 - the store cannot be opened
             return None
 
 
 async def get_store(request: Request) -> StoreReader:
-    return request.app.state.store
+    store: StoreReader = request.app.state.store
+    return store
 
 
 StoreDep = Annotated[StoreReader, Depends(get_store)]

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.deps import READ_PAGE
 
@@ -36,13 +37,13 @@ class BodyLimit:
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         max_bytes: int = MAX_BODY_BYTES,
         upload_bytes: int = MAX_UPLOAD_BYTES,
     ):
         self.app, self.max_bytes, self.upload_bytes = app, max_bytes, upload_bytes
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         # images to predict on: a larger body than a training request's
@@ -52,7 +53,7 @@ class BodyLimit:
             return await self._refuse(send, limit)
         seen = 0
 
-        async def counted() -> dict:
+        async def counted() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -88,16 +89,16 @@ class _TooLarge(Exception):
 class SecurityHeaders:
     """Pure ASGI middleware adding the security headers to every response."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         sandboxed = not any(path.endswith(p) for p in UNSANDBOXED)
 
-        async def with_headers(message: dict) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or [])
                 names = {k.lower() for k, _ in headers}
@@ -120,7 +121,8 @@ docs_routes = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
 
 
 def _root(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
 
 
 @docs_routes.get("/openapi.json")

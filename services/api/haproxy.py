@@ -36,7 +36,8 @@ def installed() -> bool:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # Ray puts each node's files in <dir>/<node id, 56 characters>/, and HAProxy takes socket
@@ -108,6 +109,7 @@ def running() -> Ingress | None:
         from ray.util.state import list_actors
 
         for cls, ingress in (("HAProxyManager", "haproxy"), ("ProxyActor", "proxy")):
+            alive: list[tuple[str, str, str | bool | int | float]]
             alive = [("class_name", "=", cls), ("state", "=", "ALIVE")]
             if list_actors(filters=alive, limit=1, timeout=10):
                 return ingress  # type: ignore[return-value]

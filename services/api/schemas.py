@@ -21,7 +21,7 @@ def _finite(v: float | None) -> float | None:
 
 
 Num = Annotated[float | None, AfterValidator(_finite)]
-StatusFilter = Literal["", JobStatus]  # type: ignore[valid-type]  # "" or a status
+StatusFilter = Literal["", JobStatus]  # "" or a status
 
 # path parameters (module level: FastAPI resolves the annotations by name)
 JobId = Annotated[int, Path(ge=1, le=MAX_INT, description="the job's id")]
@@ -179,7 +179,7 @@ class VersionDetail(VersionSummary):
     )
 
     @classmethod
-    def from_row(cls, mv: Any, batch_id: str | None = None) -> VersionDetail:  # type: ignore[override]
+    def from_row(cls, mv: Any, batch_id: str | None = None) -> VersionDetail:
         base = mv.model_path.rsplit("/", 1)[0]
         return cls(
             **VersionSummary.from_row(mv).model_dump(),

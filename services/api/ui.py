@@ -378,7 +378,8 @@ def _job_page(
 
 # ------------------------------------------------------------------------ routes
 def _root(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -105,11 +105,14 @@ def _update_job_if(
     overwrites a status another process has just set. True if the job matched
     ``conditions`` and was updated."""
     done = (
-        s.execute(
-            update(TrainingJob)
-            .where(TrainingJob.id == job_id, *conditions)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+        cast(  # an UPDATE's result: a CursorResult, which has rowcount
+            CursorResult[Any],
+            s.execute(
+                update(TrainingJob)
+                .where(TrainingJob.id == job_id, *conditions)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ),
         ).rowcount
         == 1
     )
@@ -173,7 +176,7 @@ def record_epoch(s: Session, job_id: int, epoch: int, values: dict[str, Any]) ->
         "recorded_at": utcnow(),
         **{k: values.get(k) for k in METRIC_FIELDS},
     }
-    insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = insert(TrainingMetric).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id", "epoch"],
@@ -502,7 +505,7 @@ def record_trial(s: Session, run_id: int, *, trial_index: int, **fields: Any) ->
     return row
 
 
-def set_trial_ranks(s: Session, run_id: int, ranks: dict[int, int]) -> None:
+def set_trial_ranks(s: Session, run_id: int, ranks: dict[int, int | None]) -> None:
     """``ranks``: trial_index -> rank (1 is best)."""
     for row in s.scalars(select(TuningTrial).where(TuningTrial.run_id == run_id)).all():
         row.rank = ranks.get(row.trial_index)
@@ -633,14 +636,14 @@ def _upsert(
 ) -> int:
     """INSERT ... ON CONFLICT (keys) DO UPDATE SET changed [WHERE where]: one atomic
     statement on PostgreSQL and SQLite. Returns the rows written (0: ``where`` said no)."""
-    insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = insert(model).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys,
         set_={k: stmt.excluded[k] for k in changed},
         where=where(stmt.excluded) if where is not None else None,
     )
-    return s.execute(stmt).rowcount
+    return cast(CursorResult[Any], s.execute(stmt)).rowcount  # an INSERT's: it has rowcount
 
 
 def move_alias(

@@ -69,7 +69,7 @@ def stage(
     """Add ``event`` to the session's transaction (the caller commits); it goes to its
     queue (``events_queue``, or ``promotions_queue`` for a ModelPromoted) unless events
     are off (``publish_events``). Returns its body."""
-    body = json.loads(event.model_dump_json())
+    body: dict[str, Any] = json.loads(event.model_dump_json())
     promoted = isinstance(event, ModelPromotedEvent)
     queue = settings.promotions_queue if promoted else settings.events_queue
     kind = PROMOTED if promoted else EVALUATION
@@ -89,7 +89,9 @@ async def publish_pending_async(
     def pending() -> list[tuple[str, str, dict[str, Any]]]:
         with sf() as s:
             return [
-                (e.id, e.queue, e.body) for e in repo.pending_events(s, limit=limit, job_id=job_id)
+                (e.id, e.queue, e.body)
+                for e in repo.pending_events(s, limit=limit, job_id=job_id)
+                if e.queue is not None  # as the query has it
             ]
 
     def claim(event_id: str) -> Any:

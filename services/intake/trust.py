@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
@@ -59,14 +60,14 @@ def _under(location: str, roots: list[str]) -> bool:
     for root in roots:
         r = urlparse(root)
         if r.scheme == "s3" and r.netloc == parsed.netloc:
-            base = PurePosixPath(r.path or "/")
-            if key == base or base in key.parents:
+            top = PurePosixPath(r.path or "/")
+            if key == top or top in key.parents:
                 return True
     return False
 
 
 def check_plugins(
-    hp: Hyperparameters, settings: Settings, grid: dict[str, list] | None = None
+    hp: Hyperparameters, settings: Settings, grid: dict[str, list[Any]] | None = None
 ) -> None:
     """PluginRefused (a ValueError) naming the field for an import path outside the
     allowed modules or a callback file argument outside the run's folder, in the

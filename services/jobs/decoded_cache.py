@@ -25,6 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from services.config import Settings
 from services.jobs.ray_jobs import init_ray
@@ -38,7 +39,7 @@ STALE_ATTEMPT_S = 24 * 3600
 
 
 def _reuse(
-    store: Store, index: DatasetIndex, image_size: int, key: str, base: str, filesystem
+    store: Store, index: DatasetIndex, image_size: int, key: str, base: str, filesystem: Any
 ) -> ShardSet | None:
     manifest = read_json(store, decoded_manifest_key(key, image_size))
     if not isinstance(manifest, dict) or manifest.get("fingerprint") != key:

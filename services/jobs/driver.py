@@ -317,6 +317,7 @@ def _outcome_from_db(settings: Settings, job_id: int) -> JobOutcome:
     """The outcome a finished (or cancelled) job already has."""
     with session_factory(settings.db_url)() as s:
         job = repo.get_job(s, job_id)
+        assert job is not None  # a job that has an outcome has its row
         mv = next(iter(repo.job_versions(s, job_id)), None)
     if mv is None:
         return JobOutcome(job.id, job.status, error=job.error)
@@ -363,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(request.reason)
         job, created = create_job(settings, request, num_workers=args.workers)
         job_id = job.id
-        if created and current_submission_id():
+        submission_id = current_submission_id()
+        if created and submission_id:
             with session_factory(settings.db_url)() as s:
-                repo.set_ray_job_id(s, job_id, current_submission_id())
+                repo.set_ray_job_id(s, job_id, submission_id)
     outcome = run_job(job_id, settings)
     print(
         json.dumps(

@@ -44,6 +44,7 @@ def _end(
             s.rollback()
             return None
         job = repo.get_job(s, job_id)
+        assert job is not None  # the update just matched it
         body = outbox.stage(s, settings, outbox.job_event(job, status, error=reason))
         s.commit()
     return body

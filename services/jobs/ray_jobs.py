@@ -39,7 +39,8 @@ def current_submission_id() -> str | None:
     if not raw:
         return None
     try:
-        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+        sid: str | None = json.loads(raw).get("metadata", {}).get("job_submission_id")
+        return sid
     except (ValueError, AttributeError):
         return None
 
@@ -99,14 +100,16 @@ def connect_ray(
         return False
     try:
         ray.init(
-            address=settings.ray_address or "auto", namespace=NAMESPACE, logging_level="WARNING"
+            address=settings.ray_address or "auto",
+            namespace=NAMESPACE,
+            logging_level="WARNING",  # type: ignore[arg-type]  # a name works: Ray's default is "info"
         )
         return False
     except ConnectionError:
         if not start_local or settings.ray_address:
             raise
     os.environ.update(local_env() if local_env else {})
-    ray.init(namespace=NAMESPACE, logging_level="WARNING")
+    ray.init(namespace=NAMESPACE, logging_level="WARNING")  # type: ignore[arg-type]  # as above
     return True
 
 
@@ -258,7 +261,7 @@ class RayJobs:
                     return None
                 raise
             if status.is_terminal():
-                return status.value
+                return str(status.value)
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"Ray job {sid} is still {status.value} {wait_s:.0f} s after the stop request"

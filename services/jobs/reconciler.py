@@ -80,7 +80,9 @@ class Reconciler:
     def submit(self, job_id: int, attempt: int = 1) -> str:
         """Submit attempt ``attempt`` of a job and record it (idempotent)."""
         with session_factory(self.settings.db_url)() as s:
-            sid = self.ray_jobs.submit(job_id, repo.get_job(s, job_id).batch_id, attempt)
+            job = repo.get_job(s, job_id)
+            assert job is not None  # an active job, just listed
+            sid = self.ray_jobs.submit(job_id, job.batch_id, attempt)
             repo.record_attempt(s, job_id, sid)
         return sid
 
@@ -112,9 +114,10 @@ class Reconciler:
                 self.submit(job_id)
                 self.stats["submitted"] += 1
                 continue
+            assert sid is not None and d.reason is not None  # resubmit, fail: of a Ray job
             with sf() as s:  # Ray's word came after the row: is it still the same?
                 row = repo.get_job(s, job_id)
-                if row.status not in ACTIVE_STATUSES or row.ray_job_id != sid:
+                if row is None or row.status not in ACTIVE_STATUSES or row.ray_job_id != sid:
                     continue
                 repo.end_attempt(s, job_id, sid, ray_status or "GONE", d.reason)
             if d.action == "resubmit":

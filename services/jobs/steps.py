@@ -72,7 +72,7 @@ from training.shards import ShardImages, ShardSet
 Say = Callable[[str], None]
 
 
-def put_report(store: Store, job_id: int, name: str, payload: bytes | dict) -> None:
+def put_report(store: Store, job_id: int, name: str, payload: bytes | dict[str, Any]) -> None:
     """reports/job-<id>/<name>: kept for every job, failed ones too."""
     data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=2).encode()
     store.put_bytes(report_key(job_id, name), data)
@@ -116,12 +116,12 @@ class PreparedData:
             "val": self.shards.part(ids[self.split.val], readers=readers),
         }
 
-    def test_set(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def test_set(self) -> tuple[np.ndarray | ShardImages, np.ndarray, list[str]]:
         """Images, labels and paths of the test split (images lazy when streamed)."""
         d, idx = self.decoded, self.split.test
         return self.images_of(idx), d.labels[idx], [d.paths[i] for i in idx]
 
-    def images_of(self, idx: np.ndarray) -> np.ndarray:
+    def images_of(self, idx: np.ndarray) -> np.ndarray | ShardImages:
         """The images at ``idx``: a lazy view over the shards when streamed."""
         images = self.decoded.images
         return images.view(idx) if isinstance(images, ShardImages) else images[idx]
@@ -523,6 +523,7 @@ def check_labels(
     try:
         images = data.images_of(pool)  # a lazy view over the shards when streamed
         if given is not None:
+            assert given.probs is not None  # _given_out_of_fold checked it
             probs, source = given.probs, given.source
         else:
             if backbone_state is not None:

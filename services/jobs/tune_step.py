@@ -159,7 +159,7 @@ def tune_step(
         raise StepFailed("tuning", one_line(e)) from e
     ranked = tuning_report.rank(result.trials, spec.metric)
     winner = tuning_report.best(ranked, spec.metric)
-    summary_fields = dict(
+    summary_fields: dict[str, Any] = dict(
         max_t=result.max_t,
         folds=result.folds,
         epochs_run=result.epochs_run,
@@ -233,7 +233,9 @@ def _out_of_fold(trial: Any, search: Any, run_id: int, k: int) -> OutOfFold:
         why = "it stopped early" if trial.status == "stopped_early" else "it saved none"
         return OutOfFold(source, missing=f"the best config (trial {trial.index}) has none: {why}")
     try:
-        index, probs = load_out_of_fold(trial, search.storage_filesystem)
+        loaded = load_out_of_fold(trial, search.storage_filesystem)
+        assert loaded is not None  # None only without an oof_checkpoint, handled above
+        index, probs = loaded
     except Exception as e:  # noqa: BLE001 - the check falls back to the linear head
         log.warning("out-of-fold probabilities of run %s not read: %s", run_id, e)
         return OutOfFold(source, missing=f"reading them failed: {one_line(e)}")

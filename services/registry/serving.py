@@ -88,8 +88,9 @@ class ModelServer:
         self._current: Loaded | None = None
         self._error: str | None = None
         self._stop = threading.Event()
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # serve.batch adds these setters; its annotations keep the bare coroutine's type
+        self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         prepare_database(settings)
         self._sessions = session_factory(settings.db_url)
         self.refresh()  # the first version before the replica reports ready
@@ -219,7 +220,7 @@ def predict_application(
         max_ongoing_requests=max(MAX_ONGOING_REQUESTS, max_batch_size),
         **scale,
     )
-    return deployment.bind(
+    return deployment.bind(  # type: ignore[attr-defined]  # a Deployment: Ray's overloads miss (cls, **options)
         settings,
         model_name,
         alias,

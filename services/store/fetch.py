@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from services.config import Settings
@@ -38,6 +38,10 @@ from services.store.storage import (
     s3_errors,
 )
 from training.data import MANIFEST, DatasetIndex, discover, discover_listing
+
+if TYPE_CHECKING:
+    from types_boto3_s3.client import S3Client
+    from types_boto3_s3.type_defs import ObjectTypeDef
 
 
 def local_path(uri: str) -> Path | None:
@@ -77,7 +81,7 @@ def _bucket_prefix(uri: str) -> tuple[str, str]:
 
 
 def _list_s3(
-    uri: str, settings: Settings, row: Callable[[dict[str, Any]], Any] = lambda o: o
+    uri: str, settings: Settings, row: Callable[[ObjectTypeDef], Any] = lambda o: o
 ) -> tuple[str, str, list[Any], Any]:
     """(bucket, prefix, ``row`` of each object under it but folder markers, the client).
     ``row`` keeps what is needed of each object as its page arrives: boto3's dict of an
@@ -169,12 +173,12 @@ class S3ObjectReader:
     access: S3Access
     bucket: str
     prefix: str
-    _client: Any = field(default=None, repr=False, compare=False)
+    _client: S3Client | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}
 
-    def client(self):
+    def client(self) -> S3Client:
         with _CLIENT_LOCK:
             if self._client is None:
                 self._client = self.access.client()
@@ -182,7 +186,7 @@ class S3ObjectReader:
 
     def read(self, name: str, etag: str, limit: int) -> bytes:
         key = self.prefix + name
-        extra = {"IfMatch": etag} if etag else {}
+        extra: dict[str, Any] = {"IfMatch": etag} if etag else {}
         try:
             body = self.client().get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
             try:

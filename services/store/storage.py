@@ -13,13 +13,17 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from pydantic import SecretStr
 
 from services.config import Settings
 from services.errors import one_line
+
+if TYPE_CHECKING:
+    from types_boto3_s3.client import S3Client
+    from types_boto3_s3.type_defs import ObjectTypeDef
 
 
 def read_json(store: Store, key: str) -> Any | None:
@@ -121,15 +125,15 @@ class S3Access:
             settings.s3_endpoint, settings.s3_region, settings.s3_access_key, settings.s3_secret_key
         )
 
-    def client(self):
+    def client(self) -> S3Client:
         return _client(self)
 
 
-def s3_client(settings: Settings):
+def s3_client(settings: Settings) -> S3Client:
     return _client(S3Access.of(settings))
 
 
-def _client(access: S3Access):
+def _client(access: S3Access) -> S3Client:
     import boto3
     from botocore.config import Config
 
@@ -304,8 +308,8 @@ class S3Store:
         return f"{self.bucket}/{self.key(sub.strip('/'))}", filesystem
 
 
-def list_objects(client, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    objects: list[dict[str, Any]] = []
+def list_objects(client: S3Client, bucket: str, prefix: str) -> list[ObjectTypeDef]:
+    objects: list[ObjectTypeDef] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         objects.extend(page.get("Contents", []))
     return objects

@@ -61,7 +61,10 @@ async def job_by_batch(batch_id: BatchId, db: DbDep) -> JobDetail:
 
 @router.get("/{job_id}", response_model=JobDetail, dependencies=[READ])
 async def get_job(job: JobDep, db: DbDep) -> JobDetail:
-    return await db(reads.job_detail, job.id)
+    detail = await db(reads.job_detail, job.id)
+    if detail is None:  # deleted since JobDep found it
+        raise not_found(f"job {job.id}")
+    return detail
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricRow], dependencies=[READ])
@@ -167,9 +170,10 @@ async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep, request: Req
         raise _already_ended(await db(repo.get_job, job.id))
     if job.ray_job_id is None:  # still queued: nothing runs it yet
         return Cancelled(job_id=job.id, status="cancelled")
+    ray_job_id = job.ray_job_id
     try:
         ray_status = await asyncio.to_thread(
-            lambda: RayJobs(settings).stop_and_wait(job.ray_job_id, request.app.state.cancel_wait_s)
+            lambda: RayJobs(settings).stop_and_wait(ray_job_id, request.app.state.cancel_wait_s)
         )
     except TimeoutError as exc:
         raise HTTPException(504, f"job {job.id} is cancelled; {exc}") from None

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
+from sqlalchemy.orm import Session
 
 from services.api import reads
 from services.api.deps import READ, WRITE, DbDep, SettingsDep, StoreDep, WriterDep, not_found
@@ -56,7 +57,7 @@ async def model_version(
 ) -> VersionDetail:
     """Metrics, the gate rule by rule, and the artifact URIs of one version."""
 
-    def load(s):
+    def load(s: Session) -> VersionDetail | None:
         mv = repo.get_version(s, name, version)
         return None if mv is None else reads.version_detail(s, mv, store)
 
@@ -83,7 +84,7 @@ async def model_confusion(
 async def model_aliases(name: ModelName, db: DbDep) -> ModelAliases:
     """The model's aliases, its promotion mode and every alias move, newest first."""
 
-    def load(s):
+    def load(s: Session) -> ModelAliases | None:
         if repo.latest_version(s, name) is None:
             return None
         return ModelAliases(
@@ -116,7 +117,7 @@ async def promote_version(
     and published as a ModelPromoted event. 404: no such version; 409: the alias already
     points there; 422: the gate rejected the version and no ``reason`` was given."""
 
-    def move(s):
+    def move(s: Session) -> dict[str, Any]:
         try:
             event = promotion.promote(
                 s, settings, name, version, body.alias, by=writer, reason=body.reason

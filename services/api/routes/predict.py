@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -95,7 +95,7 @@ def _from_json(raw: bytes) -> tuple[list[bytes], int]:
         raise _invalid(["body", *err["loc"]], err["msg"]) from None
     if (body.images is None) == (body.image is None):
         raise _invalid(["body", "images"], "give either images (a list) or image")
-    texts = body.images if body.images is not None else [body.image]
+    texts = body.images if body.images is not None else [cast(str, body.image)]  # one is set
     field = "images" if body.images is not None else "image"
     images = []
     for i, text in enumerate(texts):

@@ -7,7 +7,9 @@ from services.db.models import Base
 
 MIGRATION_LOCK = 0x636F6C6563  # "colec": the advisory lock every migrator takes first
 config = context.config
-url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+url: str = config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or ""
+if not url:
+    raise RuntimeError("no database URL: pass attributes['url'] or set sqlalchemy.url")
 
 
 def run() -> None:
