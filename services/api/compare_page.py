@@ -38,7 +38,8 @@ STYLE = (
 
 
 def _root(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
 
 
 def _value(v: Any) -> str:

@@ -112,4 +112,5 @@ def build_api(args: dict[str, Any]) -> Application:
     (``services.api.deployment:build_api``): its settings are the environment and the
     secrets folder of the process that builds it, a pod of the cluster, never the config."""
     parsed = ApiArgs.model_validate(args)
-    return api_deployment(Settings(), cancel_wait_s=parsed.cancel_wait_s).bind()
+    app: Application = api_deployment(Settings(), cancel_wait_s=parsed.cancel_wait_s).bind()
+    return app

@@ -261,7 +261,7 @@ def build_predict(args: dict[str, Any]) -> Application:
     (``services.registry.serving:build_predict``), with the settings of the process that
     builds it (a pod of the cluster: its environment and secrets folder)."""
     a = PredictArgs.model_validate(args)
-    return predict_application(
+    app: Application = predict_application(
         Settings(),
         a.model_name,
         alias=a.alias,
@@ -271,6 +271,7 @@ def build_predict(args: dict[str, Any]) -> Application:
         reload_s=a.reload_s,
         torch_threads=a.torch_threads,
     )
+    return app
 
 
 def deploy_model(settings: Settings, model_name: str, **kw: Any) -> str:

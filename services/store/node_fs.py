@@ -30,7 +30,7 @@ def _node_secret() -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-class NodeS3(fs.FileSystemHandler):
+class NodeS3(fs.FileSystemHandler):  # type: ignore[misc]  # pyarrow ships no types
     """S3 through pyarrow, the secret key resolved on each node (see the module)."""
 
     def __init__(
@@ -81,13 +81,13 @@ class NodeS3(fs.FileSystemHandler):
         return "colecionador-node-s3"
 
     def normalize_path(self, path: str) -> str:
-        return self.s3.normalize_path(path)
+        return str(self.s3.normalize_path(path))
 
     def get_file_info(self, paths: list[str]) -> list[fs.FileInfo]:
-        return self.s3.get_file_info(paths)
+        return list(self.s3.get_file_info(paths))
 
     def get_file_info_selector(self, selector: fs.FileSelector) -> list[fs.FileInfo]:
-        return self.s3.get_file_info(selector)
+        return list(self.s3.get_file_info(selector))
 
     def create_dir(self, path: str, recursive: bool) -> None:
         self.s3.create_dir(path, recursive=recursive)
