@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` builds the app (testable on its own, e.g. on uvicorn): settings,
 database and store on ``app.state``, the error handlers, one router per resource
-(routes/jobs.py, routes/models.py, routes/health.py, routes/predict.py: it forwards to
-the model's own Serve application, services/registry/serving.py) and the pages (ui.py); every
+(routes/jobs.py, routes/models.py, routes/lineage.py, routes/health.py, routes/predict.py:
+it forwards to the model's own Serve application, services/registry/serving.py) and the pages
+(ui.py, version_page.py: a version's model card); every
 successful GET carries an ETag and answers 304 to a matching If-None-Match (caching.py).
 ``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
 serve`` deploys it.
@@ -24,11 +25,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from services.api import ui
+from services.api import ui, version_page
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
-from services.api.routes import health, jobs, models, predict
+from services.api.routes import health, jobs, lineage, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
 
@@ -68,8 +69,10 @@ def create_app(
         health.router,
         jobs.router,
         models.router,
+        lineage.router,
         predict.router,
         ui.router,
+        version_page.router,
         docs_routes,
     ):
         app.include_router(router)
