@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from services.db import repo
 from services.db.models import ModelVersion, TrainingJob
 from services.registry.card_types import (
+    Ancestor,
     CalibrationSummary,
     ClassFigures,
     DriftSummary,
@@ -68,6 +69,35 @@ def starting_weights(s: Session, weights: str | None) -> StartingWeights:
     return StartingWeights(kind="file", weights=weights)
 
 
+MAX_ANCESTORS = 10
+
+
+def ancestors(s: Session, start: StartingWeights) -> list[Ancestor]:
+    """The versions training started from, nearest first: the parent, the version the
+    parent started from, ... (at most MAX_ANCESTORS; a cycle ends the walk)."""
+    out: list[Ancestor] = []
+    seen: set[tuple[str | None, int | None]] = set()
+    while start.kind == "model_version" and len(out) < MAX_ANCESTORS:
+        key = (start.model_name, start.version)
+        mv = repo.get_version(s, *key) if key not in seen else None
+        if mv is None:
+            break
+        seen.add(key)
+        job = repo.get_job(s, mv.job_id)
+        start = starting_weights(s, repo.hyperparameters(s, mv.job_id).get("weights"))
+        out.append(
+            Ancestor(
+                model_name=mv.model_name,
+                version=mv.version,
+                job_id=mv.job_id,
+                dataset_uri=job.dataset_uri if job else None,
+                dataset_fingerprint=mv.dataset_fingerprint,
+                starting_weights=start,
+            )
+        )
+    return out
+
+
 def tuning_summary(s: Session, job: TrainingJob) -> TuningSummary | None:
     """A ``mode: tune`` job's search (its latest run), or None."""
     run = repo.latest_tuning_run(s, job.id) if job.mode == "tune" else None
@@ -92,6 +122,7 @@ def version_lineage(s: Session, mv: ModelVersion) -> Lineage:
     job = repo.get_job(s, mv.job_id)
     values = repo.hyperparameters(s, mv.job_id)
     changed, defaults = changed_hyperparameters(values)
+    start = starting_weights(s, values.get("weights"))
     return Lineage(
         model_name=mv.model_name,
         version=mv.version,
@@ -100,11 +131,12 @@ def version_lineage(s: Session, mv: ModelVersion) -> Lineage:
         mode=job.mode if job else "train",
         dataset_uri=job.dataset_uri if job else None,
         dataset_fingerprint=mv.dataset_fingerprint,
-        starting_weights=starting_weights(s, values.get("weights")),
+        starting_weights=start,
         hyperparameters=values,
         changed_hyperparameters=changed,
         defaults=defaults,
         tuning=tuning_summary(s, job) if job else None,
+        ancestors=ancestors(s, start),
     )
 
 

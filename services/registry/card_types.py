@@ -93,6 +93,18 @@ class StartingWeights(BaseModel):
     version: int | None = None
 
 
+class Ancestor(BaseModel):
+    """A version training started from (directly or through its own parent): what it was
+    trained on and from what."""
+
+    model_name: str
+    version: int
+    job_id: int
+    dataset_uri: str | None = None
+    dataset_fingerprint: str | None = None
+    starting_weights: StartingWeights
+
+
 class TuningSummary(BaseModel):
     """The search of a ``mode: tune`` job, whose best config this version was trained with."""
 
@@ -128,6 +140,10 @@ class Lineage(BaseModel):
         default_factory=dict, description="the default of each changed value"
     )
     tuning: TuningSummary | None = None
+    ancestors: list[Ancestor] = Field(
+        default_factory=list,
+        description="the parent version, its parent, ... (nearest first; at most 10)",
+    )
 
 
 class Promotion(BaseModel):

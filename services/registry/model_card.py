@@ -103,6 +103,12 @@ def _trained(card: ModelCard) -> list[str]:
         f"- Backbone: {md(hp.get('backbone'))} at {hp.get('image_size')} px, two phases "
         f"({hp.get('phase1_epochs')} + {hp.get('phase2_epochs')} epochs)",
         f"- Starting weights: {_weights_line(lin.starting_weights)}",
+        *(
+            f"  - {md(a.model_name)} v{a.version} (job {a.job_id}) was trained on "
+            f"{md(a.dataset_uri)} (fingerprint {md(a.dataset_fingerprint)}) from "
+            f"{_weights_line(a.starting_weights)}"
+            for a in lin.ancestors
+        ),
         f"- Data set: {md(lin.dataset_uri)}, fingerprint {md(lin.dataset_fingerprint)}",
     ]
     t = lin.tuning

@@ -87,6 +87,16 @@ def test_lineage_names_the_data_the_job_and_the_starting_weights(settings, clien
     assert start == {
         "kind": "model_version", "weights": parent, "model_name": "digits-backbone", "version": 1
     }  # fmt: skip
+    child = open_store(settings).uri(version_prefix(MODEL, v) + "model.pt")
+    _, grandchild = add(settings, weights=child)  # its lineage: v<v> of digits, then the backbone
+    ancestors = client.get(f"/models/{MODEL}/versions/{grandchild}/lineage").json()["ancestors"]
+    assert [(a["model_name"], a["version"]) for a in ancestors] == [
+        (MODEL, v), ("digits-backbone", 1)
+    ]  # fmt: skip
+    assert ancestors[0]["starting_weights"]["kind"] == "model_version"
+    assert ancestors[1]["dataset_uri"] == "s3://datasets/digits-backbone-1/"
+    assert ancestors[1]["dataset_fingerprint"] == f"{1:040d}"
+    assert ancestors[1]["starting_weights"]["kind"] == "none"
     _, v = add(settings, weights="IMAGENET1K_V1")
     start = client.get(f"/models/{MODEL}/versions/{v}/lineage").json()["starting_weights"]
     assert start["kind"] == "pretrained" and start["weights"] == "IMAGENET1K_V1"
@@ -95,6 +105,16 @@ def test_lineage_names_the_data_the_job_and_the_starting_weights(settings, clien
     _, v = add(settings, weights=other)
     start = client.get(f"/models/{MODEL}/versions/{v}/lineage").json()["starting_weights"]
     assert start["kind"] == "file" and start["weights"] == other
+
+
+def test_a_cycle_of_parents_ends_the_walk(settings, client):
+    """v1 names v2's model.pt (made later, at that path) and v2 names v1's: v2's ancestors
+    are v1, then v2 itself (v1 started from it), and the walk stops there."""
+    store = open_store(settings)
+    _, v1 = add(settings, weights=store.uri(version_prefix(MODEL, 2) + "model.pt"))
+    _, v2 = add(settings, weights=store.uri(version_prefix(MODEL, 1) + "model.pt"))
+    ancestors = client.get(f"/models/{MODEL}/versions/{v2}/lineage").json()["ancestors"]
+    assert [a["version"] for a in ancestors] == [1, 2]
 
 
 def test_a_tune_jobs_lineage_names_its_search(settings, client):

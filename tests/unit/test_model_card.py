@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from services.api.version_page import card_html
 from services.registry.card_inputs import card_of, changed_hyperparameters
-from services.registry.card_types import Lineage, Promotion, StartingWeights
+from services.registry.card_types import Ancestor, Lineage, Promotion, StartingWeights
 from services.registry.model_card import md, render_model_card
 from training.hyperparams import Hyperparameters
 
@@ -195,8 +195,24 @@ def test_a_parent_version_and_its_promotions():
         overrode_gate=True,
         at=datetime(2026, 12, 2, 2, 0),
     )
-    text = card(lin=lineage(weights, weights=PARENT), promotions=[moved], as_of="live")
+    lin = lineage(weights, weights=PARENT)
+    lin.ancestors = [
+        Ancestor(
+            model_name="digits-backbone",
+            version=1,
+            job_id=3,
+            dataset_uri="s3://datasets/digits-0-4/",
+            dataset_fingerprint="e" * 40,
+            starting_weights=StartingWeights(kind="none"),
+        )
+    ]
+    text = card(lin=lin, promotions=[moved], as_of="live")
     assert f"- Starting weights: model digits-backbone v1 ({PARENT})" in text
+    assert (
+        "  - digits-backbone v1 (job 3) was trained on s3://datasets/digits-0-4/ (fingerprint "
+        + "e" * 40
+        + ") from none: trained from randomly initialised weights"
+    ) in text
     assert f'| weights | "{PARENT}" | null |' in text
     assert "Recorded live." in text
     assert "| 2026-12-02 02:00:00 | production | v1 | ana | the gate's floor" in text
