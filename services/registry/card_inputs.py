@@ -47,7 +47,7 @@ _UNSET = object()
 def changed_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The values that differ from Hyperparameters' defaults, and those defaults (None for
     a name the current defaults do not know: a value of an older release)."""
-    defaults = Hyperparameters().effective()
+    defaults = Hyperparameters.model_validate({}).effective()
     changed = {k: v for k, v in values.items() if defaults.get(k, _UNSET) != v}
     return changed, {k: defaults.get(k) for k in changed}
 
@@ -76,11 +76,11 @@ def ancestors(s: Session, start: StartingWeights) -> list[Ancestor]:
     """The versions training started from, nearest first: the parent, the version the
     parent started from, ... (at most MAX_ANCESTORS; a cycle ends the walk)."""
     out: list[Ancestor] = []
-    seen: set[tuple[str | None, int | None]] = set()
-    while start.kind == "model_version" and len(out) < MAX_ANCESTORS:
+    seen: set[tuple[str, int]] = set()
+    while start.model_name is not None and start.version is not None:
         key = (start.model_name, start.version)
         mv = repo.get_version(s, *key) if key not in seen else None
-        if mv is None:
+        if mv is None or len(out) == MAX_ANCESTORS:
             break
         seen.add(key)
         job = repo.get_job(s, mv.job_id)
