@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 from types import UnionType
@@ -51,6 +52,17 @@ Text = Annotated[str, AfterValidator(storable)]
 MAX_EPOCHS = 1000  # per phase
 MAX_BATCH = 4096  # per worker
 MAX_CALLBACK_SPEC = 4000  # characters of the callbacks' JSON
+
+# ``weights``: ``imagenet`` (the backbone's DEFAULT weights), a member of the backbone's
+# weights enum (``IMAGENET1K_V2``, ``DEFAULT``) or its full name
+# (``MobileNet_V2_Weights.IMAGENET1K_V2``). Anything else (a path, an s3:// URI) is a file.
+_WEIGHTS_NAME = re.compile(r"(?:[A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
+
+
+def is_weights_name(value: str) -> bool:
+    """Does ``weights`` name torchvision's registered weights rather than a file?"""
+    return value.lower() == "imagenet" or _WEIGHTS_NAME.fullmatch(value) is not None
+
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal[

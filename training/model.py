@@ -7,7 +7,6 @@ replaced by a fresh one for the job's classes, with the head's dropout set to ``
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlparse
@@ -15,6 +14,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from torchvision import models as tvm
+
+from training.hyperparams import is_weights_name as is_weights_name  # re-exported
 
 
 class WeightsError(ValueError):
@@ -74,15 +75,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------- weights by name
-# ``imagenet`` (the backbone's DEFAULT weights), a member of the backbone's weights enum
-# (``IMAGENET1K_V2``, ``DEFAULT``) or its full name (``MobileNet_V2_Weights.IMAGENET1K_V2``).
-# Anything else (a path, an s3:// URI) is a file.
-_NAME = re.compile(r"(?:[A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
-
-
-def is_weights_name(value: str) -> bool:
-    """Does ``weights`` name torchvision's registered weights rather than a file?"""
-    return value.lower() == "imagenet" or _NAME.fullmatch(value) is not None
+# is_weights_name (training/hyperparams.py, torch-free: lineage reads it too) tells a name of
+# torchvision's registered weights from a file.
 
 
 def resolve_weights(backbone: str, name: str) -> Any:

@@ -2,10 +2,11 @@
 
 ``create_app(settings)`` builds the app (testable on its own, e.g. on uvicorn): settings,
 database and store on ``app.state``, the error handlers, one router per resource
-(routes/jobs.py, routes/models.py, routes/health.py, routes/predict.py: it forwards to
-the model's own Serve application, services/registry/serving.py; routes/compare.py) and
-the pages (ui.py, compare_page.py); every successful GET carries an ETag and answers 304
-to a matching If-None-Match (caching.py).
+(routes/jobs.py, routes/models.py, routes/lineage.py, routes/health.py, routes/predict.py:
+it forwards to the model's own Serve application, services/registry/serving.py;
+routes/compare.py) and the pages (ui.py, compare_page.py, version_page.py: a version's
+model card); every successful GET carries an ETag and answers 304 to a matching
+If-None-Match (caching.py).
 ``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
 serve`` deploys it.
 
@@ -25,11 +26,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from services.api import compare_page, ui
+from services.api import compare_page, ui, version_page
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
-from services.api.routes import compare, health, jobs, models, predict
+from services.api.routes import compare, health, jobs, lineage, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
 
@@ -69,10 +70,12 @@ def create_app(
         health.router,
         jobs.router,
         models.router,
+        lineage.router,
         predict.router,
         compare.router,
         ui.router,
         compare_page.router,
+        version_page.router,
         docs_routes,
     ):
         app.include_router(router)

@@ -192,7 +192,7 @@ def _aliases_section(aliases: list[AliasOut], names: list[str], moves: list[Alia
     )
 
 
-def _gate_table(v: VersionDetail) -> str:
+def _gate_table(v: VersionDetail, root: str = "") -> str:
     rows = "".join(
         f'<tr data-rule="{e(r.metric)}"><td>{e(r.metric)}</td><td class=num>{_fmt(r.value)}</td>'
         f"<td class=num>{e(r.op)} {_fmt(r.threshold, 2)}</td>"
@@ -202,6 +202,8 @@ def _gate_table(v: VersionDetail) -> str:
     return (
         f'<section class="gate" data-version="{v.version}"><h2>Model {e(v.model_name)} '
         f"v{v.version}: gate {_badge(v.gate.status)}</h2>"
+        f'<p><a href="{e(root)}/ui/models/{e(v.model_name)}/versions/{v.version}">'
+        "model card</a></p>"
         + _table(["rule", "value", "threshold", "outcome"], rows)
         + f'<p class="muted">artifact: {e(v.artifact_uri)}</p></section>'
     )
@@ -334,7 +336,7 @@ def _job_page(
         + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info)
         + "</dl>"
     )
-    body += "".join(_gate_table(v) for v in versions) or (
+    body += "".join(_gate_table(v, root) for v in versions) or (
         '<h2>Gate</h2><p class="muted" id="no-gate">no model version (yet)</p>'
     )
     body += _health_section(health)

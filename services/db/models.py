@@ -129,6 +129,9 @@ class ModelVersion(Base):
     gate: Mapped[dict[str, Any]] = mapped_column(JSONType)  # every rule's outcome
     model_path: Mapped[str] = mapped_column(Text)
     trained_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # lineage (migration 0007): training.data.fingerprint of the listing it was trained on
+    # (paths, classes, content stamps, image size); None for versions from before it
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class JobAttempt(Base):

@@ -605,6 +605,15 @@ def alias_moves(s: Session, model_name: str | None = None, limit: int = 100) -> 
     return s.scalars(q).all()
 
 
+def alias_moves_to(s: Session, model_name: str, version: int) -> Sequence[AliasMove]:
+    """The moves that pointed an alias at this version, oldest first (its model card)."""
+    return s.scalars(
+        select(AliasMove)
+        .where(AliasMove.model_name == model_name, AliasMove.to_version == version)
+        .order_by(AliasMove.id)
+    ).all()
+
+
 def promotion_mode(s: Session, model_name: str) -> str:
     """``auto`` (the default) or ``manual``."""
     return (

@@ -36,9 +36,10 @@ from services.intake.admission import Rejection, admit
 from services.intake.records import create_job
 from services.intake.trust import check_plugins, judged_by
 from services.jobs import lifecycle, steps
+from services.jobs.card import write_model_card
 from services.jobs.ray_jobs import current_submission_id
 from services.registry import promotion
-from services.store.artifacts import MODEL_FILE, event_key, version_prefix
+from services.store.artifacts import MODEL_CARD_FILE, MODEL_FILE, event_key, version_prefix
 from services.store.storage import Store, open_store
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
@@ -105,12 +106,15 @@ def _commit_version(
     files: dict[str, bytes],
     ev: steps.Evaluation,
     training_time_s: float,
+    fingerprint: str | None = None,
 ) -> tuple[int, dict[str, str], dict[str, Any]] | None:
     """Reserve the next version, upload every file, then commit the row together with the
     job's ``success``, its event and (approved, unless the model promotes manually) the
     ``production`` alias with its ModelPromoted event: no row ever points at an object
     that is not there, two jobs never write the same v<N>/ folder, and a job cancelled
-    meanwhile keeps no version (None). Returns the version, the files' URIs and the event."""
+    meanwhile keeps no version (None). model_card.md is rendered last, from the row, the
+    files and the promotion as the transaction has them (services/jobs/card.py).
+    Returns the version, the files' URIs and the event."""
     m = ev.metrics
     for _attempt in range(5):
         with session_factory(settings.db_url)() as s:
@@ -125,6 +129,7 @@ def _commit_version(
                 roc_auc=m.get("roc_auc"),
                 status=ev.gate.status,
                 gate=ev.gate.to_dict(),
+                dataset_fingerprint=fingerprint,
                 model_path=lambda v: store.uri(version_prefix(job.model_name, v) + MODEL_FILE),
             )
             if mv is None:
@@ -162,6 +167,7 @@ def _commit_version(
                 )
                 if ev.gate.approved:  # production moves with the version, same transaction
                     promotion.auto_promote(s, settings, job.model_name, mv.version, job.id)
+                uris[MODEL_CARD_FILE] = write_model_card(s, store, mv, files)
                 s.commit()
             except Exception as e:
                 s.rollback()
@@ -233,7 +239,9 @@ def _run_steps(
     files = steps.version_files(
         job, hp, data, trained, evaluation, history, pre.report, tuning, labels
     )
-    stored = _commit_version(settings, store, job, files, evaluation, trained.training_time_s)
+    stored = _commit_version(
+        settings, store, job, files, evaluation, trained.training_time_s, data.fingerprint
+    )
     if stored is None:
         return _outcome_from_db(settings, job.id)
     version, uris, event = stored

@@ -90,6 +90,7 @@ class PreparedData:
     split: Split
     health: dict[str, Any]
     shards: ShardSet | None = None
+    fingerprint: str | None = None  # training.data.fingerprint of the listing (lineage)
 
     @property
     def streamed(self) -> bool:
@@ -215,7 +216,13 @@ def prepare_data(
         f"job {job.id}: {len(decoded)} images, {len(decoded.classes)} classes, "
         f"split {split.sizes()}"
     )
-    return PreparedData(decoded, split, report, shards[0] if shards else None)
+    return PreparedData(
+        decoded,
+        split,
+        report,
+        shards[0] if shards else None,
+        datasets.fingerprint(index, hp.image_size),
+    )
 
 
 def drift_from_production(

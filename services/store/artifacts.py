@@ -9,6 +9,9 @@ DATA_PROFILE_FILE = "data_profile.json"  # class counts + test-split hashes (dri
 LABEL_ISSUES_FILE = "label_issues.json"  # label_check: the images to relabel first, ranked
 LABEL_ISSUES_PNG = "label_issues.png"  # ... and the top ones as a picture (version + reports/)
 RELIABILITY_FILE = "reliability.png"  # reliability diagram before/after temperature scaling
+# what it classifies, how it was trained, how good it is, what to watch, who promoted it:
+# rendered by services.registry.model_card.render_model_card, written last, at the commit
+MODEL_CARD_FILE = "model_card.md"
 
 # The files of models/<name>/v<version>/, in the order they are written; the optional ones
 # (model.onnx, errors.png, preflight.json, tuning.json, label issues) exist when the job
@@ -22,6 +25,7 @@ VERSION_FILES = (
     "errors.json",
     RELIABILITY_FILE,
     DATA_PROFILE_FILE,
+    MODEL_CARD_FILE,
 )
 OPTIONAL_VERSION_FILES = (
     ONNX_FILE,

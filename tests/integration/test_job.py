@@ -99,6 +99,7 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
         "errors.json",
         "reliability.png",
         "data_profile.json",
+        "model_card.md",
     } | ({"errors.png"} if errors["errors"] else set())
     assert {k[len(prefix) :] for k in store.list(prefix)} == expected
     assert errors["test_images"] == 4 and len(errors["worst"]) == errors["errors"]
@@ -164,11 +165,38 @@ def test_tiny_job_writes_every_table_the_artifacts_and_the_event(
     )
     with session_factory(db_url)() as s:
         assert repo.version_for_alias(s, "tiny", "production") == 1
+    check_card_and_lineage(settings, job.id, req, prefix, metrics)
 
     # the same request again is the same job, and running it again does nothing
     again, created = create_job(settings, req)
     assert not created and again.id == job.id
     assert run_job(job.id, settings).version == 1
+
+
+def check_card_and_lineage(settings, job_id: int, req, prefix: str, metrics: dict) -> None:
+    """model_card.md written with the version (the gate's promotion in it) and the lineage
+    route: the listing's fingerprint on the row, the job, no starting weights."""
+    from fastapi.testclient import TestClient
+
+    from services.api import create_app
+    from training.data import discover, fingerprint
+
+    card = open_store(settings).get_bytes(prefix + "model_card.md").decode()
+    assert card.startswith("# Model card: tiny v1\n") and "**approved**" in card
+    assert "3 classes, 36 images: 28 train / 4 val / 4 test" in card
+    assert f"| accuracy | {metrics['test']['accuracy']:.4f} | > 0.00 | pass |" in card
+    assert "| production | – | gate | approved by the quality gate" in card
+    assert '| backbone | "mobilenet_v3_small" | "mobilenet_v2" |' in card
+    expected = fingerprint(discover(req.dataset_uri), 32)
+    with TestClient(create_app(settings)) as client:
+        lin = client.get("/models/tiny/versions/1/lineage").json()
+        assert client.get("/models/tiny/versions/1/model_card.md").text == card
+    assert (lin["job_id"], lin["batch_id"], lin["dataset_uri"]) == (
+        job_id,
+        req.batch_id,
+        req.dataset_uri,
+    )
+    assert lin["dataset_fingerprint"] == expected and lin["starting_weights"]["kind"] == "none"
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,20 @@
 """Migrations on a real database: several processes migrating one PostgreSQL database at
 once all end at head (the advisory lock serialises them: the API's replicas, the ingress
-and every job driver migrate on start), and 0006 gives every model versioned before
-aliases existed its ``production``."""
+and every job driver migrate on start), 0006 gives every model versioned before
+aliases existed its ``production``, and 0007 adds a version's data set fingerprint."""
 
 from __future__ import annotations
 
 import multiprocessing
 import uuid
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import inspect, text
 
 from services.db import repo
-from services.db.session import get_engine, session_factory, upgrade
+from services.db.session import alembic_config, get_engine, session_factory, upgrade
 from tests.conftest import fresh_database
 from tests.factories import add_version
 
@@ -42,11 +44,38 @@ def test_processes_migrating_at_once_all_reach_head():
         assert not found, found
         assert [p.exitcode for p in procs] == [0] * 4
         with get_engine(url).connect() as c:
-            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
 
 
 def _version(s, model: str, n: int, status: str) -> None:
     add_version(s, model, status, n)
+    s.commit()
+
+
+def _old_version(s, model: str, n: int, status: str) -> None:
+    """A job and its version written as a release before the newest migrations did (plain
+    SQL: the ORM's rows have every column of head)."""
+    s.execute(
+        text(
+            "INSERT INTO training_jobs (batch_id, status, mode, model_name, dataset_uri, "
+            "attempts, created_at) VALUES (:b, 'success', 'train', :m, 'x', 0, :t)"
+        ),
+        {"b": f"{model}-{n}", "m": model, "t": datetime(2026, 12, 1, tzinfo=UTC)},
+    )
+    s.execute(
+        text(
+            "INSERT INTO model_versions (model_name, version, job_id, accuracy, precision, "
+            "recall, f1, status, gate, model_path, trained_at) SELECT :m, :n, id, 0.9, 0.9, 0.9, "
+            "0.9, :s, '{}', :p, created_at FROM training_jobs WHERE batch_id = :b"
+        ),
+        {
+            "m": model,
+            "n": n,
+            "s": status,
+            "p": f"/store/models/{model}/v{n}/model.pt",
+            "b": f"{model}-{n}",
+        },
+    )
     s.commit()
 
 
@@ -65,12 +94,12 @@ def test_0006_sets_production_to_the_latest_approved_version(unmigrated_url):
     upgrade(db_url, "0005")
     with session_factory(db_url)() as s:
         for n, status in enumerate(["approved", "approved", "rejected"], 1):
-            _version(s, "old", n, status)  # production: v2 (v3 was rejected)
-        _version(s, "refused", 1, "rejected")  # nothing approved: no production
-        _version(s, "manual", 1, "approved")
+            _old_version(s, "old", n, status)  # production: v2 (v3 was rejected)
+        _old_version(s, "refused", 1, "rejected")  # nothing approved: no production
+        _old_version(s, "manual", 1, "approved")
         repo.set_promotion_mode(s, "manual", "manual")  # manual: left to a person
-        _version(s, "moved", 1, "approved")
-        _version(s, "moved", 2, "approved")
+        _old_version(s, "moved", 1, "approved")
+        _old_version(s, "moved", 2, "approved")
         repo.move_alias(s, "moved", "production", 1, by="ana", reason=None)
         s.commit()
     upgrade(db_url)
@@ -81,6 +110,34 @@ def test_0006_sets_production_to_the_latest_approved_version(unmigrated_url):
         assert repo.version_for_alias(s, "moved", "production") == 1  # a person's choice
         (move,) = repo.alias_moves(s, "old")
         assert (move.from_version, move.to_version, move.moved_by) == (None, 2, "migration")
+
+
+def _columns(url: str) -> set[str]:
+    engine = get_engine(url)
+    engine.dispose()  # SQLite: the table was recreated, read its columns afresh
+    return {c["name"] for c in inspect(engine).get_columns("model_versions")}
+
+
+def test_0007_adds_the_dataset_fingerprint_and_takes_it_away(unmigrated_url):
+    """Versions from before it keep NULL (their listing was not recorded); a new one
+    records it; downgrading to 0006 removes the column and keeps the rows."""
+    db_url = unmigrated_url
+    upgrade(db_url, "0006")
+    assert "dataset_fingerprint" not in _columns(db_url)
+    with session_factory(db_url)() as s:
+        _old_version(s, "m", 1, "approved")
+    upgrade(db_url)
+    assert "dataset_fingerprint" in _columns(db_url)
+    with session_factory(db_url)() as s:
+        assert repo.get_version(s, "m", 1).dataset_fingerprint is None
+        job, mv = add_version(s, "m", "approved")
+        mv.dataset_fingerprint = "a" * 40
+        s.commit()
+        assert repo.get_version(s, "m", 2).dataset_fingerprint == "a" * 40
+    command.downgrade(alembic_config(db_url), "0006")
+    assert "dataset_fingerprint" not in _columns(db_url)
+    with get_engine(db_url).connect() as c:
+        assert c.execute(text("SELECT count(*) FROM model_versions")).scalar() == 2
 
 
 def test_a_driver_whose_migration_fails_fails_its_job(tmp_path, settings_for):
