@@ -29,7 +29,8 @@ LIVE = "live: every alias move to this version until this page was drawn"
 
 def card_html(markdown: str) -> str:
     """The card's Markdown as HTML (raw HTML in it escaped, unsafe links not made)."""
-    return _MARKDOWN.render(markdown)
+    html: str = _MARKDOWN.render(markdown)
+    return html
 
 
 @router.get("/ui/models/{name}/versions/{version}", response_class=HTMLResponse)

@@ -238,7 +238,8 @@ def _drift(doc: Any) -> DriftSummary | None:
     if not isinstance(doc, dict):
         return None
     chi = doc.get("chi_square") or {}
-    return _parsed(DriftSummary, {**doc, "chi_square_p": chi.get("p_value")})
+    drift: DriftSummary | None = _parsed(DriftSummary, {**doc, "chi_square_p": chi.get("p_value")})
+    return drift
 
 
 def _label_issues(doc: Any) -> LabelIssuesSummary | None:

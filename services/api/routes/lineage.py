@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, HTTPException, Response
+from sqlalchemy.orm import Session
 
 from services.api.deps import READ, DbDep, StoreDep, StoreReader, not_found
 from services.api.schemas import ErrorOut, ModelName, VersionNo
@@ -26,7 +27,7 @@ async def model_version_lineage(name: ModelName, version: VersionNo, db: DbDep) 
     (torchvision's by name, a parent version of this registry, or a file), every
     hyperparameter and those that differ from the defaults, and the search of a tune job."""
 
-    def load(s) -> Lineage | None:
+    def load(s: Session) -> Lineage | None:
         mv = repo.get_version(s, name, version)
         return None if mv is None else version_lineage(s, mv)
 
