@@ -69,12 +69,15 @@ def node_settings(s3_server, bucket: str, pg_url: str, **extra: str) -> dict[str
     }
 
 
-def submit(cluster: LocalRayCluster, job_env: dict[str, str], *args: str) -> tuple[str, str]:
-    """``ray job submit -- python -m services.jobs ARGS`` on ``cluster``: (id, output)."""
+def submit(
+    cluster: LocalRayCluster, job_env: dict[str, str], *args: str, with_recipe: bool = True
+) -> tuple[str, str]:
+    """``ray job submit -- python -m services.jobs ARGS`` (and the tiny recipe) on
+    ``cluster``: (submission id, output)."""
     sid = f"mn-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COLECIONADOR_"))}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] if with_recipe else []
     done = subprocess.run(
         [RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", sid]
         + ["--runtime-env-json", json.dumps({"env_vars": job_env}), "--"]
@@ -153,3 +156,46 @@ def test_a_job_on_one_nodes_embedded_defaults_is_refused_saying_what_to_set(two_
     lines = done.stderr.strip().splitlines()
     assert "the cluster has 2 nodes" in lines[-1] and "COLECIONADOR_DATABASE_URL" in lines[-1]
     assert "COLECIONADOR_BROKER_URL" in lines[-1]
+
+
+def test_a_tune_job_with_label_check_leaves_no_credential_in_the_store(
+    two_nodes, s3_server, pg_url, tmp_path
+):
+    """A tune job (k folds per config, label check on the out-of-fold probabilities)
+    whose trials run on the worker node and write to S3: Tune pickles the storage
+    filesystem into tuner.pkl and its experiment state in the bucket; no object the job
+    wrote holds the secret key."""
+    from services.config import Settings
+    from services.intake.records import create_job
+    from services.intake.request import parse_request
+
+    bucket = s3_server.bucket_name("mntune")
+    s3_server.client().create_bucket(Bucket=bucket)
+    job_env = node_settings(s3_server, bucket, pg_url, COLECIONADOR_DATASET_ROOTS=str(tmp_path))
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=pg_url,
+        store_url=f"s3://{bucket}/store",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        publish_events=False,
+    )
+    message = {
+        "batchId": f"mntune-{uuid.uuid4().hex[:8]}",
+        "datasetUri": str(write_dataset(tmp_path / "head-only", per_class=10)),
+        "modelName": "mntune",
+        "mode": "tune",
+        "hyperparameters": {**TINY, "label_check": True},
+        "tuning": {"grid": {"phase1_lr": [1e-2]}, "kFolds": 2, "scheduler": "fifo"},
+    }
+    job, _ = create_job(settings, parse_request(message), num_workers=1)
+    sid, out = submit(two_nodes.head, job_env, "--job-id", str(job.id), with_recipe=False)
+    assert f"Job '{sid}' succeeded" in out, out[-4000:]
+    client = s3_server.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert any(k.endswith("tuner.pkl") for k in keys), keys  # Tune's pickled state is there
+    assert any(k.endswith("label_issues.json") for k in keys)
+    secret = s3_server.secret_key.encode()
+    holding = [k for k in keys if secret in client.get_object(Bucket=bucket, Key=k)["Body"].read()]
+    assert holding == []
