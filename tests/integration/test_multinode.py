@@ -52,8 +52,8 @@ def two_nodes(s3_server, tmp_path_factory):
         raise
     head_id = next(n["node_id"] for n in state(head, "nodes") if n["is_head_node"])
     yield TwoNodes(head, worker, head_id)
-    worker.stop()
-    head.stop()
+    worker.stop(timeout=5)  # what a node leaves running is killed with its group
+    head.stop(timeout=10)
 
 
 def node_settings(s3_server, bucket: str, pg_url: str, **extra: str) -> dict[str, str]:
