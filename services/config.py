@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     gate_min_precision: float = Field(0.88, ge=0, le=1)
     gate_min_recall: float = Field(0.88, ge=0, le=1)
 
+    # MLflow (docs/operations/mlflow.md): every job a run, approved versions registered with
+    # their aliases; None: no MLflow. May hold credentials: then it stays on the node
+    mlflow_tracking_uri: SecretStr | None = None
+    # one MLflow request's limit (whole seconds, as MLflow reads it), never retried by the
+    # client: what was not written waits in the outbox (mlflow_outbox) for the next drain
+    mlflow_timeout_s: int = Field(5, ge=1, le=120)
+
     workers: int = Field(2, ge=1)
     # None (the default): a GPU per worker when the cluster has GPUs; true or false forces it
     use_gpu: bool | None = None
@@ -100,6 +107,12 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return f"sqlite:///{self.resolved_home / 'colecionador.db'}"
+
+    @property
+    def mlflow_uri(self) -> str | None:
+        """The MLflow tracking URI (it may hold a password: use it, never print it)."""
+        uri = self.mlflow_tracking_uri
+        return uri.get_secret_value() if uri is not None else None
 
     @property
     def amqp_url(self) -> str:

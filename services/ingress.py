@@ -38,7 +38,7 @@ from services.config import Settings
 from services.db import repo
 from services.db.session import get_engine, prepare_database, session_factory
 from services.errors import one_line
-from services.events import broker, outbox
+from services.events import broker, mlflow_outbox, outbox
 from services.intake.admission import Rejection, admit
 from services.intake.records import create_job
 from services.jobs.ray_jobs import NAMESPACE, RayJobs, refuse_embedded, settings_env
@@ -75,6 +75,8 @@ class Consumer:
             "failed_by_reconciler": 0,
             "events_published": 0,
             "outbox_backlog": None,
+            "mlflow_written": 0,
+            "mlflow_backlog": None,
         }
         self._stop: asyncio.Event | None = None
         self._database_down: asyncio.Event | None = None
@@ -89,6 +91,7 @@ class Consumer:
         self._stop, self._database_down = asyncio.Event(), asyncio.Event()
         self._pause_lock = asyncio.Lock()
         reconcile = asyncio.create_task(self._reconcile_forever())
+        tracking = asyncio.create_task(self._mlflow_forever())
         backoff = 1.0
         try:
             while not self._stop.is_set():
@@ -104,6 +107,7 @@ class Consumer:
         finally:
             self.stats["consuming"] = False
             reconcile.cancel()
+            tracking.cancel()
             self.ready.set()
 
     async def _consume(self) -> None:
@@ -161,6 +165,23 @@ class Consumer:
         while not self._stop.is_set():
             await self.reconcile_once()
             await self._sleep(self.settings.reconcile_interval_s)
+
+    async def _mlflow_forever(self) -> None:
+        """The MLflow outbox, drained apart from the reconciler: a slow MLflow server
+        never delays a pass (services/events/mlflow_outbox.py)."""
+        if not mlflow_outbox.enabled(self.settings):
+            return
+        while not self._stop.is_set():
+            await self.mlflow_once()
+            await self._sleep(self.settings.reconcile_interval_s)
+
+    async def mlflow_once(self) -> None:
+        """One drain of every model's MLflow records; errors are recorded, not raised."""
+        done = await asyncio.to_thread(mlflow_outbox.drain_quietly, self.settings)
+        self.stats["mlflow_written"] += done.sent
+        self.stats["mlflow_backlog"] = await asyncio.to_thread(mlflow_outbox.backlog, self.settings)
+        if done.failed:
+            self._error(f"mlflow: {done.failed}")
 
     async def reconcile_once(self) -> None:
         """One reconciler pass and one outbox drain; errors are recorded, not raised."""

@@ -298,3 +298,13 @@ def s3_server():
 
     with SeaweedS3() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` for the session (tests/mlflowserver.py): SQLite backend,
+    artifacts proxied into a temp folder. Each test names its own models (experiments)."""
+    from tests.mlflowserver import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server

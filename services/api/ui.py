@@ -305,6 +305,19 @@ def _label_conflicts_table(conflicts: list[dict[str, Any]]) -> str:
     )
 
 
+def _mlflow_line(backlog: dict[str, Any] | None) -> str:
+    """The line "MLflow: n records pending" (repo.mlflow_backlog) of a tracked job."""
+    if not backlog or not backlog["records"]:
+        return ""
+    n = backlog["pending"]
+    text = f"{n} record{'s' if n != 1 else ''} pending" if n else "every record written"
+    if backlog["refused"]:
+        text += f", {backlog['refused']} refused"
+    if backlog["error"] and (n or backlog["refused"]):
+        text += f" (last error: {backlog['error']})"
+    return f'<p id="mlflow">MLflow: {e(text)}</p>'
+
+
 def _job_page(
     job: JobDetail,
     rows: list[MetricRow],
@@ -313,6 +326,7 @@ def _job_page(
     health: dict[str, Any] | None = None,
     version_metrics: list[dict[str, Any] | None] | None = None,
     label_issues: dict[str, Any] | None = None,
+    mlflow: dict[str, Any] | None = None,
 ) -> str:
     info = [
         ("batch", job.batch_id),
@@ -335,6 +349,7 @@ def _job_page(
         + "<dl>"
         + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info)
         + "</dl>"
+        + _mlflow_line(mlflow)
     )
     body += "".join(_gate_table(v, root) for v in versions) or (
         '<h2>Gate</h2><p class="muted" id="no-gate">no model version (yet)</p>'
@@ -416,13 +431,14 @@ async def home(request: Request, db: DbDep, status: StatusFilter | None = None) 
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(request: Request, job_id: JobId, db: DbDep, store: StoreDep) -> HTMLResponse:
-    def load(s: Any) -> tuple[JobDetail | None, list[MetricRow], list[VersionDetail]]:
+    def load(s: Any) -> tuple[JobDetail | None, list[MetricRow], list[VersionDetail], Any]:
         job = reads.job_detail(s, job_id)
         if job is None:
-            return None, [], []
-        return job, reads.metric_rows(s, job_id), reads.job_versions(s, job_id)
+            return None, [], [], None
+        rows, versions = reads.metric_rows(s, job_id), reads.job_versions(s, job_id)
+        return job, rows, versions, repo.mlflow_backlog(s, job_id)
 
-    job, rows, versions = await db(load)
+    job, rows, versions, mlflow = await db(load)
     root = _root(request)
     if job is None:
         return HTMLResponse(_page("not found", f"<p>No job {job_id}.</p>", root), status_code=404)
@@ -434,7 +450,8 @@ async def job_page(request: Request, job_id: JobId, db: DbDep, store: StoreDep) 
         )
         for v in versions
     ]
-    return HTMLResponse(_job_page(job, rows, versions, root, health, metrics, labels))
+    page = _job_page(job, rows, versions, root, health, metrics, labels, mlflow)
+    return HTMLResponse(page)
 
 
 async def _store_png(store: StoreDep, key: str) -> Response:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -291,3 +292,29 @@ class ModelPromotion(Base):
     model_name: Mapped[str] = mapped_column(String(200), primary_key=True)
     mode: Mapped[str] = mapped_column(String(10))  # auto | manual
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ------------------------------------------------------------- MLflow tracking (issue 28)
+class MlflowRecord(Base):
+    """The MLflow outbox: one thing a job writes to MLflow (its run's tags, params, an
+    epoch's metrics, a version's artifacts, a registration, an alias move, the run's end),
+    staged in the transaction of the row it mirrors and sent by
+    services/events/mlflow_outbox.py, in id order per model. ``lease_until``: a drainer
+    holds it until then; ``refused``: MLflow answered it with a 4xx, never sent again."""
+
+    __tablename__ = "mlflow_outbox"
+    __table_args__ = (Index("ix_mlflow_outbox_pending", "sent_at", "refused", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
+    model_name: Mapped[str] = mapped_column(String(200))  # the experiment; the order
+    kind: Mapped[str] = mapped_column(String(20))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    refused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    error: Mapped[str | None] = mapped_column(Text)  # the last failure

@@ -31,7 +31,7 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import prepare_database, session_factory
 from services.errors import StepFailed, one_line
-from services.events import outbox
+from services.events import mlflow_outbox, mlflow_pump, outbox
 from services.intake.admission import Rejection, admit
 from services.intake.records import create_job
 from services.intake.trust import check_plugins, judged_by
@@ -44,6 +44,7 @@ from services.store.storage import Store, open_store
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
 log = logging.getLogger("colecionador.jobs")
+Say = Callable[[str], None]
 
 
 @dataclass
@@ -165,6 +166,10 @@ def _commit_version(
                         artifact_uri=uris[MODEL_FILE],
                     ),
                 )
+                if mlflow_outbox.enabled(settings):  # artifacts, registration, the run's end
+                    keys = {name: prefix + name for name in files}
+                    args = (mv.version, ev.gate.status, uris[MODEL_FILE], keys, m)
+                    mlflow_outbox.stage_success(s, job, *args)
                 if ev.gate.approved:  # production moves with the version, same transaction
                     promotion.auto_promote(s, settings, job.model_name, mv.version, job.id)
                 uris[MODEL_CARD_FILE] = write_model_card(s, store, mv, files)
@@ -279,6 +284,14 @@ def run_job(
         hp = Hyperparameters(**repo.hyperparameters(s, job_id))
         if not repo.start_job(s, job_id, current_submission_id()):  # final, or cancelled
             return _outcome_from_db(settings, job_id)
+    with mlflow_pump.tracking(settings, job):  # MLflow, when on: off the training path
+        return _run_started(job, hp, settings, resume, say)
+
+
+def _run_started(
+    job: TrainingJob, hp: Hyperparameters, settings: Settings, resume: bool, say: Say
+) -> JobOutcome:
+    """A started job's steps to its final status, and its event said once."""
     store: Store | None = None
     try:
         try:

@@ -11,7 +11,7 @@ from typing import Any
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
-from services.events import outbox
+from services.events import mlflow_outbox, outbox
 
 
 def cancel(settings: Settings, job_id: int, reason: str) -> dict[str, Any] | None:
@@ -46,5 +46,7 @@ def _end(
         job = repo.get_job(s, job_id)
         assert job is not None  # the update just matched it
         body = outbox.stage(s, settings, outbox.job_event(job, status, error=reason))
+        if mlflow_outbox.tracks(s, settings, job_id=job_id):  # its MLflow run ends too
+            mlflow_outbox.stage_end(s, job_id, job.model_name, status, reason)
         s.commit()
     return body

@@ -178,7 +178,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-URL_SETTINGS = ("database_url", "broker_url")
+URL_SETTINGS = ("database_url", "broker_url", "mlflow_tracking_uri")
 
 
 class JobServerError(RuntimeError):

@@ -30,6 +30,7 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
+from services.events import mlflow_outbox
 from services.jobs.ray_jobs import alive_nodes, init_ray
 from services.store.artifacts import (
     CHECKPOINTS,
@@ -394,11 +395,16 @@ def train(
     storage_path, filesystem = store.ray_storage(CHECKPOINTS)
     if not resume:  # a reused (storage_path, name) silently resumes an older run
         store.delete_prefix(checkpoints_prefix(job.id))
+    config_hp = hp.effective()
     config = {
-        "hyperparameters": hp.effective(),
+        "hyperparameters": config_hp,
         "data": ray.put(train_data),
         "backbone_state": ray.put(backbone_state) if backbone_state is not None else None,
     }
+    tracked = job.model_name if mlflow_outbox.enabled(settings) else None
+    # the run's params: every effective value, as the trainer gets them (after the search
+    # and the preflight's suggested lr)
+    mlflow_outbox.record(settings, mlflow_outbox.stage_params, job.id, job.model_name, config_hp)
     trainer = build_trainer(
         config,
         num_workers=job.num_workers or settings.workers,
@@ -407,7 +413,7 @@ def train(
         storage_filesystem=filesystem,
         name=str(job.id),
         max_failures=settings.max_failures,
-        callbacks=[EpochRecorder(settings.db_url, job.id)],
+        callbacks=[EpochRecorder(settings.db_url, job.id, tracked)],
         datasets=datasets,
         resources_per_worker=settings.resources_per_worker(bool(job.use_gpu)),
     )

@@ -16,6 +16,7 @@ from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
+from services.events import mlflow_outbox
 from services.jobs.ray_jobs import init_ray
 from services.store.artifacts import TUNING
 from services.store.storage import Store
@@ -172,6 +173,9 @@ def tune_step(
             t = by_index[c.index]
             repo.record_trial(s, run_id, **_trial_fields(c, t.history, t.trial_id))
         repo.set_trial_ranks(s, run_id, {c.index: c.rank for c in ranked})
+        if mlflow_outbox.enabled(settings):  # nested runs, committed with the run's end
+            trials = [{**c.to_dict(), "history": by_index[c.index].history} for c in ranked]
+            mlflow_outbox.stage_trials(s, job.id, job.model_name, run_id, trials)
         if winner is None:
             first = next((c.error for c in ranked if c.error), "no trial reported a result")
             reason = f"no config produced an estimate ({len(ranked)} trial(s)); {first}"

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db import repo
-from services.events import outbox
+from services.events import mlflow_outbox, outbox
 from services.events.schemas import ModelPromotedEvent
 
 PRODUCTION = "production"
@@ -121,6 +121,10 @@ def _move(
     )
     if move is None:
         return None
+    if mlflow_outbox.tracks(s, settings, model_name=model_name):  # mirrored in MLflow
+        mv = repo.get_version(s, model_name, version)
+        if mv is not None:
+            mlflow_outbox.stage_alias(s, model_name, alias, mv)
     return outbox.stage(
         s,
         settings,

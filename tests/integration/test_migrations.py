@@ -1,7 +1,7 @@
 """Migrations on a real database: several processes migrating one PostgreSQL database at
 once all end at head (the advisory lock serialises them: the API's replicas, the ingress
 and every job driver migrate on start), 0006 gives every model versioned before
-aliases existed its ``production``, and 0007 adds a version's data set fingerprint."""
+aliases existed its ``production``, and 0007 adds a version's data set fingerprint, 0008 the MLflow outbox."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_processes_migrating_at_once_all_reach_head():
         assert not found, found
         assert [p.exitcode for p in procs] == [0] * 4
         with get_engine(url).connect() as c:
-            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
 
 
 def _version(s, model: str, n: int, status: str) -> None:
