@@ -171,6 +171,7 @@ class Consumer:
         never delays a pass (services/events/mlflow_outbox.py)."""
         if not mlflow_outbox.enabled(self.settings):
             return
+        assert self._stop is not None  # made by run()
         while not self._stop.is_set():
             await self.mlflow_once()
             await self._sleep(self.settings.reconcile_interval_s)

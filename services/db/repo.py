@@ -748,18 +748,21 @@ def claim_mlflow_record(s: Session, record_id: int, until: Any) -> bool:
     """Lease an unsent record until ``until`` (one conditional UPDATE, committed): False
     when it is sent, refused, or another drainer's lease on it still runs."""
     now = utcnow()
-    done = s.execute(
-        update(MlflowRecord)
-        .where(
-            MlflowRecord.id == record_id,
-            _unsent(),
-            (MlflowRecord.lease_until.is_(None)) | (MlflowRecord.lease_until < now),
-        )
-        .values(lease_until=until)
-        .execution_options(synchronize_session=False)
+    done = cast(  # an UPDATE's result: a CursorResult, which has rowcount
+        CursorResult[Any],
+        s.execute(
+            update(MlflowRecord)
+            .where(
+                MlflowRecord.id == record_id,
+                _unsent(),
+                (MlflowRecord.lease_until.is_(None)) | (MlflowRecord.lease_until < now),
+            )
+            .values(lease_until=until)
+            .execution_options(synchronize_session=False)
+        ),
     ).rowcount
     s.commit()
-    return done == 1
+    return bool(done == 1)
 
 
 def settle_mlflow_record(

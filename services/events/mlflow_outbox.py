@@ -114,7 +114,7 @@ def stage_run(s: Session, job: Any, attempt: int) -> None:
     )
 
 
-def stage_params(s: Session, job_id: int, model_name: str, hyperparameters: dict) -> None:
+def stage_params(s: Session, job_id: int, model_name: str, hyperparameters: dict[str, Any]) -> None:
     _stage(
         s,
         job_id,
@@ -281,7 +281,7 @@ def drain(
 
 
 def _drain_rows(
-    settings: Settings, rows: list[tuple], out: Drained, deadline: float | None
+    settings: Settings, rows: list[tuple[Any, ...]], out: Drained, deadline: float | None
 ) -> None:
     """Send ``rows`` in order, each leased while it is sent; a model whose record is
     another drainer's, or failed on our side, waits for the next drain."""
@@ -336,6 +336,7 @@ def backlog(settings: Settings) -> int | None:
     """Records not yet written (None: the database did not answer)."""
     try:
         with session_factory(settings.db_url)() as s:
-            return repo.mlflow_backlog(s)["pending"]
+            pending: int = repo.mlflow_backlog(s)["pending"]
+            return pending
     except Exception:  # noqa: BLE001 - said as unknown
         return None

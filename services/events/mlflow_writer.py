@@ -40,7 +40,7 @@ def _sorted(e: Exception) -> Exception:
     from mlflow.exceptions import MlflowException
 
     if isinstance(e, MlflowException):
-        status = e.get_http_status_code()
+        status = e.get_http_status_code()  # type: ignore[no-untyped-call]  # mlflow's is untyped
     elif isinstance(e, requests.HTTPError) and e.response is not None:
         status = e.response.status_code
     elif isinstance(e, (requests.RequestException, ConnectionError, TimeoutError)):
@@ -120,7 +120,7 @@ class Writer:
             [experiment], f"tags.`{RUN_KEY}` = {_quoted(key)}", max_results=1
         )
         if found:
-            run_id = found[0].info.run_id
+            run_id = str(found[0].info.run_id)
         else:
             tags = {RUN_KEY: key, **create.get("tags", {})}
             if create.get("parent"):
@@ -128,7 +128,7 @@ class Writer:
             run = self.client.create_run(
                 experiment, run_name=create.get("run_name") or key, tags=tags
             )
-            run_id = run.info.run_id
+            run_id = str(run.info.run_id)
         if len(self._runs) > 10_000:
             self._runs.clear()
         self._runs[key] = run_id
@@ -232,7 +232,7 @@ class Writer:
             f"name = {_quoted(model_name)} and tags.`{VERSION_TAG}` = '{ours}'"
         )
         if found:
-            return found[0].version
+            return str(found[0].version)
         try:
             self.client.create_registered_model(
                 model_name, description="colecionador: versions approved by the gate"
@@ -255,7 +255,7 @@ class Writer:
             description=f"colecionador {model_name} v{ours}",
             await_creation_for=self.settings.mlflow_timeout_s,
         )
-        return mv.version
+        return str(mv.version)
 
     def _register(self, model_name: str, body: dict[str, Any]) -> None:
         self.registered(model_name, body)

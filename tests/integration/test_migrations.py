@@ -1,7 +1,8 @@
 """Migrations on a real database: several processes migrating one PostgreSQL database at
 once all end at head (the advisory lock serialises them: the API's replicas, the ingress
 and every job driver migrate on start), 0006 gives every model versioned before
-aliases existed its ``production``, and 0007 adds a version's data set fingerprint, 0008 the MLflow outbox."""
+aliases existed its ``production``, 0007 adds a version's data set fingerprint and 0008
+the MLflow outbox."""
 
 from __future__ import annotations
 
