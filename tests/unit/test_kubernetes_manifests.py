@@ -62,6 +62,8 @@ SAFE_DEFAULTS = {
     "gate_min_recall": "the operator's floor has a default",
     "max_failures": "a limit with a default",
     "worker_resources": "none: a Train worker asks Ray for a CPU, or a GPU on a GPU cluster",
+    "mlflow_tracking_uri": "none: MLflow tracking is optional (docs/operations/mlflow.md)",
+    "mlflow_timeout_s": "a timeout with a default",
 }
 # Secret keys that are not settings: Ray's cluster token, and the trial servers' passwords.
 OTHER_SECRET_KEYS = {"auth_token", "trial_postgres_password", "trial_rabbitmq_password"}
