@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alone
+
 
 class Settings(BaseSettings):
     # Secrets (the S3 secret key, API tokens, URLs with passwords) come from the node: its
@@ -95,6 +97,11 @@ class Settings(BaseSettings):
     # custom resource {"gpu_node": 1} to keep training on those nodes: JSON in
     # COLECIONADOR_WORKER_RESOURCES
     worker_resources: dict[str, float] = Field(default_factory=dict)
+    # where Serve places the replicas, as Ray resources each asks for (JSON): the API's on
+    # the head by default, whose node holds the settings, beside the ingress actor; the
+    # predict applications' anywhere, or e.g. {"gpu_node": 0.01} on a node type
+    api_resources: dict[str, float] = Field(default_factory=lambda: {HEAD_NODE: 0.001})
+    predict_resources: dict[str, float] = Field(default_factory=dict)
 
     @cached_property
     def resolved_home(self) -> Path:
@@ -133,12 +140,12 @@ class Settings(BaseSettings):
         """Weights may also be a version's model.pt: the store's models/."""
         return [*self.data_roots(), self.store.rstrip("/") + "/models"]
 
-    @field_validator("worker_resources")
+    @field_validator("worker_resources", "api_resources", "predict_resources")
     @classmethod
     def _resources(cls, v: dict[str, float]) -> dict[str, float]:
         for name, amount in v.items():
             if not name.strip() or amount <= 0:
-                raise ValueError("worker_resources: each entry is a resource name and a number > 0")
+                raise ValueError("each entry is a Ray resource name and a number > 0")
         return v
 
     def resources_per_worker(self, use_gpu: bool) -> dict[str, float] | None:

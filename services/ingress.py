@@ -34,7 +34,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from sqlalchemy import text
 
-from services.config import Settings
+from services.config import HEAD_NODE, Settings
 from services.db import repo
 from services.db.session import get_engine, prepare_database, session_factory
 from services.errors import one_line
@@ -47,7 +47,6 @@ from services.jobs.reconciler import Reconciler
 log = logging.getLogger("colecionador.ingress")
 
 ACTOR_NAME = "colecionador-ingress"
-HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node alone
 MAX_BACKOFF_S = 30.0
 
 

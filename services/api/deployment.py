@@ -84,7 +84,7 @@ def api_deployment(
 
     @serve.deployment(
         name=DEPLOYMENT_NAME,
-        ray_actor_options={"num_cpus": num_cpus},
+        ray_actor_options={"num_cpus": num_cpus, "resources": dict(settings.api_resources)},
         max_ongoing_requests=max_ongoing_requests,
         max_queued_requests=max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry_after_s),

@@ -216,7 +216,7 @@ def predict_application(
     deployment = serve.deployment(
         ModelServer,
         name=DEPLOYMENT_NAME,
-        ray_actor_options={"num_cpus": num_cpus},
+        ray_actor_options={"num_cpus": num_cpus, "resources": dict(settings.predict_resources)},
         max_ongoing_requests=max(MAX_ONGOING_REQUESTS, max_batch_size),
         **scale,
     )

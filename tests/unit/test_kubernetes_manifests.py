@@ -62,6 +62,8 @@ SAFE_DEFAULTS = {
     "gate_min_recall": "the operator's floor has a default",
     "max_failures": "a limit with a default",
     "worker_resources": "none: a Train worker asks Ray for a CPU, or a GPU on a GPU cluster",
+    "api_resources": "the head by default (beside the ingress actor)",
+    "predict_resources": "none: predict replicas go where Serve has room",
     "mlflow_tracking_uri": "none: MLflow tracking is optional (docs/operations/mlflow.md)",
     "mlflow_timeout_s": "a timeout with a default",
 }
