@@ -332,6 +332,16 @@ def end_attempt(
         s.commit()
 
 
+def count_attempts(s: Session, job_id: int, ray_status: str) -> int:
+    """How many of the job's attempts ended with Ray status ``ray_status``."""
+    n = s.scalar(
+        select(func.count())
+        .select_from(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.ray_status == ray_status)
+    )
+    return int(n or 0)
+
+
 def job_attempts(s: Session, job_id: int) -> Sequence[JobAttempt]:
     return s.scalars(
         select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)

@@ -8,6 +8,10 @@ caller acts); ``Reconciler.pass_once`` reads the rows and Ray, and applies each 
   (its driver died: OOM killer, a lost node, SIGKILL) is resubmitted as the next attempt,
   which resumes from the latest checkpoint in the store, up to ``max_job_attempts``;
 - past that, the job is marked ``failed`` with what Ray said, and its event goes out;
+- a Ray job the job server does not know at all was lost with its cluster (a head
+  replaced without GCS fault tolerance forgets every job): resubmitted, and that attempt
+  is recorded ``LOST`` and not counted against ``max_job_attempts`` (the job did not
+  fail; the cluster went), up to ``MAX_LOST_ATTEMPTS`` times;
 - a job running longer than ``max_job_seconds`` since it first started is marked
   ``failed`` (``limit: ...``) with its event, then its Ray job is stopped.
 
@@ -31,12 +35,15 @@ from services.jobs.ray_jobs import RayJobs
 log = logging.getLogger("colecionador.reconciler")
 
 RUNNING = ("PENDING", "RUNNING")
+LOST = "LOST"  # an attempt's Ray status when its cluster forgot it
+MAX_LOST_ATTEMPTS = 5  # clusters replaced under one job before it fails anyway
 
 
 @dataclass(frozen=True)
 class Decision:
     action: Literal["wait", "submit", "resubmit", "fail", "stop"]
     reason: str | None = None
+    counts: bool = True  # a resubmit whose ended attempt counts as one the job failed
 
 
 def decide(
@@ -48,9 +55,11 @@ def decide(
     max_attempts: int,
     running_s: float | None = None,
     max_seconds: float | None = None,
+    lost: int = 0,
 ) -> Decision:
-    """What to do with one active job, given Ray's word on its latest Ray job and how
-    long it has run since it first started (``running_s``; None: not started)."""
+    """What to do with one active job, given Ray's word on its latest Ray job, how long
+    it has run since it first started (``running_s``; None: not started) and how many of
+    its ``attempts`` were lost with a cluster (``lost``: they do not count)."""
     if max_seconds is not None and running_s is not None and running_s > max_seconds:
         return Decision(
             "stop",
@@ -62,12 +71,22 @@ def decide(
         return Decision("submit") if status == "queued" else Decision("wait")
     if ray_status in RUNNING:
         return Decision("wait")
+    if ray_status is None and lost < MAX_LOST_ATTEMPTS:
+        return Decision(
+            "resubmit",
+            f"Ray job {ray_job_id} is gone: the cluster that ran it was replaced (not "
+            "counted against COLECIONADOR_MAX_JOB_ATTEMPTS)",
+            counts=False,
+        )
     said = f"Ray job {ray_job_id} {ray_status or 'is gone'}"
     if ray_message:
         said += f": {ray_message.strip().splitlines()[0][:300]}"
-    if attempts < max_attempts:
+    failed = attempts - lost
+    if failed < max_attempts and ray_status is not None:
         return Decision("resubmit", said)
-    return Decision("fail", f"driver: {said} (attempt {attempts} of {max_attempts})")
+    if ray_status is None:
+        said += f", lost with {lost} clusters"
+    return Decision("fail", f"driver: {said} (attempt {failed} of {max_attempts})")
 
 
 class Reconciler:
@@ -93,6 +112,7 @@ class Reconciler:
                 (j.id, j.status, j.ray_job_id, j.attempts, _running_s(j.started_at))
                 for j in repo.active_jobs(s)
             ]
+            lost = {j[0]: repo.count_attempts(s, j[0], LOST) for j in jobs if j[3] > 1}
         for job_id, status, sid, attempts, running_s in jobs:
             ray_status, message = self.ray_jobs.status(sid) if sid else (None, None)
             d = decide(
@@ -104,6 +124,7 @@ class Reconciler:
                 self.settings.max_job_attempts,
                 running_s,
                 self.settings.max_job_seconds,
+                lost.get(job_id, 0),
             )
             if d.action == "wait":
                 continue
@@ -119,7 +140,8 @@ class Reconciler:
                 row = repo.get_job(s, job_id)
                 if row is None or row.status not in ACTIVE_STATUSES or row.ray_job_id != sid:
                     continue
-                repo.end_attempt(s, job_id, sid, ray_status or "GONE", d.reason)
+                ended_as = ray_status or (LOST if not d.counts else "GONE")
+                repo.end_attempt(s, job_id, sid, ended_as, d.reason)
             if d.action == "resubmit":
                 log.warning(
                     "job %s: %s; resubmitting as attempt %s", job_id, d.reason, attempts + 1

@@ -17,7 +17,7 @@ from services.jobs.reconciler import decide
         ("training", "s", "SUCCEEDED", 1, "resubmit"),  # exited without a final status
         ("training", "s", None, 1, "resubmit"),  # Ray forgot it (head restarted)
         ("training", "s", "FAILED", 2, "fail"),  # out of attempts
-        ("queued", "s", None, 2, "fail"),
+        ("queued", "s", None, 2, "resubmit"),  # lost with its cluster: not counted
     ],
 )
 def test_decision(status, sid, ray, attempts, action):
@@ -39,9 +39,23 @@ def test_the_failure_names_what_ray_said_and_the_attempts():
         "command failed with exit code -9 (attempt 2 of 2)"
     )
     assert (
-        decide("training", "x", None, None, 3, 3).reason
-        == "driver: Ray job x is gone (attempt 3 of 3)"
+        decide("training", "x", None, None, 8, 3, lost=5).reason
+        == "driver: Ray job x is gone, lost with 5 clusters (attempt 3 of 3)"
     )
+
+
+def test_an_attempt_lost_with_its_cluster_does_not_count_against_the_job():
+    """A replaced cluster's job server knows none of the old Ray jobs: the job did not
+    fail, the cluster went. Its attempt is resubmitted and not counted; what the job
+    itself failed still is."""
+    lost = decide("training", "s", None, None, 2, max_attempts=2)
+    assert (lost.action, lost.counts) == ("resubmit", False)
+    assert "the cluster that ran it was replaced" in lost.reason
+    # two attempts, one of them lost: the job failed once, it has one more
+    assert decide("training", "s", "FAILED", None, 2, 2, lost=1).action == "resubmit"
+    assert decide("training", "s", "FAILED", None, 3, 2, lost=1).action == "fail"
+    # a cluster that forgets every job it is given is not retried for ever
+    assert decide("training", "s", None, None, 6, 2, lost=5).action == "fail"
 
 
 def test_a_job_over_its_wall_clock_limit_is_stopped_whatever_ray_says():
