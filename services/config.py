@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         """Weights may also be a version's model.pt: the store's models/."""
         return [*self.data_roots(), self.store.rstrip("/") + "/models"]
 
+    def out_roots(self) -> list[str]:
+        """Where a predict request's out_uri may point: the roots and the store's predictions/."""
+        return [*self.data_roots(), self.store.rstrip("/") + "/predictions"]
+
     @field_validator("api_writers")
     @classmethod
     def _named_writers(cls, v: SecretStr | None) -> SecretStr | None:
