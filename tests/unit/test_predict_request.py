@@ -98,3 +98,16 @@ def test_the_cli_exits_2_for_a_model_that_names_no_version(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "error: model:" in err and "expected NAME, NAME@ALIAS or NAME@vN" in err
+
+
+def test_a_ray_job_predict_request_is_checked_like_the_queues(tmp_path, capsys):
+    from services.jobs.driver import main as job_main
+
+    with pytest.raises(SystemExit) as exit_:
+        job_main(["--dataset", str(tmp_path), "--model", "digits@v1", "--out", "/etc"])
+    assert exit_.value.code == 2
+    assert "dataset_uri:" in capsys.readouterr().err  # the first field outside a root
+    with pytest.raises(SystemExit) as exit_:
+        job_main(["--dataset", "s3://nowhere/x/", "--out", "s3://nowhere/y/"])
+    assert exit_.value.code == 2
+    assert "model: a predict request names its model" in capsys.readouterr().err
