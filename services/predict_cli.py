@@ -35,9 +35,9 @@ def add_parser(sub: Any) -> None:
 
 def _request(args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings):
     """The checked request, or exit 2 naming what is wrong."""
-    from services.db.session import prepare_database, session_factory
+    from services.db.session import prepare_database
     from services.intake.admission import Rejection, admit
-    from services.intake.model_ref import ModelRef, resolve
+    from services.intake.model_ref import unresolved
     from services.store.fetch import local_path
 
     path = local_path(args.dataset)
@@ -56,11 +56,9 @@ def _request(args: argparse.Namespace, parser: argparse.ArgumentParser, settings
     if isinstance(request, Rejection):
         parser.error(request.reason)
     prepare_database(settings)
-    with session_factory(settings.db_url)() as s:
-        try:
-            resolve(s, ModelRef.parse(request.model or ""))
-        except LookupError as e:
-            parser.error(f"--model: {e}")
+    why = unresolved(settings, request.model or "")
+    if why is not None:
+        parser.error(f"--{why}")
     return request
 
 

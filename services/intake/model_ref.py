@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from services.config import Settings
 from services.db import repo
 from services.db.models import ModelVersion
+from services.db.session import session_factory
 
 DEFAULT_ALIAS = "production"
 PATTERN = re.compile(
@@ -63,3 +65,15 @@ def resolve(s: Session, ref: ModelRef) -> ModelVersion:
     if mv is None:
         raise LookupError(f"model {ref.name!r} has no version {version}")
     return mv
+
+
+def unresolved(settings: Settings, text: str) -> str | None:
+    """Why the reference ``text`` names no version today (``model: ...``, a rejection's
+    reason), or None: what the edges that read the database (the CLI, POST /jobs) check
+    before recording a predict job."""
+    try:
+        with session_factory(settings.db_url)() as s:
+            resolve(s, ModelRef.parse(text))
+    except (LookupError, ValueError) as e:
+        return f"model: {e}"
+    return None

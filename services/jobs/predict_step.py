@@ -59,6 +59,7 @@ from training.bulk_predict import (
 from training.data import DataError
 
 BATCH_SIZE = 64  # images an actor predicts at once
+WRITE_ROWS = 1024  # rows the driver writes at once (a parquet row group, a CSV chunk)
 DEFAULT_TOP_K = 5
 Say = Callable[[str], None]
 
@@ -103,11 +104,25 @@ def list_images(uri: str, settings: Settings) -> tuple[list[Listed], ImageSource
         raise StepFailed("store", one_line(e)) from None
 
 
+OUTPUT = SCHEMA.append(pa.field("model_name", pa.string())).append(
+    pa.field("version", pa.int64())
+)  # predictions.parquet's columns
+
+
+def csv_columns(k: int) -> list[str]:
+    """predictions.csv's columns: the top k spread over label_i / probability_i."""
+    top = [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")]
+    return ["path", *top, "error", "model_name", "version"]
+
+
 class PredictActor:
     """A Ray Data actor: the model loaded once (from the object store's copy of model.pt),
-    then every batch it is given predicted."""
+    then every batch it is given predicted, with the model's name and version on each row
+    and the CSV's flat columns beside the lists (the driver only writes)."""
 
-    def __init__(self, package: Any, source: ImageSource, k: int, use_gpu: bool) -> None:
+    def __init__(
+        self, package: Any, source: ImageSource, k: int, use_gpu: bool, model: tuple[str, int]
+    ) -> None:
         import ray
         import torch
 
@@ -117,9 +132,18 @@ class PredictActor:
         loaded = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.predict = BatchPredictor(Predictor.from_package(loaded), source, k, device)
+        self.model_name, self.version, self.k = model[0], model[1], k
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        return self.predict(batch)
+        table = self.predict(batch)
+        n = table.num_rows
+        table = table.append_column("model_name", pa.array([self.model_name] * n, pa.string()))
+        table = table.append_column("version", pa.array([self.version] * n, pa.int64()))
+        flat = csv_table(table, self.k)  # k columns, empty past the model's classes
+        for name in flat.column_names:
+            if name not in table.column_names:
+                table = table.append_column(name, flat.column(name))
+        return table
 
 
 def prediction_stream(
@@ -130,9 +154,11 @@ def prediction_stream(
     k: int,
     use_gpu: bool,
     actors: int,
+    model: tuple[str, int],
     batch_size: int = BATCH_SIZE,
 ) -> Any:
-    """The Ray Data dataset of the predictions (``training.bulk_predict.SCHEMA`` rows):
+    """The Ray Data dataset of the predictions (``OUTPUT`` and ``csv_columns`` columns) by
+    ``model`` (its name and version):
     the listing in blocks of ``batch_size``, through a pool of 1 to ``actors`` actors
     (one CPU, and one GPU with ``use_gpu``, each)."""
     import ray
@@ -156,8 +182,10 @@ def prediction_stream(
             "source": source,
             "k": k,
             "use_gpu": use_gpu,
+            "model": model,
         },
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+        # all of them asked for at once, but the stream starts with the first one ready
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=1,
@@ -166,33 +194,28 @@ def prediction_stream(
 
 
 def write_outputs(
-    stream: Any, folder: Path, k: int, model_name: str, version: int
+    stream: Any, folder: Path, k: int, on_batch: Callable[[int], None] = lambda _rows: None
 ) -> tuple[int, int]:
-    """The stream's rows written as ``folder``/predictions.parquet and .csv, with the
-    model's name and version on every row, a batch at a time (the driver never holds
-    them all). Returns (rows, unreadable rows)."""
+    """The stream's rows written as ``folder``/predictions.parquet and .csv, a batch at a
+    time (the driver never holds them all); ``on_batch(rows)`` after each. Returns (rows,
+    unreadable rows)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    schema = SCHEMA.append(pa.field("model_name", pa.string())).append(
-        pa.field("version", pa.int64())
-    )
     rows = bad = 0
+    flat = csv_columns(k)
     csv_writer = None
-    with pq.ParquetWriter(folder / PREDICTIONS_PARQUET, schema) as parquet:
+    with pq.ParquetWriter(folder / PREDICTIONS_PARQUET, OUTPUT) as parquet:
         try:
-            for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None):
-                n = batch.num_rows
-                table = batch.select(list(SCHEMA.names)).cast(SCHEMA)
-                table = table.append_column("model_name", pa.array([model_name] * n, pa.string()))
-                table = table.append_column("version", pa.array([version] * n, pa.int64()))
-                parquet.write_table(table)
-                flat = csv_table(table, k)
+            for batch in stream.iter_batches(batch_format="pyarrow", batch_size=WRITE_ROWS):
+                parquet.write_table(batch.select(OUTPUT.names).cast(OUTPUT))
+                table = batch.select(flat)
                 if csv_writer is None:
-                    csv_writer = pacsv.CSVWriter(folder / PREDICTIONS_CSV, flat.schema)
-                csv_writer.write_table(flat)
-                rows += n
-                bad += n - table.column("error").null_count
+                    csv_writer = pacsv.CSVWriter(folder / PREDICTIONS_CSV, table.schema)
+                csv_writer.write_table(table)
+                rows += batch.num_rows
+                bad += batch.num_rows - batch.column("error").null_count
+                on_batch(batch.num_rows)
         finally:
             if csv_writer is not None:
                 csv_writer.close()
@@ -273,11 +296,17 @@ def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Pre
     )
     t0 = time.perf_counter()
     stream = prediction_stream(
-        listing, source, package, k=k, use_gpu=bool(job.use_gpu), actors=actors
+        listing,
+        source,
+        package,
+        k=k,
+        use_gpu=bool(job.use_gpu),
+        actors=actors,
+        model=(mv.model_name, mv.version),
     )
     with tempfile.TemporaryDirectory(prefix="colecionador-predict-") as tmp:
         try:
-            rows, bad = write_outputs(stream, Path(tmp), k, mv.model_name, mv.version)
+            rows, bad = write_outputs(stream, Path(tmp), k)
         except StepFailed:
             raise
         except Exception as e:  # noqa: BLE001 - Ray Data's error wraps the actor's
