@@ -4,9 +4,10 @@ on the same CPUs, and against the HTTP predict path.
 Like for like: the same model.pt (ResNet18 at 32 px, 10 classes, random weights, which cost
 what trained ones do: benchmarks/predict_latency.make_model), the same images (scikit-learn's
 1,797 digits as PNG files, listed ``--repeat`` times), the same decode (training.predict's),
-the same batches (64) and one torch thread per process.
+the same batches (predict_step.BATCH_SIZE) and one torch thread per process.
 
-- bare: one process, one thread: read, decode, predict, top-k, batch after batch.
+- bare: one process, one thread: read, decode, predict, top-k, batch after batch; run
+  before and after the others (this shared host drifts), the mean counted.
 - bulk: services/jobs/predict_step.py's stream (map_batches over an actor pool of
   ``--actors`` actors of one CPU each, the model loaded once per actor) with its writes
   (parquet + CSV on the driver), on a local Ray of as many CPUs. ``wall`` counts from
@@ -33,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.predict_latency import MODEL, make_model
-
-BATCH = 64
+from services.jobs.predict_step import BATCH_SIZE as BATCH
 
 
 def bench_bare(package: dict[str, Any], folder: Path, listing: list) -> float:
@@ -143,18 +143,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         listing = _listing(folder, args.repeat)
         buf = io.BytesIO()
         torch.save(package, buf)
-        bare = bench_bare(package, folder, listing)
+        before = bench_bare(package, folder, listing)
         ray.init(num_cpus=args.actors, include_dashboard=False, logging_level="ERROR")
         try:
             bulk = bench_bulk(buf.getvalue(), folder, listing, args.actors)
         finally:
             ray.shutdown()
         http = None if args.no_http else bench_http(settings, folder, listing, args.actors)
+        bare = (before + bench_bare(package, folder, listing)) / 2  # the host drifts
     print(
         f"\nBulk predictions: resnet18 at 32 px, {len(listing)} PNG digits, batches of "
         f"{BATCH}, 1 torch thread a process; {os.cpu_count()} cores; load before: {load:.2f}"
     )
-    print(f"  bare loop, 1 process          {bare:8.1f} images/s")
+    print(f"  bare loop, 1 process          {bare:8.1f} images/s (mean of before and after)")
     print(f"  bulk, {args.actors} actors (wall)        {bulk['wall']:8.1f} images/s")
     print(f"  bulk, {args.actors} actors (steady)      {bulk['steady']:8.1f} images/s")
     if http is not None:

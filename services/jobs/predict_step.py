@@ -58,7 +58,7 @@ from training.bulk_predict import (
 )
 from training.data import DataError
 
-BATCH_SIZE = 64  # images an actor predicts at once
+BATCH_SIZE = 256  # images an actor predicts at once (38 MB of uint8 at 224 px)
 WRITE_ROWS = 1024  # rows the driver writes at once (a parquet row group, a CSV chunk)
 DEFAULT_TOP_K = 5
 Say = Callable[[str], None]

@@ -162,3 +162,12 @@ def test_the_csv_spreads_the_top_k_over_columns():
         "error": None,
     }
     assert flat[1]["label_1"] is None and flat[1]["error"] == "bad"
+
+
+def test_a_store_that_cannot_be_reached_fails_the_batch_not_a_row(predictor):
+    class Away:
+        def read(self, name: str, etag: str, limit: int) -> bytes:
+            raise RuntimeError("cannot read s3://b/p/a.png: connection refused")
+
+    with pytest.raises(RuntimeError, match="connection refused"):  # the job fails, saying so
+        BatchPredictor(predictor, ImageSource(reader=Away()))(_batch([("a.png", 10, "e")]))
