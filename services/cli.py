@@ -814,6 +814,8 @@ def _db_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from services import predict_cli
+
     p = argparse.ArgumentParser(
         prog="colecionador", description="Train, tune, judge and version image classifiers on Ray."
     )
@@ -828,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
         _ingress_parser,
         _serve_parser,
         _promote_parser,
+        predict_cli.add_parser,
         _db_parser,
         cli_compare.add_parser,
     ):

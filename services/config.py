@@ -155,6 +155,10 @@ class Settings(BaseSettings):
             return None
         return {("GPU" if use_gpu else "CPU"): 1.0, **self.worker_resources}
 
+    def out_roots(self) -> list[str]:
+        """Where a predict request's out_uri may point: the roots and the store's predictions/."""
+        return [*self.data_roots(), self.store.rstrip("/") + "/predictions"]
+
     @field_validator("api_writers")
     @classmethod
     def _named_writers(cls, v: SecretStr | None) -> SecretStr | None:

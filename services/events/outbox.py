@@ -26,12 +26,18 @@ from services.config import Settings
 from services.db import repo
 from services.db.models import TrainingJob
 from services.db.session import session_factory
-from services.events.schemas import EventMetrics, ModelEvaluationEvent, ModelPromotedEvent
+from services.events.schemas import (
+    EventMetrics,
+    ModelEvaluationEvent,
+    ModelPromotedEvent,
+    PredictionsReadyEvent,
+)
 
 log = logging.getLogger("colecionador.outbox")
 
 EVALUATION = "ModelEvaluation"
 PROMOTED = "ModelPromoted"
+PREDICTIONS = "PredictionsReady"
 
 
 def job_event(
@@ -63,16 +69,23 @@ def job_event(
     )
 
 
-def stage(
-    s: Session, settings: Settings, event: ModelEvaluationEvent | ModelPromotedEvent
-) -> dict[str, Any]:
+Event = ModelEvaluationEvent | ModelPromotedEvent | PredictionsReadyEvent
+
+
+def stage(s: Session, settings: Settings, event: Event) -> dict[str, Any]:
     """Add ``event`` to the session's transaction (the caller commits); it goes to its
     queue (``events_queue``, or ``promotions_queue`` for a ModelPromoted) unless events
     are off (``publish_events``). Returns its body."""
     body: dict[str, Any] = json.loads(event.model_dump_json())
     promoted = isinstance(event, ModelPromotedEvent)
     queue = settings.promotions_queue if promoted else settings.events_queue
-    kind = PROMOTED if promoted else EVALUATION
+    kind = (
+        PROMOTED
+        if promoted
+        else PREDICTIONS
+        if isinstance(event, PredictionsReadyEvent)
+        else EVALUATION
+    )
     repo.add_event(
         s, event.event_id, event.job_id, kind, queue if settings.publish_events else None, body
     )

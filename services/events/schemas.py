@@ -1,6 +1,7 @@
-"""The events that go out: ``ModelEvaluation`` (how a job ended) and ``ModelPromoted`` (an
-alias moved), at least once through the outbox (services/events/outbox.py), each with an
-``event_id`` a consumer drops a redelivery by."""
+"""The events that go out: ``ModelEvaluation`` (how a job ended), ``ModelPromoted`` (an
+alias moved) and ``PredictionsReady`` (a bulk prediction's output is written), at least
+once through the outbox (services/events/outbox.py), each with an ``event_id`` a consumer
+drops a redelivery by."""
 
 from __future__ import annotations
 
@@ -52,3 +53,21 @@ class ModelPromotedEvent(BaseModel):
     reason: str | None = None
     overrode_gate: bool = False
     at: datetime
+
+
+class PredictionsReadyEvent(BaseModel):
+    """A bulk prediction job (mode predict) ended with its output written: ``rows`` rows
+    (one per listed image; ``bad_rows`` of them an image that could not be read, with its
+    reason), the parquet at ``output_uri`` and the CSV at ``csv_uri``. On the events queue,
+    at least once: ``event_id`` lets a consumer drop a redelivery."""
+
+    event_id: str
+    job_id: int
+    batch_id: str
+    model_name: str
+    version: int
+    rows: int
+    bad_rows: int = 0
+    output_uri: str
+    csv_uri: str | None = None
+    finished_at: datetime

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.intake.model_ref import ModelRef
 from training.hyperparams import Hyperparameters, Text, validation_message
 from tuning.spec import TuningSpec
 
@@ -53,9 +54,43 @@ class TrainingRequest(BaseModel):
             raise ValueError("model_name must be a plain folder name, not '.' or '..'")
         return v
 
-    mode: Literal["train", "tune"] = "train"
+    mode: Literal["train", "tune", "predict"] = "train"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     tuning: TuningSpec | None = None
+    # mode predict (bulk predictions, services/jobs/predict_step.py): the model to run, where
+    # a copy of the predictions goes (besides the job's folder in the store), and how many
+    # labels a row keeps
+    model: str | None = Field(None, max_length=300, description="NAME, NAME@ALIAS or NAME@vN")
+    out_uri: Text | None = Field(
+        None, min_length=1, max_length=2000, validation_alias=AliasChoices("out_uri", "outUri")
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=100, validation_alias=AliasChoices("top_k", "topK"), description="5"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str | None) -> str | None:
+        return None if v is None else str(ModelRef.parse(v))
+
+    @model_validator(mode="after")
+    def _predict_fields(self) -> TrainingRequest:
+        """A predict request names its model (and its job the model's name); ``model``,
+        ``out_uri`` and ``top_k`` belong to predict requests only, ``tuning`` to tune ones."""
+        if self.mode != "predict":
+            for name in ("model", "out_uri", "top_k"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only a predict request (mode predict) has it")
+            return self
+        if self.model is None:
+            raise ValueError("model: a predict request names its model (NAME[@alias|@vN])")
+        if self.tuning is not None:
+            raise ValueError("tuning: a predict request does not tune")
+        name = ModelRef.parse(self.model).name
+        if "model_name" in self.model_fields_set and self.model_name != name:
+            raise ValueError(f"model_name: {self.model_name!r} is not the model's ({name!r})")
+        self.model_name = name
+        return self
 
     @field_validator("batch_id")
     @classmethod

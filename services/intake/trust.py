@@ -150,11 +150,17 @@ def check_request(request: TrainingRequest, settings: Settings, *, roots: bool =
 
 
 def check_locations(request: TrainingRequest, settings: Settings) -> None:
-    """ValueError naming the field for a dataset_uri or weights outside the roots."""
+    """ValueError naming the field for a dataset_uri, out_uri or weights outside the roots."""
     roots = settings.data_roots()
     if not under(request.dataset_uri, roots):
         raise ValueError(
             f"dataset_uri: {request.dataset_uri!r} is not under an allowed root "
+            f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)"
+        )
+    out = request.out_uri
+    if out is not None and not under(out, settings.out_roots()):
+        raise ValueError(
+            f"out_uri: {out!r} is not under the store's predictions/ or an allowed root "
             f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)"
         )
     weights = request.hyperparameters.weights

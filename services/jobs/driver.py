@@ -11,7 +11,8 @@ version: a job cancelled meanwhile stays cancelled and keeps no version (the can
 its event). The event always matches the row.
 
 Run as a Ray job with ``python -m services.jobs --job-id N`` (or ``--dataset URI`` to
-record and run a new one).
+record and run a new one; ``--dataset URI --model NAME[@alias|@vN] [--out URI]`` for bulk
+predictions).
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ class JobOutcome:
     artifacts: dict[str, str] = field(default_factory=dict)
     event: dict[str, Any] | None = None
     training_time_s: float | None = None
+    summary: str | None = None  # a predict job's one line (rows, model, version)
 
     def lines(self) -> list[str]:
         """What a person reads: the verdict rule by rule, the metrics, the artifacts."""
         if self.status != "success":
             return [f"job {self.job_id} {self.status.upper()}: {self.error}"]
+        if self.summary is not None:
+            return [self.summary, *(f"  {n:<21} {u}" for n, u in self.artifacts.items())]
         m = self.metrics or {}
         out = [f"job {self.job_id}: gate {(self.verdict or '').upper()} -> version {self.version}"]
         for rule in (self.gate or {}).get("rules", []):
@@ -201,6 +205,8 @@ def _run_steps(
 ) -> JobOutcome:
     """Every step of a started job: its success, or the outcome the row already has when
     it was cancelled meanwhile. A failing step raises StepFailed."""
+    if job.mode == "predict":
+        return _predict(job, settings, store, say)
     try:  # the row may predate the operator's current allowlist: checked again here
         check_plugins(hp, settings, _searched_values(job))
     except ValueError as e:
@@ -261,6 +267,27 @@ def _run_steps(
         uris,
         event,
         training_time_s=trained.training_time_s,
+    )
+
+
+def _predict(
+    job: TrainingJob, settings: Settings, store: Store, say: Callable[[str], None]
+) -> JobOutcome:
+    """A predict job's steps (services/jobs/predict_step.py) and its outcome."""
+    from services.jobs.predict_step import predict
+
+    made = predict(job, settings, store, say)
+    if made.event is None:
+        return _outcome_from_db(settings, job.id)  # cancelled while it predicted
+    return JobOutcome(
+        job.id,
+        "success",
+        version=made.version,
+        artifacts=made.uris,
+        event=made.event,
+        metrics={"rows": made.rows, "bad_rows": made.bad_rows},
+        summary=f"job {job.id}: {made.rows} predictions ({made.bad_rows} unreadable) by "
+        f"{made.model_name} v{made.version} in {made.seconds:.1f} s",
     )
 
 
@@ -366,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="hyperparameters file (with --dataset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --dataset")
     p.add_argument("--workers", type=int)
+    p.add_argument("--model", help="with --dataset: predict with NAME[@alias|@vN] (mode predict)")
+    p.add_argument("--out", help="with --model: a copy of the predictions goes here")
     args = p.parse_args(argv)
     settings = Settings()
     job_id = args.job_id
@@ -374,12 +403,15 @@ def main(argv: list[str] | None = None) -> int:
             hp = load_hyperparameters(args.config, args.set or [])
         except ValueError as e:
             p.error(str(e))
-        body = {
+        body: dict[str, Any] = {
             "batch_id": args.batch_id or f"job-{uuid.uuid4().hex[:12]}",
             "dataset_uri": args.dataset,
             "model_name": args.model_name,
             "hyperparameters": hp,
         }
+        if args.model is not None or args.out is not None:  # checked by admit, as any field
+            body.update(mode="predict", model=args.model, out_uri=args.out)
+            del body["model_name"]
         request = admit(body, settings)  # a Ray job is a request like any other
         if isinstance(request, Rejection):
             p.error(request.reason)

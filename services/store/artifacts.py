@@ -73,3 +73,13 @@ def decoded_prefix(fingerprint: str, image_size: int) -> str:
 
 def decoded_manifest_key(fingerprint: str, image_size: int) -> str:
     return f"{decoded_prefix(fingerprint, image_size)}/{DECODED_MANIFEST}"
+
+
+PREDICTIONS = "predictions"  # bulk predictions (mode predict), one folder per job
+PREDICTIONS_PARQUET = "predictions.parquet"  # path, top-k labels and probabilities, version
+PREDICTIONS_CSV = "predictions.csv"  # the same rows, the top-k spread over columns
+
+
+def predictions_prefix(job_id: int) -> str:
+    """predictions/job-<id>/: a predict job's output (parquet and CSV)."""
+    return f"{PREDICTIONS}/job-{job_id}/"

@@ -327,3 +327,33 @@ def fetch_file(uri: str, settings: Settings) -> Path:
             raise StoreError(f"cannot fetch {uri}: {error_reason(e)}") from None
         etag_file.write_text(etag)
         return dest
+
+
+def list_prefix(uri: str, settings: Settings) -> list[tuple[str, int, str]]:
+    """Every object under an ``s3://bucket/prefix/`` as (name under the prefix, size,
+    ETag), nothing downloaded (FileNotFoundError when there is none)."""
+    return _listed(uri, settings)[2]
+
+
+def prefix_reader(uri: str, settings: Settings) -> S3ObjectReader:
+    """The reader of the objects under an ``s3://bucket/prefix/``, as listed."""
+    bucket, prefix = _bucket_prefix(uri)
+    return S3ObjectReader(S3Access.of(settings), bucket, prefix)
+
+
+def put_file_at(folder_uri: str, name: str, path: Path, settings: Settings) -> str:
+    """The file ``path`` written as ``name`` in the folder a path, file:// or s3:// URI
+    names (a local file appears whole or not at all); returns the file's URI."""
+    folder = local_path(folder_uri)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.part"
+        tmp.write_bytes(Path(path).read_bytes())
+        os.replace(tmp, folder / name)
+        return (folder / name).resolve().as_uri()
+    bucket, prefix = _bucket_prefix(folder_uri)
+    try:
+        s3_client(settings).upload_file(str(path), bucket, prefix + name)
+    except s3_errors() as e:
+        raise StoreError(f"cannot write s3://{bucket}/{prefix}{name}: {error_reason(e)}") from None
+    return f"s3://{bucket}/{prefix}{name}"

@@ -439,7 +439,13 @@ def test_post_jobs_needs_the_token_publishes_once_recorded_and_is_idempotent(dep
             "greater than 0",
         ),
         ({"dataset_uri": None}, ["body", "dataset_uri"], ""),
-        ({"mode": "predict"}, ["body", "mode"], "'train' or 'tune'"),
+        ({"mode": "bulk"}, ["body", "mode"], "'train', 'tune' or 'predict'"),
+        ({"mode": "predict", "model_name": None}, ["body"], "model: a predict request names"),
+        (  # checked against the versions at the edge: nothing recorded
+            {"mode": "predict", "model": "nope@v1", "model_name": None},
+            ["body", "model"],
+            "model 'nope' has no version 1",
+        ),
         ({"batchId": "a/b"}, ["body", "batchId"], "no '/'"),  # named as the client sent it
         ({"totalImages": 2**40}, ["body", "totalImages"], "less than or equal"),
         ({"dataset_uri": "s3://d/\x00"}, ["body", "dataset_uri"], "NUL"),

@@ -26,6 +26,7 @@ from services.db import repo
 from services.db.models import FINAL_STATUSES
 from services.events.broker import publish_request
 from services.intake.admission import Rejection, admit
+from services.intake.model_ref import unresolved
 from services.intake.records import create_job
 from services.intake.request import MAX_INT, TrainingRequest
 from services.jobs import lifecycle
@@ -109,10 +110,15 @@ async def submit_job(
     publish it on the requests queue, where the ingress submits it as a Ray job. It
     is published when the job is new, or still queued without a Ray job (an earlier
     publish may have failed); never for a job that runs or has finished. A dataset_uri
-    or weights outside the operator's roots is refused (422)."""
+    or weights outside the operator's roots is refused (422), and so is a predict request
+    whose model names no version."""
     admitted = await asyncio.to_thread(admit, request, settings)
     if isinstance(admitted, Rejection):
         raise HTTPException(422, admitted.detail())
+    if admitted.mode == "predict":  # a model that names no version is refused here
+        why = await asyncio.to_thread(unresolved, settings, admitted.model or "")
+        if why is not None:
+            raise HTTPException(422, Rejection(why).detail())
     try:
         job, created = await asyncio.to_thread(create_job, settings, request)
     except DataError as exc:
