@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
+
+if TYPE_CHECKING:
+    from services.intake.request import TrainingRequest
 
 
 def add_parser(sub: Any) -> None:
@@ -33,7 +36,9 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _request(args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings):
+def _request(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings
+) -> TrainingRequest:
     """The checked request, or exit 2 naming what is wrong."""
     from services.db.session import prepare_database
     from services.intake.admission import Rejection, admit
