@@ -8,7 +8,8 @@ would get its write key. ``NodeS3`` (a ``pyarrow.fs.FileSystemHandler``, wrapped
 ``PyFileSystem``) pickles the endpoint, region and access key only; where it is unpickled
 (a Train worker, a trial, a restored Tuner) it reads the secret key from that node's
 settings (its environment or COLECIONADOR_SECRETS_DIR), as every other process of the
-service does, the first time it is used there.
+service does, the first time it is used there; in the process that made it (a copy Ray
+makes in the driver), the secret that process was given.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pyarrow import fs
+
+# secrets this process was given, by (endpoint, access key): a copy unpickled in the
+# process that made the filesystem (Ray Data and Train copy their arguments in the driver
+# too) uses the secret the process already holds, whatever its environment says
+_GIVEN: dict[tuple[str | None, str | None], str] = {}
 
 
 class SecretMissingOnNode(RuntimeError):
@@ -37,7 +43,10 @@ class NodeS3(fs.FileSystemHandler):  # type: ignore[misc]  # pyarrow ships no ty
         self, endpoint: str | None, region: str, access_key: str | None, secret_key: str | None
     ):
         self.endpoint, self.region, self.access_key = endpoint, region, access_key
-        self._fs = self._build(secret_key) if secret_key is not None else None
+        self._fs = None
+        if secret_key is not None:
+            _GIVEN[(endpoint, access_key)] = secret_key
+            self._fs = self._build(secret_key)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "region": self.region, "access_key": self.access_key}
@@ -59,7 +68,7 @@ class NodeS3(fs.FileSystemHandler):  # type: ignore[misc]  # pyarrow ships no ty
     @property
     def s3(self) -> fs.S3FileSystem:
         if self._fs is None:
-            secret = _node_secret()
+            secret = _GIVEN.get((self.endpoint, self.access_key)) or _node_secret()
             if self.access_key is not None and secret is None:
                 import socket
 
