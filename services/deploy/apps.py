@@ -21,7 +21,7 @@ from services.db.session import session_factory
 from services.deploy.options import API_APP, API_ROUTE, UpOptions
 from services.deploy.recipe import KEY, Recipe, differences, recipe
 from services.deploy.serve_state import ServeState, serve_state
-from services.deploy.things import Line, changed
+from services.deploy.things import Action, Line, changed
 from services.errors import one_line
 from services.registry.apps import app_name
 
@@ -50,14 +50,15 @@ def plan(
     from ray.serve.api import RunTarget
 
     current = state.apps.get(name) if state is not None else None
-    action, why = "created", ""
+    action: Action = "created"
+    why = ""
     if current is not None:
         diff = differences(current.recipe, wanted, settings)
         if not diff and not current.broken:
             return Planned(Line(name, "kept", detail))
         action, why = "replaced", changed(diff) if diff else f"was {current.status}"
     target = RunTarget(target=build({KEY: wanted.stored()}), name=name, route_prefix=route_prefix)
-    return Planned(Line(name, action, "; ".join(filter(None, [why, detail]))), target)  # type: ignore[arg-type]
+    return Planned(Line(name, action, "; ".join(filter(None, [why, detail]))), target)
 
 
 def plan_api(settings: Settings, options: UpOptions, state: ServeState | None) -> Planned:

@@ -76,6 +76,12 @@ def cmd_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     code = _connect("up", settings)
     if code:
         return code
+    from services.jobs.ray_jobs import EmbeddedOnCluster, refuse_embedded
+
+    try:  # one node's defaults on a cluster of several: what to set, before anything
+        refuse_embedded(settings, ("database", "store", "broker"))
+    except EmbeddedOnCluster as e:
+        return _refuse("up", str(e))
     return exit_code(up(settings, options, say=_say))
 
 

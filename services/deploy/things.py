@@ -97,7 +97,8 @@ def _consuming(actor: Any, settings: Settings) -> str:
 def ingress_up(settings: Settings, options: UpOptions) -> Line:
     """The detached ingress actor on the head, with these settings and prefetch."""
     wanted = recipe("ingress", settings, options.ingress())
-    action, why = "created", ""
+    action: Action = "created"
+    why = ""
     actor = _find_ingress()
     if actor is not None:
         diff = differences(_deployed_as(actor), wanted, settings)

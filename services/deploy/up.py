@@ -62,13 +62,15 @@ def up(settings: Settings, options: UpOptions, say: Say = print) -> list[Line]:
             lines.append(line)
             say(line)
 
-    done(_do("database", lambda: things.database(settings)))
-    if lines[-1].action == "failed":
+    schema = _do("database", lambda: things.database(settings))
+    done(schema)
+    if schema.action == "failed":
         return lines
     done(_do("ingress", lambda: things.ingress_up(settings, options)))
     before = _state(lines)
-    done(_do("serve", lambda: things.serve_up(options, before)))
-    if lines[-1].action == "failed" and before is None:
+    serve_line = _do("serve", lambda: things.serve_up(options, before))
+    done(serve_line)
+    if serve_line.action == "failed" and before is None:
         return lines  # no Serve to deploy on
     state = _state(lines)  # after a replaced Serve, none of the applications run
     try:
