@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from services import cli_compare
 from services.config import Settings
+from services.deploy.command import add_parsers as _up_down_parsers
 from services.jobs.ray_jobs import EmbeddedOnCluster
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
@@ -829,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
         _submit_parser,
         _ingress_parser,
         _serve_parser,
+        _up_down_parsers,
         _promote_parser,
         predict_cli.add_parser,
         _db_parser,

@@ -332,9 +332,10 @@ def _make_actor_class() -> Any:  # a Ray actor class
         own (a bug), the process exits so that Ray restarts the actor: never a live actor
         that consumes nothing."""
 
-        def __init__(self, env: dict[str, str], prefetch: int = 4):
+        def __init__(self, env: dict[str, str], prefetch: int = 4, deployed_as: Any = None) -> None:
             os.environ.update(env)
             self.consumer = Consumer(Settings(), prefetch=prefetch)
+            self._deployed_as = deployed_as  # `colecionador up`'s recipe (services/deploy)
             self.stopping = False
             self.thread = threading.Thread(target=self._run, daemon=True)
             self.thread.start()
@@ -354,6 +355,10 @@ def _make_actor_class() -> Any:  # a Ray actor class
         def status(self) -> dict[str, Any]:
             return {"running": self.thread.is_alive(), **self.consumer.stats}
 
+        def deployed_as(self) -> Any:
+            """What it was started with, as ``colecionador up`` recorded it (or None)."""
+            return self._deployed_as
+
         def stop(self) -> dict[str, Any]:
             self.stopping = True
             self.consumer.stop()
@@ -363,12 +368,15 @@ def _make_actor_class() -> Any:  # a Ray actor class
     return Ingress
 
 
-def start_ingress(settings: Settings, prefetch: int = 4, wait_s: float = 60.0) -> Any:
+def start_ingress(
+    settings: Settings, prefetch: int = 4, wait_s: float = 60.0, deployed_as: Any = None
+) -> Any:
     """Create (or find) the detached, named ingress actor and wait (up to ``wait_s``) until
     it consumes. If the broker or the database is not reachable yet, it keeps retrying:
     its status says why it does not consume. EmbeddedOnCluster, before anything starts,
     when the cluster has several nodes and the settings are one node's embedded database
-    or broker."""
+    or broker. ``deployed_as`` is kept for whoever asks (``colecionador up`` stores its
+    recipe there)."""
     import ray
 
     refuse_embedded(settings, ("database", "broker"))
@@ -385,7 +393,7 @@ def start_ingress(settings: Settings, prefetch: int = 4, wait_s: float = 60.0) -
             # empty SQLite and a guest broker on its 127.0.0.1, consuming nothing
             resources={HEAD_NODE: 0.001},
         )
-        .remote(settings_env(settings), prefetch)
+        .remote(settings_env(settings), prefetch, deployed_as)
     )
     ray.get(actor.wait_ready.remote(wait_s))
     return actor
@@ -397,10 +405,26 @@ def get_ingress() -> Any:
     return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
 
 
-def stop_ingress() -> dict[str, Any]:
+def stop_ingress(wait_s: float = 45.0) -> dict[str, Any]:
+    """Stop the ingress cleanly (its loops end, the messages it held go back to the
+    queue), kill the actor, and wait (up to ``wait_s``) until its name is free, so that
+    a ``start_ingress`` right after creates a new one rather than finding the old one.
+    An actor that does not answer (restarting, hung) is killed all the same; its status
+    then says why. ValueError when there is none."""
     import ray
 
     actor = get_ingress()
-    status: dict[str, Any] = ray.get(actor.stop.remote())
+    status: dict[str, Any]
+    try:
+        status = ray.get(actor.stop.remote(), timeout=wait_s)
+    except Exception as e:  # noqa: BLE001 - dead or hung: killed below all the same
+        status = {"running": False, "stop_error": f"{type(e).__name__}: {one_line(e)}"}
     ray.kill(actor)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            get_ingress()
+        except ValueError:  # the name is free
+            break
+        time.sleep(0.1)
     return status

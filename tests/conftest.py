@@ -132,7 +132,12 @@ def ray_cluster(s3_server, tmp_path_factory):
     (secrets / "colecionador_s3_secret_key").write_text(s3_server.secret_key)
     # Serve's HTTP ingress is Ray's HAProxy, as README tells operators to start Ray
     ingress = haproxy.node_env() if haproxy.installed() else {}
-    cluster = LocalRayCluster(num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets), **ingress})
+    # A replaced or deleted replica behind HAProxy stays reachable for Ray's drain window
+    # (30 s by default) before it stops: 1 s here, where no load balancer needs the time
+    drain = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    cluster = LocalRayCluster(
+        num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets), **ingress, **drain}
+    )
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
     # Ray caches its auth mode and token per process (a module imported at collection

@@ -70,11 +70,14 @@ def api_deployment(
     max_queued_requests: int = MAX_QUEUED_REQUESTS,
     retry_after_s: float | None = RETRY_AFTER_S,
     cancel_wait_s: float = CANCEL_WAIT_S,
+    user_config: dict[str, Any] | None = None,
 ) -> Any:
     """``num_cpus`` defaults to 0: the API waits on I/O, and on a small cluster a reserved
     CPU would keep a training worker from starting. With ``autoscaling_config`` the
     replica count follows the load and ``num_replicas`` is ignored.
-    ``max_queued_requests=-1`` turns shedding off (Serve's default: an unbounded queue)."""
+    ``max_queued_requests=-1`` turns shedding off (Serve's default: an unbounded queue).
+    ``user_config`` is data Serve keeps with the deployment and shows in its status
+    (``colecionador up`` stores its recipe there); the replicas only note it."""
     app = create_app(settings, cancel_wait_s=cancel_wait_s, db_threads=max_ongoing_requests)
     scale: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config}
@@ -88,11 +91,16 @@ def api_deployment(
         max_ongoing_requests=max_ongoing_requests,
         max_queued_requests=max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
+        user_config=user_config,
         **scale,
     )
     @serve.ingress(app)
     class ColecionadorApi:
         """colecionador's HTTP API (services.api.create_app)."""
+
+        def reconfigure(self, config: dict[str, Any]) -> None:
+            """Serve hands over the deployment's ``user_config``: kept, nothing else."""
+            self.user_config = config
 
     return ColecionadorApi
 

@@ -125,6 +125,11 @@ class ModelServer:
     def __del__(self) -> None:
         self._stop.set()
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve hands over the deployment's ``user_config`` (``colecionador up``'s
+        recipe): kept, nothing else."""
+        self.user_config = config
+
     def status(self) -> dict[str, Any]:
         c = self._current
         return {
@@ -205,9 +210,11 @@ def predict_application(
     batch_wait_timeout_s: float = BATCH_WAIT_TIMEOUT_S,
     reload_s: float = RELOAD_S,
     torch_threads: int = 1,
+    user_config: dict[str, Any] | None = None,
 ) -> Any:
     """The bound Serve application of one model, for
-    ``serve.run(app, name=app_name(model_name), route_prefix=None)``."""
+    ``serve.run(app, name=app_name(model_name), route_prefix=None)``. ``user_config``:
+    data Serve keeps with the deployment (``colecionador up``'s recipe)."""
     scale: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config}
         if autoscaling_config is not None
@@ -218,6 +225,7 @@ def predict_application(
         name=DEPLOYMENT_NAME,
         ray_actor_options={"num_cpus": num_cpus, "resources": dict(settings.predict_resources)},
         max_ongoing_requests=max(MAX_ONGOING_REQUESTS, max_batch_size),
+        user_config=user_config,
         **scale,
     )
     return deployment.bind(  # type: ignore[attr-defined]  # a Deployment: Ray's overloads miss (cls, **options)

@@ -203,9 +203,76 @@ def test_start_commands_are_rays_standard_ones(raw):
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
     for commands in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
         assert commands[0].rstrip().endswith("ray stop")
-        assert "ray start" in commands[-1]
-        # Serve's ingress is HAProxy, read when each node's Ray starts
-        assert _exported(commands[-1], "RAY_SERVE_ENABLE_HA_PROXY") == "1", commands
+        start = _ray_start(commands)
+        # Serve's ingress is HAProxy, read when each node's Ray starts, its stats page and
+        # metrics on the ports README names (the security group keeps them closed)
+        assert _exported(start, "RAY_SERVE_ENABLE_HA_PROXY") == "1", commands
+        assert _exported(start, "RAY_SERVE_HAPROXY_STATS_PORT") == "8404", commands
+        assert _exported(start, "RAY_SERVE_HAPROXY_METRICS_PORT") == "9101", commands
+    assert "--dashboard-port=8265" in _ray_start(raw["head_start_ray_commands"])
+
+
+def _ray_start(commands: list[str]) -> str:
+    """The one command of a node's start commands that runs ``ray start``."""
+    (start,) = [c for c in commands if "ray start" in c]
+    return start
+
+
+SOURCES_ENV = (
+    "if [ -f $HOME/.colecionador-cluster/colecionador.env ]; then set -a; "
+    ". $HOME/.colecionador-cluster/colecionador.env; set +a; fi;"
+)
+SECRETS_DIR = (
+    "if [ -d $HOME/.colecionador-cluster/secrets ]; then export "
+    "COLECIONADOR_SECRETS_DIR=$HOME/.colecionador-cluster/secrets; fi;"
+)
+
+
+def test_every_node_starts_ray_with_the_settings(raw, prepared):
+    """Every node type's `ray start` reads the same env file and secrets folder (shipped
+    to every node by file_mounts) before Ray starts, so every Ray process of every node
+    has the settings in its environment; the head's too, through the same lines."""
+    assert "~/.colecionador-cluster" in raw["file_mounts"]
+    assert set(prepared["available_node_types"]) == {"head.cpu", "worker.gpu"}
+    for kind in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = _ray_start(raw[kind])
+        assert SECRETS_DIR in start and SOURCES_ENV in start, kind
+        # read first, then Ray started in that same shell
+        assert start.index(SOURCES_ENV) < start.index("ray start"), kind
+        assert start.index(SECRETS_DIR) < start.index(SOURCES_ENV), kind  # the file wins
+    # and the same for every later shell on every node (ray exec, ray attach)
+    bashrc = [c for c in raw["setup_commands"] if "colecionador.env" in c]
+    assert len(bashrc) == 1 and ".bashrc" in bashrc[0]
+    assert "set -a" in bashrc[0] and "COLECIONADOR_SECRETS_DIR" in bashrc[0]
+
+
+def test_the_head_brings_the_service_up_after_ray_starts(raw):
+    head = raw["head_start_ray_commands"]
+    start = head.index(_ray_start(head))
+    ups = [i for i, c in enumerate(head) if "colecionador up" in c]
+    assert ups == [len(head) - 1] and ups[0] > start, head
+    up = head[-1]
+    # with the settings and Ray's token, as `ray start` had them
+    assert SOURCES_ENV in up and SECRETS_DIR in up
+    assert _exported(up, "RAY_AUTH_MODE") == "token"
+    assert "--host 0.0.0.0" in up  # the API on every node with a replica, behind the SG
+    assert not any("colecionador up" in c for c in raw["worker_start_ray_commands"])
+
+
+def test_workers_have_an_instance_profile_for_the_store(raw):
+    worker = raw["available_node_types"]["worker.gpu"]["node_config"]
+    profile = worker["IamInstanceProfile"]
+    assert set(profile) == {"Name"} and profile["Name"]
+    # the head keeps Ray's own (ray-autoscaler-v1): it launches the workers
+    assert "IamInstanceProfile" not in raw["available_node_types"]["head.cpu"]["node_config"]
+    text = CLUSTER_YAML.read_text()
+    assert "iam:PassRole" in text and profile["Name"] in text.split("cluster_name:")[0]
+
+
+def test_image_and_ami_pins_are_explained(raw):
+    header = CLUSTER_YAML.read_text().split("cluster_name:")[0]
+    assert "pyproject.toml" in header and "@sha256:" in header and "ImageId" in header
+    assert raw["docker"]["image"].startswith("rayproject/ray:2.60.0-")
 
 
 def test_setup_installs_the_pinned_stack_then_the_project(raw):
@@ -248,8 +315,6 @@ def test_file_mounts_ship_the_repo_and_the_token(raw):
 
 
 def test_services_settings_come_from_a_mounted_env_file_not_from_here(raw):
-    head_setup = " ".join(raw["head_setup_commands"])
-    assert "colecionador.env" in head_setup and ".bashrc" in head_setup
     env_folder = "~/.colecionador-cluster"
     assert env_folder in raw["file_mounts"]
     text = CLUSTER_YAML.read_text()
@@ -264,5 +329,28 @@ def test_services_settings_come_from_a_mounted_env_file_not_from_here(raw):
         "COLECIONADOR_S3_ENDPOINT",
     ):
         assert name in text
-    comments_only = [ln for ln in text.splitlines() if "COLECIONADOR_" in ln]
-    assert all(ln.lstrip().startswith("#") for ln in comments_only), comments_only
+    # ...and set none: outside comments the only one named is the secrets folder's path
+    named = [ln for ln in text.splitlines() if "COLECIONADOR_" in ln]
+    set_here = [
+        ln
+        for ln in named
+        if not ln.lstrip().startswith("#")
+        and set(re.findall(r"COLECIONADOR_\w+", ln)) != {"COLECIONADOR_SECRETS_DIR"}
+    ]
+    assert not set_here, set_here
+
+
+def test_no_secret_value_in_the_file(raw):
+    """Nothing in cluster.yaml (comments included) holds a secret: every URL's password
+    is a placeholder, every key or token setting has none, and no command sets one."""
+    text = CLUSTER_YAML.read_text()
+    for user, password in re.findall(r"://([^:/@\s]+):([^@\s]+)@", text):
+        assert (user, password) == ("USER", "PASSWORD"), (user, password)
+    for name in ("SECRET_KEY", "ACCESS_KEY", "API_TOKEN", "API_READ_TOKEN", "API_WRITERS"):
+        for value in re.findall(rf"COLECIONADOR_{name}=(\S*)", text):
+            assert value in ("...", ""), (name, value)
+    commands = [c for k, v in raw.items() if k.endswith("_commands") for c in v]
+    for c in commands:
+        for name in re.findall(r"(?:export\s+|\s)(\w*(?:TOKEN|SECRET|PASSWORD|KEY)\w*)=", c):
+            # paths to where the secrets are, never a secret
+            assert name in ("RAY_AUTH_TOKEN_PATH", "COLECIONADOR_SECRETS_DIR"), (name, c)
