@@ -44,7 +44,7 @@ def test_processes_migrating_at_once_all_reach_head():
         assert not found, found
         assert [p.exitcode for p in procs] == [0] * 4
         with get_engine(url).connect() as c:
-            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
 
 
 def _version(s, model: str, n: int, status: str) -> None:
