@@ -4,7 +4,8 @@ running jobs' latest epoch, and duration histograms counted in SQL.
 
 Every figure is one aggregate query (``GROUP BY`` or a sum of ``CASE`` per bucket), so a
 scrape reads no rows into Python but the few running jobs; ``snapshot`` takes them all in
-one session, one transaction.
+one session (PostgreSQL's READ COMMITTED: each query sees what was committed when it
+began, so two figures may be a few milliseconds apart).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     ColumnExpressionArgument,
     Float,
+    Select,
     and_,
     case,
     cast,
@@ -83,38 +86,69 @@ def _aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC)
 
 
-def seconds_between(s: Session, start: Any, end: Any) -> ColumnElement[Any]:
+def seconds_between(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
     """``end - start`` in seconds, in the dialect's own arithmetic."""
-    if s.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         return func.extract("epoch", end - start)
     return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
-def histogram(
-    s: Session,
+@dataclass(frozen=True)
+class HistogramQuery:
+    """One query: per ``grouped`` key (or one group), the observations of a value at most
+    each bound, their count and sum."""
+
+    statement: Select[Any]
+    bounds: tuple[float, ...]
+    grouped: bool
+
+    def read(self, s: Session) -> dict[Any, Histogram]:
+        out: dict[Any, Histogram] = {}
+        for row in s.execute(self.statement).all():
+            key, rest = (row[0], row[1:]) if self.grouped else (None, row)
+            count, total, *per = rest
+            if count:
+                buckets = tuple((b, int(n or 0)) for b, n in zip(self.bounds, per))
+                out[key] = Histogram(buckets, int(count), float(total or 0))
+        return out
+
+
+def histogram_query(
     value: ColumnExpressionArgument[Any],
     bounds: Sequence[float],
     *where: ColumnExpressionArgument[bool],
     group: ColumnExpressionArgument[Any] | None = None,
-) -> dict[Any, Histogram]:
-    """One query: per ``group`` value (None: one group), the observations of ``value``
-    (rows where it is not NULL and ``where`` holds) at most each bound, the count and sum."""
+) -> HistogramQuery:
+    """The histogram of ``value`` over the rows where it is not NULL and ``where`` holds."""
     v = cast(value, Float)
     cols = [func.sum(case((v <= b, 1), else_=0)) for b in bounds]
     keys: list[Any] = [group] if group is not None else []
     q = select(*keys, func.count(v), func.sum(v), *cols).where(v.is_not(None), *where)
     if group is not None:
         q = q.group_by(group)
-    out: dict[Any, Histogram] = {}
-    for row in s.execute(q).all():
-        key, rest = (row[0], row[1:]) if group is not None else (None, row)
-        count, total, *per = rest
-        if not count:
-            continue
-        out[key] = Histogram(
-            tuple((b, int(n or 0)) for b, n in zip(bounds, per)), int(count), float(total or 0)
-        )
-    return out
+    return HistogramQuery(q, tuple(bounds), group is not None)
+
+
+@lru_cache(maxsize=4)
+def histogram_queries(dialect: str) -> dict[str, HistogramQuery]:
+    """The duration histograms' queries, built once per dialect (building them costs a
+    scrape as much as running them)."""
+    job = TrainingJob
+    return {
+        "job": histogram_query(
+            seconds_between(dialect, job.started_at, job.finished_at),
+            JOB_BUCKETS,
+            job.finished_at.is_not(None),
+            group=job.status,
+        ),
+        "queued": histogram_query(
+            seconds_between(dialect, job.created_at, job.started_at), QUEUE_BUCKETS
+        ),
+        "training": histogram_query(job.training_time_s, JOB_BUCKETS),
+        "epoch": histogram_query(
+            TrainingMetric.epoch_time_s, EPOCH_BUCKETS, group=TrainingMetric.phase
+        ),
+    }
 
 
 EMPTY = Histogram((), 0, 0.0)
@@ -122,8 +156,10 @@ EMPTY = Histogram((), 0, 0.0)
 
 def _running(s: Session) -> list[RunningJob]:
     """Jobs in ``training`` with their latest epoch row (None before the first)."""
-    last = (
+    last = (  # the running jobs' epoch rows alone: not a scan of every epoch ever
         select(TrainingMetric.job_id, func.max(TrainingMetric.epoch).label("epoch"))
+        .join(TrainingJob, TrainingJob.id == TrainingMetric.job_id)
+        .where(TrainingJob.status == "training")
         .group_by(TrainingMetric.job_id)
         .subquery()
     )
@@ -148,7 +184,7 @@ def _running(s: Session) -> list[RunningJob]:
 
 
 def snapshot(s: Session) -> Snapshot:
-    """Every aggregate, read in one transaction of ``s``."""
+    """Every aggregate, read in one session."""
     by_status = dict.fromkeys(JOB_STATUSES, 0)
     for status, n in s.execute(
         select(TrainingJob.status, func.count()).group_by(TrainingJob.status)
@@ -169,7 +205,7 @@ def snapshot(s: Session) -> Snapshot:
             )
         ).all()
     }
-    job = TrainingJob
+    h = {k: q.read(s) for k, q in histogram_queries(s.get_bind().dialect.name).items()}
     return Snapshot(
         taken_at=datetime.now(UTC),
         jobs_by_status=by_status,
@@ -178,18 +214,8 @@ def snapshot(s: Session) -> Snapshot:
         resubmissions=int(resubmissions or 0),
         gate_outcomes=gate,
         running=_running(s),
-        job_seconds=histogram(
-            s,
-            seconds_between(s, job.started_at, job.finished_at),
-            JOB_BUCKETS,
-            job.finished_at.is_not(None),
-            group=job.status,
-        ),
-        queue_seconds=histogram(
-            s, seconds_between(s, job.created_at, job.started_at), QUEUE_BUCKETS
-        ).get(None, EMPTY),
-        training_seconds=histogram(s, job.training_time_s, JOB_BUCKETS).get(None, EMPTY),
-        epoch_seconds=histogram(
-            s, TrainingMetric.epoch_time_s, EPOCH_BUCKETS, group=TrainingMetric.phase
-        ),
+        job_seconds=h["job"],
+        queue_seconds=h["queued"].get(None, EMPTY),
+        training_seconds=h["training"].get(None, EMPTY),
+        epoch_seconds=h["epoch"],
     )

@@ -5,7 +5,9 @@ They are recorded with Ray's metrics API (``ray.util.metrics``), the way Ray Ser
 records its own: each Ray worker reports to its node's metrics agent, which exports
 them on the node's metrics port (``ray start --metrics-export-port``) as ``ray_<name>``
 (counters with ``_total``, histograms with ``_bucket`` / ``_sum`` / ``_count``), with
-Ray's labels (``WorkerId``, ``NodeAddress``, ``SessionName``, ...) beside ours. Prometheus
+Ray's labels (``WorkerId``, ``NodeAddress``, ``SessionName``, ``Version``: Ray's) beside
+ours, hence ``model_version`` for the model's. Ray re-records a histogram's observations
+at their buckets' midpoints, so ``_sum`` is approximate; the buckets are exact. Prometheus
 scrapes every node (Ray writes the targets to ``/tmp/ray/prom_metrics_service_discovery.json``
 on the head); ``sum by (model)`` over them adds the replicas up. Outside a Ray worker
 (a unit test, ``colecionador ingress`` in a plain process) the calls record nothing.
@@ -60,20 +62,20 @@ PASS_SECONDS = Instrument(
 PREDICT_REQUESTS = Instrument(
     "colecionador_predict_requests",
     "counter",
-    "Predict calls a model's replica answered, by model, version and HTTP code.",
-    ("model", "version", "code"),
+    "Predict calls a model's replica answered, by model, model_version and HTTP code.",
+    ("model", "model_version", "code"),
 )
 PREDICTIONS = Instrument(
     "colecionador_predictions",
     "counter",
-    "Images a model's replica predicted, by model and version.",
-    ("model", "version"),
+    "Images a model's replica predicted, by model and model_version.",
+    ("model", "model_version"),
 )
 PREDICT_SECONDS = Instrument(
     "colecionador_predict_latency_seconds",
     "histogram",
-    "A predict call in the model's replica, batching wait included, by model and version.",
-    ("model", "version"),
+    "A predict call in the model's replica, batching wait included, by model and model_version.",
+    ("model", "model_version"),
     LATENCY_BUCKETS,
 )
 INSTRUMENTS = (PASSES, ACTIONS, PASS_SECONDS, PREDICT_REQUESTS, PREDICTIONS, PREDICT_SECONDS)
@@ -121,7 +123,7 @@ def predict_answered(
     """A predict call answered ``code`` by ``version`` after ``seconds``; ``images``
     were predicted when it succeeded."""
     v = "none" if version is None else str(version)
-    _record(PREDICT_REQUESTS, 1, model=model, version=v, code=str(code))
-    _record(PREDICT_SECONDS, seconds, model=model, version=v)
+    _record(PREDICT_REQUESTS, 1, model=model, model_version=v, code=str(code))
+    _record(PREDICT_SECONDS, seconds, model=model, model_version=v)
     if code == 200:
-        _record(PREDICTIONS, images, model=model, version=v)
+        _record(PREDICTIONS, images, model=model, model_version=v)
