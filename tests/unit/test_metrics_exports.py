@@ -177,3 +177,36 @@ def test_migration_0007_upgrades_downgrades_and_matches_the_models(tmp_path):
         assert {"images_per_s", "data_wait"} <= columns()
     finally:
         engine.dispose()
+
+
+def test_a_replicas_predict_calls_are_counted_by_version_and_code(tmp_path, monkeypatch):
+    """ModelServer.predict outside Serve, each call answered by its real batch handler
+    (``answer``; @serve.batch itself needs a replica): every call reaches the recorder
+    with the version that answered, the code and the images; a call that raises, as 500."""
+    from benchmarks.predict_latency import MODEL, make_model
+    from services.registry import serving
+
+    settings, _package, png = make_model(tmp_path, "mobilenet_v3_small", 32)
+    seen: list[tuple] = []
+    monkeypatch.setattr(process, "predict_answered", lambda *a: seen.append(a))
+    server = serving.ModelServer(settings, MODEL, reload_s=3600)
+
+    async def one_call_batches(call: tuple) -> dict:
+        return (await asyncio.to_thread(server.answer, [call]))[0]
+
+    monkeypatch.setattr(server, "_batched", one_call_batches)
+
+    async def main() -> None:
+        assert (await server.predict([png, png], 1))["version"] == 1
+        assert (await server.predict([b"junk"], 1))["status"] == 422
+        monkeypatch.setattr(server, "_batched", None)  # not callable: the call raises
+        with pytest.raises(TypeError):
+            await server.predict([png], 1)
+
+    asyncio.run(main())
+    assert [a[:4] for a in seen] == [
+        (MODEL, 1, 200, 2),
+        (MODEL, None, 422, 1),
+        (MODEL, None, 500, 0),
+    ]
+    assert all(0 <= a[4] < 60 for a in seen)
