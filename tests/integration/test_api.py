@@ -340,7 +340,7 @@ def test_prometheus_metrics_say_what_the_database_says_behind_the_read_rule(clie
         (("model", api.model), ("outcome", "approved")): 1,
         (("model", api.model), ("outcome", "rejected")): 1,
     }
-    # the real job's epochs, as Ray Train's controller recorded them (migration 0007)
+    # the real job's epochs, as Ray Train's controller recorded them (migration 0008)
     assert epochs and all(r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in epochs)
     training = (("step", "training"),)
     assert got[("colecionador_job_step_duration_seconds_count", training)] >= 1  # the real one

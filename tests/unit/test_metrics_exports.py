@@ -1,7 +1,7 @@
 """What /metrics's neighbours promise: every metric the Grafana dashboard queries is
 exported (by the API's collector or, named by Ray's rule, by Ray's metrics agent); the
 process-level recorders never raise outside Ray; the requests queue's depth from a real
-RabbitMQ; migration 0007 matches the models."""
+RabbitMQ; migration 0008 matches the models."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_a_broker_that_is_away_reads_as_none_within_the_timeout():
     assert reading.ready is None and time.perf_counter() - t0 < 3
 
 
-def test_migration_0007_upgrades_downgrades_and_matches_the_models(tmp_path):
+def test_migration_0008_upgrades_downgrades_and_matches_the_models(tmp_path):
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -171,7 +171,7 @@ def test_migration_0007_upgrades_downgrades_and_matches_the_models(tmp_path):
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, Base.metadata) == []
-        command.downgrade(cfg, "0006")
+        command.downgrade(cfg, "0007")
         assert not {"images_per_s", "data_wait"} & columns()
         command.upgrade(cfg, "head")
         assert {"images_per_s", "data_wait"} <= columns()
