@@ -8,6 +8,7 @@ if __name__ == "__main__":
     __import__("benchmarks.tuning_asha", fromlist=["main"]).main([])
     __import__("benchmarks.search_strategies", fromlist=["main"]).main([])
     __import__("benchmarks.api_latency", fromlist=["main"]).main([])
+    __import__("benchmarks.metrics_scrape", fromlist=["main"]).main([])
     __import__("benchmarks.lifecycle", fromlist=["main"]).main([])
     __import__("benchmarks.mlflow_overhead", fromlist=["main"]).main([])
     __import__("benchmarks.predict_latency", fromlist=["main"]).main([])

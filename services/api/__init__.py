@@ -30,7 +30,7 @@ from services.api import compare_page, ui, version_page
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
-from services.api.routes import compare, health, jobs, lineage, models, predict
+from services.api.routes import compare, health, jobs, lineage, metrics, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
 
@@ -73,6 +73,7 @@ def create_app(
         lineage.router,
         predict.router,
         compare.router,
+        metrics.router,
         ui.router,
         compare_page.router,
         version_page.router,

@@ -90,6 +90,8 @@ class TrainingMetric(Base):
     val_accuracy: Mapped[float | None] = mapped_column(Float)
     lr: Mapped[float | None] = mapped_column(Float)
     epoch_time_s: Mapped[float | None] = mapped_column(Float)
+    images_per_s: Mapped[float | None] = mapped_column(Float)  # migration 0009
+    data_wait: Mapped[float | None] = mapped_column(Float)  # share of train time waiting
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[TrainingJob] = relationship(back_populates="metrics")

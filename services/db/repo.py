@@ -31,7 +31,17 @@ from services.db.models import (
     utcnow,
 )
 
-METRIC_FIELDS = ("phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
+METRIC_FIELDS = (
+    "phase",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "epoch_time_s",
+    "images_per_s",
+    "data_wait",
+)
 
 
 def create_job(

@@ -21,6 +21,7 @@ A cancelled job is not active, so a Ray job stopped by a cancel is never resubmi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -31,6 +32,7 @@ from services.db.models import ACTIVE_STATUSES
 from services.db.session import session_factory
 from services.jobs import lifecycle
 from services.jobs.ray_jobs import RayJobs
+from services.metrics import process as metrics
 
 log = logging.getLogger("colecionador.reconciler")
 
@@ -106,6 +108,7 @@ class Reconciler:
         return sid
 
     def pass_once(self) -> dict[str, int]:
+        t0, before = time.perf_counter(), dict(self.stats)
         sf = session_factory(self.settings.db_url)
         with sf() as s:
             jobs = [
@@ -152,6 +155,7 @@ class Reconciler:
                 log.error("job %s failed: %s", job_id, d.reason)
                 self.stats["failed"] += 1
         self.stats["passes"] += 1
+        metrics.reconciler_pass(before, self.stats, time.perf_counter() - t0)  # Ray's agent
         return dict(self.stats)
 
     def _stop(self, job_id: int, sid: str | None, reason: str) -> None:

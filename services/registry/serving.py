@@ -31,6 +31,7 @@ from services.db import repo
 from services.db.session import prepare_database, session_factory
 from services.errors import one_line
 from services.events.schemas import ALIAS_PATTERN
+from services.metrics import process as metrics
 from services.registry.apps import DEPLOYMENT_NAME, app_name
 from services.store.artifacts import MODEL_FILE, version_prefix
 from services.store.storage import open_store
@@ -144,8 +145,22 @@ class ModelServer:
     # ------------------------------------------------------------------ predict
     async def predict(self, images: list[bytes], k: int = 5) -> dict[str, Any]:
         """Top-k labels for each image, and the version that answered; or
-        ``{"status": 4xx/503, "error": ...}`` (an unreadable image names its index)."""
-        return await self._batched((images, k))
+        ``{"status": 4xx/503, "error": ...}`` (an unreadable image names its index).
+        Each call is counted, and its latency observed, with Ray's metrics API."""
+        t0 = time.perf_counter()
+        try:
+            answer = await self._batched((images, k))
+        except BaseException:
+            metrics.predict_answered(self.model_name, None, 500, 0, time.perf_counter() - t0)
+            raise
+        metrics.predict_answered(
+            self.model_name,
+            answer.get("version"),
+            int(answer.get("status", 200)),
+            len(images),
+            time.perf_counter() - t0,
+        )
+        return answer
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def _batched(self, calls: list[tuple[list[bytes], int]]) -> list[dict[str, Any]]:

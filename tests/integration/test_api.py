@@ -316,6 +316,54 @@ def test_metrics_rows_and_curves_png(client, api):
     )
 
 
+def test_prometheus_metrics_say_what_the_database_says_behind_the_read_rule(client, api, deploy):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from services.db.models import JOB_STATUSES
+
+    def scrape(c: httpx.Client, **headers: str) -> dict:
+        r = c.get("/metrics", headers=headers)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        return {
+            (sm.name, tuple(sorted(sm.labels.items()))): sm.value
+            for family in text_string_to_metric_families(r.text)
+            for sm in family.samples
+        }
+
+    got = scrape(client)
+    with session_factory(api.settings.db_url)() as s:
+        counts = {status: repo.count_jobs(s, status) for status in JOB_STATUSES}
+        epochs = repo.epoch_rows(s, api.trained)
+    assert {st: got[("colecionador_jobs", (("status", st),))] for st in JOB_STATUSES} == counts
+    gate = {lb: v for (n, lb), v in got.items() if n == "colecionador_gate_outcomes_total"}
+    assert gate == {
+        (("model", api.model), ("outcome", "approved")): 1,
+        (("model", api.model), ("outcome", "rejected")): 1,
+    }
+    # the real job's epochs, as Ray Train's controller recorded them (migration 0009)
+    assert epochs and all(r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in epochs)
+    training = (("step", "training"),)
+    assert got[("colecionador_job_step_duration_seconds_count", training)] >= 1  # the real one
+    assert got[("colecionador_job_duration_seconds_count", (("status", "failed"),))] >= 1
+    assert got[("colecionador_broker_up", ())] == 1
+    try:
+        ready = message_count(api.queue)
+    except Exception:  # noqa: BLE001 - never declared: nothing waits
+        ready = 0
+    assert got[("colecionador_requests_queue_ready", (("queue", api.queue),))] == ready
+
+    guarded = deploy(api_read_token=SecretStr(READ))
+    r = guarded.client.get("/metrics")
+    assert r.status_code == 401 and r.json()["detail"].startswith("a token is needed")
+    for token in (READ, WRITE):
+        assert (
+            scrape(guarded.client, Authorization=f"Bearer {token}")[
+                ("colecionador_jobs", (("status", "failed"),))
+            ]
+            == counts["failed"]
+        )
+
+
 def test_models_versions_and_the_gate_rule_by_rule(client, api, s3_server):
     (model,) = [m for m in client.get("/models").json() if m["name"] == api.model]
     assert (

@@ -1,8 +1,8 @@
 """Migrations on a real database: several processes migrating one PostgreSQL database at
 once all end at head (the advisory lock serialises them: the API's replicas, the ingress
 and every job driver migrate on start), 0006 gives every model versioned before
-aliases existed its ``production``, 0007 adds a version's data set fingerprint and 0008
-the MLflow outbox."""
+aliases existed its ``production``, 0007 adds a version's data set fingerprint, 0008
+the MLflow outbox and 0009 the epochs' throughput."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_processes_migrating_at_once_all_reach_head():
         assert not found, found
         assert [p.exitcode for p in procs] == [0] * 4
         with get_engine(url).connect() as c:
-            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
 
 
 def _version(s, model: str, n: int, status: str) -> None:
