@@ -13,5 +13,6 @@ if __name__ == "__main__":
     __import__("benchmarks.mlflow_overhead", fromlist=["main"]).main([])
     __import__("benchmarks.predict_latency", fromlist=["main"]).main([])
     __import__("benchmarks.bulk_predict", fromlist=["main"]).main([])
+    __import__("benchmarks.two_nodes", fromlist=["main"]).main([])
     __import__("benchmarks.data_scale", fromlist=["main"]).main([])
     __import__("benchmarks.model_quality", fromlist=["main"]).main([])

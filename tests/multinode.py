@@ -21,11 +21,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 from tests.raycluster import LocalRayCluster, free_port
 
+RAY = str(Path(sys.executable).with_name("ray"))
 GPU_NODE = "colecionador_gpu_node"  # the worker node's custom resource
 
 # Mount tmpfs over each path given before "--", then run the command after it.
@@ -179,3 +181,40 @@ def alive_nodes(cluster: LocalRayCluster) -> list[dict[str, Any]]:
         return state(cluster, "nodes", state="ALIVE")
     except OSError:
         return []
+
+
+def node_settings(s3_server, bucket: str, pg_url: str, **extra: str) -> dict[str, str]:
+    """A job's settings as the submitter gives them (no secret: the nodes hold those)."""
+    return {
+        "COLECIONADOR_DATABASE_URL": pg_url,
+        "COLECIONADOR_STORE_URL": f"s3://{bucket}/store",
+        "COLECIONADOR_S3_ENDPOINT": s3_server.endpoint,
+        "COLECIONADOR_S3_ACCESS_KEY": s3_server.access_key,
+        "COLECIONADOR_S3_REGION": s3_server.region,
+        "COLECIONADOR_PUBLISH_EVENTS": "false",
+        **extra,
+    }
+
+
+def submit(
+    cluster: LocalRayCluster,
+    job_env: dict[str, str],
+    *args: str,
+    recipe: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """``ray job submit -- python -m services.jobs ARGS`` (with ``recipe`` as ``--set``
+    hyperparameters) on ``cluster``: (submission id, output)."""
+    sid = f"mn-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COLECIONADOR_"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+    sets = [a for k, v in (recipe or {}).items() for a in ("--set", f"{k}={v}")]
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", sid]
+        + ["--runtime-env-json", json.dumps({"env_vars": job_env}), "--"]
+        + [sys.executable, "-m", "services.jobs", *args, *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return sid, done.stdout + done.stderr

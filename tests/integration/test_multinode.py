@@ -16,12 +16,18 @@ import pytest
 from services.db import repo
 from services.db.session import session_factory
 from tests.conftest import TINY, write_dataset
-from tests.multinode import GPU_NODE, WorkerNode, private_mounts_refused, state
+from tests.multinode import (
+    GPU_NODE,
+    WorkerNode,
+    node_settings,
+    private_mounts_refused,
+    state,
+    submit,
+)
 from tests.raycluster import LocalRayCluster
 
 pytestmark = pytest.mark.integration
 
-RAY = str(Path(sys.executable).with_name("ray"))
 SECRET_FILE = "colecionador_s3_secret_key"
 
 
@@ -56,40 +62,6 @@ def two_nodes(s3_server, tmp_path_factory):
     head.stop(timeout=10)
 
 
-def node_settings(s3_server, bucket: str, pg_url: str, **extra: str) -> dict[str, str]:
-    """A job's settings as the submitter gives them (no secret: the nodes hold those)."""
-    return {
-        "COLECIONADOR_DATABASE_URL": pg_url,
-        "COLECIONADOR_STORE_URL": f"s3://{bucket}/store",
-        "COLECIONADOR_S3_ENDPOINT": s3_server.endpoint,
-        "COLECIONADOR_S3_ACCESS_KEY": s3_server.access_key,
-        "COLECIONADOR_S3_REGION": s3_server.region,
-        "COLECIONADOR_PUBLISH_EVENTS": "false",
-        **extra,
-    }
-
-
-def submit(
-    cluster: LocalRayCluster, job_env: dict[str, str], *args: str, with_recipe: bool = True
-) -> tuple[str, str]:
-    """``ray job submit -- python -m services.jobs ARGS`` (and the tiny recipe) on
-    ``cluster``: (submission id, output)."""
-    sid = f"mn-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COLECIONADOR_"))}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] if with_recipe else []
-    done = subprocess.run(
-        [RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", sid]
-        + ["--runtime-env-json", json.dumps({"env_vars": job_env}), "--"]
-        + [sys.executable, "-m", "services.jobs", *args, *sets],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return sid, done.stdout + done.stderr
-
-
 def driver_node(cluster: LocalRayCluster, sid: str) -> str:
     return next(j for j in state(cluster, "jobs") if j.get("submission_id") == sid)[
         "driver_node_id"
@@ -114,7 +86,9 @@ def test_a_head_only_folder_streams_from_the_head_and_trains_on_the_gpu_node(
         COLECIONADOR_WORKER_RESOURCES=json.dumps({GPU_NODE: 1}),
         COLECIONADOR_DATASET_ROOTS=str(tmp_path),
     )
-    sid, out = submit(two_nodes.head, job_env, "--dataset", str(data), "--batch-id", batch)
+    sid, out = submit(
+        two_nodes.head, job_env, "--dataset", str(data), "--batch-id", batch, recipe=TINY
+    )
     assert f"Job '{sid}' succeeded" in out, out[-4000:]
     assert "decoded 36 files" in out  # every file read where it is
     with session_factory(pg_url)() as s:
@@ -139,7 +113,9 @@ def test_a_job_on_one_nodes_embedded_defaults_is_refused_saying_what_to_set(two_
     rows would live in the head's SQLite); ``colecionador ingress`` refuses to start."""
     data = write_dataset(tmp_path / "d", per_class=6)
     job_env = {"COLECIONADOR_DATASET_ROOTS": str(tmp_path), "COLECIONADOR_HOME": str(tmp_path)}
-    sid, out = submit(two_nodes.head, job_env, "--dataset", str(data), "--batch-id", "embedded")
+    sid, out = submit(
+        two_nodes.head, job_env, "--dataset", str(data), "--batch-id", "embedded", recipe=TINY
+    )
     assert f"Job '{sid}' failed" in out, out[-3000:]
     assert "the cluster has 2 nodes" in out
     assert "COLECIONADOR_STORE_URL" in out and "COLECIONADOR_DATABASE_URL" in out
@@ -190,7 +166,7 @@ def test_a_tune_job_with_label_check_leaves_no_credential_in_the_store(
         "tuning": {"grid": {"phase1_lr": [1e-2]}, "kFolds": 2, "scheduler": "fifo"},
     }
     job, _ = create_job(settings, parse_request(message), num_workers=1)
-    sid, out = submit(two_nodes.head, job_env, "--job-id", str(job.id), with_recipe=False)
+    sid, out = submit(two_nodes.head, job_env, "--job-id", str(job.id))
     assert f"Job '{sid}' succeeded" in out, out[-4000:]
     client = s3_server.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
