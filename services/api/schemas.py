@@ -3,24 +3,18 @@ constructor, and the path parameters' types. NaN / inf (a diverged epoch) become
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.db.models import JobStatus
 from services.events.schemas import ALIAS_PATTERN
 from services.intake.request import MAX_INT
+from services.registry.compare import Epoch, Num
 from services.store.artifacts import VERSION_FILES
 
-
-def _finite(v: float | None) -> float | None:
-    return v if v is None or math.isfinite(v) else None
-
-
-Num = Annotated[float | None, AfterValidator(_finite)]
 StatusFilter = Literal["", JobStatus]  # "" or a status
 
 # path parameters (module level: FastAPI resolves the annotations by name)
@@ -85,14 +79,7 @@ class JobPage(BaseModel):
     offset: int
 
 
-class MetricRow(BaseModel):
-    epoch: int
-    phase: int
-    loss: Num = None
-    accuracy: Num = None
-    val_loss: Num = None
-    val_accuracy: Num = None
-    lr: Num = None
+class MetricRow(Epoch):  # an epoch's figures (the ones compare overlays) and its time
     epoch_time_s: Num = None
 
 
