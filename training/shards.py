@@ -141,21 +141,28 @@ def _decode_rows(
 LOCAL_DECODERS = 2  # decode tasks at once on a node that gives tasks no CPU (a 0-CPU head)
 
 
-def on_this_node() -> dict[str, Any]:
-    """Ray Data arguments that run a local listing's decode tasks on this (the driver's)
-    node, where its folder is (a hard node affinity): on any other node every file would
-    be missing. A node that offers tasks no CPU (a head started with ``--num-cpus=0``)
-    still decodes: tasks that ask for none, ``LOCAL_DECODERS`` at a time, as the driver
-    would decode in its own process."""
+def this_node() -> tuple[Any, dict[str, float]]:
+    """A hard node affinity to this (the driver's) node, and the resources it offers:
+    what keeps work that opens a local folder's files where the folder is (on any other
+    node every file would be missing)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
-    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0)
-    args: dict[str, Any] = {
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    }
-    if cpus < 1:
+    offers: dict[str, float] = next(
+        (n["Resources"] for n in ray.nodes() if n["NodeID"] == node), {}
+    )
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False), offers
+
+
+def on_this_node() -> dict[str, Any]:
+    """Ray Data arguments that run a local listing's decode tasks on this node
+    (``this_node``). A node that offers tasks no CPU (a head started with
+    ``--num-cpus=0``) still decodes: tasks that ask for none, ``LOCAL_DECODERS`` at a
+    time, as the driver would decode in its own process."""
+    strategy, offers = this_node()
+    args: dict[str, Any] = {"scheduling_strategy": strategy}
+    if offers.get("CPU", 0) < 1:
         args.update(num_cpus=0, concurrency=LOCAL_DECODERS)
     return args
 

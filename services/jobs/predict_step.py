@@ -160,11 +160,25 @@ def prediction_stream(
     """The Ray Data dataset of the predictions (``OUTPUT`` and ``csv_columns`` columns) by
     ``model`` (its name and version):
     the listing in blocks of ``batch_size``, through a pool of 1 to ``actors`` actors
-    (one CPU, and one GPU with ``use_gpu``, each)."""
+    (one CPU, and one GPU with ``use_gpu``, each). A local folder's actors run on this
+    node, where the folder is (``training.shards.this_node``): on a node that offers no
+    CPU (a 0-CPU head) they ask for none, ``LOCAL_DECODERS`` of them; without a GPU on
+    this node, on its CPU."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    from training.shards import quiet_ray_data
+    from training.shards import LOCAL_DECODERS, quiet_ray_data, this_node
+
+    placed: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
+    if source.root is not None:
+        strategy, offers = this_node()
+        placed["scheduling_strategy"] = strategy
+        if offers.get("GPU", 0) < 1:
+            placed["num_gpus"] = 0
+        if offers.get("CPU", 0) < 1:
+            placed["num_cpus"], actors = 0, min(actors, LOCAL_DECODERS)
+        else:
+            actors = min(actors, int(offers["CPU"]))
 
     quiet_ray_data()
     table = pa.table(
@@ -181,15 +195,14 @@ def prediction_stream(
             "package": ray.put(package),
             "source": source,
             "k": k,
-            "use_gpu": use_gpu,
+            "use_gpu": bool(placed["num_gpus"]),
             "model": model,
         },
         # all of them asked for at once, but the stream starts with the first one ready
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
         batch_size=batch_size,
         batch_format="numpy",
-        num_cpus=1,
-        num_gpus=1 if use_gpu else 0,
+        **placed,
     )
 
 
