@@ -7,5 +7,5 @@ pointed at, idempotently.
 - serve_state.py: what runs on Ray Serve (applications, their recipe, replicas).
 - things.py: one step per thing (database, ingress, Serve, the API, a predict app).
 - up.py: ``up`` and ``down`` in order, a line per thing.
-- command.py: the ``up`` / ``down`` command lines (registered by services/cli.py).
+The ``up`` / ``down`` command lines are services/cli/up.py.
 """

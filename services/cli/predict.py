@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from services.intake.request import TrainingRequest
 
 
-def add_parser(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     """The ``predict`` subcommand."""
     p = sub.add_parser("predict", help="predictions for every image of a folder or S3 prefix")
     p.add_argument("--model", required=True, help="NAME (its production), NAME@ALIAS or NAME@vN")

@@ -194,8 +194,8 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
-def add_parser(sub: Any) -> None:
-    """The ``compare`` subcommand (services/cli.py registers it)."""
+def add_parsers(sub: Any) -> None:
+    """The ``compare`` subcommand."""
     p = sub.add_parser(
         "compare", help=f"{MIN_JOBS} to {MAX_JOBS} jobs side by side: what differs, metrics, data"
     )
