@@ -21,7 +21,7 @@ from services.intake.request import TrainingRequest
 from services.jobs.driver import JobOutcome, run_job
 from training.hyperparams import Hyperparameters
 
-# Chosen by measurement on 2 cores (see README, "The demo"): ResNet18 learns 8x8 digits
+# Chosen by measurement on 2 cores (docs/guide/demo.md): ResNet18 learns 8x8 digits
 # scaled to 32 px well from scratch; MobileNetV2 at 32 px does not with this augmentation.
 COMMON = {
     "backbone": "resnet18",

@@ -130,7 +130,7 @@ def ray_cluster(s3_server, tmp_path_factory):
 
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "colecionador_s3_secret_key").write_text(s3_server.secret_key)
-    # Serve's HTTP ingress is Ray's HAProxy, as README tells operators to start Ray
+    # Serve's HTTP ingress is Ray's HAProxy, as docs/guide/serving.md tells operators to start Ray
     ingress = haproxy.node_env() if haproxy.installed() else {}
     # A replaced or deleted replica behind HAProxy stays reachable for Ray's drain window
     # (30 s by default) before it stops: 1 s here, where no load balancer needs the time

@@ -1,4 +1,4 @@
-"""What a request may make the service do (README, "Security model").
+"""What a request may make the service do (docs/operations/security.md).
 
 - Read: its dataset_uri and weights must lie under the operator's roots
   (``COLECIONADOR_DATASET_ROOTS``; weights also under the store's ``models/``). Local

@@ -205,7 +205,7 @@ def test_start_commands_are_rays_standard_ones(raw):
         assert commands[0].rstrip().endswith("ray stop")
         start = _ray_start(commands)
         # Serve's ingress is HAProxy, read when each node's Ray starts, its stats page and
-        # metrics on the ports README names (the security group keeps them closed)
+        # metrics on the ports docs/guide/serving.md names (the security group keeps them closed)
         assert _exported(start, "RAY_SERVE_ENABLE_HA_PROXY") == "1", commands
         assert _exported(start, "RAY_SERVE_HAPROXY_STATS_PORT") == "8404", commands
         assert _exported(start, "RAY_SERVE_HAPROXY_METRICS_PORT") == "9101", commands
