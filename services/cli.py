@@ -338,9 +338,11 @@ def cmd_serve(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int
 
     from services.api import api_application, haproxy
     from services.api.deployment import autoscaling
+    from services.deploy.command import hard_cases_of
     from services.jobs.ray_jobs import connect_ray
 
     settings = Settings()
+    args.hard_cases = hard_cases_of(args, _parser)  # before anything starts
     scale = {"num_replicas": args.replicas}
     if args.max_replicas is not None:
         scale = {
@@ -500,6 +502,7 @@ def _deploy_predict(
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         reload_s=args.reload_s,
         torch_threads=args.torch_threads,
+        hard_cases=args.hard_cases,
         **scale,
     )
 
@@ -788,6 +791,10 @@ def _serve_parser(sub: Any) -> None:
     pre.add_argument(
         "--torch-threads", type=_positive_int, default=1, help="torch threads per replica"
     )
+    from services.deploy.command import HARD_CASE_FLAGS
+
+    for flag, kind, text in HARD_CASE_FLAGS:  # off unless --hard-cases-below or -sample
+        pre.add_argument(flag, type=kind, default=None, help=text)
     srv.set_defaults(func=cmd_serve)
 
 

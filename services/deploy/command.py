@@ -85,6 +85,19 @@ def cmd_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return exit_code(up(settings, options, say=_say))
 
 
+def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    """The --hard-cases-* flags given to ``serve`` as HardCases (None: none kept); a bad
+    value exits 2 naming its flag."""
+    from services.deploy.options import UpOptions
+
+    given = {k: getattr(args, k, None) for k in UpOptions.model_fields if "hard_cases" in k}
+    try:
+        return UpOptions(**{k: v for k, v in given.items() if v is not None}).hard_cases()
+    except ValidationError as e:
+        err = e.errors()[0]
+        parser.error(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+
+
 def cmd_down(_args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     """Remove what ``up`` made (the database and the store stay)."""
     from services.deploy.up import down, exit_code
@@ -115,6 +128,15 @@ FLAGS: list[tuple[str, type, str]] = [
     ("--torch-threads", int, "torch threads per model replica"),
     ("--ingress-wait-s", float, "how long to wait for the ingress to consume"),
 ]
+# production's hard cases (docs/guide/hard-cases.md); `colecionador serve` takes them too
+HARD_CASE_FLAGS: list[tuple[str, type, str]] = [
+    ("--hard-cases-below", float, "keep answered images whose top-1 probability is under this"),
+    ("--hard-cases-sample", float, "keep this share of every answered image too (0 to 1)"),
+    ("--hard-cases-max", int, "hard cases kept per model at most"),
+    ("--hard-cases-max-mb", float, "megabytes of hard cases per model at most"),
+    ("--hard-cases-days", float, "days a hard case is kept"),
+]
+FLAGS += HARD_CASE_FLAGS
 
 
 def add_parsers(sub: Any) -> None:
