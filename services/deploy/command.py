@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.config import Settings
+from services.registry.hard_case_rules import HardCases
 
 
 def _say(line: Any) -> None:
@@ -85,7 +86,7 @@ def cmd_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return exit_code(up(settings, options, say=_say))
 
 
-def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HardCases | None:
     """The --hard-cases-* flags given to ``serve`` as HardCases (None: none kept); a bad
     value exits 2 naming its flag."""
     from services.deploy.options import UpOptions

@@ -89,7 +89,8 @@ def pool_objects(store: Store, settings: Settings, prefix: str) -> list[tuple[st
     if root is not None:
         if not root.is_dir():
             return []
-        return [(p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*")]
+        files = [p for p in root.rglob("*") if p.is_file()]
+        return [(p.relative_to(root).as_posix(), p.stat().st_size) for p in files]
     try:
         return [(name, size) for name, size, _etag in list_prefix(uri, settings)]
     except FileNotFoundError:

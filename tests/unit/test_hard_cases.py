@@ -206,3 +206,16 @@ def test_the_options_carry_the_rules_to_the_app_and_its_recipe():
     assert args.hard_cases == HardCases(sample=0.01)
     with pytest.raises(ValidationError, match="below"):
         PredictArgs.model_validate({"model_name": "d", "hard_cases": {"below": 2}})
+
+
+def test_serve_takes_the_flags_and_a_bad_one_exits_2_naming_it(capsys):
+    from services.cli import build_parser
+    from services.deploy.command import hard_cases_of
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--hard-cases-below", "0.5", "--hard-cases-days", "7"])
+    assert hard_cases_of(args, parser) == HardCases(below=0.5, retention_days=7)
+    assert hard_cases_of(parser.parse_args(["serve"]), parser) is None
+    with pytest.raises(SystemExit) as exit_:
+        hard_cases_of(parser.parse_args(["serve", "--hard-cases-sample", "2"]), parser)
+    assert exit_.value.code == 2 and "--hard-cases-sample" in capsys.readouterr().err
