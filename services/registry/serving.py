@@ -136,8 +136,9 @@ class ModelServer:
 
     def __del__(self) -> None:
         self._stop.set()
-        if getattr(self, "_keeper", None) is not None:
-            self._keeper.close()  # type: ignore[union-attr]
+        keeper = getattr(self, "_keeper", None)  # None too when __init__ failed early
+        if keeper is not None:
+            keeper.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve hands over the deployment's ``user_config`` (``colecionador up``'s
