@@ -7,11 +7,14 @@ of the top-1 confidence. Temperature scaling divides the logits by one scalar T 
 on the validation split by minimising the negative log-likelihood (torch's LBFGS on log T,
 so T stays positive); argmax, hence accuracy, does not change. T > 1 softens an
 over-confident model, T < 1 sharpens an under-confident one. A split the model gets (almost)
-all right cannot identify T: then T = 1 is kept, and the report says why (``fit``).
+all right cannot identify T: then T = 1 is kept, and the report says why (``fit``). A tune
+job fits T on its k fold models' pooled out-of-fold predictions instead (``fit_split``):
+every train + val image once, where the validation split is a few of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,26 +178,91 @@ def ece_interval(
     return [float(np.percentile(eces, 5)), float(np.percentile(eces, 95))]
 
 
+@dataclass(frozen=True)
+class FitSplit:
+    """The logits and labels the temperature is fitted on: ``name`` ``validation`` (the
+    final model's validation split) or ``out_of_fold`` (a tune job's k fold models, each
+    train + val image scored once by the fold model that held it out), ``why`` it was
+    chosen, ``images`` in words for the report."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    name: str
+    why: str
+
+    def images(self) -> str:
+        what = "out-of-fold train + val" if self.name == "out_of_fold" else "validation"
+        return f"{len(self.labels)} {what} images"
+
+
+def logits_of(probs: np.ndarray) -> np.ndarray:
+    """Logits for probabilities: log p is the logit minus a per-row constant (log-sum-exp),
+    to which softmax, hence temperature scaling, is invariant; a probability float32
+    rounded to 0 is floored at its smallest normal number (log ~ -87)."""
+    p = np.asarray(probs, dtype=np.float64)
+    tiny = float(np.finfo(np.float32).tiny)
+    out: np.ndarray = np.log(np.maximum(p, tiny))
+    return out
+
+
+def fit_split(
+    validation: Callable[[], tuple[np.ndarray, np.ndarray]],
+    pooled_probs: np.ndarray | None = None,
+    pooled_labels: np.ndarray | None = None,
+    why_not_pooled: str | None = None,
+) -> FitSplit:
+    """The pooled out-of-fold predictions when given (every train + val image once, from
+    the fold model that never trained on it: several times the validation split's images
+    and errors, so T is identified where the small split cannot identify it), else the
+    final model's validation split (``validation()`` makes its logits and labels), saying
+    why (``why_not_pooled``: why a tune job has no pooled ones; None for a train job)."""
+    if pooled_probs is not None and pooled_labels is not None:
+        return FitSplit(
+            logits_of(pooled_probs),
+            np.asarray(pooled_labels),
+            "out_of_fold",
+            "a tune job: the best config's k fold models score every train + val image "
+            "once, out of fold (more images and errors than the validation split alone)",
+        )
+    logits, labels = validation()
+    why = "a train job: the final model's held-out validation split"
+    if why_not_pooled:
+        why = f"the final model's validation split (no pooled out-of-fold ones: {why_not_pooled})"
+    return FitSplit(np.asarray(logits), np.asarray(labels), "validation", why)
+
+
 def calibration_report(
-    val_logits: np.ndarray,
-    val_labels: np.ndarray,
+    val_logits: np.ndarray | FitSplit,
+    val_labels: np.ndarray | None,
     test_logits: np.ndarray,
     test_labels: np.ndarray,
     n_bins: int = N_BINS,
 ) -> dict[str, Any]:
-    """Temperature fitted on validation; ECE and NLL on the test split before and after,
-    and the bins of both reliability diagrams (metrics.json's ``calibration``)."""
-    fitted = fit(val_logits, val_labels)
+    """Temperature fitted on ``val_logits`` (a FitSplit, or the validation split's logits
+    with ``val_labels``); ECE and NLL on the test split before and after, and the bins of
+    both reliability diagrams (metrics.json's ``calibration``; ``fit_split`` and
+    ``fit_split_why`` say which images the fit used and why)."""
+    split = (
+        val_logits
+        if isinstance(val_logits, FitSplit)
+        else FitSplit(
+            np.asarray(val_logits), np.asarray(val_labels), "validation", "the validation split"
+        )
+    )
+    fitted = fit(split.logits, split.labels)
     t = fitted.temperature
     before, after = softmax(test_logits), softmax(test_logits, t)
     return {
-        "method": "temperature scaling (Guo et al. 2017), T fitted on the validation split "
-        f"(MAP, log T ~ N(0, {LOG_T_PRIOR_SD:g}); T = 1 where the split cannot identify it)",
+        "method": f"temperature scaling (Guo et al. 2017), T fitted on {split.images()} "
+        f"(MAP, log T ~ N(0, {LOG_T_PRIOR_SD:g}); T = 1 where they cannot identify it)",
         "temperature": t,
         "fitted": fitted.fitted,
         "kept_because": fitted.reason,
+        "fit_split": split.name,
+        "fit_split_why": split.why,
+        "fitted_on": split.images(),
         "n_bins": n_bins,
-        "validation_images": int(len(val_labels)),
+        "validation_images": int(len(split.labels)),
         "test_images": int(len(test_labels)),
         "ece_before": expected_calibration_error(before, test_labels, n_bins),
         "ece_after": expected_calibration_error(after, test_labels, n_bins),

@@ -9,11 +9,13 @@ estimate, not on one split's noise. ``cv_trainable`` is that plain Tune function
 run in-process with the trial's own resources (tuning.search says why not a TorchTrainer).
 
 The k fold models of a config that trained to the end are also what confident learning
-needs (training/label_issues.py): every train + val image's probabilities from the fold
-model that held it out. With ``label_check`` such a trial attaches them to its last report
-as a Tune checkpoint (``oof.npz``: ``index`` in the job's numbering, ``probs``), so a tune
-job's label check reads its winner's instead of fitting a linear head (services/jobs/steps.py
-``check_labels``); without ``label_check`` nothing is computed or written.
+needs (training/label_issues.py), and what a tune job's temperature is fitted on
+(training/calibration.py ``fit_split``): every train + val image's probabilities from the
+fold model that held it out. Such a trial attaches them to its last report as a Tune
+checkpoint (``oof.npz``: ``index`` in the job's numbering, ``probs``), so a tune job
+calibrates on its winner's and its label check reads them instead of fitting a linear head
+(services/jobs/steps.py ``evaluate``, ``check_labels``); one prediction of train + val per
+finished trial.
 
 A large data set (decoded shards, ``CVData.shards``) is streamed inside the trial too: each
 fold reads its train rows through one Ray Data stream holding all its epochs and its
@@ -277,8 +279,8 @@ def cv_trainable(
     backbone_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """The Tune function trainable: one config, k folds in lockstep, a report per epoch.
-    With ``label_check``, the last report of a trial whose folds all finished carries its
-    out-of-fold probabilities as a checkpoint (``oof.npz``, the job's image indices)."""
+    The last report of a trial whose folds all finished carries its out-of-fold
+    probabilities as a checkpoint (``oof.npz``, the job's image indices)."""
     import ray
     from ray import tune
 
@@ -295,7 +297,7 @@ def cv_trainable(
     while not cv.done:
         report = cv.step()
         # cast: step() may finish it, where mypy keeps the loop's `not cv.done`
-        if cast(bool, cv.done) and not cv.failure and hp.label_check:
+        if cast(bool, cv.done) and not cv.failure:
             idx, probs = cv.out_of_fold_probs()
             with tempfile.TemporaryDirectory(prefix="oof-") as folder:
                 save_out_of_fold(folder, data.original(idx), probs)

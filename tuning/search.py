@@ -5,7 +5,7 @@ strategy, folds, sampling, metric, scheduler) and a ``SearchRun`` (each trial's 
 Tune's storage, the run's name), runs one ``cv_trainable`` per config (tuning.cv: k folds in
 lockstep) with ``ASHAScheduler`` (or FIFO), and returns every trial as it ended; the
 ``listener`` hears each one as it ends (a failed trial is recorded, not raised). A trial
-that ran with ``label_check`` to its end leaves its out-of-fold probabilities as a Tune
+that ran to its end leaves its out-of-fold probabilities as a Tune
 checkpoint (tuning.cv); the collector keeps where (``TrialOutcome.oof_checkpoint``, in the
 run's snapshot too, so a restored run still knows) and ``load_out_of_fold`` reads them.
 
@@ -63,7 +63,7 @@ class TrialOutcome:
     max_epochs: int | None = None
     error: str | None = None
     # where its out-of-fold probabilities are (a Tune checkpoint in the run's storage):
-    # only a trial that ran with label_check and finished every fold has them
+    # only a trial that finished every fold has them
     oof_checkpoint: str | None = None
 
     @property
@@ -453,8 +453,8 @@ def load_out_of_fold(
     outcome: TrialOutcome, filesystem: Any = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The trial's out-of-fold probabilities, ``(index, probs)`` with ``index`` the job's
-    train + val image indices (ascending), or None when it left none (no label_check, or
-    it did not finish every fold). ``filesystem`` is the run's storage filesystem
+    train + val image indices (ascending), or None when it left none (it did not finish
+    every fold). ``filesystem`` is the run's storage filesystem
     (``SearchRun.storage_filesystem``: pyarrow's S3 for a store in S3, None on disk). A
     search on its own temporary storage (``SearchRun.storage_path`` None) took its
     checkpoints with it when it ended."""

@@ -251,7 +251,8 @@ def _calibration_section(v: VersionDetail, metrics: dict[str, Any] | None, root:
         f"<h2>Calibration ({e(v.model_name)} v{v.version}, test split, {cal['n_bins']} bins)</h2>"
         f"<p>ECE {_fmt(cal['ece_before'])} before, {_fmt(cal['ece_after'])} after "
         f"temperature scaling (T = {cal['temperature']:.3g}, fitted on "
-        f"{cal['validation_images']} validation images; every predict path applies it)</p>"
+        f"{e(cal.get('fitted_on') or str(cal['validation_images']) + ' validation images')}; "
+        "every predict path applies it)</p>"
         f'<img class="plot" alt="reliability diagram" src="{src}"></section>'
     )
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from services.cli.serve_args import add_serve_arguments
+from services.cli.serve_args import add_serve_arguments, hard_cases_of
 from services.config import Settings
 from services.jobs.ray_jobs import EmbeddedOnCluster
 
@@ -75,6 +75,7 @@ def _deploy_predict(
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         reload_s=args.reload_s,
         torch_threads=args.torch_threads,
+        hard_cases=args.hard_cases,
         **_scale(
             args.predict_replicas,
             args.predict_min_replicas,
@@ -148,6 +149,7 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from services.api import api_application, haproxy
 
     settings = Settings()
+    args.hard_cases = hard_cases_of(args, parser)  # before anything starts
     target = args.target_ongoing_requests
     scale = _scale(args.replicas, args.min_replicas, args.max_replicas, target)
     ingress, started_here, local = _start(args, parser, settings)

@@ -4,8 +4,14 @@ its queues, the HTTP ingress, and the predict applications (docs/reference/cli.m
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from services.cli.args import model_spec, non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from services.registry.hard_case_rules import HardCases
 
 
 def _where(srv: argparse.ArgumentParser) -> None:
@@ -133,6 +139,8 @@ def _batching(pre: argparse._ArgumentGroup) -> None:
     pre.add_argument(
         "--torch-threads", type=positive_int, default=1, help="torch threads per replica"
     )
+    for flag, kind, text in HARD_CASE_FLAGS:  # off unless --hard-cases-below or -sample
+        pre.add_argument(flag, type=kind, default=None, help=text)
 
 
 def add_serve_arguments(srv: argparse.ArgumentParser) -> None:
@@ -141,3 +149,26 @@ def add_serve_arguments(srv: argparse.ArgumentParser) -> None:
     pre = srv.add_argument_group("prediction (one Serve application per model)")
     _which_models(pre)
     _batching(pre)
+
+
+# production's hard cases (docs/guide/hard-cases.md); `colecionador serve` takes them too
+HARD_CASE_FLAGS: list[tuple[str, type, str]] = [
+    ("--hard-cases-below", float, "keep answered images whose top-1 probability is under this"),
+    ("--hard-cases-sample", float, "keep this share of every answered image too (0 to 1)"),
+    ("--hard-cases-max", int, "hard cases kept per model at most"),
+    ("--hard-cases-max-mb", float, "megabytes of hard cases per model at most"),
+    ("--hard-cases-days", float, "days a hard case is kept"),
+]
+
+
+def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HardCases | None:
+    """The --hard-cases-* flags given to ``serve`` as HardCases (None: none kept); a bad
+    value exits 2 naming its flag."""
+    from services.deploy.options import UpOptions
+
+    given = {k: getattr(args, k, None) for k in UpOptions.model_fields if "hard_cases" in k}
+    try:
+        return UpOptions(**{k: v for k, v in given.items() if v is not None}).hard_cases()
+    except ValidationError as e:
+        err = e.errors()[0]
+        parser.error(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.cli.serve_args import HARD_CASE_FLAGS
 from services.config import Settings
 
 
@@ -115,6 +116,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("--torch-threads", int, "torch threads per model replica"),
     ("--ingress-wait-s", float, "how long to wait for the ingress to consume"),
 ]
+FLAGS += HARD_CASE_FLAGS
 
 
 def add_parsers(sub: Any) -> None:

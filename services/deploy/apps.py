@@ -104,10 +104,13 @@ def plan_predict(
             reload_s=options.reload_s,
             torch_threads=options.torch_threads,
             user_config=user_config,
+            hard_cases=options.hard_cases(),
         )
 
     wanted = recipe("predict", settings, options.predict(model))
     detail = f"model {model}, the version behind {options.predict_alias!r}"
+    if options.hard_cases() is not None:
+        detail += "; keeps its hard cases"
     return plan(app_name(model), wanted, settings, state, build, None, detail)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.events.schemas import ALIAS_PATTERN
+from services.registry.hard_case_rules import HardCases
 
 API_APP = "api"  # the API's Serve application (as `colecionador serve` names it)
 API_ROUTE = "/"
@@ -33,6 +34,24 @@ class UpOptions(BaseModel):
     reload_s: float = Field(2.0, gt=0)
     torch_threads: int = Field(1, ge=1)
     ingress_wait_s: float = Field(30.0, ge=0)  # how long to wait for it to consume
+    # production's hard cases (services/registry/hard_case_rules.py): off unless below or
+    # sample is set
+    hard_cases_below: float | None = Field(None, gt=0, le=1)
+    hard_cases_sample: float = Field(0.0, ge=0, le=1)
+    hard_cases_max: int = Field(10_000, ge=1)
+    hard_cases_max_mb: float = Field(1024.0, gt=0)
+    hard_cases_days: float = Field(30.0, gt=0)
+
+    def hard_cases(self) -> HardCases | None:
+        """What the predict applications keep of their answers (None: nothing)."""
+        rules = HardCases(
+            below=self.hard_cases_below,
+            sample=self.hard_cases_sample,
+            max_count=self.hard_cases_max,
+            max_mb=self.hard_cases_max_mb,
+            retention_days=self.hard_cases_days,
+        )
+        return rules if rules.enabled else None
 
     def serve(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port, "proxy_location": self.proxy_location}
@@ -53,4 +72,5 @@ class UpOptions(BaseModel):
             "batch_wait_ms": self.batch_wait_ms,
             "reload_s": self.reload_s,
             "torch_threads": self.torch_threads,
+            "hard_cases": None if (h := self.hard_cases()) is None else h.model_dump(),
         }

@@ -221,7 +221,7 @@ def _run_steps(
     backbone_state = steps.load_weights(hp, len(data.decoded.classes), settings)
     steps.on_the_cluster(job, settings)  # once, before the search, preflight or training
     tuning: dict[str, Any] | None = None
-    oof = None  # a tune job's out-of-fold probabilities, for its label check
+    oof = None  # a tune job's out-of-fold probabilities: its calibration, its label check
     if job.mode == "tune":
         from services.jobs.tune_step import tune_step
 
@@ -245,7 +245,7 @@ def _run_steps(
         if not repo.mark_evaluating(s, job.id, trained.training_time_s):
             return _outcome_from_db(settings, job.id)  # cancelled while it trained
         history = repo.epoch_rows(s, job.id)
-    evaluation = steps.evaluate(trained, data, judged_by(hp, settings))
+    evaluation = steps.evaluate(trained, data, judged_by(hp, settings), oof)
     labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say, oof)
     files = steps.version_files(
         job, hp, data, trained, evaluation, history, pre.report, tuning, labels

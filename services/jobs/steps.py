@@ -48,7 +48,7 @@ from services.store.fetch import dataset_index, fetch_file
 from services.store.storage import Store, StoreError
 from training import data as datasets
 from training import drift
-from training.calibration import calibration_report, softmax
+from training.calibration import calibration_report, fit_split, softmax
 from training.data import DatasetIndex, DecodedDataset, Split
 from training.errors import error_report, worst_examples_png
 from training.evaluate import GateResult, predict_logits, quality_gate
@@ -460,8 +460,15 @@ def with_temperature(package: bytes, temperature: float) -> bytes:
     return buf.getvalue()
 
 
-def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> Evaluation:
-    """Temperature scaling fitted on the validation split (stored in model.pt), then the
+def evaluate(
+    trained: TrainedModel,
+    data: PreparedData,
+    hp: Hyperparameters,
+    oof: OutOfFold | None = None,
+) -> Evaluation:
+    """Temperature scaling fitted on the validation split, or on a tune job's pooled
+    out-of-fold predictions (``oof``, every train + val image once) when it has them
+    (stored in model.pt), then the
     test-set metrics on the calibrated probabilities with the ECE before and after, the
     error report, model.onnx (which applies the temperature too) with its parity check on
     the test split (never fails the job: the report says why there is no model.onnx) and
@@ -471,9 +478,15 @@ def evaluate(trained: TrainedModel, data: PreparedData, hp: Hyperparameters) -> 
     try:
         model = trained.module()
         test_logits = predict_logits(model, test_x)
-        calibration = calibration_report(
-            predict_logits(model, data.images_of(val)), d.labels[val], test_logits, test_y
+        pool = np.union1d(data.split.train, val)
+        given, why_not = _given_out_of_fold(oof, pool, len(d.classes))
+        split = fit_split(
+            lambda: (predict_logits(model, data.images_of(val)), d.labels[val]),
+            None if given is None else given.probs,
+            None if given is None else d.labels[pool],
+            why_not,
         )
+        calibration = calibration_report(split, None, test_logits, test_y)
         t = calibration["temperature"]
         probs = softmax(test_logits, t)
         metrics = classification_metrics(test_y, probs, d.classes)

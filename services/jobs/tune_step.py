@@ -40,10 +40,10 @@ def tune_step(
     """The search of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold CV
     on train + val (the test split stays held out) and ASHA; every trial recorded as it
     ends; the best config merged into the job's hyperparameters (same transaction as the
-    run's completion). Returns the merged hyperparameters, a summary for tuning.json and,
-    with ``label_check``, the winner's out-of-fold probabilities (``OutOfFold``; its
-    ``missing`` says why there are none; None without ``label_check``): reading them
-    never fails the job. A job resumed after its search completed reuses that search
+    run's completion). Returns the merged hyperparameters, a summary for tuning.json and
+    the winner's out-of-fold probabilities (``OutOfFold``, for the calibration and the
+    label check; its ``missing`` says why there are none): reading them never fails the
+    job. A job resumed after its search completed reuses that search
     (its out-of-fold probabilities are not kept: the check fits its linear head); one
     whose driver died during the search (its tuning run still ``running``) restores that
     run from its storage in the store (tuning.search: Tune's ``Tuner.restore``), and the
@@ -66,13 +66,11 @@ def tune_step(
                 f"{tuning_report.config_text(previous.best_config or {})}"
             )
             trials = [_trial_dict(t) for t in repo.tuning_trials(s, previous.id)]
-            oof = None
-            if hp.label_check:
-                oof = OutOfFold(
-                    "",
-                    missing=f"the job resumed after its search (tuning run {previous.id}) "
-                    "had ended, and its fold models' probabilities are not kept",
-                )
+            oof = OutOfFold(
+                "",
+                missing=f"the job resumed after its search (tuning run {previous.id}) "
+                "had ended, and its fold models' probabilities are not kept",
+            )
             return (
                 hp,
                 {
@@ -191,9 +189,7 @@ def tune_step(
             job_hyperparameters=merged.effective(),
             **summary_fields,
         )
-    oof = None
-    if hp.label_check:
-        oof = _out_of_fold(by_index[winner.index], search, run_id, spec.k_folds)
+    oof = _out_of_fold(by_index[winner.index], search, run_id, spec.k_folds)
     say(tuning_report.table(ranked, spec.metric))
     say(
         f"best config: {tuning_report.config_text(winner.config)} "

@@ -78,7 +78,22 @@ PREDICT_SECONDS = Instrument(
     ("model", "model_version"),
     LATENCY_BUCKETS,
 )
-INSTRUMENTS = (PASSES, ACTIONS, PASS_SECONDS, PREDICT_REQUESTS, PREDICTIONS, PREDICT_SECONDS)
+HARD_CASES = Instrument(
+    "colecionador_hard_cases",
+    "counter",
+    "Answered images a model's replica kept as hard cases (outcome kept: reason "
+    "low_confidence or sampled), dropped (queue_full, store, too_large) or pruned.",
+    ("model", "outcome", "reason"),
+)
+INSTRUMENTS = (
+    PASSES,
+    ACTIONS,
+    PASS_SECONDS,
+    PREDICT_REQUESTS,
+    PREDICTIONS,
+    PREDICT_SECONDS,
+    HARD_CASES,
+)
 
 _made: dict[str, Any] = {}
 
@@ -127,3 +142,9 @@ def predict_answered(
     _record(PREDICT_SECONDS, seconds, model=model, model_version=v)
     if code == 200:
         _record(PREDICTIONS, images, model=model, model_version=v)
+
+
+def hard_cases(model: str, outcome: str, reason: str, n: int = 1) -> None:
+    """``n`` hard cases of ``model`` kept, dropped or pruned, and why
+    (services/registry/hard_cases.py)."""
+    _record(HARD_CASES, n, model=model, outcome=outcome, reason=reason)

@@ -33,7 +33,8 @@ class CalibrationSummary(BaseModel):
     temperature: float
     kept_because: str | None = None  # why T = 1 was kept, when it was
     n_bins: int = 15
-    validation_images: int | None = None
+    validation_images: int | None = None  # the images the fit used
+    fitted_on: str | None = None  # them in words: "32 out-of-fold train + val images"
     ece_before: float | None = None
     ece_after: float | None = None
     ece_before_interval: list[float] | None = None  # 90 % bootstrap interval

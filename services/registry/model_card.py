@@ -153,7 +153,8 @@ def _how_good(card: ModelCard) -> list[str]:
             f"Calibration: expected calibration error {num(c.ece_before)}"
             f"{_interval(c.ece_before_interval)} before, {num(c.ece_after)}"
             f"{_interval(c.ece_after_interval)} after temperature scaling (T = "
-            f"{c.temperature:.3g}, fitted on {c.validation_images} validation images{kept}; "
+            f"{c.temperature:.3g}, fitted on "
+            f"{md(c.fitted_on or f'{c.validation_images} validation images')}{kept}; "
             f"{c.n_bins} bins); NLL {num(c.nll_before)} -> {num(c.nll_after)}.",
             "",
         ]

@@ -9,6 +9,9 @@ services/api/routes/predict.py) reaches it through a deployment handle.
   version is loaded beside the one answering and swapped in once ready, so no request is
   refused while the alias moves (a batch is answered by one version, and says which).
 - Replicas and autoscaling are settable (``colecionador serve --predict-*``).
+- Opt-in, ``hard_cases``: answered images under a confidence threshold (or a sampled
+  share) are kept in the store with their answer, off the request path, as a bounded
+  pool to label from (services/registry/hard_cases.py, docs/guide/hard-cases.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from services.errors import one_line
 from services.events.schemas import ALIAS_PATTERN
 from services.metrics import process as metrics
 from services.registry.apps import DEPLOYMENT_NAME, app_name
+from services.registry.hard_case_rules import HardCases
+from services.registry.hard_cases import HardCaseKeeper
 from services.store.artifacts import MODEL_FILE, version_prefix
 from services.store.storage import open_store
 
@@ -75,6 +80,7 @@ class ModelServer:
         max_batch_size: int = MAX_BATCH_SIZE,
         batch_wait_timeout_s: float = BATCH_WAIT_TIMEOUT_S,
         torch_threads: int = 1,
+        hard_cases: HardCases | None = None,
     ):
         import torch
 
@@ -94,6 +100,11 @@ class ModelServer:
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         prepare_database(settings)
         self._sessions = session_factory(settings.db_url)
+        self._keeper = (
+            HardCaseKeeper(settings, model_name, hard_cases)
+            if hard_cases is not None and hard_cases.enabled
+            else None
+        )
         self.refresh()  # the first version before the replica reports ready
         self._watcher = threading.Thread(target=self._watch, name="alias-watch", daemon=True)
         self._watcher.start()
@@ -125,6 +136,9 @@ class ModelServer:
 
     def __del__(self) -> None:
         self._stop.set()
+        keeper = getattr(self, "_keeper", None)  # None too when __init__ failed early
+        if keeper is not None:
+            keeper.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve hands over the deployment's ``user_config`` (``colecionador up``'s
@@ -140,7 +154,16 @@ class ModelServer:
             "version": None if c is None else c.version,
             "loaded_at": None if c is None else c.loaded_at,
             "error": self._error,
+            "hard_cases": None if self._keeper is None else self._keeper.status(),
         }
+
+    def hard_cases(self, flush_s: float = 0.0) -> dict[str, Any] | None:
+        """This replica's hard-case counts (None: not kept), once what it was offered is
+        written or dropped when ``flush_s`` > 0 (``flushed`` False: still pending)."""
+        if self._keeper is None:
+            return None
+        flushed = self._keeper.flush(flush_s) if flush_s > 0 else None
+        return {**self._keeper.status(), "flushed": flushed}
 
     # ------------------------------------------------------------------ predict
     async def predict(self, images: list[bytes], k: int = 5) -> dict[str, Any]:
@@ -195,18 +218,23 @@ class ModelServer:
         flat = [a for group in arrays for a in group]
         probs = p.probs(np.stack(flat)) if flat else np.zeros((0, len(p.classes)))
         out, start = [], 0
-        for (_images, k), group, answer in zip(calls, arrays, answers):
+        for (images, k), group, answer in zip(calls, arrays, answers):
             if answer is not None:
                 out.append(answer)
                 continue
             rows = probs[start : start + len(group)]
             start += len(group)
+            alias = None if self.pinned is not None else self.alias
+            predictions = top_k(rows, p.classes, k)
+            if self._keeper is not None:  # a put on a queue per image kept, no I/O
+                confidences = [float(c) for c in rows.max(axis=1)]
+                self._keeper.consider(images, confidences, predictions, loaded.version, alias)
             out.append(
                 {
                     "model_name": self.model_name,
-                    "alias": None if self.pinned is not None else self.alias,
+                    "alias": alias,
                     "version": loaded.version,
-                    "predictions": top_k(rows, p.classes, k),
+                    "predictions": predictions,
                 }
             )
         return out
@@ -226,10 +254,12 @@ def predict_application(
     reload_s: float = RELOAD_S,
     torch_threads: int = 1,
     user_config: dict[str, Any] | None = None,
+    hard_cases: HardCases | None = None,
 ) -> Any:
     """The bound Serve application of one model, for
     ``serve.run(app, name=app_name(model_name), route_prefix=None)``. ``user_config``:
-    data Serve keeps with the deployment (``colecionador up``'s recipe)."""
+    data Serve keeps with the deployment (``colecionador up``'s recipe); ``hard_cases``:
+    what its replicas keep of their answers (None: nothing)."""
     scale: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config}
         if autoscaling_config is not None
@@ -252,6 +282,7 @@ def predict_application(
         max_batch_size,
         batch_wait_timeout_s,
         torch_threads,
+        hard_cases,
     )
 
 
@@ -270,6 +301,7 @@ class PredictArgs(BaseModel):
     batch_wait_ms: float = Field(BATCH_WAIT_TIMEOUT_S * 1000, ge=0)
     reload_s: float = Field(RELOAD_S, gt=0)
     torch_threads: int = Field(1, ge=1)
+    hard_cases: HardCases | None = None  # e.g. {below: 0.6, sample: 0.01}: keep hard cases
 
     @field_validator("model_name")
     @classmethod
@@ -293,6 +325,7 @@ def build_predict(args: dict[str, Any]) -> Application:
         batch_wait_timeout_s=a.batch_wait_ms / 1000,
         reload_s=a.reload_s,
         torch_threads=a.torch_threads,
+        hard_cases=a.hard_cases,
     )
     return app
 

@@ -83,3 +83,19 @@ PREDICTIONS_CSV = "predictions.csv"  # the same rows, the top-k spread over colu
 def predictions_prefix(job_id: int) -> str:
     """predictions/job-<id>/: a predict job's output (parquet and CSV)."""
     return f"{PREDICTIONS}/job-{job_id}/"
+
+
+HARD_CASES = "hard_cases"  # production's hard cases, one pool per model (opt-in, bounded)
+HARD_CASE_IMAGE = "image"  # + the image's own extension (.png, .jpg, ...): the bytes sent
+HARD_CASE_RECORD = "prediction.json"  # model, version, top-k, confidence, time; written last
+
+
+def hard_cases_prefix(model_name: str) -> str:
+    """hard_cases/<name>/: the model's pool, one folder per kept image
+    (services/registry/hard_cases.py), a data set URI for the bulk predict path."""
+    return f"{HARD_CASES}/{model_name}/"
+
+
+def hard_case_prefix(model_name: str, sample: str) -> str:
+    """hard_cases/<name>/<UTC time>-<id>/: one kept image and its prediction.json."""
+    return f"{hard_cases_prefix(model_name)}{sample}/"

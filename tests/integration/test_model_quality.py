@@ -62,6 +62,7 @@ def test_label_check_calibration_and_drift(tmp_path, settings_for, ray_cluster):
     assert package["temperature"] == cal["temperature"] == metrics["test"]["temperature"] > 0
     assert metrics["test"]["ece"] == cal["ece_after"] and cal["n_bins"] == 15
     assert cal["validation_images"] > 0 and len(cal["bins_after"]) == 15
+    assert cal["fit_split"] == "validation" and "a train job" in cal["fit_split_why"]
 
     # label issues: every train + val image checked, ranked, the same in reports/
     issues = json.loads(store.get_bytes(prefix + "label_issues.json"))

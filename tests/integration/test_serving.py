@@ -279,3 +279,38 @@ def test_colecionador_serve_pins_a_version_and_reads_follow_the_read_token_rule(
             assert (ok.json()["version"], ok.json()["alias"]) == (2, None)
     finally:
         serve.delete(name)
+
+
+def test_hard_cases_are_kept_in_the_store_as_a_pool_to_predict_from(served):
+    """A predict app with hard_cases (every answer sampled, a pool of 2): each answered
+    image goes to the S3 store with its answer, off the request path; the pool keeps its
+    bound, and the bulk predict path lists it as a data set."""
+    from services.jobs.predict_step import list_images
+    from services.registry.hard_case_rules import HardCases
+    from services.registry.serving import predict_application
+    from services.store.artifacts import hard_cases_prefix
+
+    settings, model = served.settings, served.model
+    store, prefix = open_store(settings), hard_cases_prefix(served.model)
+    rules = HardCases(sample=1.0, max_count=2)
+    app = predict_application(settings, model, version=1, reload_s=60, hard_cases=rules)
+    handle = serve.run(app, name=f"hard-cases-{SESSION}", route_prefix=None)
+    try:
+        paths = sorted(served.data.rglob("*.png"))[:3]
+        answers = [handle.predict.remote([p.read_bytes()], 2).result() for p in paths]
+        assert all(a["version"] == 1 and len(a["predictions"][0]) == 2 for a in answers)
+        counts = handle.hard_cases.remote(30.0).result()  # waits for the writer thread
+        assert counts["flushed"] and counts["kept"] == 3 and counts["pruned:bounds"] == 1
+        keys = store.list(prefix)
+        folders = sorted({k[len(prefix) :].split("/")[0] for k in keys})
+        assert len(folders) == 2 and len(keys) == 4  # the newest two: image + record each
+        newest = json.loads(store.get_bytes(f"{prefix}{folders[-1]}/prediction.json"))
+        assert newest["predictions"] == answers[-1]["predictions"][0]
+        assert (newest["model_name"], newest["version"], newest["reason"]) == (model, 1, "sampled")
+        assert newest["confidence"] == answers[-1]["predictions"][0][0]["probability"]
+        assert store.get_bytes(f"{prefix}{folders[-1]}/image.png") == paths[-1].read_bytes()
+        listed, _source = list_images(store.uri(prefix), settings)  # the pool as a data set
+        assert [rel for rel, _size, _etag in listed] == [f"{f}/image.png" for f in folders]
+    finally:
+        serve.delete(f"hard-cases-{SESSION}")
+        store.delete_prefix(prefix)

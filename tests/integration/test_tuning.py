@@ -126,6 +126,14 @@ def test_a_tune_message_searches_stops_the_bad_config_and_versions_the_winner(
     assert package["hyperparameters"]["phase1_lr"] == best.config["phase1_lr"]
     metrics = json.loads(store.get_bytes(prefix + "metrics.json"))
     assert metrics["split"] == {"train": 28, "val": 4, "test": 4} and metrics["test"]["n"] == 4
+    # the temperature is fitted on the winner's pooled out-of-fold predictions (all 32
+    # train + val images once), not the final model's 4 validation images; model.pt,
+    # metrics.json and the calibration report carry the same T
+    cal = metrics["calibration"]
+    assert cal["fit_split"] == "out_of_fold" and cal["validation_images"] == 32, cal
+    assert cal["fitted_on"] == "32 out-of-fold train + val images"
+    assert package["temperature"] == pytest.approx(cal["temperature"])
+    assert metrics["test"]["temperature"] == pytest.approx(cal["temperature"])
     summary = json.loads(store.get_bytes(prefix + "tuning.json"))
     assert summary["best_config"] == best.config
     assert [t["index"] for t in summary["trials"]][-1] == bad.trial_index
@@ -179,7 +187,8 @@ def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, mak
     assert hp.phase1_lr == GOOD[1]
     said: list[str] = []
     out, summary, oof = tune_step(job, hp, None, None, None, None, settings, said.append)
-    assert out is hp and summary["best_config"] == {"phase1_lr": GOOD[1]} and oof is None
+    assert out is hp and summary["best_config"] == {"phase1_lr": GOOD[1]}
+    assert oof is not None and oof.probs is None and "resumed after its search" in oof.missing
     assert "search already done" in said[0]
 
 

@@ -113,6 +113,7 @@ def test_the_recorders_never_raise_outside_ray():
     process.reconciler_pass(before, after, 0.2)
     process.predict_answered("m", 3, 200, 4, 0.01)
     process.predict_answered("m", None, 503, 4, 0.01)
+    process.hard_cases("m", "dropped", "store")
     assert set(process._made) == {inst.name for inst in process.INSTRUMENTS}
 
 
