@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from services.cli.args import model_spec, non_negative_int, positive_int
 
 if TYPE_CHECKING:
+    from services.deploy.options import UpOptions
     from services.registry.hard_case_rules import HardCases
 
 
@@ -161,14 +162,22 @@ HARD_CASE_FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HardCases | None:
-    """The --hard-cases-* flags given to ``serve`` as HardCases (None: none kept); a bad
-    value exits 2 naming its flag."""
+def up_options(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, only: str = ""
+) -> UpOptions:
+    """The options given (flags named as UpOptions's fields, those containing ``only``;
+    a flag not given keeps its default) as UpOptions; a bad value exits 2 naming its flag."""
     from services.deploy.options import UpOptions
 
-    given = {k: getattr(args, k, None) for k in UpOptions.model_fields if "hard_cases" in k}
+    given = {k: getattr(args, k, None) for k in UpOptions.model_fields if only in k}
     try:
-        return UpOptions(**{k: v for k, v in given.items() if v is not None}).hard_cases()
+        return UpOptions(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
         parser.error(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+
+
+def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HardCases | None:
+    """The --hard-cases-* flags given to ``serve`` as HardCases (None: none kept); a bad
+    value exits 2 naming its flag."""
+    return up_options(args, parser, only="hard_cases").hard_cases()

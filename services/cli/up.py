@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.cli.serve_args import HARD_CASE_FLAGS
+from services.cli.serve_args import HARD_CASE_FLAGS, up_options
 from services.config import Settings
 
 
@@ -62,15 +62,9 @@ def _connect(command: str, settings: Settings) -> int:
 
 def cmd_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Make the service exist on the cluster; a line per thing."""
-    from services.deploy.options import UpOptions
     from services.deploy.up import exit_code, up
 
-    try:
-        given = {k: getattr(args, k) for k in UpOptions.model_fields}
-        options = UpOptions(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        parser.error(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+    options = up_options(args, parser)
     settings, code = _settings("up")
     if settings is None:
         return code
