@@ -27,7 +27,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from training.augment import eval_transform
-from training.calibration import calibration_report
+from training.calibration import FitSplit, calibration_report
 from training.evaluate import predict_logits
 from training.label_issues import backbone_features, find_issues, out_of_fold_probs
 from training.model import build_model
@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     clean = train(images[tr], y[tr], args.epochs)
     trained_s = time.perf_counter() - t0
     cal = calibration_report(
-        predict_logits(clean, images[val]), y[val], predict_logits(clean, images[test]), y[test]
+        FitSplit.validation(predict_logits(clean, images[val]), y[val]),
+        predict_logits(clean, images[test]),
+        y[test],
     )
     acc = float((predict_logits(clean, images[test]).argmax(1) == y[test]).mean())
     print(

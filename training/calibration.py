@@ -190,6 +190,13 @@ class FitSplit:
     name: str
     why: str
 
+    @classmethod
+    def validation(
+        cls, logits: np.ndarray, labels: np.ndarray, why: str = "the validation split"
+    ) -> FitSplit:
+        """The final model's validation split."""
+        return cls(np.asarray(logits), np.asarray(labels), "validation", why)
+
     def images(self) -> str:
         what = "out-of-fold train + val" if self.name == "out_of_fold" else "validation"
         return f"{len(self.labels)} {what} images"
@@ -228,27 +235,19 @@ def fit_split(
     why = "a train job: the final model's held-out validation split"
     if why_not_pooled:
         why = f"the final model's validation split (no pooled out-of-fold ones: {why_not_pooled})"
-    return FitSplit(np.asarray(logits), np.asarray(labels), "validation", why)
+    return FitSplit.validation(logits, labels, why)
 
 
 def calibration_report(
-    val_logits: np.ndarray | FitSplit,
-    val_labels: np.ndarray | None,
+    split: FitSplit,
     test_logits: np.ndarray,
     test_labels: np.ndarray,
     n_bins: int = N_BINS,
 ) -> dict[str, Any]:
-    """Temperature fitted on ``val_logits`` (a FitSplit, or the validation split's logits
-    with ``val_labels``); ECE and NLL on the test split before and after, and the bins of
-    both reliability diagrams (metrics.json's ``calibration``; ``fit_split`` and
-    ``fit_split_why`` say which images the fit used and why)."""
-    split = (
-        val_logits
-        if isinstance(val_logits, FitSplit)
-        else FitSplit(
-            np.asarray(val_logits), np.asarray(val_labels), "validation", "the validation split"
-        )
-    )
+    """Temperature fitted on ``split`` (``fit_split``, or ``FitSplit.validation``); ECE
+    and NLL on the test split before and after, and the bins of both reliability diagrams
+    (metrics.json's ``calibration``; ``fit_split`` and ``fit_split_why`` say which images
+    the fit used and why)."""
     fitted = fit(split.logits, split.labels)
     t = fitted.temperature
     before, after = softmax(test_logits), softmax(test_logits, t)

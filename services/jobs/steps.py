@@ -486,7 +486,7 @@ def evaluate(
             None if given is None else d.labels[pool],
             why_not,
         )
-        calibration = calibration_report(split, None, test_logits, test_y)
+        calibration = calibration_report(split, test_logits, test_y)
         t = calibration["temperature"]
         probs = softmax(test_logits, t)
         metrics = classification_metrics(test_y, probs, d.classes)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from training.calibration import (
+    FitSplit,
     calibration_report,
     ece_interval,
     expected_calibration_error,
@@ -53,7 +54,7 @@ def test_temperature_scaling_repairs_a_miscalibrated_model(scale):
     z, y = planted(8000, seed=1)
     logits = z * scale  # the same ranking, wrong confidence
     val, test = slice(0, 4000), slice(4000, None)
-    report = calibration_report(logits[val], y[val], logits[test], y[test])
+    report = calibration_report(FitSplit.validation(logits[val], y[val]), logits[test], y[test])
     assert report["temperature"] == pytest.approx(scale, rel=0.1)  # T undoes the scale
     assert report["ece_before"] > 0.08
     assert report["ece_after"] < 0.03 and report["ece_after"] < report["ece_before"] / 3
@@ -74,7 +75,7 @@ def test_a_split_the_model_gets_all_right_keeps_t_at_one_and_says_why():
     two[:2] = (two[:2] + 1) % 5  # two errors: still too few
     assert fit(z, two).temperature == 1.0 and "2 error(s)" in fit(z, two).reason
     assert fit_temperature(np.zeros((0, 2)), np.zeros(0)) == 1.0
-    report = calibration_report(z, right, z, right)
+    report = calibration_report(FitSplit.validation(z, right), z, right)
     assert report["fitted"] is False and report["kept_because"] == fitted.reason
     assert report["nll_after"] == report["nll_before"]  # never worse: nothing was done
 
@@ -85,7 +86,9 @@ def test_calibration_never_hurts_on_held_out_data_of_every_kind():
     for seed, scale in enumerate([0.3, 0.7, 1.0, 1.5, 4.0, 12.0]):
         z, y = planted(600, seed=10 + seed)
         logits = z * scale
-        report = calibration_report(logits[:300], y[:300], logits[300:], y[300:])
+        report = calibration_report(
+            FitSplit.validation(logits[:300], y[:300]), logits[300:], y[300:]
+        )
         assert report["nll_after"] <= report["nll_before"] + 0.02, (scale, report)
         lo, hi = report["ece_after_interval"]
         assert 0 <= lo < hi <= 1

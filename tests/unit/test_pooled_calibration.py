@@ -47,7 +47,7 @@ def test_planted_miscalibration_in_the_pooled_predictions_is_recovered(scale):
     split = fit_split(no_validation, pooled, y)
     assert split.name == "out_of_fold" and "k fold models" in split.why
     test_z, test_y = planted(2000, seed=2)
-    report = calibration_report(split, None, test_z * scale, test_y)
+    report = calibration_report(split, test_z * scale, test_y)
     assert report["temperature"] == pytest.approx(scale, rel=0.1)
     assert report["fit_split"] == "out_of_fold" and report["validation_images"] == 4000
     assert report["fitted_on"] == "4000 out-of-fold train + val images"
@@ -62,17 +62,17 @@ def test_the_fit_uses_every_pooled_row():
     right = logits.argmax(1)
     val = fit_split(lambda: (logits[:40], right[:40]), None, None, "it stopped early")
     assert val.name == "validation" and "it stopped early" in val.why
-    kept = calibration_report(val, None, logits, y)
+    kept = calibration_report(val, logits, y)
     assert kept["temperature"] == 1.0 and kept["fitted"] is False
-    pooled = calibration_report(fit_split(no_validation, softmax(logits), y), None, logits, y)
+    pooled = calibration_report(fit_split(no_validation, softmax(logits), y), logits, y)
     assert pooled["validation_images"] == 4000 and pooled["temperature"] == pytest.approx(
         3, rel=0.1
     )
     # the first 40 rows alone (none wrong) would not fit it: so the rest were read
     assert (
-        calibration_report(
-            fit_split(no_validation, softmax(logits[:40]), right[:40]), None, logits, y
-        )["fitted"]
+        calibration_report(fit_split(no_validation, softmax(logits[:40]), right[:40]), logits, y)[
+            "fitted"
+        ]
         is False
     )
 
