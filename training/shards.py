@@ -47,7 +47,7 @@ from training.data import (
 if TYPE_CHECKING:
     import ray.data
 
-    from training.data import _Decoded
+    from training.decoding import _Decoded
 
 META_COLUMNS = ["id", "label", "path", "width", "height", "mode", "sha1", "phash", "error"]
 ROWS_PER_SHARD = 256  # ~38 MB of images per shard at 224 px
