@@ -7,9 +7,10 @@ serves a Ray Train worker (training.ray_worker), a Tune trial (k folds in lockst
 tuning.cv) and a plain process; its ``state_dict`` holds everything a resumed run needs
 (phase, epoch, model, optimizer, schedule, callbacks, EMA, RNG).
 
-Here too: the optimizer and autocast choices, and the all-reduce helpers that make every
-rank see the same epoch figures and the same stop decision. Datasets, samplers and loaders
-are in training.loaders; sessions and checkpoint files in training.ray_worker.
+Here too: the all-reduce helpers that make every rank see the same epoch figures and the
+same stop decision. The optimizer and autocast choices are in training.optim; datasets,
+samplers and loaders in training.loaders; sessions and checkpoint files in
+training.ray_worker.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from training.model import (
     train_mode,
     trainable_parameters,
 )
+from training.optim import make_optimizer, resolve_amp
 from training.schedules import EpochSchedule
 
 if TYPE_CHECKING:
@@ -88,28 +90,6 @@ class WorkerInfo:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def make_optimizer(
-    hp: Hyperparameters, params: Iterable[nn.Parameter], lr: float
-) -> torch.optim.Optimizer:
-    if hp.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
-    if hp.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=hp.weight_decay)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 (or fp16) autocast on a GPU; off on the CPU, where bf16 autocast is
-    slower than fp32 on most processors. ``bf16`` / ``fp16`` force it, ``off`` disables."""
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -146,31 +126,8 @@ class TwoPhaseRun:
         self.quiet = quiet
         torch.manual_seed(hp.seed)
         self.num_classes = len(data.classes)
-        self.module = build_model(hp.backbone, self.num_classes, hp.dropout)
-        self.weights_info = (
-            load_backbone_weights(self.module, backbone_state)
-            if backbone_state is not None
-            else None
-        )
-        self.channels_last = self.device.type == "cuda"
-        self.module.to(self.device)
-        if self.channels_last:
-            self.module.to(memory_format=torch.channels_last)
-        self.model: nn.Module = self.module
-        self.ema = (
-            AveragedModel(
-                self.module, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True
-            )
-            if hp.ema_decay
-            else None
-        )
-        self.loss_fn = build_loss(hp, data.labels[data.train_idx], self.num_classes)
-        if isinstance(self.loss_fn, nn.Module):
-            self.loss_fn.to(self.device)
-        self.amp_dtype = resolve_amp(hp.amp, self.device)
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
+        self._build_model(backbone_state)
+        self._build_loss()
         self.extra_callbacks = list(callbacks) + build_callbacks(hp.callbacks)
         self.phases = [
             (p, e, lr)
@@ -192,6 +149,40 @@ class TwoPhaseRun:
         )
         self._train_loader = getattr(self.batches, "loader", None)  # in memory only
         self._begin_phase(0)
+
+    def _build_model(self, backbone_state: dict[str, torch.Tensor] | None) -> None:
+        """The model on the device (channels-last on a GPU), its backbone's weights, and
+        the EMA of its weights when ``ema_decay`` is set."""
+        hp = self.hp
+        self.module = build_model(hp.backbone, self.num_classes, hp.dropout)
+        self.weights_info = (
+            load_backbone_weights(self.module, backbone_state)
+            if backbone_state is not None
+            else None
+        )
+        self.channels_last = self.device.type == "cuda"
+        self.module.to(self.device)
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.model: nn.Module = self.module
+        self.ema = (
+            AveragedModel(
+                self.module, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True
+            )
+            if hp.ema_decay
+            else None
+        )
+
+    def _build_loss(self) -> None:
+        """The loss on the device, the autocast precision and the fp16 gradient scaler."""
+        hp, data = self.hp, self.data
+        self.loss_fn = build_loss(hp, data.labels[data.train_idx], self.num_classes)
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(self.device)
+        self.amp_dtype = resolve_amp(hp.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
 
     # ------------------------------------------------------------------ set-up
     @property

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from training.augment import eval_transform, train_transform
 from training.hyperparams import Hyperparameters
 from training.loaders import ArrayDataset
-from training.loop import TrainData, make_optimizer
+from training.loop import TrainData
 from training.losses import build_loss
 from training.model import (
     build_model,
@@ -29,6 +29,7 @@ from training.model import (
     train_mode,
     trainable_parameters,
 )
+from training.optim import make_optimizer
 
 
 class _FrozenBatchNormStaysFrozen(torch.nn.Module):
