@@ -87,20 +87,29 @@ def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     return sorted((g for g in comp.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def health_report(
-    data: DecodedDataset,
-    split: Split | None = None,
-    *,
-    min_per_class: int = 10,
-    max_imbalance: float = 10.0,
-    near_distance: int = 10,
-    mirrored: bool = True,
-    max_listed: int = 50,
-) -> dict[str, Any]:
-    """The report as JSON-ready data: ``findings`` (kind, message, count) and the details.
+@dataclass(frozen=True)
+class _Facts:
+    """What the report is made of: per-class counts, duplicates, conflicts, leaks."""
 
-    ``near_distance`` is the hash radius of near-duplicate candidates, each confirmed in
-    pixel space; ``mirrored`` counts a mirror image as the same picture (hflip on)."""
+    n: int
+    per_class: dict[str, int]
+    imbalance: float
+    small: dict[str, int]
+    exact: list[list[int]]  # groups of the same bytes
+    near: list[Any]  # confirmed near-duplicate pairs (training.near_duplicates)
+    radius: int  # hash bits searched
+    conflicts: list[dict[str, Any]]
+    part: np.ndarray | None  # each image's split part
+    leaks: list[list[int]]  # duplicate groups across parts
+
+
+def _facts(
+    data: DecodedDataset,
+    split: Split | None,
+    min_per_class: int,
+    near_distance: int,
+    mirrored: bool,
+) -> _Facts:
     n = len(data.labels)
     counts = np.bincount(data.labels, minlength=len(data.classes))
     per_class = {c: int(k) for c, k in zip(data.classes, counts)}
@@ -124,36 +133,43 @@ def health_report(
 
     part = _split_of(split, n) if split is not None else None
     leaks = [g for g in groups if part is not None and len({part[i] for i in g}) > 1]
+    return _Facts(n, per_class, imbalance, small, exact, near, radius, conflicts, part, leaks)
 
-    def describe(group: list[int]) -> list[dict[str, Any]]:
-        return [
-            {
-                "path": data.paths[i],
-                "class": data.classes[data.labels[i]],
-                "split": part[i] if part is not None else None,
-            }
-            for i in group
-        ]
 
-    widths = np.array([w for w, _ in data.sizes]) if data.sizes else np.zeros(0)
-    heights = np.array([h for _, h in data.sizes]) if data.sizes else np.zeros(0)
+def _describe(
+    data: DecodedDataset, part: np.ndarray | None, group: list[int]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "path": data.paths[i],
+            "class": data.classes[data.labels[i]],
+            "split": part[i] if part is not None else None,
+        }
+        for i in group
+    ]
+
+
+def _count_findings(
+    data: DecodedDataset, f: _Facts, min_per_class: int, max_imbalance: float
+) -> list[Finding]:
+    """The findings on the images' numbers: imbalance, small classes, unreadable files."""
     findings: list[Finding] = []
-    if imbalance > max_imbalance:
+    if f.imbalance > max_imbalance:
         findings.append(
             Finding(
                 "imbalance",
-                f"imbalance ratio {imbalance:.1f} (largest / "
+                f"imbalance ratio {f.imbalance:.1f} (largest / "
                 f"smallest class) exceeds {max_imbalance:g}",
                 1,
             )
         )
-    if small:
+    if f.small:
         findings.append(
             Finding(
                 "small_class",
                 "classes with fewer than "
-                f"{min_per_class} images: " + ", ".join(f"{c} ({k})" for c, k in small.items()),
-                len(small),
+                f"{min_per_class} images: " + ", ".join(f"{c} ({k})" for c, k in f.small.items()),
+                len(f.small),
             )
         )
     if data.bad:
@@ -164,62 +180,99 @@ def health_report(
                 len(data.bad),
             )
         )
-    if exact:
+    return findings
+
+
+def _duplicate_findings(data: DecodedDataset, f: _Facts, near_distance: int) -> list[Finding]:
+    """The findings on duplicates: exact, near, a narrowed search, conflicts, leakage."""
+    findings: list[Finding] = []
+    if f.exact:
         findings.append(
             Finding(
                 "duplicates",
-                f"{sum(len(g) - 1 for g in exact)} exact "
-                f"duplicate file(s) in {len(exact)} group(s)",
-                len(exact),
+                f"{sum(len(g) - 1 for g in f.exact)} exact "
+                f"duplicate file(s) in {len(f.exact)} group(s)",
+                len(f.exact),
             )
         )
-    if near:
+    if f.near:
         findings.append(
             Finding(
-                "near_duplicates", f"{len(near)} near-duplicate pair(s) ({CONFIRMED_BY})", len(near)
+                "near_duplicates",
+                f"{len(f.near)} near-duplicate pair(s) ({CONFIRMED_BY})",
+                len(f.near),
             )
         )
-    if radius < near_distance:
+    if f.radius < near_distance:
         findings.append(
             Finding(
                 "near_duplicates_narrowed",
                 "the images are so alike that near-duplicate candidates within "
                 f"{near_distance} hash bits exceed the search's budget: searched within "
-                f"{radius} bits"
-                if radius >= 0
+                f"{f.radius} bits"
+                if f.radius >= 0
                 else "the images are so alike that even identical perceptual hashes exceed "
                 "the near-duplicate search's budget: no near-duplicate search",
                 1,
             )
         )
-    if conflicts:
-        first = conflicts[0]
+    return findings + _conflict_findings(data, f)
+
+
+def _conflict_findings(data: DecodedDataset, f: _Facts) -> list[Finding]:
+    """The same picture under two classes, and duplicate groups across the split."""
+    findings: list[Finding] = []
+    if f.conflicts:
+        first = f.conflicts[0]
         findings.append(
             Finding(
                 "label_conflicts",
-                f"{len(conflicts)} picture(s) filed under "
+                f"{len(f.conflicts)} picture(s) filed under "
                 f"two classes, e.g. {first['a']} ({first['a_class']}) ~ "
                 f"{first['b']} ({first['b_class']}), {first['how']}",
-                len(conflicts),
+                len(f.conflicts),
             )
         )
-    if leaks:
-        example = " ~ ".join(f"{d['path']} ({d['split']})" for d in describe(leaks[0])[:3])
+    if f.leaks:
+        described = _describe(data, f.part, f.leaks[0])[:3]
+        example = " ~ ".join(f"{d['path']} ({d['split']})" for d in described)
         findings.append(
             Finding(
                 "leakage",
-                f"{len(leaks)} duplicate group(s) cross the train/val/test split, e.g. {example}",
-                len(leaks),
+                f"{len(f.leaks)} duplicate group(s) cross the train/val/test split, e.g. {example}",
+                len(f.leaks),
             )
         )
+    return findings
+
+
+def health_report(
+    data: DecodedDataset,
+    split: Split | None = None,
+    *,
+    min_per_class: int = 10,
+    max_imbalance: float = 10.0,
+    near_distance: int = 10,
+    mirrored: bool = True,
+    max_listed: int = 50,
+) -> dict[str, Any]:
+    """The report as JSON-ready data: ``findings`` (kind, message, count) and the details.
+
+    ``near_distance`` is the hash radius of near-duplicate candidates, each confirmed in
+    pixel space; ``mirrored`` counts a mirror image as the same picture (hflip on)."""
+    f = _facts(data, split, min_per_class, near_distance, mirrored)
+    findings = _count_findings(data, f, min_per_class, max_imbalance)
+    findings += _duplicate_findings(data, f, near_distance)
+    widths = np.array([w for w, _ in data.sizes]) if data.sizes else np.zeros(0)
+    heights = np.array([h for _, h in data.sizes]) if data.sizes else np.zeros(0)
     return {
-        "images": n,
+        "images": f.n,
         "classes": len(data.classes),
-        "per_class": per_class,
-        "imbalance_ratio": imbalance,
-        "small_classes": small,
+        "per_class": f.per_class,
+        "imbalance_ratio": f.imbalance,
+        "small_classes": f.small,
         "unreadable": [{"path": p, "reason": r} for p, r in data.bad],
-        "exact_duplicates": [describe(g) for g in exact[:max_listed]],
+        "exact_duplicates": [_describe(data, f.part, g) for g in f.exact[:max_listed]],
         "near_duplicates": [
             {
                 "a": data.paths[p.i],
@@ -228,15 +281,15 @@ def health_report(
                 "similarity": p.similarity,
                 "mirrored": p.mirrored,
             }
-            for p in near[:max_listed]
+            for p in f.near[:max_listed]
         ],
         "near_duplicates_confirmed_by": CONFIRMED_BY,
-        "near_duplicates_radius": radius,  # hash bits searched (less than asked: narrowed)
-        "label_conflicts": conflicts[:max_listed],
-        "leakage": [describe(g) for g in leaks[:max_listed]],
+        "near_duplicates_radius": f.radius,  # hash bits searched (less than asked: narrowed)
+        "label_conflicts": f.conflicts[:max_listed],
+        "leakage": [_describe(data, f.part, g) for g in f.leaks[:max_listed]],
         "sizes": {"width": _stats(widths), "height": _stats(heights)},
         "modes": dict(Counter(data.modes)),
-        "findings": [f.__dict__ for f in findings],
+        "findings": [x.__dict__ for x in findings],
     }
 
 
