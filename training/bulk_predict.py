@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from training.acquisition import margins
 from training.data import IMAGE_EXTENSIONS, MAX_FILE_BYTES, DataError, ObjectReader
 from training.evaluate import predict_logits, predict_probs
+from training.model import head_prefix
 from training.predict import BadImage, Predictor, decode_image
 
 READ_THREADS = 8  # images read at once by one batch: a GET (or a cold disk) waits
@@ -58,10 +60,6 @@ def probs_and_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities (as ``predict_probs``) and, from the same pass, the
     features the head (the last Linear) is given: (N, classes), (N, D) float32."""
-    import torch
-
-    from training.model import head_prefix
-
     inner = getattr(model, "module", model)
     head = inner.get_submodule(head_prefix(inner)[:-1])
     seen: list[torch.Tensor] = []
