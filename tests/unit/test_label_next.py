@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from services.api.label_next_page import to_label_section
-from services.jobs.label_next_step import Candidates, ToLabel, pick, write_to_label
+from services.jobs.label_next_step import Candidates, ToLabel, pick, write_csv, write_to_label
 from training.bulk_predict import EMBED_FIELDS, SCHEMA, ImageSource
 
 OUT = pa.schema([*SCHEMA, *EMBED_FIELDS])
@@ -129,3 +129,46 @@ def test_the_cli_lines_show_the_first_ten():
         for i in range(1, 4)
     ]
     assert ToLabel(rows).lines()[1] == "     1  0.100  a (0.50)                 p1"
+
+
+def test_a_predict_jobs_page_shows_what_to_label_next_and_serves_the_sheet(tmp_path):
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from services.api import create_app
+    from services.config import Settings
+    from services.db import repo
+    from services.db.session import prepare_database, session_factory
+    from services.store.storage import open_store
+
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=SecretStr(f"sqlite:///{tmp_path / 'p.db'}"),
+        publish_events=False,
+    )
+    prepare_database(settings)
+    with session_factory(settings.db_url)() as s:
+        jobs = [
+            repo.create_job(
+                s, batch_id=b, dataset_uri="s3://d/p/", model_name="m", mode=m, hyperparameters={}
+            )[0]
+            for b, m in (("p-1", "predict"), ("p-2", "predict"), ("t-1", "train"))
+        ]
+        s.commit()
+        ranked, bare, trained = (j.id for j in jobs)
+    store = open_store(settings)
+    folder = tmp_path / "made"
+    folder.mkdir()
+    rows = [{"rank": 1, "path": "x/7.png", "margin": 0.02, "labels": ["7"], "probabilities": [0.5]}]
+    write_csv(folder / "to_label.csv", rows, 1)
+    store.put_file(f"predictions/job-{ranked}/to_label.csv", folder / "to_label.csv")
+    store.put_bytes(f"predictions/job-{ranked}/to_label.png", b"\x89PNG fake")
+    client = TestClient(create_app(settings))
+    page = client.get(f"/ui/jobs/{ranked}").text
+    assert 'id="label-next"' in page and "<td>x/7.png</td><td>7</td>" in page
+    assert f"/ui/jobs/{ranked}/to_label.png" in page
+    sheet = client.get(f"/ui/jobs/{ranked}/to_label.png")
+    assert sheet.status_code == 200 and sheet.headers["content-type"] == "image/png"
+    assert 'id="label-next"' not in client.get(f"/ui/jobs/{bare}").text  # no label_next
+    assert 'id="label-next"' not in client.get(f"/ui/jobs/{trained}").text
+    assert client.get(f"/ui/jobs/{bare}/to_label.png").status_code == 404
