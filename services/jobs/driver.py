@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int)
     p.add_argument("--model", help="with --dataset: predict with NAME[@alias|@vN] (mode predict)")
     p.add_argument("--out", help="with --model: a copy of the predictions goes here")
+    p.add_argument("--label-next", type=int, help="with --model: rank N images to label next")
     args = p.parse_args(argv)
     settings = Settings()
     job_id = args.job_id
@@ -418,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
             "model_name": args.model_name,
             "hyperparameters": hp,
         }
-        if args.model is not None or args.out is not None:  # checked by admit, as any field
-            body.update(mode="predict", model=args.model, out_uri=args.out)
+        if any(v is not None for v in (args.model, args.out, args.label_next)):  # admit checks
+            body.update(
+                mode="predict", model=args.model, out_uri=args.out, label_next=args.label_next
+            )
             del body["model_name"]
         request = admit(body, settings)  # a Ray job is a request like any other
         if isinstance(request, Rejection):

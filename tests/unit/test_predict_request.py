@@ -155,3 +155,16 @@ def test_the_cli_exits_2_for_a_label_next_out_of_bounds(tmp_path, capsys):
             )
         assert exit_.value.code == 2
         assert "label" in capsys.readouterr().err
+
+
+def test_a_ray_jobs_label_next_is_checked_like_the_queues(tmp_path, capsys):
+    from services.jobs.driver import main as job_main
+
+    with pytest.raises(SystemExit) as exit_:
+        job_main(["--dataset", "s3://nowhere/x/", "--label-next", "5"])  # no --model
+    assert exit_.value.code == 2
+    assert "model: a predict request names its model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        job_main(["--dataset", "s3://nowhere/x/", "--model", "m@v1", "--label-next", "-1"])
+    assert exit_.value.code == 2
+    assert "label_next:" in capsys.readouterr().err
