@@ -11,8 +11,10 @@ exactly as the predict app decodes one (``training.predict.decode_image``: RGB, 
 to the model's side) and the good ones go through the model in one pass, with model.pt's
 temperature (``training.evaluate.predict_probs``): the same probabilities as the app's.
 
-An image that cannot be read or decoded is a row with its ``error`` (empty labels), never
-a failed batch. Pure: no database, no store; pyarrow tables out.
+With ``embed`` (a predict job that ranks what to label next), each row also carries its
+margin and its embedding, the features the head sees, from the same forward pass
+(``probs_and_features``). An image that cannot be read or decoded is a row with its
+``error`` (empty labels), never a failed batch. Pure: no database, no store; pyarrow tables out.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
+from training.acquisition import margins
 from training.data import IMAGE_EXTENSIONS, MAX_FILE_BYTES, DataError, ObjectReader
-from training.evaluate import predict_probs
+from training.evaluate import predict_logits, predict_probs
+from training.model import head_prefix
 from training.predict import BadImage, Predictor, decode_image
 
 READ_THREADS = 8  # images read at once by one batch: a GET (or a cold disk) waits
@@ -45,6 +50,28 @@ SCHEMA = pa.schema(
 
 
 Listed = tuple[str, int, str]  # (path under the folder or prefix, size or -1, ETag or "")
+# with ``embed`` (what to label next): each row's margin (top1 - top2) and the features the
+# head sees (its embedding); both null for an unreadable image
+EMBED_FIELDS = (pa.field("margin", pa.float64()), pa.field("embedding", pa.list_(pa.float32())))
+
+
+def probs_and_features(
+    model: Any, images: np.ndarray, device: str = "cpu", temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities (as ``predict_probs``) and, from the same pass, the
+    features the head (the last Linear) is given: (N, classes), (N, D) float32."""
+    inner = getattr(model, "module", model)
+    head = inner.get_submodule(head_prefix(inner)[:-1])
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach().flatten(1).float().cpu())
+    )
+    try:
+        logits = predict_logits(model, images, device=device)
+    finally:
+        hook.remove()
+    probs = torch.softmax(torch.from_numpy(logits) / temperature, dim=1).numpy()
+    return probs, torch.cat(seen).numpy() if seen else np.zeros((0, 0), np.float32)
 
 
 def image_objects(objects: list[Listed], where: str) -> list[Listed]:
@@ -125,9 +152,14 @@ class BatchPredictor:
     """A loaded model answering whole batches of listed images (see the module)."""
 
     def __init__(
-        self, predictor: Predictor, source: ImageSource, k: int = 5, device: str = "cpu"
+        self,
+        predictor: Predictor,
+        source: ImageSource,
+        k: int = 5,
+        device: str = "cpu",
+        embed: bool = False,
     ) -> None:
-        self.predictor, self.source, self.device = predictor, source, device
+        self.predictor, self.source, self.device, self.embed = predictor, source, device, embed
         self.k = max(1, min(k, len(predictor.classes)))
         self.model = predictor.model.eval().to(device)
 
@@ -167,11 +199,20 @@ class BatchPredictor:
         )
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        """One output row per listed image, in the batch's order (``SCHEMA``)."""
+        """One output row per listed image, in the batch's order (``SCHEMA``, then
+        ``EMBED_FIELDS`` with ``embed``)."""
         decoded = self.decode(batch)
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-        probs = self.probs(np.stack([decoded[i] for i in good])) if good else None
         n = len(decoded)
+        probs = features = None
+        if good:
+            images = np.stack([decoded[i] for i in good])
+            if self.embed:
+                probs, features = probs_and_features(
+                    self.model, images, self.device, self.predictor.temperature
+                )
+            else:
+                probs = self.probs(images)
         label: list[str | None] = [None] * n
         prob: list[float | None] = [None] * n
         labels: list[list[str]] = [[] for _ in range(n)]
@@ -192,9 +233,23 @@ class BatchPredictor:
             probabilities,
             error,
         ]
-        return pa.Table.from_arrays(
+        table = pa.Table.from_arrays(
             [pa.array(c, type=f.type) for c, f in zip(columns, SCHEMA)], schema=SCHEMA
         )
+        return self._with_embeddings(table, good, probs, features) if self.embed else table
+
+    @staticmethod
+    def _with_embeddings(
+        table: pa.Table, good: list[int], probs: np.ndarray | None, features: np.ndarray | None
+    ) -> pa.Table:
+        margin: list[float | None] = [None] * table.num_rows
+        embedding: list[list[float] | None] = [None] * table.num_rows
+        if probs is not None and features is not None:
+            for row, (i, m) in enumerate(zip(good, margins(probs))):
+                margin[i], embedding[i] = float(m), features[row].tolist()
+        for f, values in zip(EMBED_FIELDS, (margin, embedding)):
+            table = table.append_column(f, pa.array(values, type=f.type))
+        return table
 
 
 def csv_table(table: pa.Table, k: int) -> pa.Table:

@@ -5,8 +5,8 @@ database and store on ``app.state``, the error handlers, one router per resource
 (routes/jobs.py, routes/models.py, routes/lineage.py, routes/health.py, routes/predict.py:
 it forwards to the model's own Serve application, services/registry/serving.py;
 routes/compare.py) and the pages (ui.py, compare_page.py, version_page.py: a version's
-model card); every successful GET carries an ETag and answers 304 to a matching
-If-None-Match (caching.py).
+model card; label_next_page.py: a predict job's images to label next); every successful
+GET carries an ETag and answers 304 to a matching If-None-Match (caching.py).
 ``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
 serve`` deploys it.
 
@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from services.api import compare_page, ui, version_page
+from services.api import compare_page, label_next_page, ui, version_page
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
@@ -77,6 +77,7 @@ def create_app(
         ui.router,
         compare_page.router,
         version_page.router,
+        label_next_page.router,
         docs_routes,
     ):
         app.include_router(router)

@@ -328,6 +328,7 @@ def _job_page(
     version_metrics: list[dict[str, Any] | None] | None = None,
     label_issues: dict[str, Any] | None = None,
     mlflow: dict[str, Any] | None = None,
+    label_next: str = "",
 ) -> str:
     info = [
         ("batch", job.batch_id),
@@ -357,6 +358,7 @@ def _job_page(
     )
     body += _health_section(health)
     body += _label_issues_section(label_issues, job.id, root)
+    body += label_next  # a predict job's "What to label next" (label_next_page.py)
     if rows:
         body += (
             f'<h2>Training curves</h2><img class="plot" id="curves" alt="training curves" '
@@ -451,7 +453,12 @@ async def job_page(request: Request, job_id: JobId, db: DbDep, store: StoreDep) 
         )
         for v in versions
     ]
-    page = _job_page(job, rows, versions, root, health, metrics, labels, mlflow)
+    label_next = ""
+    if job.mode == "predict":
+        from services.api.label_next_page import section  # it draws on this module
+
+        label_next = await section(store, job_id, root)
+    page = _job_page(job, rows, versions, root, health, metrics, labels, mlflow, label_next)
     return HTMLResponse(page)
 
 

@@ -1,5 +1,7 @@
-"""``colecionador predict --model NAME[@alias|@vN] --dataset URI [--out URI]``: bulk
-predictions on Ray Data (services/jobs/predict_step.py), recorded and run here as a job.
+"""``colecionador predict --model NAME[@alias|@vN] --dataset URI [--out URI] [--label-next
+N]``: bulk predictions on Ray Data (services/jobs/predict_step.py), recorded and run here
+as a job; with ``--label-next``, the N images to label next printed and written beside
+them (services/jobs/label_next_step.py).
 
 The request is checked as on the queue (the local user's own dataset and out paths
 excepted), and the model reference against the database, before anything is written: a
@@ -25,6 +27,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dataset", required=True, help="folder, file:// or s3:// prefix of images")
     p.add_argument("--out", help="also write predictions.parquet/.csv here (folder or s3://)")
     p.add_argument("--top-k", type=int, default=None, help="labels kept per image (default 5)")
+    p.add_argument(
+        "--label-next",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also rank the N images to label next: to_label.csv and .png (default 0: off)",
+    )
     p.add_argument("--workers", type=int, default=None, help="actors at most (default: workers)")
     p.add_argument(
         "--gpu",
@@ -56,6 +65,7 @@ def _request(
         "model": args.model,
         "out_uri": str(out.resolve()) if out else args.out,
         "top_k": args.top_k,
+        "label_next": args.label_next,
     }
     request = admit(body, settings, local_user=True)
     if isinstance(request, Rejection):

@@ -21,6 +21,7 @@ from training.hyperparams import Hyperparameters, Text, validation_message
 from tuning.spec import TuningSpec
 
 MAX_INT = 2**31 - 1  # PostgreSQL integer columns
+MAX_LABEL_NEXT = 1000  # label_next: the picks the driver ranks (it holds 2N embeddings)
 
 
 class TrainingRequest(BaseModel):
@@ -58,14 +59,22 @@ class TrainingRequest(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     tuning: TuningSpec | None = None
     # mode predict (bulk predictions, services/jobs/predict_step.py): the model to run, where
-    # a copy of the predictions goes (besides the job's folder in the store), and how many
-    # labels a row keeps
+    # a copy of the predictions goes (besides the job's folder in the store), how many
+    # labels a row keeps, and how many images to rank to label next (0: none)
     model: str | None = Field(None, max_length=300, description="NAME, NAME@ALIAS or NAME@vN")
     out_uri: Text | None = Field(
         None, min_length=1, max_length=2000, validation_alias=AliasChoices("out_uri", "outUri")
     )
     top_k: int | None = Field(
         None, ge=1, le=100, validation_alias=AliasChoices("top_k", "topK"), description="5"
+    )
+    label_next: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LABEL_NEXT,
+        strict=True,
+        validation_alias=AliasChoices("label_next", "labelNext"),
+        description="0 (off): how many images to rank to label next",
     )
 
     @field_validator("model")
@@ -76,9 +85,10 @@ class TrainingRequest(BaseModel):
     @model_validator(mode="after")
     def _predict_fields(self) -> TrainingRequest:
         """A predict request names its model (and its job the model's name); ``model``,
-        ``out_uri`` and ``top_k`` belong to predict requests only, ``tuning`` to tune ones."""
+        ``out_uri``, ``top_k`` and ``label_next`` belong to predict requests only, ``tuning``
+        to tune ones."""
         if self.mode != "predict":
-            for name in ("model", "out_uri", "top_k"):
+            for name in ("model", "out_uri", "top_k", "label_next"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: only a predict request (mode predict) has it")
             return self

@@ -40,7 +40,13 @@ from services.jobs import lifecycle, steps
 from services.jobs.card import write_model_card
 from services.jobs.ray_jobs import current_submission_id
 from services.registry import promotion
-from services.store.artifacts import MODEL_CARD_FILE, MODEL_FILE, event_key, version_prefix
+from services.store.artifacts import (
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    TO_LABEL_CSV,
+    event_key,
+    version_prefix,
+)
 from services.store.storage import Store, open_store
 from training.hyperparams import Hyperparameters, load_hyperparameters
 
@@ -61,13 +67,15 @@ class JobOutcome:
     event: dict[str, Any] | None = None
     training_time_s: float | None = None
     summary: str | None = None  # a predict job's one line (rows, model, version)
+    notes: list[str] = field(default_factory=list)  # ... and what to label next
 
     def lines(self) -> list[str]:
         """What a person reads: the verdict rule by rule, the metrics, the artifacts."""
         if self.status != "success":
             return [f"job {self.job_id} {self.status.upper()}: {self.error}"]
         if self.summary is not None:
-            return [self.summary, *(f"  {n:<21} {u}" for n, u in self.artifacts.items())]
+            artifacts = (f"  {n:<21} {u}" for n, u in self.artifacts.items())
+            return [self.summary, *self.notes, *artifacts]
         m = self.metrics or {}
         out = [f"job {self.job_id}: gate {(self.verdict or '').upper()} -> version {self.version}"]
         for rule in (self.gate or {}).get("rules", []):
@@ -288,6 +296,7 @@ def _predict(
         metrics={"rows": made.rows, "bad_rows": made.bad_rows},
         summary=f"job {job.id}: {made.rows} predictions ({made.bad_rows} unreadable) by "
         f"{made.model_name} v{made.version} in {made.seconds:.1f} s",
+        notes=made.to_label.lines(made.uris.get(TO_LABEL_CSV)) if made.to_label else [],
     )
 
 
@@ -395,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int)
     p.add_argument("--model", help="with --dataset: predict with NAME[@alias|@vN] (mode predict)")
     p.add_argument("--out", help="with --model: a copy of the predictions goes here")
+    p.add_argument("--label-next", type=int, help="with --model: rank N images to label next")
     args = p.parse_args(argv)
     settings = Settings()
     job_id = args.job_id
@@ -409,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
             "model_name": args.model_name,
             "hyperparameters": hp,
         }
-        if args.model is not None or args.out is not None:  # checked by admit, as any field
-            body.update(mode="predict", model=args.model, out_uri=args.out)
+        if any(v is not None for v in (args.model, args.out, args.label_next)):  # admit checks
+            body.update(
+                mode="predict", model=args.model, out_uri=args.out, label_next=args.label_next
+            )
             del body["model_name"]
         request = admit(body, settings)  # a Ray job is a request like any other
         if isinstance(request, Rejection):

@@ -13,7 +13,9 @@ with its reason, never a failed job; a model reference that names no version fai
 the actors must run where the folder is (as a local data set's decode tasks do); an S3
 prefix is read object by object by the actors themselves, on any node. A driver that dies
 half-way leaves no final status: the reconciler's next attempt predicts again and writes
-the same files over the first attempt's.
+the same files over the first attempt's. With ``label_next: N`` the actors also send each
+row's margin and embedding, and services/jobs/label_next_step.py writes to_label.csv and
+to_label.png beside the predictions, before the job's final status.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ from services.errors import StepFailed, one_line
 from services.events import outbox
 from services.events.schemas import PredictionsReadyEvent
 from services.intake.model_ref import ModelRef, resolve
+from services.jobs.label_next_step import Candidates, ToLabel, write_to_label
 from services.store.artifacts import (
     MODEL_FILE,
     PREDICTIONS_CSV,
     PREDICTIONS_PARQUET,
+    TO_LABEL_CSV,
+    TO_LABEL_PNG,
     predictions_prefix,
     version_prefix,
 )
@@ -76,6 +81,7 @@ class Predictions:
     uris: dict[str, str] = field(default_factory=dict)
     event: dict[str, Any] | None = None
     seconds: float = 0.0
+    to_label: ToLabel | None = None  # with label_next: the picks
 
 
 def resolve_model(job: TrainingJob, settings: Settings) -> ModelVersion:
@@ -121,7 +127,13 @@ class PredictActor:
     and the CSV's flat columns beside the lists (the driver only writes)."""
 
     def __init__(
-        self, package: Any, source: ImageSource, k: int, use_gpu: bool, model: tuple[str, int]
+        self,
+        package: Any,
+        source: ImageSource,
+        k: int,
+        use_gpu: bool,
+        model: tuple[str, int],
+        embed: bool = False,
     ) -> None:
         import ray
         import torch
@@ -131,7 +143,7 @@ class PredictActor:
         raw = ray.get(package) if isinstance(package, ray.ObjectRef) else package
         loaded = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.predict = BatchPredictor(Predictor.from_package(loaded), source, k, device)
+        self.predict = BatchPredictor(Predictor.from_package(loaded), source, k, device, embed)
         self.model_name, self.version, self.k = model[0], model[1], k
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
@@ -156,9 +168,10 @@ def prediction_stream(
     actors: int,
     model: tuple[str, int],
     batch_size: int = BATCH_SIZE,
+    embed: bool = False,
 ) -> Any:
-    """The Ray Data dataset of the predictions (``OUTPUT`` and ``csv_columns`` columns) by
-    ``model`` (its name and version):
+    """The Ray Data dataset of the predictions (``OUTPUT`` and ``csv_columns`` columns;
+    with ``embed``, each row's margin and embedding too) by ``model`` (name, version):
     the listing in blocks of ``batch_size``, through a pool of 1 to ``actors`` actors
     (one CPU, and one GPU with ``use_gpu``, each). A local folder's actors run on this
     node, where the folder is (``training.shards.this_node``): on a node that offers no
@@ -197,6 +210,7 @@ def prediction_stream(
             "k": k,
             "use_gpu": bool(placed["num_gpus"]),
             "model": model,
+            "embed": embed,
         },
         # all of them asked for at once, but the stream starts with the first one ready
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
@@ -207,11 +221,15 @@ def prediction_stream(
 
 
 def write_outputs(
-    stream: Any, folder: Path, k: int, on_batch: Callable[[int], None] = lambda _rows: None
+    stream: Any,
+    folder: Path,
+    k: int,
+    on_batch: Callable[[int], None] = lambda _rows: None,
+    keep: Callable[[pa.Table], None] | None = None,
 ) -> tuple[int, int]:
     """The stream's rows written as ``folder``/predictions.parquet and .csv, a batch at a
-    time (the driver never holds them all); ``on_batch(rows)`` after each. Returns (rows,
-    unreadable rows)."""
+    time (the driver never holds them all); ``on_batch(rows)`` after each, and ``keep``
+    given each batch when set (what to label next). Returns (rows, unreadable rows)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -226,6 +244,8 @@ def write_outputs(
                 if csv_writer is None:
                     csv_writer = pacsv.CSVWriter(folder / PREDICTIONS_CSV, table.schema)
                 csv_writer.write_table(table)
+                if keep is not None:
+                    keep(batch)
                 rows += batch.num_rows
                 bad += batch.num_rows - batch.column("error").null_count
                 on_batch(batch.num_rows)
@@ -236,12 +256,14 @@ def write_outputs(
 
 
 def upload(store: Store, job: TrainingJob, folder: Path, settings: Settings) -> dict[str, str]:
-    """The two files into the job's folder in the store, and into ``out_uri`` when the
-    request names one; their URIs (``out_*`` for the copies)."""
+    """The files made (the predictions; to_label.csv and .png when made) into the job's
+    folder in the store, and into ``out_uri`` when the request names one; their URIs
+    (``out_*`` for the copies)."""
     out_uri = (job.request or {}).get("out_uri")
     uris = {}
+    names = (PREDICTIONS_PARQUET, PREDICTIONS_CSV, TO_LABEL_CSV, TO_LABEL_PNG)
     try:
-        for name in (PREDICTIONS_PARQUET, PREDICTIONS_CSV):
+        for name in (n for n in names if (folder / n).exists()):
             uris[name] = store.put_file(predictions_prefix(job.id) + name, folder / name)
             if out_uri:
                 uris[f"out_{name}"] = put_file_at(out_uri, name, folder / name, settings)
@@ -302,6 +324,8 @@ def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Pre
         raise StepFailed("model", f"model.pt of {mv.model_name} v{mv.version}: {e}") from None
     steps.on_the_cluster(job, settings)  # Ray up, the store checked, GPUs decided
     actors, k = _actors(job, settings), int((job.request or {}).get("top_k") or DEFAULT_TOP_K)
+    label_next = int((job.request or {}).get("label_next") or 0)
+    candidates = Candidates(label_next) if label_next else None
     where = "GPU" if job.use_gpu else "CPU"
     say(
         f"predict: {len(listing)} images with {mv.model_name} v{mv.version}, "
@@ -316,21 +340,26 @@ def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Pre
         use_gpu=bool(job.use_gpu),
         actors=actors,
         model=(mv.model_name, mv.version),
+        embed=candidates is not None,
     )
+    to_label = None
     with tempfile.TemporaryDirectory(prefix="colecionador-predict-") as tmp:
         try:
-            rows, bad = write_outputs(stream, Path(tmp), k)
+            keep = candidates.add if candidates is not None else None
+            rows, bad = write_outputs(stream, Path(tmp), k, keep=keep)
         except StepFailed:
             raise
         except Exception as e:  # noqa: BLE001 - Ray Data's error wraps the actor's
             raise StepFailed("predict", one_line(e.__cause__ or e)) from e
+        if candidates is not None:
+            to_label = write_to_label(Path(tmp), candidates, k, (source, listing), say)
         uris = upload(store, job, Path(tmp), settings)
     seconds = time.perf_counter() - t0
     say(
         f"predict: {rows} rows ({bad} unreadable) in {seconds:.1f} s -> {uris[PREDICTIONS_PARQUET]}"
     )
-    made = Predictions(mv.model_name, mv.version, rows, bad, uris, seconds=seconds)
+    made = Predictions(mv.model_name, mv.version, rows, bad, uris, None, seconds, to_label)
     event = finish(settings, job, made)
     if event is None:  # cancelled meanwhile: it keeps nothing
         store.delete_prefix(predictions_prefix(job.id))
-    return Predictions(mv.model_name, mv.version, rows, bad, uris, event, seconds)
+    return Predictions(mv.model_name, mv.version, rows, bad, uris, event, seconds, to_label)

@@ -78,10 +78,13 @@ def decoded_manifest_key(fingerprint: str, image_size: int) -> str:
 PREDICTIONS = "predictions"  # bulk predictions (mode predict), one folder per job
 PREDICTIONS_PARQUET = "predictions.parquet"  # path, top-k labels and probabilities, version
 PREDICTIONS_CSV = "predictions.csv"  # the same rows, the top-k spread over columns
+TO_LABEL_CSV = "to_label.csv"  # label_next: the images to label next, ranked (rank, margin, top-k)
+TO_LABEL_PNG = "to_label.png"  # ... and the first of them as a contact sheet
 
 
 def predictions_prefix(job_id: int) -> str:
-    """predictions/job-<id>/: a predict job's output (parquet and CSV)."""
+    """predictions/job-<id>/: a predict job's output (parquet and CSV; with label_next,
+    to_label.csv and .png)."""
     return f"{PREDICTIONS}/job-{job_id}/"
 
 

@@ -1,7 +1,8 @@
 """Bulk predictions (mode predict) on the session's Ray cluster, PostgreSQL, the S3 server
 and RabbitMQ: a tiny model trained by a real job, then its predictions for a folder with a
 corrupt image and for an S3 prefix, read back with pyarrow; the PredictionsReady event on
-the events queue; a reference that names no version fails the job, saying so."""
+the events queue; a reference that names no version fails the job, saying so; with
+label_next, to_label.csv and to_label.png beside the predictions."""
 
 from __future__ import annotations
 
@@ -146,3 +147,32 @@ def test_an_s3_prefix_is_read_in_place_and_a_missing_model_fails_the_job(trained
     )
     assert outcome.status == "failed"
     assert outcome.error == f"model: model '{model}' has no version 7"
+
+
+def test_label_next_ranks_the_pool_beside_the_predictions(trained):
+    settings, model, home, _ = trained
+    folder = write_dataset(home / "pool", classes=3, per_class=6, size=16, corrupt=1, seed=11)
+    job, outcome = _predict(
+        settings, "bulk-label-next", dataset_uri=str(folder), model=model, top_k=2, label_next=5
+    )
+    assert outcome.status == "success", outcome.error
+    store = open_store(settings)
+    prefix = f"predictions/job-{job.id}/"
+    table = pq.read_table(io.BytesIO(store.get_bytes(prefix + "predictions.parquet")))
+    assert table.num_rows == 19 and "embedding" not in table.column_names
+    good = [r for r in table.to_pylist() if r["error"] is None]
+    margin = {r["path"]: r["probabilities"][0] - r["probabilities"][1] for r in good}
+    picks = pacsv.read_csv(io.BytesIO(store.get_bytes(prefix + "to_label.csv"))).to_pylist()
+    assert [p["rank"] for p in picks] == [1, 2, 3, 4, 5]
+    assert len({p["path"] for p in picks}) == 5  # and each one readable:
+    for p in picks:
+        assert p["margin"] == pytest.approx(margin[p["path"]], abs=1e-5)
+        assert p["label_1"] == next(r["label"] for r in good if r["path"] == p["path"])
+    assert picks[0]["margin"] == pytest.approx(min(margin.values()), abs=1e-5)
+    ten_least = sorted(margin.values())[9]  # every pick among the 2N most uncertain
+    assert all(p["margin"] <= ten_least + 1e-5 for p in picks)
+    assert store.get_bytes(prefix + "to_label.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = outcome.lines()
+    assert "what to label next: 5 images (rank, margin, predicted label)" in lines
+    assert any(line.strip().startswith("1 ") and picks[0]["path"] in line for line in lines)
+    assert outcome.artifacts["to_label.csv"].endswith(prefix + "to_label.csv")

@@ -21,8 +21,10 @@ from training.bulk_predict import (
     list_folder,
 )
 from training.data import DataError
+from training.evaluate import predict_logits
 from training.hyperparams import Hyperparameters
-from training.model import build_model, export_model
+from training.label_issues import feature_extractor
+from training.model import build_model, export_model, head_prefix
 from training.predict import Predictor, decode_image
 
 CLASSES = ["cat", "dog", "owl"]
@@ -171,3 +173,30 @@ def test_a_store_that_cannot_be_reached_fails_the_batch_not_a_row(predictor):
 
     with pytest.raises(RuntimeError, match="connection refused"):  # the job fails, saying so
         BatchPredictor(predictor, ImageSource(reader=Away()))(_batch([("a.png", 10, "e")]))
+
+
+def test_with_embed_each_row_has_its_margin_and_the_features_the_head_sees(folder, predictor):
+    listing = list_folder(folder)
+    source = ImageSource(root=str(folder))
+    plain = BatchPredictor(predictor, source, k=3)(_batch(listing))
+    table = BatchPredictor(predictor, source, k=3, embed=True)(_batch(listing))
+    assert table.schema.names == [*SCHEMA.names, "margin", "embedding"]
+    for same, row in zip(plain.to_pylist(), table.select(SCHEMA.names).to_pylist()):
+        assert (same["path"], same["labels"], same["error"]) == (
+            row["path"],
+            row["labels"],
+            row["error"],
+        )
+        np.testing.assert_allclose(same["probabilities"], row["probabilities"], rtol=1e-6)
+    head = predictor.model.get_submodule(head_prefix(predictor.model)[:-1])
+    raw = np.stack([decode_image((folder / "0.png").read_bytes(), 32)])
+    features = predict_logits(feature_extractor(predictor.model), raw)[0]
+    for row in table.to_pylist():
+        if row["error"] is not None:
+            assert row["margin"] is None and row["embedding"] is None
+            continue
+        p = row["probabilities"]
+        assert row["margin"] == pytest.approx(p[0] - p[1], abs=1e-6)
+        assert len(row["embedding"]) == head.in_features
+    zero = next(r for r in table.to_pylist() if r["path"] == "0.png")
+    np.testing.assert_allclose(zero["embedding"], features, rtol=1e-4, atol=1e-5)

@@ -111,3 +111,60 @@ def test_a_ray_job_predict_request_is_checked_like_the_queues(tmp_path, capsys):
         job_main(["--dataset", "s3://nowhere/x/", "--out", "s3://nowhere/y/"])
     assert exit_.value.code == 2
     assert "model: a predict request names its model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "kept"), [(0, 0), (1, 1), (30, 30), (1000, 1000)])
+def test_label_next_is_a_count_of_images_zero_for_none(tmp_path, settings, value, kept):
+    request = admit(_predict(tmp_path, label_next=value), settings)
+    assert not isinstance(request, Rejection), request.reason
+    assert request.label_next == kept and request.to_json()["label_next"] == kept
+    camel = admit(_predict(tmp_path, labelNext=value), settings)
+    assert not isinstance(camel, Rejection) and camel.label_next == kept
+
+
+@pytest.mark.parametrize(
+    "value", [-1, 1001, 2**31, 2**63, True, False, "30", 30.0, 1e308, float("nan"), [30], {}]
+)
+def test_a_hostile_label_next_is_refused_naming_the_field(tmp_path, settings, value):
+    rejected = admit(_predict(tmp_path, label_next=value), settings)
+    assert isinstance(rejected, Rejection), rejected
+    assert rejected.field == "label_next", rejected.reason
+
+
+def test_label_next_belongs_to_predict_requests(tmp_path, settings):
+    body = {"batch_id": "t-1", "dataset_uri": f"{tmp_path}/data/x", "label_next": 30}
+    rejected = admit(body, settings)
+    assert isinstance(rejected, Rejection) and rejected.field == "label_next"
+    assert "only a predict request" in rejected.reason
+
+
+def test_the_cli_exits_2_for_a_label_next_out_of_bounds(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    for bad in ("-3", "5000", "ten"):
+        with pytest.raises(SystemExit) as exit_:
+            main(
+                [
+                    "predict",
+                    "--model",
+                    "m@v1",
+                    "--dataset",
+                    str(tmp_path / "imgs"),
+                    "--label-next",
+                    bad,
+                ]
+            )
+        assert exit_.value.code == 2
+        assert "label" in capsys.readouterr().err
+
+
+def test_a_ray_jobs_label_next_is_checked_like_the_queues(tmp_path, capsys):
+    from services.jobs.driver import main as job_main
+
+    with pytest.raises(SystemExit) as exit_:
+        job_main(["--dataset", "s3://nowhere/x/", "--label-next", "5"])  # no --model
+    assert exit_.value.code == 2
+    assert "model: a predict request names its model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        job_main(["--dataset", "s3://nowhere/x/", "--model", "m@v1", "--label-next", "-1"])
+    assert exit_.value.code == 2
+    assert "label_next:" in capsys.readouterr().err
