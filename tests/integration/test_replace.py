@@ -58,7 +58,7 @@ def _env(cluster: LocalRayCluster, base: dict[str, str]) -> dict[str, str]:
 
 def _up(env: dict[str, str]) -> str:
     cli = str(Path(sys.executable).with_name("colecionador"))
-    argv = [cli, "up", "--port", str(free_port()), "--no-predict"]
+    argv = [cli, "up", "--port", str(free_port())]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -69,6 +69,7 @@ def _job(pg_url: str, batch: str):
         return repo.get_job_by_batch(s, batch)
 
 
+@pytest.mark.skip(reason="written, not yet run green: next session (issue #30)")
 def test_a_replaced_cluster_resumes_the_job_in_flight_and_consumes_the_gap(
     s3_server, pg_url, queues, tmp_path
 ):
