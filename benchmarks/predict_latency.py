@@ -39,12 +39,18 @@ MODEL = "bench-digits"
 def make_model(home: Path, backbone: str, image_size: int):
     """Settings on a temp home, model.pt stored as v1 of MODEL and promoted to production;
     returns (settings, the model.pt package, one PNG digit)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     from services.config import Settings
+
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'bench.db'}")
+    package = store_promoted(settings, MODEL, backbone, image_size)
+    return settings, package, digit_png()
+
+
+def store_promoted(settings: Any, model: str, backbone: str, image_size: int) -> dict[str, Any]:
+    """An untrained ``backbone`` for the ten digits stored as v1 of ``model`` in the
+    settings' store and database, promoted to production; returns the model.pt package."""
+    import torch
+
     from services.db import repo
     from services.db.session import prepare_database, session_factory
     from services.registry import promotion
@@ -53,21 +59,20 @@ def make_model(home: Path, backbone: str, image_size: int):
     from training.hyperparams import Hyperparameters
     from training.model import build_model, export_model
 
-    settings = Settings(home=home, database_url=f"sqlite:///{home / 'bench.db'}")
     prepare_database(settings)
     torch.manual_seed(0)
     hp = Hyperparameters(backbone=backbone, image_size=image_size)
     package = export_model(build_model(backbone, 10), hp, [str(d) for d in range(10)])
     buf = io.BytesIO()
     torch.save(package, buf)
-    uri = open_store(settings).put_bytes(version_prefix(MODEL, 1) + MODEL_FILE, buf.getvalue())
+    uri = open_store(settings).put_bytes(version_prefix(model, 1) + MODEL_FILE, buf.getvalue())
     with session_factory(settings.db_url)() as s:
         job, _ = repo.create_job(
-            s, batch_id="bench", dataset_uri="x", model_name=MODEL, hyperparameters={}
+            s, batch_id=f"bench-{model}", dataset_uri="x", model_name=model, hyperparameters={}
         )
         mv = repo.reserve_version(
             s,
-            MODEL,
+            model,
             job_id=job.id,
             accuracy=1.0,
             precision=1.0,
@@ -77,12 +82,21 @@ def make_model(home: Path, backbone: str, image_size: int):
             gate={"status": "approved", "rules": []},
             model_path=uri,
         )
-        promotion.auto_promote(s, settings, MODEL, mv.version, job.id)
+        promotion.auto_promote(s, settings, model, mv.version, job.id)
         s.commit()
+    return package
+
+
+def digit_png() -> bytes:
+    """One of sklearn's digits as PNG bytes."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
     digit = load_digits().images[0]
     png = io.BytesIO()
     Image.fromarray((digit * (255 / 16)).astype(np.uint8)).save(png, format="PNG")
-    return settings, package, png.getvalue()
+    return png.getvalue()
 
 
 def _summary(latencies: list[float], sent: int, elapsed: float) -> dict[str, Any]:

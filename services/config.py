@@ -101,7 +101,15 @@ class Settings(BaseSettings):
     # the head by default, whose node holds the settings, beside the ingress actor; the
     # predict applications' anywhere, or e.g. {"gpu_node": 0.01} on a node type
     api_resources: dict[str, float] = Field(default_factory=lambda: {HEAD_NODE: 0.001})
+    # where a job's driver runs (the Ray job's entrypoint_resources; it reserves no CPU, so
+    # it never takes one from a Train worker): the head by default, the node that holds
+    # the local data sets it lists and decodes
+    driver_resources: dict[str, float] = Field(default_factory=lambda: {HEAD_NODE: 0.001})
     predict_resources: dict[str, float] = Field(default_factory=dict)
+    # at most this many replicas of one model on a node (Serve's max_replicas_per_node):
+    # 1 spreads a model's replicas over the nodes, so one node lost takes one replica;
+    # None: Serve places them where they fit
+    predict_max_replicas_per_node: int | None = Field(None, ge=1, le=100)
 
     @cached_property
     def resolved_home(self) -> Path:
@@ -140,7 +148,7 @@ class Settings(BaseSettings):
         """Weights may also be a version's model.pt: the store's models/."""
         return [*self.data_roots(), self.store.rstrip("/") + "/models"]
 
-    @field_validator("worker_resources", "api_resources", "predict_resources")
+    @field_validator("worker_resources", "api_resources", "predict_resources", "driver_resources")
     @classmethod
     def _resources(cls, v: dict[str, float]) -> dict[str, float]:
         for name, amount in v.items():

@@ -138,6 +138,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     cluster = LocalRayCluster(
         num_cpus=2, env={"COLECIONADOR_SECRETS_DIR": str(secrets), **ingress, **drain}
     )
+    cluster.secrets_dir = secrets  # give_node writes more there
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
     # Ray caches its auth mode and token per process (a module imported at collection
@@ -159,6 +160,33 @@ def ray_cluster(s3_server, tmp_path_factory):
                 os.environ[k] = v
 
 
+def give_node(cluster, settings=None, **env: str) -> None:
+    """Give the cluster's node the secrets of ``settings`` (every value that stays on the
+    node: services/replica_settings.py) and ``env``'s COLECIONADOR_* secrets, as files of
+    its COLECIONADOR_SECRETS_DIR, as an operator gives every node: a Serve replica reads
+    them there and checks them against the fingerprints of the process that deployed it."""
+    from pydantic import SecretStr
+
+    from services.config import Settings
+    from services.replica_settings import SECRET_FIELDS, stays_on_node
+
+    given = {}
+    if settings is not None:
+        for name in Settings.model_fields:
+            value = getattr(settings, name)
+            if value is not None and stays_on_node(name, value):
+                given[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    for key, value in env.items():
+        name = key.removeprefix("COLECIONADOR_").lower()
+        typed = SecretStr(value) if name in SECRET_FIELDS else value
+        if name in Settings.model_fields and stays_on_node(name, typed):
+            given[name] = value
+    for name, value in given.items():
+        path = cluster.secrets_dir / f"colecionador_{name}"
+        path.write_text(str(value))
+        path.chmod(0o600)
+
+
 def cli_env(settings, cluster, write_token: str, read_token: str) -> dict[str, str]:
     """The environment of a ``colecionador`` command run as a subprocess against the
     session's cluster with these settings: this process's environment without its own
@@ -171,10 +199,11 @@ def cli_env(settings, cluster, write_token: str, read_token: str) -> dict[str, s
         COLECIONADOR_RAY_ADDRESS=cluster.address,
         COLECIONADOR_API_TOKEN=write_token,
         COLECIONADOR_API_READ_TOKEN=read_token,
-        COLECIONADOR_S3_SECRET_KEY=settings.s3_secret_key.get_secret_value(),
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(cluster.token_path),
     )
+    if settings.s3_secret_key is not None:
+        env["COLECIONADOR_S3_SECRET_KEY"] = settings.s3_secret_key.get_secret_value()
     return env
 
 

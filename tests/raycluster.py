@@ -105,6 +105,15 @@ class LocalRayCluster:
     def tail(self, n: int = 4000) -> str:
         return self.log_path.read_bytes()[-n:].decode(errors="replace")
 
+    def kill(self) -> None:
+        """The whole cluster lost at once (a head machine gone): every process of it
+        killed with SIGKILL, nothing shut down cleanly; then its folder removed."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.stop(timeout=10)
+
     def stop(self, timeout: float = 60.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

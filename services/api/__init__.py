@@ -117,7 +117,8 @@ def api_application(settings: Settings, **kw: Any) -> Any:
     elsewhere would answer from an empty one."""
     from services.api.deployment import api_deployment
     from services.jobs.ray_jobs import refuse_embedded
+    from services.replica_settings import ReplicaSettings
 
     refuse_embedded(settings, ("database", "store"))
 
-    return api_deployment(settings, **kw).bind()
+    return api_deployment(settings, **kw).bind(ReplicaSettings.of(settings))

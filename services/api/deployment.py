@@ -27,6 +27,7 @@ from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from services.api import CANCEL_WAIT_S, create_app
 from services.config import Settings
+from services.replica_settings import ReplicaSettings
 
 DEPLOYMENT_NAME = "colecionador-api"
 
@@ -77,8 +78,8 @@ def api_deployment(
     replica count follows the load and ``num_replicas`` is ignored.
     ``max_queued_requests=-1`` turns shedding off (Serve's default: an unbounded queue).
     ``user_config`` is data Serve keeps with the deployment and shows in its status
-    (``colecionador up`` stores its recipe there); the replicas only note it."""
-    app = create_app(settings, cancel_wait_s=cancel_wait_s, db_threads=max_ongoing_requests)
+    (``colecionador up`` stores its recipe there); the replicas only note it. Bind it
+    to ``ReplicaSettings.of(settings)``: the replica builds the app on its node."""
     scale: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config}
         if autoscaling_config is not None
@@ -94,9 +95,18 @@ def api_deployment(
         user_config=user_config,
         **scale,
     )
-    @serve.ingress(app)
+    @serve.ingress()
     class ColecionadorApi:
-        """colecionador's HTTP API (services.api.create_app)."""
+        """colecionador's HTTP API (services.api.create_app), built on the replica from
+        settings whose secrets it reads on its node (services/replica_settings.py)."""
+
+        def __init__(self, sent: ReplicaSettings):
+            self.settings = sent.resolve()
+
+        def __serve_build_asgi_app__(self) -> Any:
+            return create_app(
+                self.settings, cancel_wait_s=cancel_wait_s, db_threads=max_ongoing_requests
+            )
 
         def reconfigure(self, config: dict[str, Any]) -> None:
             """Serve hands over the deployment's ``user_config``: kept, nothing else."""
@@ -120,5 +130,8 @@ def build_api(args: dict[str, Any]) -> Application:
     (``services.api.deployment:build_api``): its settings are the environment and the
     secrets folder of the process that builds it, a pod of the cluster, never the config."""
     parsed = ApiArgs.model_validate(args)
-    app: Application = api_deployment(Settings(), cancel_wait_s=parsed.cancel_wait_s).bind()
+    settings = Settings()
+    app: Application = api_deployment(settings, cancel_wait_s=parsed.cancel_wait_s).bind(
+        ReplicaSettings.of(settings)
+    )
     return app

@@ -16,9 +16,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 from services.config import Settings
+from services.replica_settings import carries_credentials as carries_credentials  # re-exported
+from services.replica_settings import stays_on_node
 
 NAMESPACE = "colecionador"
 STOP_WAIT_S = 30.0  # how long stop_and_wait waits for the Ray job to end
@@ -146,20 +149,6 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def carries_credentials(value: str) -> bool:
-    """A URL that may carry a secret in any part: a password in its user info
-    (postgresql://u:p@h/db, amqp://u:p@h/), or any query or fragment at all
-    (``?password=...``, ``?sslkey=...``, ``#token``): only a plainly credential-free URL
-    may travel."""
-    if "://" not in value:
-        return False
-    try:
-        parts = urlsplit(value)
-    except ValueError:  # not a URL urllib can read: keep it home
-        return True
-    return ":" in parts.netloc.rpartition("@")[0] or "?" in value or "#" in value
-
-
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as COLECIONADOR_* variables, for the job drivers the ingress submits,
     less every secret: a Ray job's runtime_env is readable by anyone with the dashboard
@@ -167,18 +156,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     The drivers read secrets from their node (environment or COLECIONADOR_SECRETS_DIR)."""
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if name in URL_SETTINGS:  # a URL travels when it holds no password
+        if stays_on_node(name, value):
+            continue  # tokens, keys and URLs with credentials: never
+        if isinstance(value, SecretStr):  # a URL without credentials travels
             value = value.get_secret_value()
-        elif hasattr(value, "get_secret_value"):
-            continue  # tokens and keys: never
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
-        if carries_credentials(text):
-            continue
         env[f"COLECIONADOR_{name.upper()}"] = text
     return env
-
-
-URL_SETTINGS = ("database_url", "broker_url", "mlflow_tracking_uri")
 
 
 class JobServerError(RuntimeError):
@@ -230,6 +214,9 @@ class RayJobs:
                     entrypoint=f"{sys.executable} -m services.jobs --job-id {job_id}",
                     submission_id=sid,
                     runtime_env={"env_vars": settings_env(self.settings)},
+                    # placed on purpose, reserving no CPU a Train worker would wait for
+                    entrypoint_num_cpus=0,
+                    entrypoint_resources=dict(self.settings.driver_resources) or None,
                     metadata={
                         "colecionador_job_id": str(job_id),
                         "colecionador_attempt": str(attempt),

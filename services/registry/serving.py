@@ -38,6 +38,7 @@ from services.metrics import process as metrics
 from services.registry.apps import DEPLOYMENT_NAME, app_name
 from services.registry.hard_case_rules import HardCases
 from services.registry.hard_cases import HardCaseKeeper
+from services.replica_settings import ReplicaSettings
 from services.store.artifacts import MODEL_FILE, version_prefix
 from services.store.storage import open_store
 
@@ -72,7 +73,7 @@ class ModelServer:
 
     def __init__(
         self,
-        settings: Settings,
+        sent: ReplicaSettings,
         model_name: str,
         alias: str = "production",
         version: int | None = None,
@@ -85,6 +86,7 @@ class ModelServer:
         import torch
 
         torch.set_num_threads(torch_threads)
+        settings = sent.resolve()  # its secrets read on this node
         self.settings, self.model_name, self.alias, self.pinned = (
             settings,
             model_name,
@@ -265,6 +267,8 @@ def predict_application(
         if autoscaling_config is not None
         else {"num_replicas": num_replicas}
     )
+    if settings.predict_max_replicas_per_node is not None:
+        scale["max_replicas_per_node"] = settings.predict_max_replicas_per_node
     deployment = serve.deployment(
         ModelServer,
         name=DEPLOYMENT_NAME,
@@ -274,7 +278,7 @@ def predict_application(
         **scale,
     )
     return deployment.bind(  # type: ignore[attr-defined]  # a Deployment: Ray's overloads miss (cls, **options)
-        settings,
+        ReplicaSettings.of(settings),  # never the secrets: Serve keeps init args in the GCS
         model_name,
         alias,
         version,

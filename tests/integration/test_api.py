@@ -42,6 +42,7 @@ from tests.conftest import (
     TINY,
     cli_env,
     fresh_database,
+    give_node,
     wait_until,
     write_dataset,
 )
@@ -106,6 +107,7 @@ def api(ray_cluster, s3_server, api_db, tmp_path_factory):
         api_read_token=None,
         dataset_roots=f"{home},s3://d",
     )
+    give_node(ray_cluster, settings, COLECIONADOR_API_READ_TOKEN=READ)  # as every node has
     data = write_dataset(home / "data")
 
     def request(batch: str, uri: str, **hp) -> TrainingRequest:

@@ -32,7 +32,15 @@ from services.intake.request import TrainingRequest
 from services.jobs.driver import run_job
 from services.registry.serving import deploy_model
 from services.store.storage import open_store
-from tests.conftest import AMQP_URL, SESSION, TINY, cli_env, fresh_database, wait_until
+from tests.conftest import (
+    AMQP_URL,
+    SESSION,
+    TINY,
+    cli_env,
+    fresh_database,
+    give_node,
+    wait_until,
+)
 from tests.raycluster import free_port
 from training.hyperparams import Hyperparameters
 
@@ -70,6 +78,7 @@ def served(ray_cluster, s3_server, tmp_path_factory):
             api_writers=SecretStr(f"ana=ana-{WRITE},bob=bob-{WRITE}"),
             dataset_roots=str(home),
         )
+        give_node(ray_cluster, settings, COLECIONADOR_API_READ_TOKEN=READ)  # as every node has
         data = write_digits(home, range(0, 3))  # the demo's digits, three classes
         for folder in data.iterdir():  # 40 of each: a few seconds a job
             for extra in sorted(folder.glob("*.png"))[40:]:

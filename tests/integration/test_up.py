@@ -25,7 +25,7 @@ from services.deploy.options import UpOptions
 from services.deploy.serve_state import serve_state
 from services.deploy.up import down, up
 from services.registry.apps import app_name
-from tests.conftest import cli_env
+from tests.conftest import cli_env, give_node
 from tests.factories import add_version
 from tests.raycluster import free_port
 
@@ -71,6 +71,7 @@ def test_up_creates_keeps_replaces_and_down_removes(
         ray_auth_token_path=ray_cluster.token_path,
         api_token=SecretStr(WRITE),
     )
+    give_node(ray_cluster, settings)  # the operator's secrets, on every node
     said: list[str] = []
 
     def say(line) -> None:
@@ -121,6 +122,7 @@ def test_up_creates_keeps_replaces_and_down_removes(
         changed = settings.model_copy(
             update={"reconcile_interval_s": 7.0, "api_token": SecretStr(rotated)}
         )
+        give_node(ray_cluster, changed)  # rotated on every node first, then `up`
         lines = up(changed, more, say=say)
         assert _actions(lines) == {
             "database": "kept",
@@ -148,8 +150,8 @@ def test_up_creates_keeps_replaces_and_down_removes(
             assert [v.version for v in repo.versions(s, model)] == [1]
 
         # `colecionador up` again, from the command line: every thing back, exit 0
-        cli_settings = changed.model_copy(update={"s3_secret_key": SecretStr("unused")})
-        env = cli_env(cli_settings, ray_cluster, rotated, "r-" + uuid.uuid4().hex)
+        env = cli_env(changed, ray_cluster, rotated, "r-" + uuid.uuid4().hex)
+        give_node(ray_cluster, **env)
         cli = Path(sys.executable).with_name("colecionador")
         argv = [str(cli), "up", "--port", str(options.port), "--prefetch", "8"]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)

@@ -64,6 +64,8 @@ SAFE_DEFAULTS = {
     "worker_resources": "none: a Train worker asks Ray for a CPU, or a GPU on a GPU cluster",
     "api_resources": "the head by default (beside the ingress actor)",
     "predict_resources": "none: predict replicas go where Serve has room",
+    "predict_max_replicas_per_node": "none: Serve places replicas where they fit",
+    "driver_resources": "the head by default (where the data sets and the settings are)",
     "mlflow_tracking_uri": "none: MLflow tracking is optional (docs/operations/mlflow.md)",
     "mlflow_timeout_s": "a timeout with a default",
 }

@@ -186,11 +186,12 @@ def test_a_replicas_predict_calls_are_counted_by_version_and_code(tmp_path, monk
     with the version that answered, the code and the images; a call that raises, as 500."""
     from benchmarks.predict_latency import MODEL, make_model
     from services.registry import serving
+    from services.replica_settings import ReplicaSettings
 
     settings, _package, png = make_model(tmp_path, "mobilenet_v3_small", 32)
     seen: list[tuple] = []
     monkeypatch.setattr(process, "predict_answered", lambda *a: seen.append(a))
-    server = serving.ModelServer(settings, MODEL, reload_s=3600)
+    server = serving.ModelServer(ReplicaSettings.of(settings), MODEL, reload_s=3600)
 
     async def one_call_batches(call: tuple) -> dict:
         return (await asyncio.to_thread(server.answer, [call]))[0]

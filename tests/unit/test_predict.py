@@ -101,15 +101,16 @@ def test_a_replica_answers_503_until_production_is_set_then_follows_the_alias(tm
     from services.db.session import session_factory
     from services.registry import promotion
     from services.registry.serving import ModelServer
+    from services.replica_settings import ReplicaSettings
 
     settings, _package, png = make_model(tmp_path, "mobilenet_v3_small", 32)
     with session_factory(settings.db_url)() as s:
         repo.set_promotion_mode(s, "other", "manual")
-    empty = ModelServer(settings, "other", reload_s=3600)
+    empty = ModelServer(ReplicaSettings.of(settings), "other", reload_s=3600)
     (answer,) = empty.answer([([png], 5)])
     assert answer["status"] == 503 and "no version of other behind 'production'" in answer["error"]
 
-    server = ModelServer(settings, MODEL, reload_s=3600)
+    server = ModelServer(ReplicaSettings.of(settings), MODEL, reload_s=3600)
     answer, bad = server.answer([([png, png], 2), ([png, b"junk"], 5)])
     assert answer["version"] == 1 and len(answer["predictions"]) == 2
     assert len(answer["predictions"][0]) == 2

@@ -21,6 +21,9 @@ ANSWERS = {
 }
 
 
+SUBMITTED: list[dict] = []  # the bodies of the submissions the server was sent
+
+
 class JobServer(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -38,7 +41,11 @@ class JobServer(BaseHTTPRequestHandler):
         sid = self.path.removeprefix("/api/jobs/")
         self._answer(*ANSWERS.get(sid, (404, "not found")))
 
-    def do_POST(self) -> None:  # stop
+    def do_POST(self) -> None:  # submit, or stop
+        if self.path.rstrip("/") == "/api/jobs":
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            SUBMITTED.append(body)
+            return self._answer(200, {"submission_id": body["submission_id"], "job_id": "01"})
         sid = self.path.removeprefix("/api/jobs/").removesuffix("/stop")
         self._answer(*ANSWERS.get(sid, (404, "not found")))
 
@@ -88,3 +95,20 @@ def test_a_url_with_credentials_in_any_part_never_travels_to_a_ray_job(tmp_path,
     assert not any("s3cret" in v for v in env.values())
     plain = settings_env(Settings(home=tmp_path, database_url="postgresql://app@db/c"))
     assert plain["COLECIONADOR_DATABASE_URL"] == "postgresql://app@db/c"
+
+
+def test_a_driver_reserves_no_cpu_and_runs_where_the_settings_say(job_server, tmp_path):
+    """The Ray job of a job attempt: entrypoint_num_cpus 0 (a driver never takes a CPU a
+    Train worker waits for) and the operator's driver_resources (the head by default)."""
+    from services.config import HEAD_NODE
+
+    SUBMITTED.clear()
+    jobs = RayJobs(Settings(home=tmp_path), address=job_server)
+    sid = jobs.submit(7, "b-7")
+    [body] = SUBMITTED
+    assert body["submission_id"] == sid and body["entrypoint"].endswith("--job-id 7")
+    assert body["entrypoint_num_cpus"] == 0
+    assert body["entrypoint_resources"] == {HEAD_NODE: 0.001}
+    elsewhere = RayJobs(Settings(home=tmp_path, driver_resources={"data_node": 1}), job_server)
+    elsewhere.submit(8, "b-8")
+    assert SUBMITTED[-1]["entrypoint_resources"] == {"data_node": 1}
