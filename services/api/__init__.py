@@ -4,17 +4,16 @@
 database and store on ``app.state``, the error handlers, one router per resource
 (routes/jobs.py, routes/models.py, routes/lineage.py, routes/health.py, routes/predict.py:
 it forwards to the model's own Serve application, services/registry/serving.py;
-routes/compare.py) and the pages (ui.py, compare_page.py, version_page.py: a version's
-model card; label_next_page.py: a predict job's images to label next); every successful
-GET carries an ETag and answers 304 to a matching If-None-Match (caching.py).
-``api_application(settings)`` is the Serve deployment (deployment.py); ``colecionador
-serve`` deploys it.
+routes/compare.py) and the pages (home_page.py, job_page.py, compare_page.py,
+version_page.py: a version's model card; label_next_page.py: a predict job's images to label
+next); every successful GET carries an ETag and answers 304 to a matching If-None-Match
+(caching.py). ``api_application(settings)`` is the Serve deployment (deployment.py);
+``colecionador serve`` deploys it.
 
 Reads (``GET``) are open unless ``api_read_token`` is set; then the read token or the write
-token is needed, as ``Authorization: Bearer <token>``. Writes need
-``Authorization: Bearer <api_token>``; with no ``api_token`` every write is refused
-(default-deny). Errors are JSON with a ``detail``.
-"""
+token is needed, as ``Authorization: Bearer <token>``. Writes need ``Authorization: Bearer
+<api_token>``; with no ``api_token`` every write is refused (default-deny). Errors are JSON
+with a ``detail``."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from services.api import compare_page, label_next_page, ui, version_page
+from services.api import compare_page, home_page, job_page, label_next_page, version_page
 from services.api.caching import ConditionalGetMiddleware
 from services.api.deps import DB_THREADS, Database, StoreReader
 from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
@@ -74,7 +73,8 @@ def create_app(
         predict.router,
         compare.router,
         metrics.router,
-        ui.router,
+        home_page.router,
+        job_page.router,
         compare_page.router,
         version_page.router,
         label_next_page.router,

@@ -18,8 +18,8 @@ from pydantic import BeforeValidator
 
 from services.api import reads
 from services.api.deps import READ_PAGE, DbDep, JobDep, StoreDep
+from services.api.markup import badge, e, fmt, html_page, root_path, table, when
 from services.api.routes.compare import JobsQuery, db_runs, load, split_ids
-from services.api.ui import _badge, _fmt, _page, _table, _when, e
 from services.registry import compare_plots
 from services.registry.compare import MAX_JOBS, Comparison, JobIds, RunHead, TuningOut, compare
 from services.registry.compare_inputs import job_tuning
@@ -35,11 +35,6 @@ STYLE = (
     ".cmp section.tuning table{table-layout:auto}.cmp section.tuning thead th:first-child"
     "{width:auto}</style>"
 )
-
-
-def _root(request: Request) -> str:
-    root: str = request.scope.get("root_path", "")
-    return root.rstrip("/")
 
 
 def _value(v: Any) -> str:
@@ -59,7 +54,7 @@ def _seconds(v: float | None) -> str:
 def _model_cell(r: RunHead) -> str:
     if r.version is None or r.verdict is None:
         return f'{e(r.model_name)} <span class="muted">no version</span>'
-    return f"{e(r.model_name)} v{r.version} {_badge(r.verdict)}"
+    return f"{e(r.model_name)} v{r.version} {badge(r.verdict)}"
 
 
 def _runs(c: Comparison, root: str) -> str:
@@ -68,17 +63,17 @@ def _runs(c: Comparison, root: str) -> str:
 
     rows = [
         row("batch", [e(r.batch_id) for r in c.runs]),
-        row("status", [_badge(r.status) for r in c.runs]),
+        row("status", [badge(r.status) for r in c.runs]),
         row("mode", [e(r.mode) for r in c.runs]),
         row("model", [_model_cell(r) for r in c.runs]),
         row("epochs", [str(r.epochs) for r in c.runs]),
         row("training time", [_seconds(r.training_time_s) for r in c.runs]),
-        row("finished", [_when(r.finished_at) for r in c.runs]),
+        row("finished", [when(r.finished_at) for r in c.runs]),
         row(
             "error", [f'<span class="error">{e(r.error)}</span>' if r.error else "" for r in c.runs]
         ),
     ]
-    return "<h2>Runs</h2>" + _table(_cols(c, root), "".join(rows), table_id="runs")
+    return "<h2>Runs</h2>" + table(_cols(c, root), "".join(rows), table_id="runs")
 
 
 def _params(c: Comparison, root: str) -> str:
@@ -94,13 +89,13 @@ def _params(c: Comparison, root: str) -> str:
     return (
         f'<h2>Hyperparameters that differ <span class="muted">({c.same_hyperparameters} '
         "the same in every job, not shown)</span></h2>"
-        + _table(_cols(c, root), rows, table_id="params", empty="every value is the same")
+        + table(_cols(c, root), rows, table_id="params", empty="every value is the same")
     )
 
 
 def _num_cells(values: Sequence[float | None], best: Sequence[bool]) -> str:
     return "".join(
-        f"<td class=num><b>{_fmt(v)}</b></td>" if b else f"<td class=num>{_fmt(v)}</td>"
+        f"<td class=num><b>{fmt(v)}</b></td>" if b else f"<td class=num>{fmt(v)}</td>"
         for v, b in zip(values, best)
     )
 
@@ -114,7 +109,7 @@ def _metrics(c: Comparison, root: str) -> str:
         + "</tr>"
         for m in c.metrics
     )
-    return '<h2>Test metrics <span class="muted">(best in bold)</span></h2>' + _table(
+    return '<h2>Test metrics <span class="muted">(best in bold)</span></h2>' + table(
         _cols(c, root), rows, table_id="metrics", empty="no job has test metrics"
     )
 
@@ -135,7 +130,7 @@ def _per_class(c: Comparison, root: str) -> str:
         rows += "<tr><td>support</td>" + "".join(f"<td class=num>{e(s)}</td>" for s in line.support)
         rows += "</tr>"
     cols = _cols(c, root)
-    return "<h2>Per class (test split)</h2>" + _table(
+    return "<h2>Per class (test split)</h2>" + table(
         ["class", "", *cols[1:]], rows, table_id="per-class", empty="no per-class figures"
     )
 
@@ -146,13 +141,13 @@ def _gate(c: Comparison, root: str) -> str:
         + "".join(
             '<td class="muted">not judged</td>'
             if t is None
-            else f"<td>{_fmt(v)} {e(g.op)} {_fmt(t, 2)} {_badge('pass' if p else 'fail')}</td>"
+            else f"<td>{fmt(v)} {e(g.op)} {fmt(t, 2)} {badge('pass' if p else 'fail')}</td>"
             for t, v, p in zip(g.thresholds, g.values, g.passed)
         )
         + "</tr>"
         for g in c.gate
     )
-    return "<h2>Gate rules</h2>" + _table(
+    return "<h2>Gate rules</h2>" + table(
         _cols(c, root), rows, table_id="gate", empty="no job was judged"
     )
 
@@ -192,7 +187,7 @@ def _data(c: Comparison, root: str) -> str:
     )
     return (
         "<h2>Data</h2>"
-        + _table(_cols(c, root), body, table_id="data")
+        + table(_cols(c, root), body, table_id="data")
         + _same(d.same_test_split, "test split", ": the test metrics come from different images")
         + _same(d.same_classes, "classes", "")
     )
@@ -201,9 +196,9 @@ def _data(c: Comparison, root: str) -> str:
 def _tuning(t: TuningOut, root: str) -> str:
     ranked = sorted(t.trials, key=lambda x: (x.rank is None, x.rank or 0, x.index))
     rows = "".join(
-        f'<tr data-trial="{x.index}"><td class=num>{e(x.rank)}</td><td>{_badge(x.status)}</td>'
-        f"<td class=num>{x.stopped_at}</td><td class=num>{_fmt(x.mean)} ± {_fmt(x.std)}</td>"
-        f"<td class=num>{' '.join(_fmt(f, 3) for f in x.folds)}</td>"
+        f'<tr data-trial="{x.index}"><td class=num>{e(x.rank)}</td><td>{badge(x.status)}</td>'
+        f"<td class=num>{x.stopped_at}</td><td class=num>{fmt(x.mean)} ± {fmt(x.std)}</td>"
+        f"<td class=num>{' '.join(fmt(f, 3) for f in x.folds)}</td>"
         f"<td>{e(config_text(x.config))}</td></tr>"
         for x in ranked
     )
@@ -212,7 +207,7 @@ def _tuning(t: TuningOut, root: str) -> str:
         f"{t.run_id} ({e(t.metric)}, {t.k_folds} folds, {e(t.status)})</h2>"
         f'<img class="plot" alt="configs of job {t.job_id}" '
         f'src="{e(root)}/ui/jobs/{t.job_id}/tuning.png">'
-        + _table(["rank", "status", "epochs", f"{e(t.metric)} mean ± std", "folds", "config"], rows)
+        + table(["rank", "status", "epochs", f"{e(t.metric)} mean ± std", "folds", "config"], rows)
         + "</section>"
     )
 
@@ -239,7 +234,7 @@ def compare_html(c: Comparison, root: str) -> str:
     body += (
         f'<p class="muted">JSON: <a href="{e(root)}/compare?jobs={ids}">/compare?jobs={ids}</a></p>'
     )
-    return _page(f"compare jobs {', '.join(map(str, c.jobs))}", body, root)
+    return html_page(f"compare jobs {', '.join(map(str, c.jobs))}", body, root)
 
 
 async def _picker(request: Request, db: DbDep) -> str:
@@ -248,18 +243,18 @@ async def _picker(request: Request, db: DbDep) -> str:
     rows = "".join(
         f'<tr><td><input type="checkbox" name="jobs" value="{j.id}" id="pick-{j.id}"></td>'
         f'<td class=num><label for="pick-{j.id}">{j.id}</label></td><td>{e(j.batch_id)}</td>'
-        f"<td>{e(j.model_name)}</td><td>{e(j.mode)}</td><td>{_badge(j.status)}</td>"
-        f"<td class=num>{_fmt(j.accuracy)}</td></tr>"
+        f"<td>{e(j.model_name)}</td><td>{e(j.mode)}</td><td>{badge(j.status)}</td>"
+        f"<td class=num>{fmt(j.accuracy)}</td></tr>"
         for j in page.items
     )
-    root = _root(request)
+    root = root_path(request)
     body = (
         f"<p>Pick 2 to {MAX_JOBS} jobs.</p>"
         f'<form method="get" action="{e(root)}/ui/compare">'
-        + _table(["", "id", "batch", "model", "mode", "status", "accuracy"], rows, empty="no jobs")
+        + table(["", "id", "batch", "model", "mode", "status", "accuracy"], rows, empty="no jobs")
         + '<p><button type="submit">compare</button></p></form>'
     )
-    return _page("compare", body, root)
+    return html_page("compare", body, root)
 
 
 PageJobs = Annotated[JobIds | None, BeforeValidator(split_ids), Query()]
@@ -274,9 +269,11 @@ async def compare_page(
     try:
         runs = await load(db, store, jobs)
     except HTTPException as exc:
-        root = _root(request)
-        return HTMLResponse(_page("not found", f"<p>{e(exc.detail)}.</p>", root), exc.status_code)
-    return HTMLResponse(compare_html(compare(runs), _root(request)))
+        root = root_path(request)
+        return HTMLResponse(
+            html_page("not found", f"<p>{e(exc.detail)}.</p>", root), exc.status_code
+        )
+    return HTMLResponse(compare_html(compare(runs), root_path(request)))
 
 
 @router.get("/ui/compare/curves.png")

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.deps import READ_PAGE
+from services.api.markup import root_path
 
 MAX_BODY_BYTES = 1 * 2**20  # a training request is a few KB
 MAX_UPLOAD_BYTES = 16 * 2**20  # POST /models/{name}/predict: images
@@ -120,11 +121,6 @@ class SecurityHeaders:
 docs_routes = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
 
 
-def _root(request: Request) -> str:
-    root: str = request.scope.get("root_path", "")
-    return root.rstrip("/")
-
-
 @docs_routes.get("/openapi.json")
 async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
@@ -133,10 +129,12 @@ async def openapi(request: Request) -> JSONResponse:
 @docs_routes.get("/docs")
 async def swagger(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(
-        openapi_url=f"{_root(request)}/openapi.json", title="colecionador API"
+        openapi_url=f"{root_path(request)}/openapi.json", title="colecionador API"
     )
 
 
 @docs_routes.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(openapi_url=f"{_root(request)}/openapi.json", title="colecionador API")
+    return get_redoc_html(
+        openapi_url=f"{root_path(request)}/openapi.json", title="colecionador API"
+    )

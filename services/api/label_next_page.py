@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from services.api.deps import READ_PAGE, JobDep, StoreDep
-from services.api.ui import _store_png, _table, e
+from services.api.markup import e, store_png, table
 from services.store.artifacts import TO_LABEL_CSV, TO_LABEL_PNG, predictions_prefix
 
 router = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
@@ -58,7 +58,7 @@ def to_label_section(rows: list[dict[str, str]] | None, job_id: int, root: str) 
         "(top-1 minus top-2 probability), spread over the model's embeddings"
         f"{more}; every one in {e(TO_LABEL_CSV)} beside the predictions</p>"
         + img
-        + _table(
+        + table(
             ["rank", "image", "predicted", "probability", "margin"],
             body,
             table_id="label-next-table",
@@ -78,4 +78,4 @@ def _short(value: str | None) -> str:
 @router.get(f"/ui/jobs/{{job_id}}/{TO_LABEL_PNG}")
 async def job_page_to_label(job: JobDep, store: StoreDep) -> Response:
     """The contact sheet of the images to label next (predictions/job-<id>/)."""
-    return await _store_png(store, predictions_prefix(job.id) + TO_LABEL_PNG)
+    return await store_png(store, predictions_prefix(job.id) + TO_LABEL_PNG)

@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse
 from markdown_it import MarkdownIt
 
 from services.api.deps import READ_PAGE, DbDep, StoreDep
+from services.api.markup import e, html_page, root_path
 from services.api.schemas import ModelName, VersionNo
-from services.api.ui import _page, _root, e
 from services.db import repo
 from services.registry.card_inputs import CARD_DOCUMENTS, version_card
 from services.registry.model_card import render_model_card
@@ -37,10 +37,10 @@ def card_html(markdown: str) -> str:
 async def version_page(
     request: Request, name: ModelName, version: VersionNo, db: DbDep, store: StoreDep
 ) -> HTMLResponse:
-    root = _root(request)
+    root = root_path(request)
     if await db(repo.get_version, name, version) is None:
         body = f"<p>No version {version} of model {e(name)}.</p>"
-        return HTMLResponse(_page("not found", body, root), status_code=404)
+        return HTMLResponse(html_page("not found", body, root), status_code=404)
     prefix = version_prefix(name, version)
     documents = {n: await asyncio.to_thread(store.json, prefix + n) for n in CARD_DOCUMENTS}
 
@@ -52,7 +52,7 @@ async def version_page(
 
     found = await db(card)
     if found is None:  # gone between the two reads
-        return HTMLResponse(_page("not found", "<p>No such version.</p>", root), 404)
+        return HTMLResponse(html_page("not found", "<p>No such version.</p>", root), 404)
     markdown, job_id = found
     base = f"{e(root)}/models/{e(name)}/versions/{version}"
     ui = f"{e(root)}/ui/models/{e(name)}/versions/{version}"
@@ -66,4 +66,4 @@ async def version_page(
         plots += f'<img class="plot" alt="reliability diagram" src="{ui}/{RELIABILITY_FILE}">'
 
     body = links + f'<article id="model-card">{card_html(markdown)}</article>' + plots
-    return HTMLResponse(_page(f"{name} v{version}", body, root))
+    return HTMLResponse(html_page(f"{name} v{version}", body, root))

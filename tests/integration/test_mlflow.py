@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from sqlalchemy import update
 
 from services.api import create_app
-from services.api.ui import _mlflow_line
+from services.api.quality_sections import mlflow_line
 from services.db import repo
 from services.db.models import MlflowRecord, utcnow
 from services.db.session import prepare_database, session_factory
@@ -270,7 +270,7 @@ def test_a_server_away_costs_nothing_and_the_outbox_drains_when_back(
         done = mlflow_outbox.drain(settings)
     assert (done.sent, done.refused, done.failed) == (8, 0, None)
     with session_factory(db)() as s:
-        assert "every record written" in _mlflow_line(repo.mlflow_backlog(s, job.id))
+        assert "every record written" in mlflow_line(repo.mlflow_backlog(s, job.id))
     client = mlflow_server.client()
     (run,) = _run_of(client, model, job.id)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]

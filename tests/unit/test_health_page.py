@@ -1,7 +1,7 @@
 """The job page's data-health section lists each label conflict with both paths and
 both classes."""
 
-from services.api.ui import _health_section
+from services.api.quality_sections import health_section
 
 
 def test_label_conflicts_are_listed_with_both_paths_and_classes():
@@ -26,7 +26,7 @@ def test_label_conflicts_are_listed_with_both_paths_and_classes():
             }
         ],
     }
-    html = _health_section(health)
+    html = health_section(health)
     assert '<li data-kind="label_conflicts">' in html
     assert (
         '<table id="label-conflicts">' in html
@@ -37,4 +37,4 @@ def test_label_conflicts_are_listed_with_both_paths_and_classes():
 
 
 def test_no_conflicts_no_table():
-    assert "label-conflicts" not in _health_section({"findings": [], "label_conflicts": []})
+    assert "label-conflicts" not in health_section({"findings": [], "label_conflicts": []})

@@ -14,7 +14,7 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
-from services.api.ui import _mlflow_line
+from services.api.quality_sections import mlflow_line
 from services.config import Settings
 from services.events import mlflow_outbox, mlflow_pump
 from services.events.mlflow_writer import Refused, Unreachable, Writer, _quoted, _sorted
@@ -92,16 +92,16 @@ def test_filter_literals_are_quoted_or_refused():
 
 
 def test_the_job_page_line():
-    assert _mlflow_line(None) == ""
-    assert _mlflow_line({"records": 0, "pending": 0, "refused": 0, "error": None}) == ""
+    assert mlflow_line(None) == ""
+    assert mlflow_line({"records": 0, "pending": 0, "refused": 0, "error": None}) == ""
     pending = {"records": 9, "pending": 3, "refused": 0, "error": "unreachable: refused"}
-    assert _mlflow_line(pending) == (
+    assert mlflow_line(pending) == (
         '<p id="mlflow">MLflow: 3 records pending (last error: unreachable: refused)</p>'
     )
     one = {"records": 9, "pending": 1, "refused": 0, "error": None}
-    assert "MLflow: 1 record pending<" in _mlflow_line(one)
+    assert "MLflow: 1 record pending<" in mlflow_line(one)
     done = {"records": 9, "pending": 0, "refused": 1, "error": "refused: <bad alias>"}
-    assert _mlflow_line(done) == (
+    assert mlflow_line(done) == (
         '<p id="mlflow">MLflow: every record written, 1 refused '
         "(last error: refused: &lt;bad alias&gt;)</p>"
     )

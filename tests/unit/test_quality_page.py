@@ -3,7 +3,7 @@ the calibration figures; every value escaped."""
 
 from types import SimpleNamespace
 
-from services.api.ui import _calibration_section, _drift_line, _label_issues_section
+from services.api.quality_sections import calibration_section, drift_line, label_issues_section
 
 
 def test_label_issues_are_listed_ranked_with_the_picture():
@@ -22,19 +22,19 @@ def test_label_issues_are_listed_ranked_with_the_picture():
             }
         ],
     }
-    html = _label_issues_section(report, 7, "/root")
+    html = label_issues_section(report, 7, "/root")
     assert 'src="/root/ui/jobs/7/label_issues.png"' in html
     assert "<td>b/&lt;x&gt;.png</td><td>b</td><td>a</td>" in html and "0.910" in html
     assert "&lt;probabilities&gt;" in html
-    assert _label_issues_section(None, 7, "") == ""
-    failed = _label_issues_section({"error": "no <features>", "issues": []}, 7, "")
+    assert label_issues_section(None, 7, "") == ""
+    failed = label_issues_section({"error": "no <features>", "issues": []}, 7, "")
     assert "the check failed: no &lt;features&gt;" in failed and "<img" not in failed
-    none = _label_issues_section({**report, "issues": [], "issues_found": 0}, 7, "")
+    none = label_issues_section({**report, "issues": [], "issues_found": 0}, 7, "")
     assert "no label issues found" in none and "<img" not in none
 
 
 def test_drift_line_and_calibration_section():
-    line = _drift_line(
+    line = drift_line(
         {
             "production_version": 3,
             "total_variation": 0.25,
@@ -43,7 +43,7 @@ def test_drift_line_and_calibration_section():
         }
     )
     assert "v3 in production" in line and "0.250" in line and "1e-05" in line
-    assert "2 image(s)" in line and _drift_line(None) == ""
+    assert "2 image(s)" in line and drift_line(None) == ""
     v = SimpleNamespace(model_name="m", version=2)
     cal = {
         "n_bins": 15,
@@ -52,7 +52,7 @@ def test_drift_line_and_calibration_section():
         "temperature": 1.8,
         "validation_images": 30,
     }
-    html = _calibration_section(v, {"calibration": cal}, "")
+    html = calibration_section(v, {"calibration": cal}, "")
     assert "ECE 0.1200 before, 0.0200 after" in html and "T = 1.8" in html
     assert 'src="/ui/models/m/versions/2/reliability.png"' in html
-    assert _calibration_section(v, {}, "") == "" and _calibration_section(v, None, "") == ""
+    assert calibration_section(v, {}, "") == "" and calibration_section(v, None, "") == ""
