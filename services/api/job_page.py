@@ -32,8 +32,10 @@ from services.api.schemas import (
 from services.db import repo
 from services.db.models import FINAL_STATUSES
 from services.store.artifacts import (
+    HEALTH_FILE,
     LABEL_ISSUES_FILE,
     LABEL_ISSUES_PNG,
+    METRICS_FILE,
     RELIABILITY_FILE,
     report_key,
     version_prefix,
@@ -155,12 +157,10 @@ async def job_page(request: Request, job_id: JobId, db: DbDep, store: StoreDep) 
         return HTMLResponse(
             html_page("not found", f"<p>No job {job_id}.</p>", root), status_code=404
         )
-    health = await asyncio.to_thread(store.json, report_key(job_id, "health.json"))
+    health = await asyncio.to_thread(store.json, report_key(job_id, HEALTH_FILE))
     labels = await asyncio.to_thread(store.json, report_key(job_id, LABEL_ISSUES_FILE))
     metrics = [
-        await asyncio.to_thread(
-            store.json, version_prefix(v.model_name, v.version) + "metrics.json"
-        )
+        await asyncio.to_thread(store.json, version_prefix(v.model_name, v.version) + METRICS_FILE)
         for v in versions
     ]
     label_next = ""

@@ -24,7 +24,7 @@ from services.api.schemas import (
 )
 from services.db import repo
 from services.db.repo import json_safe
-from services.store.artifacts import version_prefix
+from services.store.artifacts import CONFUSION_PNG, ERRORS_FILE, METRICS_FILE, version_prefix
 
 PNG = "image/png"
 _plot_lock = threading.Lock()  # pyplot keeps global state: one figure at a time
@@ -75,11 +75,11 @@ def version_detail(s: Any, mv: Any, store: StoreReader | None = None) -> Version
         prefix = version_prefix(mv.model_name, mv.version)
         try:
             detail.evaluation = json_safe(
-                json.loads(store.bytes(prefix + "metrics.json")).get("test")
+                json.loads(store.bytes(prefix + METRICS_FILE)).get("test")
             )
         except Exception as exc:  # noqa: BLE001 - the row still answers
             detail.evaluation_error = f"{type(exc).__name__}: {exc}"[:500]
-        detail.errors = store.json(prefix + "errors.json")
+        detail.errors = store.json(prefix + ERRORS_FILE)
     return detail
 
 
@@ -110,7 +110,7 @@ async def confusion_png(db: Database, store: StoreReader, name: str, version: in
     """The test split's confusion matrix, as stored with the version."""
     if await db(repo.get_version, name, version) is None:
         raise not_found(f"version {version} of model {name}")
-    key = version_prefix(name, version) + "confusion_matrix.png"
+    key = version_prefix(name, version) + CONFUSION_PNG
     try:
         png = await asyncio.to_thread(store.bytes, key)
     except Exception as exc:  # noqa: BLE001 - a store error of any kind

@@ -19,7 +19,7 @@ from services.api.schemas import ModelName, VersionNo
 from services.db import repo
 from services.registry.card_inputs import CARD_DOCUMENTS, version_card
 from services.registry.model_card import render_model_card
-from services.store.artifacts import MODEL_CARD_FILE, RELIABILITY_FILE, version_prefix
+from services.store.artifacts import METRICS_FILE, MODEL_CARD_FILE, RELIABILITY_FILE, version_prefix
 
 router = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
 
@@ -62,7 +62,7 @@ async def version_page(
         f'<a href="{e(root)}/ui/jobs/{job_id}">job {job_id}</a></p>'
     )
     plots = f'<img class="plot" alt="confusion matrix" src="{ui}/confusion_matrix.png">'
-    if (documents.get("metrics.json") or {}).get("calibration"):
+    if (documents.get(METRICS_FILE) or {}).get("calibration"):
         plots += f'<img class="plot" alt="reliability diagram" src="{ui}/{RELIABILITY_FILE}">'
 
     body = links + f'<article id="model-card">{card_html(markdown)}</article>' + plots

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db.models import TrainingJob
+from services.store.artifacts import HEALTH_FILE
 
 
 def print_jobs(jobs: Sequence[TrainingJob]) -> None:
@@ -23,7 +24,7 @@ def _health_lines(settings: Settings, job_id: int) -> list[str]:
     from services.store.storage import StoreError, open_store, read_json
 
     try:  # status answers without the store too
-        health = read_json(open_store(settings), report_key(job_id, "health.json"))
+        health = read_json(open_store(settings), report_key(job_id, HEALTH_FILE))
     except (StoreError, OSError):
         health = None
     return [f"  health: {f['message']}" for f in (health or {}).get("findings", [])]

@@ -38,11 +38,12 @@ from services.db import repo
 from services.db.models import utcnow
 from services.db.session import session_factory
 from services.errors import one_line
+from services.store.artifacts import METRICS_FILE, MODEL_CARD_FILE
 
 log = logging.getLogger("colecionador.mlflow")
 
 MAX_ATTEMPTS = 20  # a record failing on our side (not the server's) this often is refused
-ARTIFACTS = ("metrics.json", "model_card.md")  # and every .png of the version folder
+ARTIFACTS = (METRICS_FILE, MODEL_CARD_FILE)  # and every .png of the version folder
 RUN_STATUS = {"success": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 
 

@@ -1,4 +1,4 @@
-"""The job driver: take a queued job through its steps (services/jobs/steps.py) to one final
+"""The job driver: take a queued job through its steps (services/jobs/steps/) to one final
 status, and say so once.
 
     record (services/intake/records.py) -> prepare data -> [tune] -> [preflight] -> train

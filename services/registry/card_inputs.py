@@ -34,11 +34,11 @@ from services.registry.card_types import (
     TestMetrics,
     TuningSummary,
 )
-from services.store.artifacts import LABEL_ISSUES_FILE
+from services.store.artifacts import HEALTH_FILE, LABEL_ISSUES_FILE, METRICS_FILE
 from training.hyperparams import Hyperparameters, is_weights_name
 
 # the version folder's documents a card reads
-CARD_DOCUMENTS = ("metrics.json", "health.json", LABEL_ISSUES_FILE)
+CARD_DOCUMENTS = (METRICS_FILE, HEALTH_FILE, LABEL_ISSUES_FILE)
 # a version's model.pt in the store: .../models/<name>/v<N>/model.pt (artifacts.py)
 _VERSION_MODEL = re.compile(r"(?:^|/)models/([\w.\-]+)/v(\d+)/model\.pt$")
 _UNSET = object()
@@ -175,8 +175,8 @@ def card_of(
     """A ModelCard from the version's row (``mv``: model_name, version, status,
     trained_at, the metrics, gate), its lineage, promotions and folder's documents. A
     document that is absent or of another shape leaves its sections empty, never fails."""
-    metrics = documents.get("metrics.json") or {}
-    health = documents.get("health.json") or {}
+    metrics = documents.get(METRICS_FILE) or {}
+    health = documents.get(HEALTH_FILE) or {}
     test = metrics.get("test") or {}
     return ModelCard(
         model_name=mv.model_name,

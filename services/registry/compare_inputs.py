@@ -30,7 +30,13 @@ from services.registry.compare import (
     Version,
     split_digest,
 )
-from services.store.artifacts import DATA_PROFILE_FILE, report_key, version_prefix
+from services.store.artifacts import (
+    DATA_PROFILE_FILE,
+    HEALTH_FILE,
+    METRICS_FILE,
+    report_key,
+    version_prefix,
+)
 
 ReadJson = Callable[[str], dict[str, Any] | None]
 ROW_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -139,9 +145,9 @@ def _with_evaluation(run: Run, read_json: ReadJson) -> Run:
     v = run.version
     if v is None:
         return run
-    metrics = read_json(version_prefix(v.model_name, v.version) + "metrics.json")
+    metrics = read_json(version_prefix(v.model_name, v.version) + METRICS_FILE)
     if metrics is None:
-        return run.model_copy(update={"missing": [*run.missing, "metrics.json"]})
+        return run.model_copy(update={"missing": [*run.missing, METRICS_FILE]})
     ece = (metrics.get("calibration") or {}).get("ece_after")
     version = v.model_copy(
         update={
@@ -161,7 +167,7 @@ def _with_data(run: Run, read_json: ReadJson) -> Run:
         profile = read_json(key)
         if profile is None:
             missing.append(DATA_PROFILE_FILE)
-    source = profile or read_json(report_key(run.job_id, "health.json")) or {}
+    source = profile or read_json(report_key(run.job_id, HEALTH_FILE)) or {}
     per_class = source.get("per_class")
     test = (profile or {}).get("test") or []
     data = run.data.model_copy(

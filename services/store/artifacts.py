@@ -13,25 +13,34 @@ RELIABILITY_FILE = "reliability.png"  # reliability diagram before/after tempera
 # rendered by services.registry.model_card.render_model_card, written last, at the commit
 MODEL_CARD_FILE = "model_card.md"
 
+METRICS_FILE = "metrics.json"  # test metrics, gate, training, split, hyperparameters, epochs
+CURVES_PNG = "curves.png"  # the training curves
+CONFUSION_PNG = "confusion_matrix.png"  # the test split's confusion matrix
+HEALTH_FILE = "health.json"  # the data health report (also under reports/job-<id>/)
+ERRORS_FILE = "errors.json"  # the test split's wrong answers
+ERRORS_PNG = "errors.png"  # ... the worst of them as a picture
+PREFLIGHT_FILE = "preflight.json"  # overfit-one-batch + LR range test (also under reports/)
+TUNING_FILE = "tuning.json"  # a tune job's search: the grid, the trials, the winner
+
 # The files of models/<name>/v<version>/, in the order they are written; the optional ones
 # (model.onnx, errors.png, preflight.json, tuning.json, label issues) exist when the job
 # made them.
 VERSION_FILES = (
     MODEL_FILE,
-    "metrics.json",
-    "curves.png",
-    "confusion_matrix.png",
-    "health.json",
-    "errors.json",
+    METRICS_FILE,
+    CURVES_PNG,
+    CONFUSION_PNG,
+    HEALTH_FILE,
+    ERRORS_FILE,
     RELIABILITY_FILE,
     DATA_PROFILE_FILE,
     MODEL_CARD_FILE,
 )
 OPTIONAL_VERSION_FILES = (
     ONNX_FILE,
-    "errors.png",
-    "preflight.json",
-    "tuning.json",
+    ERRORS_PNG,
+    PREFLIGHT_FILE,
+    TUNING_FILE,
     LABEL_ISSUES_FILE,
     LABEL_ISSUES_PNG,
 )

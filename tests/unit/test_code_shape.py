@@ -29,10 +29,6 @@ TEMPORARY: dict[str, str] = {
     "services/jobs/driver.py": "being split",
     "services/jobs/driver.py::_commit_version": "being split",
     "services/jobs/driver.py::_run_steps": "being split",
-    "services/jobs/steps.py": "being split",
-    "services/jobs/steps.py::check_labels": "being split",
-    "services/jobs/steps.py::prepare_data": "being split",
-    "services/jobs/steps.py::version_files": "being split",
     "services/jobs/tune_step.py::tune_step": "being split",
 }
 

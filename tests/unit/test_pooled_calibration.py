@@ -1,5 +1,5 @@
 """A tune job's temperature is fitted on its k fold models' pooled out-of-fold predictions
-(training/calibration.py fit_split, services/jobs/steps.py evaluate): every train + val
+(training/calibration.py fit_split, services/jobs/steps/evaluate.py): every train + val
 image once, not the final model's few validation images; metrics.json says which and why."""
 
 from __future__ import annotations

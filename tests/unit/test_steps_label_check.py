@@ -1,4 +1,4 @@
-"""The job's label check (services/jobs/steps.py check_labels): a tune job's out-of-fold
+"""The job's label check (services/jobs/steps/labels.py): a tune job's out-of-fold
 probabilities are used as given; without them, or when they do not fit the job's
 train + val images, the linear head runs and the report's source says why."""
 

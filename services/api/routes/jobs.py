@@ -31,7 +31,7 @@ from services.intake.records import create_job
 from services.intake.request import MAX_INT, TrainingRequest
 from services.jobs import lifecycle
 from services.jobs.ray_jobs import RayJobs
-from services.store.artifacts import report_key
+from services.store.artifacts import HEALTH_FILE, report_key
 
 log = logging.getLogger("colecionador.api")
 
@@ -90,7 +90,7 @@ async def job_health(job: JobDep, store: StoreDep) -> dict[str, Any]:
     """The data health report written before training: images per class, imbalance,
     unreadable files, exact and near duplicates, leakage across the split, sizes,
     channels, and the findings (kind, message, count)."""
-    report = await asyncio.to_thread(store.json, report_key(job.id, "health.json"))
+    report = await asyncio.to_thread(store.json, report_key(job.id, HEALTH_FILE))
     if report is None:
         raise HTTPException(404, f"job {job.id} has no health report (yet)")
     return report
