@@ -18,7 +18,8 @@ from PIL import Image
 from services.config import Settings
 from services.intake.records import create_job
 from services.intake.request import TrainingRequest
-from services.jobs.driver import JobOutcome, run_job
+from services.jobs.driver import run_job
+from services.jobs.outcome import JobOutcome
 from training.hyperparams import Hyperparameters
 
 # Chosen by measurement on 2 cores (docs/guide/demo.md): ResNet18 learns 8x8 digits

@@ -2,6 +2,6 @@
 
 import sys
 
-from services.jobs.driver import main
+from services.jobs.entrypoint import main
 
 sys.exit(main())

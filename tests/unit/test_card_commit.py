@@ -1,4 +1,4 @@
-"""model_card.md in the version's commit (services/jobs/driver.py _commit_version, on an
+"""model_card.md in the version's commit (services/jobs/driver.py commit_version, on an
 embedded SQLite database and a local store, no training): the card names the gate's
 promotion and the fingerprint recorded on the row; a store that fails on the card rolls
 the whole version back (no row, no files, the job not finished)."""
@@ -15,7 +15,7 @@ from services.db import repo
 from services.db.session import prepare_database, session_factory
 from services.errors import StepFailed
 from services.jobs import steps
-from services.jobs.driver import _commit_version
+from services.jobs.commit import commit_version
 from services.store.artifacts import MODEL_CARD_FILE, version_prefix
 from services.store.storage import LocalStore, StoreError
 from training.evaluate import GateResult, GateRule
@@ -65,7 +65,7 @@ def files() -> dict[str, bytes]:
 def test_the_card_is_committed_with_the_version_and_names_the_promotion(settings, tmp_path):
     store = LocalStore(tmp_path / "store")
     j = job(settings)
-    version, uris, _ = _commit_version(settings, store, j, files(), evaluation(), 1.0, "f" * 40)
+    version, uris, _ = commit_version(settings, store, j, files(), evaluation(), 1.0, "f" * 40)
     key = version_prefix("m", version) + MODEL_CARD_FILE
     assert uris[MODEL_CARD_FILE] == store.uri(key)
     card = store.get_bytes(key).decode()
@@ -80,7 +80,7 @@ def test_a_store_that_fails_on_the_card_keeps_no_version(settings, tmp_path):
     store = CardRefused(tmp_path / "store")
     j = job(settings)
     with pytest.raises(StepFailed) as failed:
-        _commit_version(settings, store, j, files(), evaluation(), 1.0, "f" * 40)
+        commit_version(settings, store, j, files(), evaluation(), 1.0, "f" * 40)
     assert failed.value.step == "store" and "connection reset" in str(failed.value)
     assert store.list(version_prefix("m", 1)) == []
     with session_factory(settings.db_url)() as s:

@@ -26,9 +26,6 @@ EXEMPT: dict[str, str] = {
 TEMPORARY: dict[str, str] = {
     "services/events/outbox.py::publish_pending_async": "being split",
     "services/ingress.py": "being split",
-    "services/jobs/driver.py": "being split",
-    "services/jobs/driver.py::_commit_version": "being split",
-    "services/jobs/driver.py::_run_steps": "being split",
     "services/jobs/tune_step.py::tune_step": "being split",
 }
 

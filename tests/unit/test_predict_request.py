@@ -101,7 +101,7 @@ def test_the_cli_exits_2_for_a_model_that_names_no_version(tmp_path, capsys):
 
 
 def test_a_ray_job_predict_request_is_checked_like_the_queues(tmp_path, capsys):
-    from services.jobs.driver import main as job_main
+    from services.jobs.entrypoint import main as job_main
 
     with pytest.raises(SystemExit) as exit_:
         job_main(["--dataset", str(tmp_path), "--model", "digits@v1", "--out", "/etc"])
@@ -158,7 +158,7 @@ def test_the_cli_exits_2_for_a_label_next_out_of_bounds(tmp_path, capsys):
 
 
 def test_a_ray_jobs_label_next_is_checked_like_the_queues(tmp_path, capsys):
-    from services.jobs.driver import main as job_main
+    from services.jobs.entrypoint import main as job_main
 
     with pytest.raises(SystemExit) as exit_:
         job_main(["--dataset", "s3://nowhere/x/", "--label-next", "5"])  # no --model
