@@ -1,4 +1,4 @@
-"""``colecionador ingress``: the detached ingress actor (services/ingress.py) on the Ray
+"""``colecionador ingress``: the detached ingress actor (services/ingress/) on the Ray
 cluster started, stopped (``--stop``) or asked for its counters (``--status``). A cluster
 of several nodes that would use one node's defaults exits 2."""
 
