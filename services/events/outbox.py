@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,41 +93,59 @@ def stage(s: Session, settings: Settings, event: Event) -> dict[str, Any]:
     return body
 
 
+def _pending(
+    sf: Callable[[], Session], limit: int, job_id: int | None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The unpublished events (id, queue, body), oldest first."""
+    with sf() as s:
+        return [
+            (e.id, e.queue, e.body)
+            for e in repo.pending_events(s, limit=limit, job_id=job_id)
+            if e.queue is not None  # as the query has it
+        ]
+
+
+def _claim(sf: Callable[[], Session], event_id: str) -> Session | None:
+    """A session holding the event's row lock, or None (published, or another publisher,
+    the job's driver or the ingress, is publishing it)."""
+    s = sf()
+    try:
+        if repo.claim_event(s, event_id):
+            return s
+    except Exception:
+        s.close()
+        raise
+    s.close()
+    return None
+
+
+def _mark(s: Session, event_id: str) -> None:
+    try:
+        repo.mark_published(s, event_id)
+    finally:
+        s.close()
+
+
+async def _publish_one(channel: Any, queue: str, event_id: str, body: dict[str, Any]) -> None:
+    """One persistent message, confirmed by the broker within 10 s."""
+    import aio_pika
+
+    message = aio_pika.Message(
+        json.dumps(body).encode(),
+        content_type="application/json",
+        message_id=event_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+    await asyncio.wait_for(channel.default_exchange.publish(message, routing_key=queue), 10)
+
+
 async def publish_pending_async(
     settings: Settings, *, job_id: int | None = None, limit: int = 500
 ) -> int:
     """Publish unpublished events (of one job, or all), oldest first; returns how many.
     Raises when the broker cannot be reached: what was not confirmed stays pending."""
     sf = session_factory(settings.db_url)
-
-    def pending() -> list[tuple[str, str, dict[str, Any]]]:
-        with sf() as s:
-            return [
-                (e.id, e.queue, e.body)
-                for e in repo.pending_events(s, limit=limit, job_id=job_id)
-                if e.queue is not None  # as the query has it
-            ]
-
-    def claim(event_id: str) -> Any:
-        """A session holding the event's row lock, or None (published, or another
-        publisher, the job's driver or the ingress, is publishing it)."""
-        s = sf()
-        try:
-            if repo.claim_event(s, event_id):
-                return s
-        except Exception:
-            s.close()
-            raise
-        s.close()
-        return None
-
-    def mark(s: Any, event_id: str) -> None:
-        try:
-            repo.mark_published(s, event_id)
-        finally:
-            s.close()
-
-    events = await asyncio.to_thread(pending)
+    events = await asyncio.to_thread(_pending, sf, limit, job_id)
     if not events:
         return 0
     import aio_pika
@@ -141,29 +160,18 @@ async def publish_pending_async(
         for event_id, queue, body in events:
             # the row stays locked from here to its mark: the job's driver and the
             # ingress's drain never publish the same event at once (PostgreSQL)
-            held = await asyncio.to_thread(claim, event_id)
+            held = await asyncio.to_thread(_claim, sf, event_id)
             if held is None:
                 continue
             try:
                 if queue not in declared:
                     await broker.declare_events(channel, queue)
                     declared.add(queue)
-                await asyncio.wait_for(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(
-                            json.dumps(body).encode(),
-                            content_type="application/json",
-                            message_id=event_id,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=queue,
-                    ),
-                    10,
-                )
+                await _publish_one(channel, queue, event_id, body)
             except BaseException:
                 await asyncio.to_thread(held.close)  # rolled back: still pending
                 raise
-            await asyncio.to_thread(mark, held, event_id)
+            await asyncio.to_thread(_mark, held, event_id)
             published += 1
     return published
 

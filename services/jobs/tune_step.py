@@ -11,9 +11,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from services.config import Settings
 from services.db import repo
-from services.db.models import TrainingJob
+from services.db.models import TrainingJob, TuningRun
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
 from services.events import mlflow_outbox
@@ -37,90 +39,27 @@ def tune_step(
     say: Callable[[str], None],
     shards: Any = None,
 ) -> tuple[Hyperparameters, dict[str, Any], OutOfFold | None]:
-    """The search of a ``mode: tune`` job: Ray Tune over the request's grid with k-fold CV
-    on train + val (the test split stays held out) and ASHA; every trial recorded as it
-    ends; the best config merged into the job's hyperparameters (same transaction as the
-    run's completion). Returns the merged hyperparameters, a summary for tuning.json and
-    the winner's out-of-fold probabilities (``OutOfFold``, for the calibration and the
-    label check; its ``missing`` says why there are none): reading them never fails the
-    job. A job resumed after its search completed reuses that search
-    (its out-of-fold probabilities are not kept: the check fits its linear head); one
-    whose driver died during the search (its tuning run still ``running``) restores that
-    run from its storage in the store (tuning.search: Tune's ``Tuner.restore``), and the
-    trials that had ended are not trained again. ``shards`` (a large data set's decoded
-    shards, PreparedData.shards): every fold of every trial streams them."""
-    from pydantic import ValidationError
-
-    from tuning import report as tuning_report
-    from tuning.grid import expand_grid
-    from tuning.search import SearchRun, run_search
-    from tuning.space import ends, to_json, validate_space
-    from tuning.spec import TuningSpec
+    """The search of a ``mode: tune`` job, every trial recorded as it ends and the best
+    config merged into the job's hyperparameters (same transaction as the run's end).
+    Returns them, tuning.json's summary and the winner's out-of-fold probabilities (for
+    calibration and the label check; ``missing`` says why there are none; reading them
+    never fails the job). A job resumed after its search ended reuses it (no out-of-fold
+    probabilities: they are not kept); one whose driver died during it (its run still
+    ``running``) restores that run from the store (Tune's ``Tuner.restore``) and trains
+    no ended trial again. ``shards``: a large data set's decoded shards, streamed."""
+    from tuning.search import run_search
 
     sf = session_factory(settings.db_url)
+    spec, dims, search = _plan(job, hp)
     with sf() as s:
         previous = repo.latest_tuning_run(s, job.id)
         if previous is not None and previous.status == "completed":
-            say(
-                f"job {job.id}: search already done (run {previous.id}); best config "
-                f"{tuning_report.config_text(previous.best_config or {})}"
-            )
-            trials = [_trial_dict(t) for t in repo.tuning_trials(s, previous.id)]
-            oof = OutOfFold(
-                "",
-                missing=f"the job resumed after its search (tuning run {previous.id}) "
-                "had ended, and its fold models' probabilities are not kept",
-            )
-            return (
-                hp,
-                {
-                    "run_id": previous.id,
-                    "metric": previous.metric,
-                    "best_config": previous.best_config,
-                    "trials": trials,
-                },
-                oof,
-            )
-        resume_id = previous.id if previous is not None and previous.status == "running" else None
-    try:
-        spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
-        dims = validate_space(spec.dimensions, hp)
-        grid = {k: to_json(d) for k, d in dims.items()}  # the run's grid column: the space
-        search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
-    except (ValidationError, ValueError, TypeError) as e:
-        raise StepFailed("tuning", one_line(e)) from None
-    if resume_id is not None:
-        # its driver died (this is attempt n+1): the same run, restored from its storage
-        run_id = resume_id
-        with sf() as s:
-            recorded = len(repo.tuning_trials(s, run_id))
-        say(
-            f"job {job.id}: resuming tuning run {run_id} (its driver died; {recorded} "
-            "trial(s) recorded are not trained again)"
-        )
-    else:
-        with sf() as s:
-            run_id = repo.create_tuning_run(
-                s,
-                job.id,
-                grid=grid,
-                base_hyperparameters=hp.effective(),
-                k_folds=spec.k_folds,
-                num_samples=spec.num_samples,
-                metric=spec.metric,
-                mode=spec.mode,
-                scheduler=spec.scheduler,
-                grace_period=spec.grace_period if spec.scheduler == "asha" else None,
-                reduction_factor=spec.reduction_factor if spec.scheduler == "asha" else None,
-                max_concurrent=spec.max_concurrent,
-                resources=search.resources(),
-            ).id
+            return hp, *_already_searched(s, job, previous, spec.strategy, say)
+    resume_id = previous.id if previous is not None and previous.status == "running" else None
+    run_id = _open_run(sf, job, hp, spec, dims, search, resume_id, say)
     search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
     search.name = f"job-{job.id}-run-{run_id}"  # stable: attempt n+1 restores it
-    if spec.strategy == "grid":
-        n_configs = len(expand_grid({k: ends(d) for k, d in dims.items()}))
-    else:
-        n_configs = spec.num_samples
+    n_configs = _count_configs(spec, dims)
     say(
         f"job {job.id}: tuning run {run_id}: {spec.strategy} search, "
         f"{n_configs} config(s) x {spec.k_folds} folds "
@@ -128,16 +67,6 @@ def tune_step(
         f"{len(split.test)} test images held out), {spec.scheduler.upper()} on "
         f"{spec.metric}"
     )
-
-    def record(trial: Any) -> None:  # runs in this process as each trial ends
-        c = tuning_report.summarize(trial, spec.metric)
-        say("  " + tuning_report.trial_line(c, spec.metric, n_configs))
-        try:
-            with sf() as s:
-                repo.record_trial(s, run_id, **_trial_fields(c, trial.history, trial.trial_id))
-        except Exception as e:  # noqa: BLE001 - recorded again after the search
-            log.warning("trial %s of run %s not recorded yet: %s", c.index, run_id, e)
-
     init_ray(settings)
     try:
         result = run_search(
@@ -149,24 +78,143 @@ def tune_step(
             spec,
             search,
             backbone_state=backbone_state,
-            listener=record,
+            listener=_recorder(sf, run_id, spec.metric, n_configs, say),
             shards=shards,  # a large data set: every fold streams its shards
         )
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:
             repo.finish_tuning_run(s, run_id, "failed", error=one_line(e))
         raise StepFailed("tuning", one_line(e)) from e
+    return _settle(sf, settings, job, hp, run_id, spec, search, result, say)
+
+
+def _plan(job: TrainingJob, hp: Hyperparameters) -> tuple[Any, dict[str, Any], Any]:
+    """The request's tuning spec, its validated space and the search's resources."""
+    from pydantic import ValidationError
+
+    from tuning.search import SearchRun
+    from tuning.space import validate_space
+    from tuning.spec import TuningSpec
+
+    try:
+        spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
+        dims = validate_space(spec.dimensions, hp)
+    except (ValidationError, ValueError, TypeError) as e:
+        raise StepFailed("tuning", one_line(e)) from None
+    search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
+    return spec, dims, search
+
+
+def _count_configs(spec: Any, dims: dict[str, Any]) -> int:
+    from tuning.grid import expand_grid
+    from tuning.space import ends
+
+    if spec.strategy == "grid":
+        return len(expand_grid({k: ends(d) for k, d in dims.items()}))
+    return int(spec.num_samples)
+
+
+def _already_searched(
+    s: Session, job: TrainingJob, run: TuningRun, strategy: str, say: Callable[[str], None]
+) -> tuple[dict[str, Any], OutOfFold]:
+    """A job resumed after its search had ended: that search's summary, and no out-of-fold
+    probabilities (they are not kept)."""
+    from tuning import report as tuning_report
+
+    say(
+        f"job {job.id}: search already done (run {run.id}); best config "
+        f"{tuning_report.config_text(run.best_config or {})}"
+    )
+    trials = [_trial_dict(t) for t in repo.tuning_trials(s, run.id)]
+    oof = OutOfFold(
+        "",
+        missing=f"the job resumed after its search (tuning run {run.id}) "
+        "had ended, and its fold models' probabilities are not kept",
+    )
+    return _summary(run, strategy, True, trials), oof
+
+
+def _open_run(
+    sf: Callable[[], Session],
+    job: TrainingJob,
+    hp: Hyperparameters,
+    spec: Any,
+    dims: dict[str, Any],
+    search: Any,
+    resume_id: int | None,
+    say: Callable[[str], None],
+) -> int:
+    """The tuning run's id: the one a dead driver left ``running`` (restored from its
+    storage), else a new row with the grid, the base hyperparameters and the settings."""
+    from tuning.space import to_json
+
+    if resume_id is not None:  # its driver died (this is attempt n+1): the same run
+        with sf() as s:
+            recorded = len(repo.tuning_trials(s, resume_id))
+        say(
+            f"job {job.id}: resuming tuning run {resume_id} (its driver died; {recorded} "
+            "trial(s) recorded are not trained again)"
+        )
+        return resume_id
+    asha = spec.scheduler == "asha"
+    with sf() as s:
+        return repo.create_tuning_run(
+            s,
+            job.id,
+            grid={k: to_json(d) for k, d in dims.items()},  # the run's grid: the space
+            base_hyperparameters=hp.effective(),
+            k_folds=spec.k_folds,
+            num_samples=spec.num_samples,
+            metric=spec.metric,
+            mode=spec.mode,
+            scheduler=spec.scheduler,
+            grace_period=spec.grace_period if asha else None,
+            reduction_factor=spec.reduction_factor if asha else None,
+            max_concurrent=spec.max_concurrent,
+            resources=search.resources(),
+        ).id
+
+
+def _recorder(
+    sf: Callable[[], Session], run_id: int, metric: str, n_configs: int, say: Callable[[str], None]
+) -> Callable[[Any], None]:
+    """The search's listener: says and records each trial as it ends (in this process);
+    a write that fails is done again after the search."""
+    from tuning import report as tuning_report
+
+    def record(trial: Any) -> None:
+        c = tuning_report.summarize(trial, metric)
+        say("  " + tuning_report.trial_line(c, metric, n_configs))
+        try:
+            with sf() as s:
+                repo.record_trial(s, run_id, **_trial_fields(c, trial.history, trial.trial_id))
+        except Exception as e:  # noqa: BLE001 - recorded again after the search
+            log.warning("trial %s of run %s not recorded yet: %s", c.index, run_id, e)
+
+    return record
+
+
+def _settle(
+    sf: Callable[[], Session],
+    settings: Settings,
+    job: TrainingJob,
+    hp: Hyperparameters,
+    run_id: int,
+    spec: Any,
+    search: Any,
+    result: Any,
+    say: Callable[[str], None],
+) -> tuple[Hyperparameters, dict[str, Any], OutOfFold | None]:
+    """Every trial recorded and ranked, the run completed with the winner merged into the
+    job's hyperparameters (or failed, when no config produced an estimate)."""
+    from tuning import report as tuning_report
+
     ranked = tuning_report.rank(result.trials, spec.metric)
     winner = tuning_report.best(ranked, spec.metric)
-    summary_fields: dict[str, Any] = dict(
-        max_t=result.max_t,
-        folds=result.folds,
-        epochs_run=result.epochs_run,
-        fold_epochs_run=result.fold_epochs_run,
-        wall_s=result.wall_s,
-    )
+    by_index = {t.index: t for t in result.trials}
+    names = ("max_t", "folds", "epochs_run", "fold_epochs_run", "wall_s")
+    ended = {name: getattr(result, name) for name in names}
     with sf() as s:
-        by_index = {t.index: t for t in result.trials}
         for c in ranked:  # every trial again, in case a listener write failed
             t = by_index[c.index]
             repo.record_trial(s, run_id, **_trial_fields(c, t.history, t.trial_id))
@@ -177,7 +225,7 @@ def tune_step(
         if winner is None:
             first = next((c.error for c in ranked if c.error), "no trial reported a result")
             reason = f"no config produced an estimate ({len(ranked)} trial(s)); {first}"
-            repo.finish_tuning_run(s, run_id, "failed", error=reason, **summary_fields)
+            repo.finish_tuning_run(s, run_id, "failed", error=reason, **ended)
             raise StepFailed("tuning", reason)
         merged = Hyperparameters(**{**hp.effective(), **winner.config})
         repo.finish_tuning_run(
@@ -187,9 +235,11 @@ def tune_step(
             best_trial_index=winner.index,
             best_config=winner.config,
             job_hyperparameters=merged.effective(),
-            **summary_fields,
+            **ended,
         )
-    oof = _out_of_fold(by_index[winner.index], search, run_id, spec.k_folds)
+        run = s.get(TuningRun, run_id)
+        assert run is not None
+        summary = _summary(run, spec.strategy, result.resumed, [c.to_dict() for c in ranked])
     say(tuning_report.table(ranked, spec.metric))
     say(
         f"best config: {tuning_report.config_text(winner.config)} "
@@ -199,25 +249,28 @@ def tune_step(
         f"{result.wall_s:.0f} s. "
         f"Training it on the train split, judging it on the test split."
     )
-    return (
-        merged,
-        {
-            "run_id": run_id,
-            "metric": spec.metric,
-            "mode": spec.mode,
-            "scheduler": spec.scheduler,
-            "search": spec.strategy,
-            "num_samples": spec.num_samples,
-            "resumed": result.resumed,
-            "k_folds": spec.k_folds,
-            "grid": grid,
-            "best_config": winner.config,
-            "max_t": result.max_t,
-            "epochs_run": result.epochs_run,
-            "trials": [c.to_dict() for c in ranked],
-        },
-        oof,
-    )
+    return merged, summary, _out_of_fold(by_index[winner.index], search, run_id, spec.k_folds)
+
+
+def _summary(
+    run: TuningRun, strategy: str, resumed: bool, trials: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """tuning.json: the completed run as its row has it, and its trials (ranked)."""
+    return {
+        "run_id": run.id,
+        "metric": run.metric,
+        "mode": run.mode,
+        "scheduler": run.scheduler,
+        "search": strategy,
+        "num_samples": run.num_samples,
+        "resumed": resumed,
+        "k_folds": run.k_folds,
+        "grid": run.grid,
+        "best_config": run.best_config,
+        "max_t": run.max_t,
+        "epochs_run": run.epochs_run,
+        "trials": trials,
+    }
 
 
 def _out_of_fold(trial: Any, search: Any, run_id: int, k: int) -> OutOfFold:
