@@ -31,6 +31,33 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
     raise RuntimeError("no free port found")
 
 
+def _descendants(root: int) -> set[int]:
+    """The ids of every living process under ``root`` (read from /proc), and root's."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that just ended
+        children.setdefault(ppid, []).append(int(d.name))
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 class LocalRayCluster:
     def __init__(
         self,
@@ -107,11 +134,22 @@ class LocalRayCluster:
 
     def kill(self) -> None:
         """The whole cluster lost at once (a head machine gone): every process of it
-        killed with SIGKILL, nothing shut down cleanly; then its folder removed."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        killed with SIGKILL, nothing shut down cleanly; then its folder removed. Every
+        process is every descendant of ``ray start``, wherever its session: a Ray job's
+        driver runs in a session of its own (job_supervisor.py), and one left alive would
+        outlive its cluster as no driver on a lost machine does. The tree is stopped
+        (SIGSTOP) until no new process appears, then killed, so none forks away."""
+        tree: set[int] = set()
+        while True:
+            grown = _descendants(self.proc.pid) - tree
+            if not grown:
+                break
+            for pid in grown:
+                _signal(pid, signal.SIGSTOP)
+            tree |= grown
+        _signal(self.proc.pid, signal.SIGKILL)
+        for pid in tree:
+            _signal(pid, signal.SIGKILL)
         self.stop(timeout=10)
 
     def stop(self, timeout: float = 60.0) -> None:
