@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 --cov --cov-report=term
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
