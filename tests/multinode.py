@@ -176,6 +176,27 @@ def state(cluster: LocalRayCluster, resource: str, **filters: str) -> list[dict[
         return json.loads(r.read())["data"]["result"]["result"]
 
 
+def job_logs(cluster: LocalRayCluster, sid: str) -> str:
+    """What the Ray job ``sid``'s driver printed (the job server's logs endpoint)."""
+    req = urllib.request.Request(
+        f"{cluster.dashboard_url}/api/jobs/{sid}/logs",
+        headers={"Authorization": f"Bearer {cluster.token}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return str(json.loads(r.read()).get("logs", ""))
+
+
+def actor_logs(cluster: LocalRayCluster, class_name: str, n: int = 3000) -> str:
+    """The tail of each log file of the head's worker processes that ran ``class_name``
+    (Ray names an actor's process ``:actor_name:<class>`` at the top of its files)."""
+    out = []
+    for path in sorted((cluster.temp / "session_latest" / "logs").glob("worker-*")):
+        text = path.read_bytes().decode(errors="replace")
+        if f":actor_name:{class_name}" in text[:2000]:
+            out.append(f"--- {path.name}\n{text[-n:]}")
+    return "\n".join(out)
+
+
 def alive_nodes(cluster: LocalRayCluster) -> list[dict[str, Any]]:
     try:
         return state(cluster, "nodes", state="ALIVE")

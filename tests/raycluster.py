@@ -65,13 +65,17 @@ class LocalRayCluster:
         startup_timeout: float = 120.0,
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        port: int | None = None,
+        dashboard_port: int | None = None,
     ):
         self.temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: socket paths
         self.token = secrets.token_hex(32)
         self.token_path = self.temp / "auth_token"
         self.token_path.write_text(self.token)
         self.token_path.chmod(0o600)
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        # fixed ports (``port=``, ``dashboard_port=``) let a restarted head come back at
+        # the same address, where the worker nodes reconnect
+        self.gcs_port, self.dashboard_port = port or free_port(), dashboard_port or free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {
@@ -81,6 +85,16 @@ class LocalRayCluster:
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
         }
         self.env.pop("RAY_ADDRESS", None)
+        self.num_cpus, self.extra_args = num_cpus, list(extra_args or [])
+        self.log_path = self.temp / "ray-start.log"
+        self.log = open(self.log_path, "wb")
+        t0 = time.monotonic()
+        self._launch(startup_timeout)
+        self.startup_s = time.monotonic() - t0
+
+    def _launch(self, startup_timeout: float) -> None:
+        """``ray start --head --block`` as this cluster's head; back once its dashboard
+        answers (stopped, and the error raised, when it does not)."""
         ray_bin = Path(sys.executable).with_name("ray")
         cmd = [
             str(ray_bin),
@@ -88,7 +102,7 @@ class LocalRayCluster:
             "--head",
             "--block",
             f"--port={self.gcs_port}",
-            f"--num-cpus={num_cpus}",
+            f"--num-cpus={self.num_cpus}",
             "--num-gpus=0",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
@@ -97,11 +111,8 @@ class LocalRayCluster:
             f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={self.temp}",
             "--disable-usage-stats",
-            *(extra_args or []),
+            *self.extra_args,
         ]
-        self.log_path = self.temp / "ray-start.log"
-        self.log = open(self.log_path, "wb")
-        t0 = time.monotonic()
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -110,7 +121,6 @@ class LocalRayCluster:
         except Exception:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - t0
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -151,6 +161,29 @@ class LocalRayCluster:
         for pid in tree:
             _signal(pid, signal.SIGKILL)
         self.stop(timeout=10)
+
+    def kill_head(self) -> None:
+        """The head node lost (its pod or machine gone): the GCS, the raylet, the
+        dashboard and every worker process of the head killed with SIGKILL. Unlike
+        ``kill()`` the folder stays, for ``restart()``; worker nodes are not touched."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def restart(self, startup_timeout: float = 120.0) -> float:
+        """The head started again, as KubeRay restarts a head pod: the same ports, token,
+        environment and folder (a new Ray session, a new node id). Seconds until its
+        dashboard answered."""
+        # A new head pod starts with an empty /tmp/ray. Here the folder keeps the old
+        # head's record of its address, and the worker nodes' processes carry that
+        # address on their command lines: together `ray start` reads them as a head
+        # still running at it, and refuses.
+        (self.temp / "ray_current_cluster").unlink(missing_ok=True)
+        t0 = time.monotonic()
+        self._launch(startup_timeout)
+        return time.monotonic() - t0
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.proc.poll() is None:

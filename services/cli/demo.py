@@ -1,5 +1,6 @@
-"""``colecionador demo``: the whole pipeline on scikit-learn's digits (services/demo.py;
-docs/guide/demo.md). Exits 0 when the demo's model is versioned."""
+"""``colecionador demo``: the whole pipeline on scikit-learn's digits, then one round of
+the loop (services/demo.py; docs/guide/demo.md). Exits 0 when the demo's model is
+versioned and the loop's round succeeded."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from services.config import Settings
 def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.demo import run_demo
 
-    _, outcome = run_demo(Settings(), workers=args.workers)
-    return 0 if outcome.status == "success" else 1
+    _, outcome, loop = run_demo(Settings(), workers=args.workers)
+    ok = outcome.status == "success" and loop is not None and loop.status == "success"
+    return 0 if ok else 1
 
 
 def add_parsers(sub: Any) -> None:

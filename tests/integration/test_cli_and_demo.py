@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -71,7 +72,7 @@ def test_train_command_with_weights_from_a_file_and_skipped_images(
     assert "success" in out and "model cli v1: approved" in out and "epoch   2 phase 2" in out
 
 
-def test_demo_runs_both_jobs_and_the_second_starts_from_the_first(ray_cluster, monkeypatch, capsys):
+def test_demo_runs_both_jobs_then_one_round_of_the_loop(ray_cluster, monkeypatch, capsys):
     monkeypatch.setenv("COLECIONADOR_PUBLISH_EVENTS", "false")
     quick = {
         "image_size": 16,
@@ -88,13 +89,33 @@ def test_demo_runs_both_jobs_and_the_second_starts_from_the_first(ray_cluster, m
         "TRANSFER_RECIPE",
         {**demo.TRANSFER_RECIPE, **quick, "phase1_epochs": 1, "phase2_epochs": 1},
     )
-    backbone, outcome = demo.run_demo(Settings())
+    settings = Settings()
+    backbone, outcome, loop = demo.run_demo(settings)
     assert backbone.status == outcome.status == "success"
+    assert loop is not None and loop.status == "success"
     out = capsys.readouterr().out
     assert "no pretrained weights can be downloaded here" in out
-    with session_factory(Settings().db_url)() as s:
+    assert f"test images {outcome.metrics['n']}" in out  # the accuracy figure, printed
+    assert f"accuracy  {outcome.metrics['accuracy']:.4f}" in out
+    with session_factory(settings.db_url)() as s:
         second = repo.get_job(s, outcome.job_id)
         assert repo.hyperparameters(s, second.id)["weights"] == backbone.artifacts["model.pt"]
         assert [v.model_name for v in repo.job_versions(s, backbone.job_id)] == ["digits-backbone"]
         assert [v.model_name for v in repo.job_versions(s, outcome.job_id)] == ["digits"]
         assert second.total_images is None and len(repo.epoch_rows(s, second.id)) == 2
+        third = repo.get_job(s, loop.job_id)
+        assert third.mode == "predict" and third.status == "success"
+        assert third.request["label_next"] == demo.LABEL_NEXT == 30
+
+    # the pool is held out: none of its digits is in the training folder, all are predicted
+    root = settings.resolved_home / "demo"
+    pool = sorted(p.name for p in (root / "pool-5-9").glob("*.png"))
+    trained = {p.name for p in (root / "digits-5-9").rglob("*.png")}
+    assert len(pool) > 100 and not trained & set(pool) and third.total_images == len(pool)
+    with (root / "loop" / "to_label.csv").open(newline="") as f:
+        picks = list(csv.DictReader(f))
+    assert [int(p["rank"]) for p in picks] == list(range(1, 31))
+    assert {p["path"] for p in picks} <= set(pool)
+    assert (root / "loop" / "to_label.png").read_bytes()[:4] == b"\x89PNG"
+    assert "to label next: 30" in out and all(p["path"] in out for p in picks)
+    assert "the pool: " in out and f"{root / 'loop' / 'to_label.png'}" in out

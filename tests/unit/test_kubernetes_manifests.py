@@ -69,8 +69,14 @@ SAFE_DEFAULTS = {
     "mlflow_tracking_uri": "none: MLflow tracking is optional (docs/operations/mlflow.md)",
     "mlflow_timeout_s": "a timeout with a default",
 }
-# Secret keys that are not settings: Ray's cluster token, and the trial servers' passwords.
-OTHER_SECRET_KEYS = {"auth_token", "trial_postgres_password", "trial_rabbitmq_password"}
+# Secret keys that are not settings: Ray's cluster token, the password of the Redis that
+# keeps the GCS (gpu), and the trial servers' passwords.
+OTHER_SECRET_KEYS = {
+    "auth_token",
+    "redis_password",
+    "trial_postgres_password",
+    "trial_rabbitmq_password",
+}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +122,12 @@ def test_the_schema_check_finds_mistakes(rendered: Rendered):
     bad = copy.deepcopy(cluster)
     del bad["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["name"]
     assert "'name' is a required property" in " ".join(crd_errors(bad))
+    bad = copy.deepcopy(cluster)
+    bad["spec"]["gcsFaultToleranceOptions"]["backend"] = "memcached"
+    assert "is not one of ['redis', 'rocksdb']" in " ".join(crd_errors(bad))
+    bad = copy.deepcopy(cluster)
+    bad["spec"]["gcsFaultToleranceOptions"]["redisPasword"] = {"value": "x"}
+    assert "'redisPasword' was unexpected" in " ".join(crd_errors(bad))
     config = copy.deepcopy(one(rendered["gpu"], "ConfigMap"))
     config["data"]["COLECIONADOR_WORKERS"] = 2
     assert core_errors(config)
@@ -327,3 +339,28 @@ def test_the_training_workers_autoscale(rendered: Rendered, overlay: str, gpus: 
     )
     use_gpu = one(rendered[overlay], "ConfigMap")["data"]["COLECIONADOR_USE_GPU"]
     assert use_gpu == ("true" if gpus else "false")
+
+
+@pytest.mark.parametrize(("overlay", "tolerant"), [("cpu-trial", False), ("gpu", True)])
+def test_gcs_fault_tolerance(rendered: Rendered, overlay: str, tolerant: bool):
+    """In `gpu` both clusters keep their GCS in Redis (KubeRay's gcsFaultToleranceOptions),
+    its password read from the Secret the overlay makes (by its generated name) and the
+    storage namespace left to KubeRay (the cluster's UID); the trial has no Redis."""
+    objs = rendered[overlay]
+    secret = one(objs, "Secret")
+    clusters = [
+        one(objs, "RayCluster")["spec"],
+        one(objs, "RayService")["spec"]["rayClusterConfig"],
+    ]
+    for cluster in clusters:
+        ft = cluster.get("gcsFaultToleranceOptions")
+        if not tolerant:
+            assert ft is None
+            continue
+        assert ft["redisAddress"].rpartition(":")[2] == "6379"
+        assert "externalStorageNamespace" not in ft
+        ref = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"]
+        assert ref["key"] in config_and_secret(objs)[1]
+        # KubeRay hands the password to the head itself, not as a start parameter
+        assert "redis-password" not in cluster["headGroupSpec"]["rayStartParams"]
