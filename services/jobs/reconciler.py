@@ -9,9 +9,10 @@ caller acts); ``Reconciler.pass_once`` reads the rows and Ray, and applies each 
   which resumes from the latest checkpoint in the store, up to ``max_job_attempts``;
 - past that, the job is marked ``failed`` with what Ray said, and its event goes out;
 - a Ray job the job server does not know at all was lost with its cluster (a head
-  replaced without GCS fault tolerance forgets every job): resubmitted, and that attempt
-  is recorded ``LOST`` and not counted against ``max_job_attempts`` (the job did not
-  fail; the cluster went), up to ``MAX_LOST_ATTEMPTS`` times;
+  replaced without GCS fault tolerance forgets every job), or one Ray failed because its
+  supervisor was gone after a head restart (``SUPERVISOR_LOST``): resubmitted, and that
+  attempt is recorded ``LOST`` and not counted against ``max_job_attempts`` (the job did
+  not fail; the cluster did), up to ``MAX_LOST_ATTEMPTS`` times;
 - a job running longer than ``max_job_seconds`` since it first started is marked
   ``failed`` (``limit: ...``) with its event, then its Ray job is stopped.
 
@@ -39,6 +40,9 @@ log = logging.getLogger("colecionador.reconciler")
 RUNNING = ("PENDING", "RUNNING")
 LOST = "LOST"  # an attempt's Ray status when its cluster forgot it
 MAX_LOST_ATTEMPTS = 5  # clusters replaced under one job before it fails anyway
+# what Ray's job manager says of a job it finds RUNNING whose supervisor actor no longer
+# exists: a head restarted with its GCS kept (GCS fault tolerance) lost the driver with it
+SUPERVISOR_LOST = "failed to get job supervisor"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,17 @@ def decide(
             "resubmit",
             f"Ray job {ray_job_id} is gone: the cluster that ran it was replaced (not "
             "counted against COLECIONADOR_MAX_JOB_ATTEMPTS)",
+            counts=False,
+        )
+    if (
+        ray_status == "FAILED"
+        and SUPERVISOR_LOST in (ray_message or "")
+        and lost < MAX_LOST_ATTEMPTS
+    ):
+        return Decision(
+            "resubmit",
+            f"Ray job {ray_job_id} was lost with the head that ran its driver (Ray: "
+            f"{SUPERVISOR_LOST}; not counted against COLECIONADOR_MAX_JOB_ATTEMPTS)",
             counts=False,
         )
     said = f"Ray job {ray_job_id} {ray_status or 'is gone'}"
@@ -143,7 +158,7 @@ class Reconciler:
                 row = repo.get_job(s, job_id)
                 if row is None or row.status not in ACTIVE_STATUSES or row.ray_job_id != sid:
                     continue
-                ended_as = ray_status or (LOST if not d.counts else "GONE")
+                ended_as = LOST if not d.counts else (ray_status or "GONE")
                 repo.end_attempt(s, job_id, sid, ended_as, d.reason)
             if d.action == "resubmit":
                 log.warning(

@@ -65,3 +65,17 @@ def test_a_job_over_its_wall_clock_limit_is_stopped_whatever_ray_says():
     assert decide("training", "s", "RUNNING", None, 1, 2, 3599, 3600).action == "wait"
     assert decide("queued", None, None, None, 0, 2, None, 3600).action == "submit"  # not started
     assert decide("training", "s", "RUNNING", None, 1, 2, 10**9, None).action == "wait"  # no limit
+
+
+def test_a_job_whose_driver_went_with_a_restarted_head_is_lost_not_failed():
+    """With the GCS in Redis a restarted head keeps the job table: a job whose driver ran
+    on the old head reads FAILED with Ray's "failed to get job supervisor" once the new
+    job manager looks (tests/integration/test_gcs_restart.py). The cluster failed, not
+    the job: resubmitted, not counted; any other FAILED still counts."""
+    said = "Unexpected error occurred: failed to get job supervisor."
+    gone = decide("training", "s", "FAILED", said, 2, max_attempts=2)
+    assert (gone.action, gone.counts) == ("resubmit", False)
+    assert "lost with the head" in gone.reason
+    assert decide("training", "s", "FAILED", "exit code 1", 2, 2).action == "fail"
+    # past MAX_LOST_ATTEMPTS it counts like any failure
+    assert decide("training", "s", "FAILED", said, 7, 2, lost=5).action == "fail"
