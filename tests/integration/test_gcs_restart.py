@@ -154,8 +154,8 @@ def test_a_head_restart_keeps_the_worker_nodes_actors_and_serve_replicas(ft_clus
     wait_until(lambda: job_status(head, done_sid)["status"] == "SUCCEEDED", 60, "a job's end")
     pid_file = head.temp / "entrypoint.pid"
     sleeper = (
-        "python -c 'import os, time; "
-        f'open("{pid_file}", "w").write(str(os.getpid())); time.sleep(600)\''
+        "python -c 'import os, signal; "  # runs until the head's kill takes it
+        f'open("{pid_file}", "w").write(str(os.getpid())); signal.pause()\''
     )
     http(head, "/api/jobs/", {"entrypoint": sleeper, "submission_id": running_sid})
     wait_until(lambda: job_status(head, running_sid)["status"] == "RUNNING", 60, "a job's start")
