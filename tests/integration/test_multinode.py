@@ -92,6 +92,11 @@ def what_happened(nodes: TwoNodes, db_url: str, batch: str, requests: str) -> st
     return "\n".join(said)
 
 
+def driver_job_id(cluster: LocalRayCluster, sid: str) -> str:
+    """The Ray job id (what an actor's ``job_id`` says) of submission ``sid``."""
+    return next(j for j in state(cluster, "jobs") if j.get("submission_id") == sid)["job_id"]
+
+
 def driver_node(cluster: LocalRayCluster, sid: str) -> str:
     return next(j for j in state(cluster, "jobs") if j.get("submission_id") == sid)[
         "driver_node_id"
@@ -135,6 +140,38 @@ def test_a_head_only_folder_streams_from_the_head_and_trains_on_the_gpu_node(
     for a in workers:
         asked = {v for k, v in a["required_resources"].items() if k.startswith(GPU_NODE)}
         assert asked == {1.0}, a["required_resources"]
+
+
+def test_an_s3_data_set_streams_and_trains_on_the_worker_node(
+    two_nodes, s3_server, pg_url, tmp_path
+):
+    """A data set in S3, streamed (decoded into shards in the store): the decode tasks
+    read the objects from the bucket wherever they run, and the job trains on the worker
+    node with its checkpoints and model in S3."""
+    from tests.integration.test_storage_s3 import upload_tree
+
+    bucket = s3_server.bucket_name("mns3")
+    s3_server.client().create_bucket(Bucket=bucket)
+    upload_tree(s3_server, write_dataset(tmp_path / "local", per_class=12), bucket, "data/b1")
+    batch = f"mns3-{uuid.uuid4().hex[:8]}"
+    job_env = node_settings(s3_server, bucket, pg_url, COLECIONADOR_STREAM_MIN_IMAGES="0")
+    sid, out = submit(
+        two_nodes.head, job_env, "--dataset", f"s3://{bucket}/data/b1", "--batch-id", batch,
+        recipe=TINY,
+    )  # fmt: skip
+    assert f"Job '{sid}' succeeded" in out, out[-4000:]
+    assert "decoded 36 files" in out  # every object read from the bucket
+    with session_factory(pg_url)() as s:
+        job = repo.get_job_by_batch(s, batch)
+        assert job.status == "success"
+        (version,) = repo.job_versions(s, job.id)
+    assert version.model_path.startswith(f"s3://{bucket}/store/")
+    assert driver_node(two_nodes.head, sid) == two_nodes.head_id
+    workers = state(two_nodes.head, "actors", class_name="RayTrainWorker")
+    mine = [a for a in workers if a.get("job_id") == driver_job_id(two_nodes.head, sid)]
+    assert mine and {a["node_id"] for a in mine} == {two_nodes.worker.node_id}
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert any(k.startswith(f"store/checkpoints/{job.id}/") for k in keys)
 
 
 def test_a_job_on_one_nodes_embedded_defaults_is_refused_saying_what_to_set(two_nodes, tmp_path):
