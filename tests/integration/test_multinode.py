@@ -154,7 +154,13 @@ def test_an_s3_data_set_streams_and_trains_on_the_worker_node(
     s3_server.client().create_bucket(Bucket=bucket)
     upload_tree(s3_server, write_dataset(tmp_path / "local", per_class=12), bucket, "data/b1")
     batch = f"mns3-{uuid.uuid4().hex[:8]}"
-    job_env = node_settings(s3_server, bucket, pg_url, COLECIONADOR_STREAM_MIN_IMAGES="0")
+    job_env = node_settings(
+        s3_server,
+        bucket,
+        pg_url,
+        COLECIONADOR_STREAM_MIN_IMAGES="0",
+        COLECIONADOR_DATASET_ROOTS=f"s3://{bucket}/data",
+    )
     sid, out = submit(
         two_nodes.head, job_env, "--dataset", f"s3://{bucket}/data/b1", "--batch-id", batch,
         recipe=TINY,
