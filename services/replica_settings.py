@@ -62,6 +62,19 @@ class SecretNotOnNode(RuntimeError):
     """The node a process started on lacks a secret the sender had, or has another one."""
 
 
+def refusal(error: BaseException) -> str | None:
+    """The SecretNotOnNode line a Ray actor's start failed with (Ray hands an error raised
+    in an actor's ``__init__`` back as the text of its traceback, whose last line is
+    ``<module>.SecretNotOnNode: <what to set>``), or None when it failed otherwise."""
+    if isinstance(error, SecretNotOnNode):
+        return str(error)
+    mark = f"{SecretNotOnNode.__module__}.{SecretNotOnNode.__name__}: "
+    text = str(error)
+    if not getattr(error, "actor_init_failed", False) or mark not in text:
+        return None
+    return text.rpartition(mark)[2].splitlines()[0].strip() or None
+
+
 def fingerprint(secret: str, salt: bytes | None = None) -> str:
     salt = salt if salt is not None else os.urandom(16)
     digest = hashlib.scrypt(secret.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)

@@ -18,7 +18,7 @@ with a ``detail``."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,9 @@ from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
 from services.api.routes import compare, health, jobs, lineage, metrics, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
+
+if TYPE_CHECKING:
+    from services.replica_settings import ReplicaSettings
 
 log = logging.getLogger("colecionador.api")
 
@@ -110,8 +113,10 @@ async def _crash(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
-def api_application(settings: Settings, **kw: Any) -> Any:
-    """The bound Serve application, for ``serve.run(api_application(settings), name=...)``.
+def api_application(settings: Settings, sent: ReplicaSettings | None = None, **kw: Any) -> Any:
+    """The bound Serve application, for ``serve.run(api_application(settings), name=...)``;
+    its replicas are sent ``sent`` (``ReplicaSettings.of(settings)``, computed here when
+    not given: ~50 ms a secret, so ``up`` computes it once for all its applications).
     EmbeddedOnCluster (services.jobs.ray_jobs) when the connected cluster has several
     nodes and the settings are one node's embedded database or store: a replica placed
     elsewhere would answer from an empty one."""
@@ -121,4 +126,5 @@ def api_application(settings: Settings, **kw: Any) -> Any:
 
     refuse_embedded(settings, ("database", "store"))
 
-    return api_deployment(settings, **kw).bind(ReplicaSettings.of(settings))
+    sent = sent if sent is not None else ReplicaSettings.of(settings)
+    return api_deployment(settings, **kw).bind(sent)

@@ -1,6 +1,7 @@
 """``colecionador ingress``: the detached ingress actor (services/ingress/) on the Ray
 cluster started, stopped (``--stop``) or asked for its counters (``--status``). A cluster
-of several nodes that would use one node's defaults exits 2."""
+of several nodes that would use one node's defaults exits 2, and so does an actor whose
+node lacks one of this process's secrets or has another one (the line says which)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from services.config import Settings
 from services.jobs.ray_jobs import EmbeddedOnCluster
+from services.replica_settings import SecretNotOnNode
 
 
 def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
@@ -29,7 +31,7 @@ def cmd_ingress(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> i
         return 0
     try:
         actor = ingress.start_ingress(settings, prefetch=args.prefetch)
-    except EmbeddedOnCluster as e:
+    except (EmbeddedOnCluster, SecretNotOnNode) as e:
         print(f"colecionador ingress: {e}", file=sys.stderr)
         return 2
     print(

@@ -24,6 +24,7 @@ from services.deploy.serve_state import ServeState, serve_state
 from services.deploy.things import Action, Line, changed
 from services.errors import one_line
 from services.registry.apps import app_name
+from services.replica_settings import ReplicaSettings
 
 DELETE_WAIT_S = 180.0  # a drain window (30 s) and then some
 
@@ -61,13 +62,17 @@ def plan(
     return Planned(Line(name, action, "; ".join(filter(None, [why, detail]))), target)
 
 
-def plan_api(settings: Settings, options: UpOptions, state: ServeState | None) -> Planned:
-    """The API application (services/api/deployment.py) at the route prefix /."""
+def plan_api(
+    settings: Settings, options: UpOptions, state: ServeState | None, sent: ReplicaSettings
+) -> Planned:
+    """The API application (services/api/deployment.py) at the route prefix /; its
+    replicas are sent ``sent`` (``ReplicaSettings.of(settings)``, computed once per up)."""
     from services.api import api_application
 
     def build(user_config: dict[str, Any]) -> Any:
         return api_application(
             settings,
+            sent=sent,
             num_cpus=options.num_cpus,
             num_replicas=options.replicas,
             user_config=user_config,
@@ -87,9 +92,14 @@ def served_models(settings: Settings, alias: str) -> list[str]:
 
 
 def plan_predict(
-    settings: Settings, options: UpOptions, state: ServeState | None, model: str
+    settings: Settings,
+    options: UpOptions,
+    state: ServeState | None,
+    model: str,
+    sent: ReplicaSettings,
 ) -> Planned:
-    """The model's predict application (services/registry/serving.py), no HTTP route."""
+    """The model's predict application (services/registry/serving.py), no HTTP route;
+    its replicas are sent ``sent``, as the API's."""
     from services.registry.serving import predict_application
 
     def build(user_config: dict[str, Any]) -> Any:
@@ -105,6 +115,7 @@ def plan_predict(
             torch_threads=options.torch_threads,
             user_config=user_config,
             hard_cases=options.hard_cases(),
+            sent=sent,
         )
 
     wanted = recipe("predict", settings, options.predict(model))

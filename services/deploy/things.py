@@ -17,6 +17,7 @@ from services.deploy.options import API_APP, UpOptions
 from services.deploy.recipe import Recipe, differences, read, recipe
 from services.deploy.serve_state import ServeState
 from services.registry.apps import APP_PREFIX
+from services.replica_settings import ReplicaSettings
 
 Action = Literal["created", "kept", "replaced", "migrated", "removed", "absent", "failed"]
 ASK_S = 30.0  # how long a running actor has to answer
@@ -94,8 +95,9 @@ def _consuming(actor: Any, settings: Settings) -> str:
     return f"not consuming yet, retrying: {error}"
 
 
-def ingress_up(settings: Settings, options: UpOptions) -> Line:
-    """The detached ingress actor on the head, with these settings and prefetch."""
+def ingress_up(settings: Settings, options: UpOptions, sent: ReplicaSettings) -> Line:
+    """The detached ingress actor on the head, with these settings and prefetch (``sent``:
+    ``ReplicaSettings.of(settings)``). SecretNotOnNode when its node lacks a secret."""
     wanted = recipe("ingress", settings, options.ingress())
     action: Action = "created"
     why = ""
@@ -111,6 +113,7 @@ def ingress_up(settings: Settings, options: UpOptions) -> Line:
         prefetch=options.prefetch,
         wait_s=options.ingress_wait_s,
         deployed_as=wanted.stored(),
+        sent=sent,
     )
     return Line("ingress", action, "; ".join(filter(None, [why, _consuming(actor, settings)])))
 

@@ -21,6 +21,7 @@ from services.deploy.serve_state import ServeState, serve_state
 from services.deploy.things import Line
 from services.errors import one_line
 from services.registry.apps import APP_PREFIX, app_name
+from services.replica_settings import ReplicaSettings
 
 Say = Callable[[Line], None]
 
@@ -66,7 +67,8 @@ def up(settings: Settings, options: UpOptions, say: Say = print) -> list[Line]:
     done(schema)
     if schema.action == "failed":
         return lines
-    done(_do("ingress", lambda: things.ingress_up(settings, options)))
+    sent = ReplicaSettings.of(settings)  # the secrets' fingerprints, once for every thing
+    done(_do("ingress", lambda: things.ingress_up(settings, options, sent)))
     before = _state(lines)
     serve_line = _do("serve", lambda: things.serve_up(options, before))
     done(serve_line)
@@ -75,8 +77,8 @@ def up(settings: Settings, options: UpOptions, say: Say = print) -> list[Line]:
     state = _state(lines)  # after a replaced Serve, none of the applications run
     try:
         models = apps.served_models(settings, options.predict_alias)
-        planned = [apps.plan_api(settings, options, state)]
-        planned += [apps.plan_predict(settings, options, state, m) for m in models]
+        planned = [apps.plan_api(settings, options, state, sent)]
+        planned += [apps.plan_predict(settings, options, state, m, sent) for m in models]
     except Exception as e:  # noqa: BLE001 - the database went away since
         done(Line("applications", "failed", f"{type(e).__name__}: {one_line(e)}"))
         return lines

@@ -13,64 +13,76 @@ from services.config import HEAD_NODE, Settings
 from services.errors import one_line
 from services.ingress.consumer import Consumer, log
 from services.jobs.ray_jobs import NAMESPACE, refuse_embedded, settings_env
+from services.replica_settings import ReplicaSettings, SecretNotOnNode, refusal
 
 ACTOR_NAME = "colecionador-ingress"
+
+
+class Ingress:
+    """Runs a Consumer on its own thread and event loop. If that loop ever ends on its own
+    (a bug), the process exits so that Ray restarts the actor: never a live actor that
+    consumes nothing. It is sent its settings without their secrets
+    (services/replica_settings.py: Ray keeps an actor's creation arguments in the GCS) and
+    reads those on its node: a node without one of them, or with another one, fails its
+    start (SecretNotOnNode naming the setting), as a Serve replica's."""
+
+    def __init__(self, sent: ReplicaSettings, prefetch: int = 4, deployed_as: Any = None) -> None:
+        settings = sent.resolve()  # its secrets read on this node, checked
+        os.environ.update(settings_env(settings))  # for what reads Settings() in here
+        self.consumer = Consumer(settings, prefetch=prefetch)
+        self._deployed_as = deployed_as  # `colecionador up`'s recipe (services/deploy)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.consumer.run())
+        except BaseException as e:  # noqa: BLE001 - reported, then restarted
+            log.exception("the ingress loop died: %s", e)
+        if not self.stopping:
+            os._exit(1)
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        self.consumer.ready.wait(timeout)
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        return {"running": self.thread.is_alive(), **self.consumer.stats}
+
+    def deployed_as(self) -> Any:
+        """What it was started with, as ``colecionador up`` recorded it (or None)."""
+        return self._deployed_as
+
+    def stop(self) -> dict[str, Any]:
+        self.stopping = True
+        self.consumer.stop()
+        self.thread.join(30)
+        return self.status()
 
 
 def _make_actor_class() -> Any:  # a Ray actor class
     import ray
 
-    @ray.remote(num_cpus=0, max_restarts=-1)
-    class Ingress:
-        """Runs a Consumer on its own thread and event loop. If that loop ever ends on its
-        own (a bug), the process exits so that Ray restarts the actor: never a live actor
-        that consumes nothing."""
-
-        def __init__(self, env: dict[str, str], prefetch: int = 4, deployed_as: Any = None) -> None:
-            os.environ.update(env)
-            self.consumer = Consumer(Settings(), prefetch=prefetch)
-            self._deployed_as = deployed_as  # `colecionador up`'s recipe (services/deploy)
-            self.stopping = False
-            self.thread = threading.Thread(target=self._run, daemon=True)
-            self.thread.start()
-
-        def _run(self) -> None:
-            try:
-                asyncio.run(self.consumer.run())
-            except BaseException as e:  # noqa: BLE001 - reported, then restarted
-                log.exception("the ingress loop died: %s", e)
-            if not self.stopping:
-                os._exit(1)
-
-        def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-            self.consumer.ready.wait(timeout)
-            return self.status()
-
-        def status(self) -> dict[str, Any]:
-            return {"running": self.thread.is_alive(), **self.consumer.stats}
-
-        def deployed_as(self) -> Any:
-            """What it was started with, as ``colecionador up`` recorded it (or None)."""
-            return self._deployed_as
-
-        def stop(self) -> dict[str, Any]:
-            self.stopping = True
-            self.consumer.stop()
-            self.thread.join(30)
-            return self.status()
-
-    return Ingress
+    return ray.remote(num_cpus=0, max_restarts=-1)(Ingress)
 
 
 def start_ingress(
-    settings: Settings, prefetch: int = 4, wait_s: float = 60.0, deployed_as: Any = None
+    settings: Settings,
+    prefetch: int = 4,
+    wait_s: float = 60.0,
+    deployed_as: Any = None,
+    sent: ReplicaSettings | None = None,
 ) -> Any:
     """Create (or find) the detached, named ingress actor and wait (up to ``wait_s``) until
     it consumes. If the broker or the database is not reachable yet, it keeps retrying:
     its status says why it does not consume. EmbeddedOnCluster, before anything starts,
     when the cluster has several nodes and the settings are one node's embedded database
     or broker. ``deployed_as`` is kept for whoever asks (``colecionador up`` stores its
-    recipe there)."""
+    recipe there). ``sent``: ``ReplicaSettings.of(settings)``, when the caller has it
+    already (its fingerprints cost ~50 ms a secret). SecretNotOnNode, naming what to set,
+    when the actor's node lacks one of the secrets or has another one: the actor is then
+    dead (Ray does not restart an actor whose ``__init__`` raised) and its name free."""
     import ray
 
     refuse_embedded(settings, ("database", "broker"))
@@ -82,14 +94,19 @@ def start_ingress(
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
-            # on the head, whose node holds the settings and secrets (as Ray Train pins its
-            # state actor): placed or restarted on a worker node it would open that node's
-            # empty SQLite and a guest broker on its 127.0.0.1, consuming nothing
+            # on the head, as Ray Train pins its state actor: the node whose secrets
+            # the operator keeps with the settings (checked on start all the same)
             resources={HEAD_NODE: 0.001},
         )
-        .remote(settings_env(settings), prefetch, deployed_as)
+        .remote(sent if sent is not None else ReplicaSettings.of(settings), prefetch, deployed_as)
     )
-    ray.get(actor.wait_ready.remote(wait_s))
+    try:
+        ray.get(actor.wait_ready.remote(wait_s))
+    except ray.exceptions.RayActorError as e:
+        refused = refusal(e)
+        if refused is None:
+            raise
+        raise SecretNotOnNode(refused) from e
     return actor
 
 

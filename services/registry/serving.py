@@ -257,11 +257,13 @@ def predict_application(
     torch_threads: int = 1,
     user_config: dict[str, Any] | None = None,
     hard_cases: HardCases | None = None,
+    sent: ReplicaSettings | None = None,
 ) -> Any:
     """The bound Serve application of one model, for
     ``serve.run(app, name=app_name(model_name), route_prefix=None)``. ``user_config``:
     data Serve keeps with the deployment (``colecionador up``'s recipe); ``hard_cases``:
-    what its replicas keep of their answers (None: nothing)."""
+    what its replicas keep of their answers (None: nothing); ``sent``: what its replicas
+    are sent, ``ReplicaSettings.of(settings)`` (computed here when not given)."""
     scale: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config}
         if autoscaling_config is not None
@@ -278,7 +280,8 @@ def predict_application(
         **scale,
     )
     return deployment.bind(  # type: ignore[attr-defined]  # a Deployment: Ray's overloads miss (cls, **options)
-        ReplicaSettings.of(settings),  # never the secrets: Serve keeps init args in the GCS
+        # never the secrets: Serve keeps init args in the GCS
+        sent if sent is not None else ReplicaSettings.of(settings),
         model_name,
         alias,
         version,

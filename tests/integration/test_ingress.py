@@ -4,10 +4,15 @@ malformed message goes to the dead-letter queue with its reason and writes nothi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 import ray
+from pydantic import SecretStr
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from services import ingress
@@ -16,8 +21,9 @@ from services.db.models import TrainingJob
 from services.db.session import session_factory
 from services.events.broker import publish_request
 from services.jobs.ray_jobs import RayJobs, auth_headers, submission_id
+from services.replica_settings import SecretNotOnNode
 from tests.amqp import message_count, next_message
-from tests.conftest import TINY
+from tests.conftest import TINY, cli_env, give_node
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +81,7 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
         "bare": ({"hyperparameters": {"callbacks": ["antigravity"]}}, "hyperparameters.callbacks"),
         "gate": ({"tuning": {"grid": {"seed": [1, 2]}}, "mode": "tune"}, "tuning.grid: "),
     }
+    give_node(ray_cluster, settings)  # the operator's secrets, on the node
     actor = ingress.start_ingress(settings)
     try:
         for name, (fields, _) in poison.items():
@@ -129,6 +136,50 @@ def test_message_to_versioned_model_once_and_malformed_to_dead_letters(
     for secret in (s3_server.secret_key, settings.api_token.get_secret_value(), "guest:guest"):
         assert secret not in info
     assert message_count(events) == 0  # exactly one event
+
+
+def _name_free(wait_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            ingress.get_ingress()
+        except ValueError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_an_ingress_on_a_node_with_other_secrets_fails_to_start_naming_them(
+    own_database, ray_cluster, settings_for, queues
+):
+    requests, events = queues
+    settings = settings_for(
+        own_database,
+        requests_queue=requests,
+        events_queue=events,
+        ray_dashboard_url=ray_cluster.dashboard_url,
+        ray_auth_token_path=ray_cluster.token_path,
+    )
+    give_node(ray_cluster, settings)
+    other = settings.model_copy(update={"api_token": SecretStr("api-not-on-the-node")})
+    started = time.monotonic()
+    with pytest.raises(SecretNotOnNode, match=r"^node \S+ has (no|another) api_token\b.*: set "):
+        ingress.start_ingress(other)
+    took = time.monotonic() - started
+    assert _name_free()  # the actor is dead, not restarted, and its name free
+
+    # `colecionador ingress` says the same line and exits 2
+    env = cli_env(other, ray_cluster, "api-not-on-the-node", "read-not-on-the-node")
+    cli = Path(sys.executable).with_name("colecionador")
+    done = subprocess.run(
+        [str(cli), "ingress"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    (said,) = [line for line in done.stderr.splitlines() if line.startswith("colecionador")]
+    assert said.startswith("colecionador ingress: node ") and ": set COLECIONADOR_API_" in said
+    assert "api-not-on-the-node" not in done.stdout + done.stderr
+    assert _name_free()
+    print(f"refused in {took:.1f} s")
 
 
 def test_queued_jobs_without_a_ray_job_are_submitted_by_the_reconciler(

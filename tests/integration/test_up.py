@@ -21,10 +21,12 @@ from services import ingress
 from services.db import repo
 from services.db.models import ModelAlias
 from services.db.session import session_factory
+from services.deploy import things
 from services.deploy.options import UpOptions
 from services.deploy.serve_state import serve_state
-from services.deploy.up import down, up
+from services.deploy.up import _do, down, up
 from services.registry.apps import app_name
+from services.replica_settings import ReplicaSettings
 from tests.conftest import cli_env, give_node
 from tests.factories import add_version
 from tests.raycluster import free_port
@@ -78,6 +80,15 @@ def test_up_creates_keeps_replaces_and_down_removes(
         said.append(str(line))
 
     try:
+        # an ingress whose node has another secret than `up`'s fails, saying which
+        other = settings.model_copy(update={"api_token": SecretStr("w-not-on-the-node")})
+        sent = ReplicaSettings.of(other)
+        refused = _do("ingress", lambda: things.ingress_up(other, options, sent))
+        assert (refused.action, refused.detail.split(": ")[0]) == ("failed", "SecretNotOnNode")
+        assert "has another api_token than the deploying process: set " in refused.detail
+        with pytest.raises(ValueError):
+            ingress.get_ingress()  # dead, its name free for the up below
+
         # an empty database and cluster: the schema, then every thing is created
         first = up(settings, options, say=say)
         assert _actions(first) == {
