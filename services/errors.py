@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from training.hyperparams import printable_text
+from training.messages import first_line, one_line, typed_line
 
-
-def one_line(e: BaseException | str, limit: int = 500) -> str:
-    """The first non-empty line of an error (or its type's name), at most ``limit`` chars."""
-    text = (e if isinstance(e, str) else str(e)).strip() or type(e).__name__
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-    return first[:limit]
+__all__ = ["StepFailed", "first_line", "one_line", "printable", "typed_line"]
 
 
 def printable(text: str, limit: int = 1000) -> str:

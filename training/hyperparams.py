@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from training.messages import first_line
+
 
 def storable(value: Any) -> Any:
     """Values every store of the contract keeps (JSON, PostgreSQL text and JSONB): no NUL
@@ -305,10 +307,6 @@ def validation_message(err: ValidationError, root: str | None = "hyperparameters
     return "; ".join(parts)
 
 
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-
-
 def _read_config(path: str) -> dict[str, Any]:
     """The mapping of a ``.json``, ``.yaml``/``.yml`` or ``.toml`` file, or of its
     ``hyperparameters`` key when it has one."""
@@ -326,7 +324,7 @@ def _read_config(path: str) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - every parser has its own error
-        raise ValueError(f"cannot parse {path}: {_first_line(str(e))}") from None
+        raise ValueError(f"cannot parse {path}: {first_line(str(e))}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of hyperparameters")
     found: dict[str, Any] = data.get("hyperparameters", data)

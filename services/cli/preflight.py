@@ -47,7 +47,7 @@ def _preflight_folder(settings: Settings) -> Path:
 def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Inspected:
     """The hyperparameters, plugins, data and weights, each checked; exit 2 naming the bad
     one before anything is written."""
-    from services.errors import StepFailed
+    from services.errors import StepFailed, one_line
     from services.intake.trust import check_plugins
     from services.jobs.steps import inspect_dataset, load_weights
     from services.store.fetch import fetch_dataset
@@ -62,7 +62,7 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Insp
         folder = fetch_dataset(args.dataset, settings)
         decoded, split, report = inspect_dataset(folder, hp)
     except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e).splitlines()[0])
+        parser.error(one_line(e))
     try:
         state = load_weights(hp, len(decoded.classes), settings)
     except StepFailed as e:

@@ -31,6 +31,7 @@ from services.config import Settings
 from services.db import repo
 from services.db.models import ACTIVE_STATUSES
 from services.db.session import session_factory
+from services.errors import first_line
 from services.jobs import lifecycle
 from services.jobs.ray_jobs import RayJobs
 from services.metrics import process as metrics
@@ -97,7 +98,7 @@ def decide(
         )
     said = f"Ray job {ray_job_id} {ray_status or 'is gone'}"
     if ray_message:
-        said += f": {ray_message.strip().splitlines()[0][:300]}"
+        said += f": {first_line(ray_message, 300)}"
     failed = attempts - lost
     if failed < max_attempts and ray_status is not None:
         return Decision("resubmit", said)

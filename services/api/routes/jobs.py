@@ -24,6 +24,7 @@ from services.api.schemas import (
 )
 from services.db import repo
 from services.db.models import FINAL_STATUSES
+from services.errors import one_line
 from services.events.broker import publish_request
 from services.intake.admission import Rejection, admit
 from services.intake.model_ref import unresolved
@@ -123,7 +124,7 @@ async def submit_job(
         job, created = await asyncio.to_thread(create_job, settings, request)
     except DataError as exc:
         raise HTTPException(
-            422, f"the database refused a value: {str(exc.orig).strip().splitlines()[0]}"
+            422, f"the database refused a value: {one_line(exc.orig or exc)}"
         ) from None
     publish = created or (job.status == "queued" and job.ray_job_id is None)
     if publish:
