@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from services.cli.args import SET_HELP, hyperparameters
 from services.config import Settings
+from services.statuses import JobStatus
 from training.hyperparams import Hyperparameters
 
 
@@ -45,7 +46,7 @@ def _record_and_run(
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
-        return 0 if job.status != "failed" else 1
+        return 0 if job.status != JobStatus.FAILED else 1
     print(
         f"job {job.id} queued ({request.mode}): {request.dataset_uri} -> model "
         f"{request.model_name}",
@@ -53,7 +54,7 @@ def _record_and_run(
     )
     outcome = run_job(job.id, settings)
     print("\n".join(outcome.lines()))
-    return 0 if outcome.status == "success" else 1
+    return 0 if outcome.status == JobStatus.SUCCESS else 1
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

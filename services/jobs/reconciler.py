@@ -29,12 +29,12 @@ from typing import Literal
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import ACTIVE_STATUSES
 from services.db.session import session_factory
 from services.errors import first_line
 from services.jobs import lifecycle
 from services.jobs.ray_jobs import RayJobs
 from services.metrics import process as metrics
+from services.statuses import ACTIVE_STATUSES, JobStatus
 
 log = logging.getLogger("colecionador.reconciler")
 
@@ -75,7 +75,7 @@ def decide(
         )
     if ray_job_id is None:
         # queued: submit it; training without a Ray job is a local `colecionador train`
-        return Decision("submit") if status == "queued" else Decision("wait")
+        return Decision("submit") if status == JobStatus.QUEUED else Decision("wait")
     if ray_status in RUNNING:
         return Decision("wait")
     if ray_status is None and lost < MAX_LOST_ATTEMPTS:
