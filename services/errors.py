@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from training.hyperparams import printable_text
-from training.messages import first_line, one_line, typed_line
+from training.messages import (
+    first_line,
+    one_line,
+    printable_text,
+    problem_words,
+    typed_line,
+    validation_message,
+)
 
-__all__ = ["StepFailed", "first_line", "one_line", "printable", "typed_line"]
+__all__ = [
+    "StepFailed",
+    "first_line",
+    "one_line",
+    "printable",
+    "problem_words",
+    "typed_line",
+    "validation_message",
+]
 
 
 def printable(text: str, limit: int = 1000) -> str:

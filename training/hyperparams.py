@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from training.messages import first_line
+from training.messages import first_line, validation_message
 
 
 def storable(value: Any) -> Any:
@@ -285,26 +285,6 @@ def _json_or_word(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text.strip()
-
-
-def printable_text(text: str) -> str:
-    """Text from a request (a field name, a value quoted in a reason) as one printable
-    line: unchanged when printable, else escaped (``\\n``, ``\\x00``, ...)."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def validation_message(err: ValidationError, root: str | None = "hyperparameters") -> str:
-    """One line per problem, naming the field, for CLI errors and dead-letter reasons; a
-    problem of the whole model is ``root``'s (no field when None)."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(printable_text(str(p)) for p in e["loc"]) or root
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            within = root == "hyperparameters" or e["loc"][:1] == ("hyperparameters",)
-            msg = "unknown hyperparameter" if within else "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg.removeprefix("Value error, "))
-    return "; ".join(parts)
 
 
 def _read_config(path: str) -> dict[str, Any]:

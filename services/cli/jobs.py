@@ -64,8 +64,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """A search (grid, random or TPE) with k-fold CV and ASHA, then the best config
     trained, gated, versioned."""
+    from services.errors import validation_message
     from tuning.grid import parse_grid
-    from tuning.space import error_text, parse_space
+    from tuning.space import parse_space
     from tuning.spec import TuningSpec
 
     hp = hyperparameters(args, parser)
@@ -87,7 +88,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             grid=grid, space=space, k_folds=args.k_folds, num_samples=args.num_samples, **options
         )  # checked against the base (tunable, every combination) on admission
     except ValidationError as e:
-        parser.error(error_text(e))
+        parser.error(validation_message(e, root=None))
     except ValueError as e:
         parser.error(str(e))
     return _record_and_run(args, parser, hp, mode="tune", tuning=spec)

@@ -19,11 +19,12 @@ from urllib.parse import urlparse
 from pydantic import ValidationError
 
 from services.config import Settings
+from services.errors import validation_message
 from services.intake.request import TrainingRequest
 from services.store.fetch import local_path
 from training import plugins
 from training.hyperparams import Hyperparameters
-from tuning.space import ends, error_text, validate_space
+from tuning.space import ends, validate_space
 from tuning.spec import TuningSpec
 
 
@@ -109,7 +110,7 @@ def check_tuning(request: TrainingRequest, settings: Settings) -> None:
     try:
         validate_space(request.tuning.dimensions, request.hyperparameters)
     except ValidationError as e:
-        raise ValueError(f"tuning.{error_text(e)}") from None
+        raise ValueError(f"tuning.{validation_message(e, root=None)}") from None
     except ValueError as e:
         raise ValueError(f"tuning.{e}") from None
     budget = search_epochs(request.tuning, request.hyperparameters)
