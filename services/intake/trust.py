@@ -23,14 +23,9 @@ from services.errors import validation_message
 from services.intake.request import TrainingRequest
 from services.store.fetch import local_path
 from training import plugins
-from training.hyperparams import Hyperparameters
+from training.hyperparams import Hyperparameters, is_weights_name
 from tuning.space import ends, validate_space
 from tuning.spec import TuningSpec
-
-
-def _is_name(location: str) -> bool:
-    """A weights name (imagenet, IMAGENET1K_V2, ...), not a path or URI."""
-    return "/" not in location and "\\" not in location and "://" not in location
 
 
 def under(location: str, roots: list[str]) -> bool:
@@ -165,7 +160,7 @@ def check_locations(request: TrainingRequest, settings: Settings) -> None:
             f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)"
         )
     weights = request.hyperparameters.weights
-    if weights and not _is_name(weights) and not under(weights, settings.weights_roots()):
+    if weights and not is_weights_name(weights) and not under(weights, settings.weights_roots()):
         raise ValueError(
             f"hyperparameters.weights: {weights!r} is not under an allowed root "
             f"or the store's models/ (COLECIONADOR_DATASET_ROOTS)"
