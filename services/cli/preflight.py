@@ -72,7 +72,7 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Insp
 
 def _print_health(got: _Inspected) -> list[str]:
     """The report's figures and findings; returns what would fail a job."""
-    from training.health import blocking
+    from training.health import would_fail
 
     report, hp = got.report, got.hp
     sizes = got.split.sizes() if got.split is not None else "impossible (a class is too small)"
@@ -84,7 +84,7 @@ def _print_health(got: _Inspected) -> list[str]:
         print(f"health: {f['message']}")
     for c in report["label_conflicts"]:
         print(f"label conflict: {c['a']} ({c['a_class']}) ~ {c['b']} ({c['b_class']}), {c['how']}")
-    blockers: list[str] = blocking(report, hp.fail_on, hp.on_bad_image)
+    blockers = [b.reason for b in would_fail(got.decoded, report, hp)]
     for m in blockers:
         print(f"would fail a job: {m}")
     return blockers
