@@ -27,7 +27,7 @@ from services.intake.request import TrainingRequest
 from services.jobs.driver import run_job
 from services.jobs.outcome import JobOutcome
 from services.statuses import JobStatus
-from services.store.artifacts import PREDICTIONS_CSV, TO_LABEL_CSV, TO_LABEL_PNG
+from services.store.artifacts import MODEL_FILE, PREDICTIONS_CSV, TO_LABEL_CSV, TO_LABEL_PNG
 from training.hyperparams import Hyperparameters
 
 Say = Callable[[str], None]
@@ -167,7 +167,7 @@ def run_demo(
     if backbone.status != JobStatus.SUCCESS:
         return backbone, backbone, None
     say("\n== 2/3: the two-phase job: those weights fine-tuned on digits 5-9 (model 'digits')")
-    recipe = {**TRANSFER_RECIPE, "weights": backbone.artifacts["model.pt"]}
+    recipe = {**TRANSFER_RECIPE, "weights": backbone.artifacts[MODEL_FILE]}
     outcome = _job(
         settings, _training(f"demo-digits-{stamp}", target, "digits", recipe), workers, say
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.cli.args import hyperparameters
 from services.config import Settings
+from services.store.artifacts import LR_RANGE_PNG, PREFLIGHT_FILE
 from training.hyperparams import Hyperparameters
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def _learns(got: _Inspected, args: argparse.Namespace, out_dir: Path) -> dict[st
     result: dict[str, Any] = preflight(
         got.hp, TrainData(d.images, d.labels, split.train, split.val, d.classes), got.state
     )
-    png = Path(args.out) if args.out else out_dir / "lr_range.png"
+    png = Path(args.out) if args.out else out_dir / LR_RANGE_PNG
     png.parent.mkdir(parents=True, exist_ok=True)
     png.write_bytes(result.pop("png"))
     print(f"preflight: {result['overfit']['message']}")
@@ -124,7 +125,7 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     out_dir.mkdir(parents=True)
     result = _learns(got, args, out_dir)
     whole = {"health": got.report, "would_fail": blockers, **result}
-    (out_dir / "preflight.json").write_text(json.dumps(whole, indent=2))
+    (out_dir / PREFLIGHT_FILE).write_text(json.dumps(whole, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(whole, indent=2))
     learns = not result or result["overfit"]["passed"]
