@@ -26,7 +26,8 @@ from services.intake.records import create_job
 from services.intake.request import TrainingRequest
 from services.jobs.driver import run_job
 from services.jobs.outcome import JobOutcome
-from services.store.artifacts import PREDICTIONS_CSV, TO_LABEL_CSV, TO_LABEL_PNG
+from services.statuses import JobStatus
+from services.store.artifacts import MODEL_FILE, PREDICTIONS_CSV, TO_LABEL_CSV, TO_LABEL_PNG
 from training.hyperparams import Hyperparameters
 
 Say = Callable[[str], None]
@@ -163,15 +164,15 @@ def run_demo(
         workers,
         say,
     )
-    if backbone.status != "success":
+    if backbone.status != JobStatus.SUCCESS:
         return backbone, backbone, None
     say("\n== 2/3: the two-phase job: those weights fine-tuned on digits 5-9 (model 'digits')")
-    recipe = {**TRANSFER_RECIPE, "weights": backbone.artifacts["model.pt"]}
+    recipe = {**TRANSFER_RECIPE, "weights": backbone.artifacts[MODEL_FILE]}
     outcome = _job(
         settings, _training(f"demo-digits-{stamp}", target, "digits", recipe), workers, say
     )
     loop = None
-    if outcome.status == "success":
+    if outcome.status == JobStatus.SUCCESS:
         loop = _loop_round(settings, outcome, pool, answers, root / "loop", stamp, say)
     say(
         f"\ndemo finished in {time.perf_counter() - t0:.0f} s; database {settings.db_url}, "
@@ -205,7 +206,7 @@ def _loop_round(
     )
     job, _ = create_job(settings, request)
     loop = run_job(job.id, settings, say)
-    if loop.status != "success":
+    if loop.status != JobStatus.SUCCESS:
         say(loop.lines()[0])
         return loop
     say(loop.summary or "")

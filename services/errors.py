@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from training.hyperparams import printable_text
+from training.messages import (
+    first_line,
+    one_line,
+    printable_text,
+    problem_words,
+    typed_line,
+    validation_message,
+)
 
-
-def one_line(e: BaseException | str, limit: int = 500) -> str:
-    """The first non-empty line of an error (or its type's name), at most ``limit`` chars."""
-    text = (e if isinstance(e, str) else str(e)).strip() or type(e).__name__
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-    return first[:limit]
+__all__ = [
+    "StepFailed",
+    "first_line",
+    "one_line",
+    "printable",
+    "problem_words",
+    "typed_line",
+    "validation_message",
+]
 
 
 def printable(text: str, limit: int = 1000) -> str:

@@ -14,6 +14,8 @@ import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from training.messages import typed_line
+
 MAX_FILE_BYTES = 50 * 2**20  # a larger file is not an image we train on: unreadable
 MAX_PIXELS = 40_000_000  # width x height; a header claiming more is a decompression bomb
 
@@ -113,7 +115,7 @@ _UNREADABLE = (
 
 
 def _reason(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    return typed_line(e, 200)
 
 
 def decode_or_reason(path: Path, size: int, root: Path) -> _Decoded | str:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from training.augment import eval_transform
+from training.messages import typed_line
 
 INPUT, OUTPUT = "input", "logits"
 # Probabilities from onnxruntime and PyTorch differ by float32 rounding alone: measured
@@ -106,7 +107,7 @@ def export_onnx(model: nn.Module, image_size: int) -> tuple[bytes, dict[str, Any
                     )
                     data = buf.getvalue()
         except Exception as e:  # noqa: BLE001 - each exporter fails in its own ways
-            errors.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            errors.append(f"{exporter}: {typed_line(e, 300)}")
             continue
         import onnx
 
@@ -204,6 +205,6 @@ def export_with_parity(
     except Exception as e:  # noqa: BLE001 - onnxruntime cannot load or run the graph
         check = {
             "passed": False,
-            "error": f"onnxruntime: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+            "error": f"onnxruntime: {typed_line(e, 300)}",
         }
     return OnnxExport(data, {**info, **scaled, **check})

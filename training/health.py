@@ -20,7 +20,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from training.data import DecodedDataset, Split
+from training.hyperparams import Hyperparameters
+from training.messages import one_line
 from training.near_duplicates import CONFIRMED_BY, near_duplicate_search
+from training.stratify import check_bad, check_min_per_class
 
 FINDING_KINDS = (
     "imbalance",
@@ -304,9 +307,26 @@ def failing(report: dict[str, Any], fail_on: Collection[str]) -> list[str]:
     return [f["message"] for f in report["findings"] if f["kind"] in fail_on]
 
 
-def blocking(report: dict[str, Any], fail_on: Collection[str], on_bad_image: str) -> list[str]:
-    """Messages of the findings that would fail a job with these settings: small classes
-    always (the split needs min_per_class), unreadable files unless ``on_bad_image`` is
-    skip, and the kinds in ``fail_on``."""
-    always = {"small_class"} | ({"unreadable"} if on_bad_image == "fail" else set())
-    return [f["message"] for f in report["findings"] if f["kind"] in always or f["kind"] in fail_on]
+@dataclass(frozen=True)
+class Blocker:
+    """What would fail a job, and the step it would fail (``dataset`` or ``health``)."""
+
+    step: str
+    reason: str
+
+
+def would_fail(data: DecodedDataset, report: dict[str, Any], hp: Hyperparameters) -> list[Blocker]:
+    """The one rule of what in the data fails a job with these settings, used by the job
+    (services/jobs/steps/data.py: it fails on the first) and by ``colecionador preflight``
+    (it prints them all): unreadable images unless ``on_bad_image`` is skip, a class under
+    min_per_class (the split needs them), and each finding whose kind is in ``fail_on``."""
+    out = []
+    try:
+        check_bad(data.bad, hp.on_bad_image)
+    except ValueError as e:
+        out.append(Blocker("dataset", one_line(e)))
+    try:
+        check_min_per_class(data.labels, data.classes, hp.min_per_class)
+    except ValueError as e:
+        out.append(Blocker("dataset", one_line(e)))
+    return out + [Blocker("health", m) for m in failing(report, hp.fail_on)]

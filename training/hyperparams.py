@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from training.messages import first_line, validation_message
+
 
 def storable(value: Any) -> Any:
     """Values every store of the contract keeps (JSON, PostgreSQL text and JSONB): no NUL
@@ -285,30 +287,6 @@ def _json_or_word(text: str) -> Any:
         return text.strip()
 
 
-def printable_text(text: str) -> str:
-    """Text from a request (a field name, a value quoted in a reason) as one printable
-    line: unchanged when printable, else escaped (``\\n``, ``\\x00``, ...)."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def validation_message(err: ValidationError, root: str | None = "hyperparameters") -> str:
-    """One line per problem, naming the field, for CLI errors and dead-letter reasons; a
-    problem of the whole model is ``root``'s (no field when None)."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(printable_text(str(p)) for p in e["loc"]) or root
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            within = root == "hyperparameters" or e["loc"][:1] == ("hyperparameters",)
-            msg = "unknown hyperparameter" if within else "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg.removeprefix("Value error, "))
-    return "; ".join(parts)
-
-
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-
-
 def _read_config(path: str) -> dict[str, Any]:
     """The mapping of a ``.json``, ``.yaml``/``.yml`` or ``.toml`` file, or of its
     ``hyperparameters`` key when it has one."""
@@ -326,7 +304,7 @@ def _read_config(path: str) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - every parser has its own error
-        raise ValueError(f"cannot parse {path}: {_first_line(str(e))}") from None
+        raise ValueError(f"cannot parse {path}: {first_line(str(e))}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of hyperparameters")
     found: dict[str, Any] = data.get("hyperparameters", data)

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from training.hyperparams import Hyperparameters, parse_assignment, validation_message
+from training.hyperparams import Hyperparameters, parse_assignment
+from training.messages import validation_message
 
 # Names a grid may not vary: the search must compare configs on the same data, folds and
 # held-out test split, and the final model is judged once, by the job's own gate.

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.hyperparams import Hyperparameters, parse_assignment, validation_message
+from training.hyperparams import Hyperparameters, parse_assignment
+from training.messages import validation_message
 from tuning.grid import _split_values
 
 if TYPE_CHECKING:
@@ -175,19 +176,7 @@ def coerce(key: str, raw: Any) -> list[Any] | Range:
     try:
         return KINDS[raw["type"]].model_validate(raw)
     except ValidationError as e:
-        raise ValueError(f"space {key}: {error_text(e)}") from None
-
-
-def error_text(err: ValidationError) -> str:
-    """A range's or a spec's validation error in one line: ``field: reason``."""
-    parts = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+        raise ValueError(f"space {key}: {validation_message(e, root=None)}") from None
 
 
 def _field_kind(key: str) -> set[object]:

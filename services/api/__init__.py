@@ -32,6 +32,7 @@ from services.api.edges import BodyLimit, SecurityHeaders, docs_routes
 from services.api.routes import compare, health, jobs, lineage, metrics, models, predict
 from services.api.schemas import ErrorOut
 from services.config import Settings
+from services.errors import problem_words
 
 if TYPE_CHECKING:
     from services.replica_settings import ReplicaSettings
@@ -89,13 +90,14 @@ def create_app(
 
 async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field, in the words the CLI and the dead-letter reasons use."""
-    detail = []
-    for err in exc.errors():
-        loc, kind = list(err.get("loc", ())), str(err.get("type", "value_error"))
-        msg = str(err.get("msg", "invalid"))
-        if kind == "extra_forbidden":
-            msg = "unknown hyperparameter" if "hyperparameters" in loc[:2] else "unknown field"
-        detail.append({"loc": loc, "msg": msg, "type": kind})
+    detail = [
+        {
+            "loc": list(err.get("loc", ())),
+            "msg": problem_words(err),
+            "type": str(err.get("type", "value_error")),
+        }
+        for err in exc.errors()
+    ]
     return JSONResponse({"detail": detail}, status_code=422)
 
 

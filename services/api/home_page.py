@@ -20,7 +20,7 @@ from services.api.schemas import (
     StatusFilter,
 )
 from services.db import repo
-from services.db.models import FINAL_STATUSES, JOB_STATUSES
+from services.statuses import FINAL_STATUSES, JOB_STATUSES
 
 router = APIRouter(include_in_schema=False, dependencies=[READ_PAGE])
 

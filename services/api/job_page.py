@@ -30,7 +30,7 @@ from services.api.schemas import (
     VersionNo,
 )
 from services.db import repo
-from services.db.models import FINAL_STATUSES
+from services.statuses import FINAL_STATUSES
 from services.store.artifacts import (
     HEALTH_FILE,
     LABEL_ISSUES_FILE,

@@ -4,18 +4,21 @@ constructor, and the path parameters' types. NaN / inf (a diverged epoch) become
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.db.models import JobStatus
 from services.events.schemas import ALIAS_PATTERN
 from services.intake.request import MAX_INT
 from services.registry.compare import Epoch, Num
+from services.statuses import GateStatus, JobStatus
 from services.store.artifacts import VERSION_FILES
 
-StatusFilter = Literal["", JobStatus]  # "" or a status
+if TYPE_CHECKING:
+    StatusFilter = str
+else:  # "" (all) or a status: one Literal of the words, so a bad filter's 422 names them
+    StatusFilter = Literal[("", *(s.value for s in JobStatus))]
 
 # path parameters (module level: FastAPI resolves the annotations by name)
 JobId = Annotated[int, Path(ge=1, le=MAX_INT, description="the job's id")]
@@ -53,7 +56,7 @@ class Job(BaseModel):
 class VersionRef(BaseModel):
     model_name: str
     version: int
-    status: Literal["approved", "rejected"]
+    status: GateStatus
 
 
 class JobDetail(Job):
@@ -107,7 +110,7 @@ class GateRuleOut(BaseModel):
 
 
 class Gate(BaseModel):
-    status: Literal["approved", "rejected"]
+    status: GateStatus
     rules: list[GateRuleOut]
 
     @classmethod
@@ -122,7 +125,7 @@ class VersionSummary(BaseModel):
     model_name: str
     version: int
     job_id: int
-    status: Literal["approved", "rejected"]
+    status: GateStatus
     accuracy: Num
     precision: Num
     recall: Num

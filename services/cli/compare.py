@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from services.config import Settings
+from services.errors import problem_words
 from services.registry.compare import MAX_JOBS, MIN_JOBS, Comparison, JobIds, TuningOut
 
 PAD = 2
@@ -174,7 +175,7 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     try:
         ids = TypeAdapter(JobIds).validate_python(args.jobs)
     except ValidationError as e:
-        parser.error(f"jobs: {e.errors()[0]['msg']}")
+        parser.error(f"jobs: {problem_words(e.errors()[0])}")
     settings = Settings()
     prepare_database(settings)
     with session_factory(settings.db_url)() as s:

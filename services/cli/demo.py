@@ -8,13 +8,18 @@ import argparse
 from typing import Any
 
 from services.config import Settings
+from services.statuses import JobStatus
 
 
 def cmd_demo(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
     from services.demo import run_demo
 
     _, outcome, loop = run_demo(Settings(), workers=args.workers)
-    ok = outcome.status == "success" and loop is not None and loop.status == "success"
+    ok = (
+        outcome.status == JobStatus.SUCCESS
+        and loop is not None
+        and loop.status == JobStatus.SUCCESS
+    )
     return 0 if ok else 1
 
 

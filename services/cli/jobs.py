@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from services.cli.args import SET_HELP, hyperparameters
 from services.config import Settings
+from services.statuses import JobStatus
 from training.hyperparams import Hyperparameters
 
 
@@ -45,7 +46,7 @@ def _record_and_run(
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
-        return 0 if job.status != "failed" else 1
+        return 0 if job.status != JobStatus.FAILED else 1
     print(
         f"job {job.id} queued ({request.mode}): {request.dataset_uri} -> model "
         f"{request.model_name}",
@@ -53,7 +54,7 @@ def _record_and_run(
     )
     outcome = run_job(job.id, settings)
     print("\n".join(outcome.lines()))
-    return 0 if outcome.status == "success" else 1
+    return 0 if outcome.status == JobStatus.SUCCESS else 1
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -63,8 +64,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """A search (grid, random or TPE) with k-fold CV and ASHA, then the best config
     trained, gated, versioned."""
+    from services.errors import validation_message
     from tuning.grid import parse_grid
-    from tuning.space import error_text, parse_space
+    from tuning.space import parse_space
     from tuning.spec import TuningSpec
 
     hp = hyperparameters(args, parser)
@@ -86,7 +88,7 @@ def cmd_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             grid=grid, space=space, k_folds=args.k_folds, num_samples=args.num_samples, **options
         )  # checked against the base (tunable, every combination) on admission
     except ValidationError as e:
-        parser.error(error_text(e))
+        parser.error(validation_message(e, root=None))
     except ValueError as e:
         parser.error(str(e))
     return _record_and_run(args, parser, hp, mode="tune", tuning=spec)

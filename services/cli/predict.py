@@ -15,6 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
+from services.statuses import JobStatus
 
 if TYPE_CHECKING:
     from services.intake.request import TrainingRequest
@@ -87,8 +88,8 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     job, created = create_job(settings, request, num_workers=args.workers, use_gpu=args.gpu)
     if not created:
         print(f"batch {request.batch_id} is job {job.id} ({job.status}); not started again")
-        return 0 if job.status != "failed" else 1
+        return 0 if job.status != JobStatus.FAILED else 1
     print(f"job {job.id} queued (predict): {request.dataset_uri} with {request.model}", flush=True)
     outcome = run_job(job.id, settings)
     print("\n".join(outcome.lines()))
-    return 0 if outcome.status == "success" else 1
+    return 0 if outcome.status == JobStatus.SUCCESS else 1

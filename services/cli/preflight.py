@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.cli.args import hyperparameters
 from services.config import Settings
+from services.store.artifacts import LR_RANGE_PNG, PREFLIGHT_FILE
 from training.hyperparams import Hyperparameters
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def _preflight_folder(settings: Settings) -> Path:
 def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Inspected:
     """The hyperparameters, plugins, data and weights, each checked; exit 2 naming the bad
     one before anything is written."""
-    from services.errors import StepFailed
+    from services.errors import StepFailed, one_line
     from services.intake.trust import check_plugins
     from services.jobs.steps import inspect_dataset, load_weights
     from services.store.fetch import fetch_dataset
@@ -62,7 +63,7 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Insp
         folder = fetch_dataset(args.dataset, settings)
         decoded, split, report = inspect_dataset(folder, hp)
     except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e).splitlines()[0])
+        parser.error(one_line(e))
     try:
         state = load_weights(hp, len(decoded.classes), settings)
     except StepFailed as e:
@@ -72,7 +73,7 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> _Insp
 
 def _print_health(got: _Inspected) -> list[str]:
     """The report's figures and findings; returns what would fail a job."""
-    from training.health import blocking
+    from training.health import would_fail
 
     report, hp = got.report, got.hp
     sizes = got.split.sizes() if got.split is not None else "impossible (a class is too small)"
@@ -84,7 +85,7 @@ def _print_health(got: _Inspected) -> list[str]:
         print(f"health: {f['message']}")
     for c in report["label_conflicts"]:
         print(f"label conflict: {c['a']} ({c['a_class']}) ~ {c['b']} ({c['b_class']}), {c['how']}")
-    blockers: list[str] = blocking(report, hp.fail_on, hp.on_bad_image)
+    blockers = [b.reason for b in would_fail(got.decoded, report, hp)]
     for m in blockers:
         print(f"would fail a job: {m}")
     return blockers
@@ -106,7 +107,7 @@ def _learns(got: _Inspected, args: argparse.Namespace, out_dir: Path) -> dict[st
     result: dict[str, Any] = preflight(
         got.hp, TrainData(d.images, d.labels, split.train, split.val, d.classes), got.state
     )
-    png = Path(args.out) if args.out else out_dir / "lr_range.png"
+    png = Path(args.out) if args.out else out_dir / LR_RANGE_PNG
     png.parent.mkdir(parents=True, exist_ok=True)
     png.write_bytes(result.pop("png"))
     print(f"preflight: {result['overfit']['message']}")
@@ -124,7 +125,7 @@ def cmd_preflight(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     out_dir.mkdir(parents=True)
     result = _learns(got, args, out_dir)
     whole = {"health": got.report, "would_fail": blockers, **result}
-    (out_dir / "preflight.json").write_text(json.dumps(whole, indent=2))
+    (out_dir / PREFLIGHT_FILE).write_text(json.dumps(whole, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(whole, indent=2))
     learns = not result or result["overfit"]["passed"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from services.cli.args import model_spec, non_negative_int, positive_int
+from services.errors import problem_words
 
 if TYPE_CHECKING:
     from services.deploy.options import UpOptions
@@ -174,7 +175,7 @@ def up_options(
         return UpOptions(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
-        parser.error(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+        parser.error(f"--{str(err['loc'][0]).replace('_', '-')}: {problem_words(err)}")
 
 
 def hard_cases_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HardCases | None:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from services.cli.serve_args import HARD_CASE_FLAGS, up_options
 from services.config import Settings
+from services.errors import problem_words
 
 
 def _say(line: Any) -> None:
@@ -34,7 +35,7 @@ def _settings(command: str) -> tuple[Settings | None, int]:
     except ValidationError as e:
         err = e.errors()[0]
         name = "COLECIONADOR_" + "_".join(str(p) for p in err["loc"]).upper()
-        return None, _refuse(command, f"{name}: {err['msg']}: set it to a valid value")
+        return None, _refuse(command, f"{name}: {problem_words(err)}: set it to a valid value")
     reason = bad_settings(settings)
     if reason is not None:
         return None, _refuse(command, reason)

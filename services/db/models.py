@@ -8,7 +8,7 @@ effective batch depends on them) and the request as received.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -26,12 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+from services.statuses import JobStatus, TuningRunStatus
 
-JobStatus = Literal["queued", "training", "evaluating", "success", "failed", "cancelled"]
-JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)  # the one definition of job statuses
-FINAL_STATUSES = ("success", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "training", "evaluating")
+JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -49,7 +46,7 @@ class TrainingJob(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     batch_id: Mapped[str] = mapped_column(String(200), unique=True)
-    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    status: Mapped[str] = mapped_column(String(20), index=True, default=JobStatus.QUEUED)
     mode: Mapped[str] = mapped_column(String(10), default="train")
     model_name: Mapped[str] = mapped_column(String(200))
     dataset_uri: Mapped[str] = mapped_column(Text)
@@ -128,7 +125,7 @@ class ModelVersion(Base):
     recall: Mapped[float] = mapped_column(Float)
     f1: Mapped[float] = mapped_column(Float)
     roc_auc: Mapped[float | None] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(20))  # approved | rejected
+    status: Mapped[str] = mapped_column(String(20))  # a GateStatus
     gate: Mapped[dict[str, Any]] = mapped_column(JSONType)  # every rule's outcome
     model_path: Mapped[str] = mapped_column(Text)
     trained_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -175,8 +172,6 @@ class Event(Base):
 
 
 # ----------------------------------------------------------------- tuning (issue 5)
-TUNING_RUN_STATUSES = ("running", "completed", "failed")
-TUNING_TRIAL_STATUSES = ("completed", "stopped_early", "failed")
 
 
 class TuningRun(Base):
@@ -189,7 +184,7 @@ class TuningRun(Base):
     job_id: Mapped[int] = mapped_column(
         ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
     )
-    status: Mapped[str] = mapped_column(String(20), default="running")
+    status: Mapped[str] = mapped_column(String(20), default=TuningRunStatus.RUNNING)
     grid: Mapped[dict[str, Any]] = mapped_column(JSONType)
     base_hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
     k_folds: Mapped[int] = mapped_column(Integer)
@@ -231,7 +226,7 @@ class TuningTrial(Base):
     trial_index: Mapped[int] = mapped_column(Integer)  # the order Tune made the trials in
     trial_id: Mapped[str] = mapped_column(String(100))  # Ray Tune's id
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the tuned values
-    status: Mapped[str] = mapped_column(String(20))  # completed | stopped_early | failed
+    status: Mapped[str] = mapped_column(String(20))  # a TrialStatus
     stopped_at: Mapped[int] = mapped_column(Integer)  # epochs trained (per fold)
     max_epochs: Mapped[int | None] = mapped_column(Integer)  # what its schedule allowed
     mean_val_loss: Mapped[float | None] = mapped_column(Float)  # at the last epoch

@@ -30,13 +30,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from services.db.models import (
-    JOB_STATUSES,
     Event,
     JobAttempt,
     ModelVersion,
     TrainingJob,
     TrainingMetric,
 )
+from services.statuses import JOB_STATUSES, JobStatus
 
 # bucket bounds, in seconds
 JOB_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0)
@@ -159,7 +159,7 @@ def _running(s: Session) -> list[RunningJob]:
     last = (  # the running jobs' epoch rows alone: not a scan of every epoch ever
         select(TrainingMetric.job_id, func.max(TrainingMetric.epoch).label("epoch"))
         .join(TrainingJob, TrainingJob.id == TrainingMetric.job_id)
-        .where(TrainingJob.status == "training")
+        .where(TrainingJob.status == JobStatus.TRAINING)
         .group_by(TrainingMetric.job_id)
         .subquery()
     )
@@ -177,7 +177,7 @@ def _running(s: Session) -> list[RunningJob]:
             TrainingMetric,
             and_(TrainingMetric.job_id == TrainingJob.id, TrainingMetric.epoch == last.c.epoch),
         )
-        .where(TrainingJob.status == "training")
+        .where(TrainingJob.status == JobStatus.TRAINING)
         .order_by(TrainingJob.id)
     )
     return [RunningJob(*row) for row in s.execute(q).all()]
@@ -185,7 +185,7 @@ def _running(s: Session) -> list[RunningJob]:
 
 def snapshot(s: Session) -> Snapshot:
     """Every aggregate, read in one session."""
-    by_status = dict.fromkeys(JOB_STATUSES, 0)
+    by_status: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
     for status, n in s.execute(
         select(TrainingJob.status, func.count()).group_by(TrainingJob.status)
     ).all():

@@ -38,13 +38,18 @@ from services.db import repo
 from services.db.models import utcnow
 from services.db.session import session_factory
 from services.errors import one_line
+from services.statuses import GateStatus, JobStatus
 from services.store.artifacts import METRICS_FILE, MODEL_CARD_FILE
 
 log = logging.getLogger("colecionador.mlflow")
 
 MAX_ATTEMPTS = 20  # a record failing on our side (not the server's) this often is refused
 ARTIFACTS = (METRICS_FILE, MODEL_CARD_FILE)  # and every .png of the version folder
-RUN_STATUS = {"success": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+RUN_STATUS: dict[str, str] = {
+    JobStatus.SUCCESS: "FINISHED",
+    JobStatus.FAILED: "FAILED",
+    JobStatus.CANCELLED: "KILLED",
+}
 
 
 def enabled(settings: Settings) -> bool:
@@ -204,9 +209,9 @@ def stage_success(
         "version",
         {**body, "artifacts": artifacts, "metrics": tests, "at_ms": now_ms()},
     )
-    if status == "approved":
+    if status == GateStatus.APPROVED:
         _stage(s, job.id, job.model_name, "register", body)
-    stage_end(s, job.id, job.model_name, "success", None)
+    stage_end(s, job.id, job.model_name, JobStatus.SUCCESS, None)
 
 
 def stage_alias(s: Session, model_name: str, alias: str, mv: Any) -> None:

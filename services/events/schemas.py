@@ -6,9 +6,10 @@ drops a redelivery by."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from services.statuses import EventStatus
 
 
 class EventMetrics(BaseModel):
@@ -27,7 +28,7 @@ class ModelEvaluationEvent(BaseModel):
     batch_id: str
     model_name: str
     version: int | None = None
-    status: Literal["approved", "rejected", "failed", "cancelled"]
+    status: EventStatus
     metrics: EventMetrics | None = None
     gate: dict[str, bool] = Field(default_factory=dict)
     artifact_uri: str | None = None

@@ -24,6 +24,7 @@ from services.intake.admission import Rejection, admit
 from services.intake.records import create_job
 from services.jobs.ray_jobs import RayJobs
 from services.jobs.reconciler import Reconciler
+from services.statuses import JobStatus
 
 log = logging.getLogger("colecionador.ingress")
 
@@ -255,7 +256,7 @@ class Consumer:
             return
         await message.ack()  # the row is committed
         self.stats["created" if created else "duplicates"] += 1
-        if job.ray_job_id is None and job.status == "queued":
+        if job.ray_job_id is None and job.status == JobStatus.QUEUED:
             try:
                 await asyncio.to_thread(self._submit, job.id)
                 self.stats["submitted"] += 1

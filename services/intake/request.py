@@ -16,8 +16,9 @@ from pydantic import (
     model_validator,
 )
 
+from services.errors import validation_message
 from services.intake.model_ref import ModelRef
-from training.hyperparams import Hyperparameters, Text, validation_message
+from training.hyperparams import Hyperparameters, Text
 from tuning.spec import TuningSpec
 
 MAX_INT = 2**31 - 1  # PostgreSQL integer columns

@@ -19,17 +19,13 @@ from urllib.parse import urlparse
 from pydantic import ValidationError
 
 from services.config import Settings
+from services.errors import validation_message
 from services.intake.request import TrainingRequest
 from services.store.fetch import local_path
 from training import plugins
-from training.hyperparams import Hyperparameters
-from tuning.space import ends, error_text, validate_space
+from training.hyperparams import Hyperparameters, is_weights_name
+from tuning.space import ends, validate_space
 from tuning.spec import TuningSpec
-
-
-def _is_name(location: str) -> bool:
-    """A weights name (imagenet, IMAGENET1K_V2, ...), not a path or URI."""
-    return "/" not in location and "\\" not in location and "://" not in location
 
 
 def under(location: str, roots: list[str]) -> bool:
@@ -109,7 +105,7 @@ def check_tuning(request: TrainingRequest, settings: Settings) -> None:
     try:
         validate_space(request.tuning.dimensions, request.hyperparameters)
     except ValidationError as e:
-        raise ValueError(f"tuning.{error_text(e)}") from None
+        raise ValueError(f"tuning.{validation_message(e, root=None)}") from None
     except ValueError as e:
         raise ValueError(f"tuning.{e}") from None
     budget = search_epochs(request.tuning, request.hyperparameters)
@@ -164,7 +160,7 @@ def check_locations(request: TrainingRequest, settings: Settings) -> None:
             f"({', '.join(roots)}; the operator sets COLECIONADOR_DATASET_ROOTS)"
         )
     weights = request.hyperparameters.weights
-    if weights and not _is_name(weights) and not under(weights, settings.weights_roots()):
+    if weights and not is_weights_name(weights) and not under(weights, settings.weights_roots()):
         raise ValueError(
             f"hyperparameters.weights: {weights!r} is not under an allowed root "
             f"or the store's models/ (COLECIONADOR_DATASET_ROOTS)"

@@ -19,6 +19,7 @@ from services.events import mlflow_outbox, outbox
 from services.jobs import steps
 from services.jobs.card import write_model_card
 from services.registry import promotion
+from services.statuses import JobStatus
 from services.store.artifacts import (
     MODEL_CARD_FILE,
     MODEL_FILE,
@@ -125,7 +126,7 @@ def _upload_and_commit(
     finished = repo.finish_job(
         s,
         job.id,
-        "success",
+        JobStatus.SUCCESS,
         commit=False,
         accuracy=m["accuracy"],
         training_time_s=training_time_s,

@@ -33,6 +33,7 @@ from services.jobs import lifecycle, steps
 from services.jobs.commit import archive_event, commit_version
 from services.jobs.outcome import JobOutcome, outcome_from_db
 from services.jobs.ray_jobs import current_submission_id
+from services.statuses import JobStatus
 from services.store.artifacts import (
     TO_LABEL_CSV,
 )
@@ -102,7 +103,7 @@ def _run_steps(
     version, uris, event = stored
     return JobOutcome(
         job.id,
-        "success",
+        JobStatus.SUCCESS,
         evaluation.gate.status,
         version,
         None,
@@ -161,7 +162,7 @@ def _predict(
         return outcome_from_db(settings, job.id)  # cancelled while it predicted
     return JobOutcome(
         job.id,
-        "success",
+        JobStatus.SUCCESS,
         version=made.version,
         artifacts=made.uris,
         event=made.event,
@@ -188,7 +189,7 @@ def run_job(
         job = repo.get_job(s, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
-        resume = job.status in ("training", "evaluating")
+        resume = job.status in (JobStatus.TRAINING, JobStatus.EVALUATING)
         hp = Hyperparameters(**repo.hyperparameters(s, job_id))
         if not repo.start_job(s, job_id, current_submission_id()):  # final, or cancelled
             return outcome_from_db(settings, job_id)
@@ -230,7 +231,7 @@ def _unmigrated(settings: Settings, job_id: int, e: Exception) -> JobOutcome:
         lifecycle.fail(settings, job_id, reason)
     except Exception as again:  # noqa: BLE001 - not even that: the driver's output says why
         log.error("job %s: %s (and it could not be recorded: %s)", job_id, reason, again)
-    return JobOutcome(job_id, "failed", error=reason)
+    return JobOutcome(job_id, JobStatus.FAILED, error=reason)
 
 
 def _fail(settings: Settings, job: TrainingJob, reason: str) -> JobOutcome:
@@ -239,4 +240,4 @@ def _fail(settings: Settings, job: TrainingJob, reason: str) -> JobOutcome:
     body = lifecycle.fail(settings, job.id, reason)
     if body is None:
         return outcome_from_db(settings, job.id)
-    return JobOutcome(job.id, "failed", error=reason, event=body)
+    return JobOutcome(job.id, JobStatus.FAILED, error=reason, event=body)

@@ -15,6 +15,7 @@ from services.intake.admission import Rejection, admit
 from services.intake.records import create_job
 from services.jobs.driver import run_job
 from services.jobs.ray_jobs import current_submission_id
+from services.statuses import JobStatus
 from training.hyperparams import load_hyperparameters
 
 
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     )
-    return 0 if outcome.status == "success" else 1
+    return 0 if outcome.status == JobStatus.SUCCESS else 1

@@ -12,13 +12,14 @@ from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
 from services.events import mlflow_outbox, outbox
+from services.statuses import JobStatus
 
 
 def cancel(settings: Settings, job_id: int, reason: str) -> dict[str, Any] | None:
     """Mark the job ``cancelled`` with its event unless it has already ended; the event
     is published right away when the broker answers. Returns the event, or None when the
     job had already ended."""
-    body = _end(settings, job_id, "cancelled", reason, repo.cancel_job)
+    body = _end(settings, job_id, JobStatus.CANCELLED, reason, repo.cancel_job)
     if body is not None:
         outbox.try_publish(settings, job_id)
     return body
@@ -29,9 +30,9 @@ def fail(settings: Settings, job_id: int, reason: str) -> dict[str, Any] | None:
     return _end(
         settings,
         job_id,
-        "failed",
+        JobStatus.FAILED,
         reason,
-        lambda s, job_id, **kw: repo.finish_job(s, job_id, "failed", **kw),
+        lambda s, job_id, **kw: repo.finish_job(s, job_id, JobStatus.FAILED, **kw),
     )
 
 

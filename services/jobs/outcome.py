@@ -9,6 +9,7 @@ from typing import Any
 from services.config import Settings
 from services.db import repo
 from services.db.session import session_factory
+from services.statuses import JobStatus
 from services.store.artifacts import (
     MODEL_FILE,
 )
@@ -31,7 +32,7 @@ class JobOutcome:
 
     def lines(self) -> list[str]:
         """What a person reads: the verdict rule by rule, the metrics, the artifacts."""
-        if self.status != "success":
+        if self.status != JobStatus.SUCCESS:
             return [f"job {self.job_id} {self.status.upper()}: {self.error}"]
         if self.summary is not None:
             artifacts = (f"  {n:<21} {u}" for n, u in self.artifacts.items())

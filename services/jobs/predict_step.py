@@ -41,6 +41,7 @@ from services.events import outbox
 from services.events.schemas import PredictionsReadyEvent
 from services.intake.model_ref import ModelRef, resolve
 from services.jobs.label_next_step import Candidates, ToLabel, write_to_label
+from services.statuses import JobStatus
 from services.store.artifacts import (
     MODEL_FILE,
     PREDICTIONS_CSV,
@@ -279,7 +280,7 @@ def finish(settings: Settings, job: TrainingJob, made: Predictions) -> dict[str,
     csv = made.uris.get(f"out_{PREDICTIONS_CSV}") or made.uris[PREDICTIONS_CSV]
     with session_factory(settings.db_url)() as s:
         if not repo.finish_job(
-            s, job.id, "success", commit=False, total_images=made.rows, error=None
+            s, job.id, JobStatus.SUCCESS, commit=False, total_images=made.rows, error=None
         ):
             s.rollback()
             return None

@@ -29,11 +29,12 @@ from typing import Literal
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import ACTIVE_STATUSES
 from services.db.session import session_factory
+from services.errors import first_line
 from services.jobs import lifecycle
 from services.jobs.ray_jobs import RayJobs
 from services.metrics import process as metrics
+from services.statuses import ACTIVE_STATUSES, JobStatus
 
 log = logging.getLogger("colecionador.reconciler")
 
@@ -74,7 +75,7 @@ def decide(
         )
     if ray_job_id is None:
         # queued: submit it; training without a Ray job is a local `colecionador train`
-        return Decision("submit") if status == "queued" else Decision("wait")
+        return Decision("submit") if status == JobStatus.QUEUED else Decision("wait")
     if ray_status in RUNNING:
         return Decision("wait")
     if ray_status is None and lost < MAX_LOST_ATTEMPTS:
@@ -97,7 +98,7 @@ def decide(
         )
     said = f"Ray job {ray_job_id} {ray_status or 'is gone'}"
     if ray_message:
-        said += f": {ray_message.strip().splitlines()[0][:300]}"
+        said += f": {first_line(ray_message, 300)}"
     failed = attempts - lost
     if failed < max_attempts and ray_status is not None:
         return Decision("resubmit", said)

@@ -20,6 +20,7 @@ from services.db.session import session_factory
 from services.errors import StepFailed, one_line
 from services.events import mlflow_outbox
 from services.jobs.ray_jobs import init_ray
+from services.statuses import TuningRunStatus
 from services.store.artifacts import TUNING
 from services.store.storage import Store
 from training.hyperparams import Hyperparameters
@@ -83,7 +84,7 @@ def tune_step(
         )
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:
-            repo.finish_tuning_run(s, run_id, "failed", error=one_line(e))
+            repo.finish_tuning_run(s, run_id, TuningRunStatus.FAILED, error=one_line(e))
         raise StepFailed("tuning", one_line(e)) from e
     return _settle(sf, settings, job, hp, run_id, spec, search, result, say)
 
@@ -225,7 +226,7 @@ def _settle(
         if winner is None:
             first = next((c.error for c in ranked if c.error), "no trial reported a result")
             reason = f"no config produced an estimate ({len(ranked)} trial(s)); {first}"
-            repo.finish_tuning_run(s, run_id, "failed", error=reason, **ended)
+            repo.finish_tuning_run(s, run_id, TuningRunStatus.FAILED, error=reason, **ended)
             raise StepFailed("tuning", reason)
         merged = Hyperparameters(**{**hp.effective(), **winner.config})
         repo.finish_tuning_run(

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from services.statuses import GateStatus
+
 
 class ClassFigures(BaseModel):
     name: str
@@ -161,7 +163,7 @@ class Promotion(BaseModel):
 class ModelCard(BaseModel):
     model_name: str
     version: int
-    status: Literal["approved", "rejected"]
+    status: GateStatus
     trained_at: datetime | None = None
     classes: list[ClassFigures]
     split: dict[str, int] = Field(default_factory=dict)

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from services.intake.request import MAX_INT
+from services.statuses import GateStatus
 
 MIN_JOBS, MAX_JOBS = 2, 8
 MAX_JOB_ID = MAX_INT  # PostgreSQL integer columns
@@ -83,7 +84,7 @@ class Version(BaseModel):
 
     model_name: str
     version: int
-    status: Literal["approved", "rejected"]
+    status: GateStatus
     metrics: dict[str, Num]
     per_class: dict[str, ClassFigures] | None = None
     gate: list[GateRule] = []
@@ -155,7 +156,7 @@ class RunHead(BaseModel):
     status: str
     error: str | None = None
     version: int | None = None
-    verdict: Literal["approved", "rejected"] | None = None
+    verdict: GateStatus | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
     training_time_s: Num = None

@@ -24,6 +24,7 @@ from services.config import Settings
 from services.db import repo
 from services.events import mlflow_outbox, outbox
 from services.events.schemas import ModelPromotedEvent
+from services.statuses import GateStatus
 
 PRODUCTION = "production"
 GATE = "gate"  # who moved it: the quality gate's automatic promotion
@@ -58,7 +59,7 @@ def promote(
     if repo.version_for_alias(s, model_name, alias) == version:
         raise PromotionError(409, f"{alias} of {model_name} already points at version {version}")
     reason = (reason or "").strip() or None
-    overrode = mv.status != "approved"
+    overrode = mv.status != GateStatus.APPROVED
     if overrode and reason is None:
         raise PromotionError(
             422,

@@ -20,6 +20,7 @@ HEALTH_FILE = "health.json"  # the data health report (also under reports/job-<i
 ERRORS_FILE = "errors.json"  # the test split's wrong answers
 ERRORS_PNG = "errors.png"  # ... the worst of them as a picture
 PREFLIGHT_FILE = "preflight.json"  # overfit-one-batch + LR range test (also under reports/)
+LR_RANGE_PNG = "lr_range.png"  # the LR range test's curve (reports/job-<id>/, preflight's folder)
 TUNING_FILE = "tuning.json"  # a tune job's search: the grid, the trials, the winner
 
 # The files of models/<name>/v<version>/, in the order they are written; the optional ones

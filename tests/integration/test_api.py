@@ -321,7 +321,7 @@ def test_metrics_rows_and_curves_png(client, api):
 def test_prometheus_metrics_say_what_the_database_says_behind_the_read_rule(client, api, deploy):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from services.db.models import JOB_STATUSES
+    from services.statuses import JOB_STATUSES
 
     def scrape(c: httpx.Client, **headers: str) -> dict:
         r = c.get("/metrics", headers=headers)

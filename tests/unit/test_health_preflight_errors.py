@@ -118,7 +118,7 @@ def test_the_same_picture_under_two_classes_is_a_label_conflict(make_dataset):
     img = Image.open(root / "class_0" / "007.png")
     ImageEnhance.Brightness(img).enhance(1.1).save(root / "class_2" / "brighter_0_007.png")
     d = datasets.decode(datasets.discover(root), 32)
-    r = health_report(d, None, min_per_class=5)
+    r = health_report(d, None, min_per_class=5, max_imbalance=2)
     conflicts = {(c["a"], c["a_class"], c["b"], c["b_class"]) for c in r["label_conflicts"]}
     assert conflicts == {
         ("class_0/004.png", "class_0", "class_1/same_as_0_004.png", "class_1"),
@@ -145,3 +145,19 @@ def test_near_duplicates_say_how_they_were_confirmed(make_dataset):
     assert "confirmed by normalised correlation" in next(
         f["message"] for f in r["findings"] if f["kind"] == "near_duplicates"
     )
+
+
+def test_one_rule_says_what_fails_a_job_for_the_job_and_preflight(make_dataset):
+    from training.health import would_fail
+
+    root = make_dataset(per_class=[12, 12, 3], size=16, corrupt=1)
+    d = datasets.decode(datasets.discover(root), 16, "skip")
+    r = health_report(d, None, min_per_class=5, max_imbalance=2)
+    strict = would_fail(d, r, Hyperparameters(min_per_class=5))
+    assert [b.step for b in strict] == ["dataset", "dataset"]
+    assert strict[0].reason.startswith("1 unreadable image(s): class_0/broken_0.png")
+    assert strict[1].reason == "classes with fewer than 5 images: class_2 (3)"
+    lenient = would_fail(d, r, Hyperparameters(min_per_class=3, on_bad_image="skip"))
+    assert lenient == []
+    imbalanced = would_fail(d, r, Hyperparameters(min_per_class=3, fail_on=["imbalance"]))
+    assert [b.step for b in imbalanced] == ["dataset", "health"]

@@ -15,9 +15,10 @@ from pydantic import SecretStr
 from sqlalchemy import update
 
 from services.db import repo
-from services.db.models import JOB_STATUSES, Event, TrainingJob
+from services.db.models import Event, TrainingJob
 from services.db.session import session_factory, upgrade
 from services.metrics.collector import QueueReading, render, timed_snapshot
+from services.statuses import JOB_STATUSES
 from tests.conftest import fresh_database
 from tests.factories import add_version
 

@@ -57,6 +57,10 @@ def test_weights_may_be_a_name_a_stored_model_or_under_a_root(settings, tmp_path
         check_request(request(ok), settings)
     with pytest.raises(ValueError, match="^hyperparameters.weights: '/etc/passwd' is not"):
         check_request(request("/etc/passwd"), settings)
+    # what the job would read as a file is held to the roots: a bare file name too
+    for file in ("w.pt", "Foo", "imagenet.pt"):
+        with pytest.raises(ValueError, match=f"^hyperparameters.weights: '{file}' is not"):
+            check_request(request(file), settings)
     with pytest.raises(ValueError, match="^dataset_uri: '/etc' is not under an allowed root"):
         check_request(TrainingRequest(batch_id="b", dataset_uri="/etc"), settings)
 

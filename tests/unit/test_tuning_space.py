@@ -9,12 +9,12 @@ from pydantic import ValidationError
 
 from services.intake.request import parse_request
 from training.hyperparams import Hyperparameters
+from training.messages import validation_message
 from tuning.space import (
     Choice,
     IntUniform,
     LogUniform,
     Uniform,
-    error_text,
     parse_space,
     validate_space,
 )
@@ -104,7 +104,7 @@ def test_the_search_strategy_defaults_to_grid_for_lists_and_tpe_for_ranges(field
 def test_a_bad_space_is_refused_naming_the_key(fields, message):
     with pytest.raises(ValidationError) as e:
         TuningSpec.model_validate(fields)
-    assert message in error_text(e.value)
+    assert message in validation_message(e.value, root=None)
 
 
 def test_a_hostile_message_cannot_ask_for_unbounded_samples():

@@ -23,7 +23,7 @@ from services.api.schemas import (
     Submitted,
 )
 from services.db import repo
-from services.db.models import FINAL_STATUSES
+from services.errors import one_line
 from services.events.broker import publish_request
 from services.intake.admission import Rejection, admit
 from services.intake.model_ref import unresolved
@@ -31,6 +31,7 @@ from services.intake.records import create_job
 from services.intake.request import MAX_INT, TrainingRequest
 from services.jobs import lifecycle
 from services.jobs.ray_jobs import RayJobs
+from services.statuses import FINAL_STATUSES, JobStatus
 from services.store.artifacts import HEALTH_FILE, report_key
 
 log = logging.getLogger("colecionador.api")
@@ -123,9 +124,9 @@ async def submit_job(
         job, created = await asyncio.to_thread(create_job, settings, request)
     except DataError as exc:
         raise HTTPException(
-            422, f"the database refused a value: {str(exc.orig).strip().splitlines()[0]}"
+            422, f"the database refused a value: {one_line(exc.orig or exc)}"
         ) from None
-    publish = created or (job.status == "queued" and job.ray_job_id is None)
+    publish = created or (job.status == JobStatus.QUEUED and job.ray_job_id is None)
     if publish:
         try:
             await asyncio.to_thread(
@@ -166,7 +167,7 @@ async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep, request: Req
     (success, failed, cancelled) answers 409."""
     if job.status in FINAL_STATUSES:
         raise _already_ended(job)
-    if job.ray_job_id is None and job.status != "queued":
+    if job.ray_job_id is None and job.status != JobStatus.QUEUED:
         raise HTTPException(
             409,
             f"job {job.id} is {job.status} outside a Ray job (a local "
@@ -175,7 +176,7 @@ async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep, request: Req
     if await asyncio.to_thread(lifecycle.cancel, settings, job.id, "cancelled over HTTP") is None:
         raise _already_ended(await db(repo.get_job, job.id))
     if job.ray_job_id is None:  # still queued: nothing runs it yet
-        return Cancelled(job_id=job.id, status="cancelled")
+        return Cancelled(job_id=job.id, status=JobStatus.CANCELLED)
     ray_job_id = job.ray_job_id
     try:
         ray_status = await asyncio.to_thread(
@@ -191,5 +192,8 @@ async def cancel_job(job: JobDep, db: DbDep, settings: SettingsDep, request: Req
             f"{type(exc).__name__}: {str(exc)[:300]}",
         ) from None
     return Cancelled(
-        job_id=job.id, status="cancelled", ray_job_id=job.ray_job_id, ray_job_status=ray_status
+        job_id=job.id,
+        status=JobStatus.CANCELLED,
+        ray_job_id=job.ray_job_id,
+        ray_job_status=ray_status,
     )

@@ -25,6 +25,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from services.api.deps import READ
 from services.api.schemas import ErrorOut, ModelName
+from services.errors import problem_words
 from services.registry.apps import DEPLOYMENT_NAME, app_name
 
 MAX_IMAGES = 64  # per request
@@ -92,7 +93,7 @@ def _from_json(raw: bytes) -> tuple[list[bytes], int]:
         body = PredictIn.model_validate_json(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        raise _invalid(["body", *err["loc"]], err["msg"]) from None
+        raise _invalid(["body", *err["loc"]], problem_words(err)) from None
     if (body.images is None) == (body.image is None):
         raise _invalid(["body", "images"], "give either images (a list) or image")
     texts = body.images if body.images is not None else [cast(str, body.image)]  # one is set

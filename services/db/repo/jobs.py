@@ -10,13 +10,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.db.models import (
-    ACTIVE_STATUSES,
-    FINAL_STATUSES,
     Hyperparameter,
     TrainingJob,
     utcnow,
 )
 from services.db.repo.values import json_safe
+from services.statuses import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
 
 def create_job(
@@ -46,7 +45,7 @@ def create_job(
         model_name=model_name,
         mode=mode,
         total_images=total_images,
-        status="queued",
+        status=JobStatus.QUEUED,
         request=request,
         num_workers=num_workers,
         use_gpu=use_gpu,
@@ -114,7 +113,7 @@ def start_job(s: Session, job_id: int, ray_job_id: str | None = None) -> bool:
         s,
         job_id,
         [TrainingJob.status.in_(RUNNABLE)],
-        status="training",
+        status=JobStatus.TRAINING,
         started_at=func.coalesce(TrainingJob.started_at, utcnow()),
         ray_job_id=func.coalesce(TrainingJob.ray_job_id, ray_job_id),
     )
@@ -126,7 +125,7 @@ def mark_evaluating(s: Session, job_id: int, training_time_s: float) -> bool:
         s,
         job_id,
         [TrainingJob.status.in_(RUNNABLE)],
-        status="evaluating",
+        status=JobStatus.EVALUATING,
         training_time_s=training_time_s,
     )
 
@@ -135,7 +134,7 @@ def finish_job(s: Session, job_id: int, status: str, *, commit: bool = True, **f
     """success / failed, stamping finished_at, unless the job was cancelled meanwhile.
     With ``commit=False`` the caller commits (the version row and the final status in one
     transaction)."""
-    if status not in ("success", "failed"):
+    if status not in (JobStatus.SUCCESS, JobStatus.FAILED):
         raise ValueError(f"not a finishing status: {status!r}")
     return _update_job_if(
         s,
@@ -197,7 +196,7 @@ def cancel_job(
         job_id,
         [TrainingJob.status.not_in(FINAL_STATUSES)],
         commit=commit,
-        status="cancelled",
+        status=JobStatus.CANCELLED,
         finished_at=utcnow(),
         error=error,
     )

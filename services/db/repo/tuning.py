@@ -9,13 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.db.models import (
-    TUNING_RUN_STATUSES,
     TuningRun,
     TuningTrial,
     utcnow,
 )
 from services.db.repo.jobs import replace_hyperparameters
 from services.db.repo.values import json_safe
+from services.statuses import TUNING_RUN_STATUSES
 
 
 def create_tuning_run(s: Session, job_id: int, **fields: Any) -> TuningRun:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from services.db.models import (
     ModelVersion,
 )
+from services.statuses import GateStatus
 
 
 def next_version(s: Session, model_name: str) -> int:
@@ -85,7 +86,7 @@ def list_models(s: Session) -> list[dict[str, Any]]:
     )
     approved = (
         select(ModelVersion.model_name, func.max(ModelVersion.version).label("v"))
-        .where(ModelVersion.status == "approved")
+        .where(ModelVersion.status == GateStatus.APPROVED)
         .group_by(ModelVersion.model_name)
         .subquery()
     )

@@ -27,7 +27,7 @@ from services.store.storage import Store, StoreError
 from training import data as datasets
 from training import drift
 from training.data import DatasetIndex, DecodedDataset, Split
-from training.health import failing, health_report
+from training.health import health_report, would_fail
 from training.hyperparams import Hyperparameters
 from training.loop import TrainData
 from training.shards import ShardImages, ShardSet
@@ -147,14 +147,11 @@ def _decoder(
 def _refuse_unfit(decoded: DecodedDataset, report: dict[str, Any], hp: Hyperparameters) -> None:
     """StepFailed when the data cannot make a job: unreadable images (unless skipped), too
     few per class, or a health finding the request fails on."""
-    try:
-        datasets.check_bad(decoded.bad, hp.on_bad_image)
-        datasets.check_min_per_class(decoded.labels, decoded.classes, hp.min_per_class)
-    except ValueError as e:
-        raise StepFailed("dataset", one_line(e)) from None
-    fails = failing(report, hp.fail_on)
-    if fails:
-        raise StepFailed("health", "; ".join(fails))
+    blockers = would_fail(decoded, report, hp)  # the rule preflight prints by
+    if blockers and blockers[0].step == "dataset":
+        raise StepFailed("dataset", blockers[0].reason)
+    if blockers:
+        raise StepFailed("health", "; ".join(b.reason for b in blockers))
 
 
 def prepare_data(

@@ -14,7 +14,7 @@ from services.db.session import session_factory
 from services.errors import StepFailed, one_line
 from services.jobs.ray_jobs import init_ray
 from services.jobs.steps.report import Say, put_report
-from services.store.artifacts import PREFLIGHT_FILE
+from services.store.artifacts import LR_RANGE_PNG, PREFLIGHT_FILE
 from services.store.storage import Store
 from training.hyperparams import Hyperparameters
 from training.loop import TrainData
@@ -60,7 +60,7 @@ def run_preflight(
         result = ray.get(task.remote(hp, sample, backbone_state))
     except Exception as e:  # noqa: BLE001 - the task's error, whatever it is
         raise StepFailed("preflight", one_line(e)) from e
-    put_report(store, job.id, "lr_range.png", result.pop("png"))
+    put_report(store, job.id, LR_RANGE_PNG, result.pop("png"))
     put_report(store, job.id, PREFLIGHT_FILE, result)
     overfit, suggested = result["overfit"], result["lr_range"]["suggested_lr"]
     say(f"preflight: {overfit['message']}; LR range test suggests phase1_lr {suggested:.2g}")

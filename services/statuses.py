@@ -1,0 +1,64 @@
+"""The status words, one definition each, shared by the rows (services/db/models.py), the
+events (services/events/schemas.py) and the API (services/api/schemas.py).
+
+StrEnums: each member *is* its string (``JobStatus.QUEUED == "queued"``), so a row, a JSON
+body and a metric label hold exactly the words they held before. Pure: no torch, no
+database."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """A training job's status (training_jobs.status)."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+FINAL_STATUSES = (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.TRAINING, JobStatus.EVALUATING)
+
+
+class GateStatus(StrEnum):
+    """The quality gate's verdict on a version (model_versions.status); training's
+    ``GateResult.status`` says the same two words."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class EventStatus(StrEnum):
+    """How a job ended, as its ModelEvaluation event says: the gate's verdict, or the
+    job's end when no version was made."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TuningRunStatus(StrEnum):
+    """A tuning run's status (tuning_runs.status)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TrialStatus(StrEnum):
+    """A tuning trial's status (tuning_trials.status); tuning/ says the same words."""
+
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"
+    FAILED = "failed"
+
+
+TUNING_RUN_STATUSES: tuple[TuningRunStatus, ...] = tuple(TuningRunStatus)
+TUNING_TRIAL_STATUSES: tuple[TrialStatus, ...] = tuple(TrialStatus)
