@@ -48,14 +48,15 @@ class JobSpec(BaseModel):
     def from_request(
         cls, request: TrainingRequest, num_workers: int | None, use_gpu: bool | None
     ) -> JobSpec:
-        """The spec of a request the edge parsed and checked (nothing validated again)."""
+        """The spec of a request the edge parsed and checked (nothing validated again; a
+        tune request without a search gets the default one, as the driver reads it)."""
         return cls.model_construct(
             mode=request.mode,
             batch_id=request.batch_id,
             dataset_uri=request.dataset_uri,
             model_name=request.model_name,
             hyperparameters=request.hyperparameters,
-            tuning=request.tuning if request.mode == "tune" else None,
+            tuning=(request.tuning or TuningSpec()) if request.mode == "tune" else None,
             num_workers=num_workers,
             use_gpu=use_gpu,
             model=request.model,
