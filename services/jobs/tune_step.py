@@ -78,6 +78,7 @@ def tune_step(
             backbone_state=backbone_state,
             listener=_recorder(sf, run_id, spec.metric, n_configs, say),
             shards=shards,  # a large data set: every fold streams its shards
+            dims=dims,  # validated once, by _plan
         )
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:
