@@ -144,7 +144,8 @@ def run_to_end(run: TwoPhaseRun, session: Session) -> dict[str, Any]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """TorchTrainer's function. config: hyperparameters (dict), data (TrainData or an
+    """TorchTrainer's function. config: hyperparameters (a Hyperparameters, as the driver
+    validated them, or their dict), data (TrainData or an
     ObjectRef to it), backbone_state (a state dict, an ObjectRef to one, or None), and
     ``streamed``: batches come from the trainer's ``train`` / ``val`` datasets."""
     import ray
@@ -154,7 +155,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
     session = RayTrainSession()
-    hp = Hyperparameters(**config["hyperparameters"])
+    given = config["hyperparameters"]
+    hp = given if isinstance(given, Hyperparameters) else Hyperparameters(**given)
     data, worker = resolve(config["data"]), session.worker()
     batches = None
     if config.get("streamed"):  # the trainer's datasets: Ray Data over the decoded shards

@@ -145,15 +145,16 @@ def run_search(
     listener: Callable[[TrialOutcome], None] | None = None,
     on_result: Callable[[TrialOutcome, dict[str, Any]], None] | None = None,
     shards: Any = None,
+    dims: dict[str, Any] | None = None,
 ) -> SearchResult:
     """Run the whole search of ``spec`` on top of ``base`` on the connected Ray cluster;
     every trial ends in the result (a failed trial is recorded, not raised). ``listener``
-    hears each trial as it ends, ``on_result`` each report. ``shards``: the decoded
-    shards behind lazy ``images`` (training.shards.ShardSet): every fold streams them."""
+    hears each trial as it ends, ``on_result`` each report. ``shards``: the decoded shards
+    behind lazy ``images``; ``dims``: the space validate_space gave on ``base`` (or None)."""
     from ray import tune
 
     run = run or SearchRun()
-    dims = validate_space(spec.dimensions, base)
+    dims = dims if dims is not None else validate_space(spec.dimensions, base)
     epoch_keys = {k: ends(d) for k, d in dims.items() if k in ("phase1_epochs", "phase2_epochs")}
     max_t = max_epochs(epoch_keys, base)
     folds = cv_folds(labels, split, spec.k_folds, base.seed)

@@ -28,17 +28,18 @@ from services.db.models import TrainingJob
 from services.db.session import prepare_database, session_factory
 from services.errors import StepFailed, one_line
 from services.events import mlflow_pump
+from services.intake.spec import JobSpec
 from services.intake.trust import check_plugins, judged_by
 from services.jobs import lifecycle, steps
 from services.jobs.commit import archive_event, commit_version
 from services.jobs.outcome import JobOutcome, outcome_from_db
 from services.jobs.ray_jobs import current_submission_id
+from services.jobs.steps.context import StepContext
 from services.statuses import JobStatus
 from services.store.artifacts import (
     TO_LABEL_CSV,
 )
 from services.store.storage import Store, open_store
-from training.hyperparams import Hyperparameters
 
 log = logging.getLogger("colecionador.jobs")
 
@@ -46,63 +47,55 @@ log = logging.getLogger("colecionador.jobs")
 Say = Callable[[str], None]
 
 
-def _searched_values(job: TrainingJob) -> dict[str, list[Any]] | None:
-    """Every value a tune job's search may try, by name (its plugins are checked too)."""
-    if job.mode != "tune":
-        return None
-    from tuning.spec import TuningSpec
-
-    return TuningSpec.model_validate((job.request or {}).get("tuning") or {}).discrete_values()
-
-
-def _run_steps(
-    job: TrainingJob,
-    hp: Hyperparameters,
-    settings: Settings,
-    store: Store,
-    resume: bool,
-    say: Callable[[str], None],
-) -> JobOutcome:
+def _run_steps(job: TrainingJob, spec: JobSpec, ctx: StepContext) -> JobOutcome:
     """Every step of a started job: its success, or the outcome the row already has when
-    it was cancelled meanwhile. A failing step raises StepFailed."""
-    if job.mode == "predict":
-        return _predict(job, settings, store, say)
-    _check_plugins(job, hp, settings)
-    data = steps.prepare_data(job, hp, settings, store, say)
+    it was cancelled meanwhile. A failing step raises StepFailed. The steps take the spec
+    and the context; the row (as read when the job started) names the job in its event."""
+    if spec.mode == "predict":
+        return _predict(spec, ctx)
+    settings = ctx.settings
+    _check_plugins(spec, settings)
+    data = steps.prepare_data(spec, ctx)
+    hp = spec.hyperparameters
     backbone_state = steps.load_weights(hp, len(data.decoded.classes), settings)
-    steps.on_the_cluster(job, settings)  # once, before the search, preflight or training
-    hp, tuning, oof = _search(job, hp, data, backbone_state, store, settings, say)
+    spec = steps.on_the_cluster(spec, ctx)  # once, before the search, preflight or training
+    spec, tuning, oof = _search(spec, ctx, data, backbone_state)
     train_data = data.train_data()
-    pre = steps.run_preflight(job, hp, train_data, backbone_state, store, settings, say)
-    hp = pre.hp
-    workers = job.num_workers or settings.workers
-    trained = steps.train(
-        job,
-        hp,
-        train_data,
-        backbone_state,
-        store,
-        settings,
-        resume,
-        data.train_datasets(hp, workers),
-    )
-    with session_factory(settings.db_url)() as s:
-        if not repo.mark_evaluating(s, job.id, trained.training_time_s):
-            return outcome_from_db(settings, job.id)  # cancelled while it trained
-        history = repo.epoch_rows(s, job.id)
-    evaluation = steps.evaluate(trained, data, judged_by(hp, settings), oof)
-    labels = steps.check_labels(job, trained, data, hp, backbone_state, store, say, oof)
+    pre = steps.run_preflight(spec, ctx, train_data, backbone_state)
+    spec = spec.model_copy(update={"hyperparameters": pre.hp})
+    datasets = data.train_datasets(pre.hp, spec.workers(settings.workers))
+    trained = steps.train(spec, ctx, train_data, backbone_state, datasets)
+    with ctx.sessions() as s:
+        if not repo.mark_evaluating(s, ctx.job_id, trained.training_time_s):
+            return outcome_from_db(settings, ctx.job_id)  # cancelled while it trained
+        history = repo.epoch_rows(s, ctx.job_id)
+    evaluation = steps.evaluate(trained, data, judged_by(pre.hp, settings), oof)
+    labels = steps.check_labels(spec, ctx, trained, data, backbone_state, oof)
     files = steps.version_files(
-        job, hp, data, trained, evaluation, history, pre.report, tuning, labels
+        spec, ctx.job_id, data, trained, evaluation, history, pre.report, tuning, labels
     )
+    return _commit(job, ctx, files, evaluation, trained, data.fingerprint)
+
+
+def _commit(
+    job: TrainingJob,
+    ctx: StepContext,
+    files: dict[str, bytes],
+    evaluation: steps.Evaluation,
+    trained: steps.TrainedModel,
+    fingerprint: str | None,
+) -> JobOutcome:
+    """The version committed with the job's success (services/jobs/commit.py), or the
+    outcome the row already has when it was cancelled meanwhile."""
+    settings = ctx.settings
     stored = commit_version(
-        settings, store, job, files, evaluation, trained.training_time_s, data.fingerprint
+        settings, ctx.store, job, files, evaluation, trained.training_time_s, fingerprint
     )
     if stored is None:
-        return outcome_from_db(settings, job.id)
+        return outcome_from_db(settings, ctx.job_id)
     version, uris, event = stored
     return JobOutcome(
-        job.id,
+        ctx.job_id,
         JobStatus.SUCCESS,
         evaluation.gate.status,
         version,
@@ -116,31 +109,25 @@ def _run_steps(
 
 
 def _search(
-    job: TrainingJob,
-    hp: Hyperparameters,
-    data: steps.PreparedData,
-    backbone_state: Any,
-    store: Store,
-    settings: Settings,
-    say: Say,
-) -> tuple[Hyperparameters, dict[str, Any] | None, Any]:
-    """A tune job's search (services/jobs/tune_step.py): the winner's hyperparameters, the
-    search's record (tuning.json) and its out-of-fold probabilities (for its calibration
-    and label check). A train job's are its own, None and None."""
-    if job.mode != "tune":
-        return hp, None, None
+    spec: JobSpec, ctx: StepContext, data: steps.PreparedData, backbone_state: Any
+) -> tuple[JobSpec, dict[str, Any] | None, Any]:
+    """A tune job's search (services/jobs/tune_step.py): the spec with the winner's
+    hyperparameters, the search's record (tuning.json) and its out-of-fold probabilities
+    (for its calibration and label check). A train job's are its own, None and None."""
+    if spec.tuning is None:
+        return spec, None, None
     from services.jobs.tune_step import tune_step
 
-    return tune_step(
-        job, hp, data.decoded, data.split, backbone_state, store, settings, say, data.shards
-    )
+    hp, summary, oof = tune_step(spec, ctx, data.decoded, data.split, backbone_state, data.shards)
+    return spec.model_copy(update={"hyperparameters": hp}), summary, oof
 
 
-def _check_plugins(job: TrainingJob, hp: Hyperparameters, settings: Settings) -> None:
+def _check_plugins(spec: JobSpec, settings: Settings) -> None:
     """The request's plugins against the operator's current allowlist (the row may predate
     it) and its callbacks built once here, so a bad name fails the job, not every worker."""
+    hp = spec.hyperparameters
     try:
-        check_plugins(hp, settings, _searched_values(job))
+        check_plugins(hp, settings, spec.searched_values())
     except ValueError as e:
         raise StepFailed("plugins", one_line(e)) from None
     try:
@@ -151,23 +138,21 @@ def _check_plugins(job: TrainingJob, hp: Hyperparameters, settings: Settings) ->
         raise StepFailed("callbacks", one_line(e)) from None
 
 
-def _predict(
-    job: TrainingJob, settings: Settings, store: Store, say: Callable[[str], None]
-) -> JobOutcome:
+def _predict(spec: JobSpec, ctx: StepContext) -> JobOutcome:
     """A predict job's steps (services/jobs/predict_step.py) and its outcome."""
     from services.jobs.predict_step import predict
 
-    made = predict(job, settings, store, say)
+    made = predict(spec, ctx)
     if made.event is None:
-        return outcome_from_db(settings, job.id)  # cancelled while it predicted
+        return outcome_from_db(ctx.settings, ctx.job_id)  # cancelled while it predicted
     return JobOutcome(
-        job.id,
+        ctx.job_id,
         JobStatus.SUCCESS,
         version=made.version,
         artifacts=made.uris,
         event=made.event,
         metrics={"rows": made.rows, "bad_rows": made.bad_rows},
-        summary=f"job {job.id}: {made.rows} predictions ({made.bad_rows} unreadable) by "
+        summary=f"job {ctx.job_id}: {made.rows} predictions ({made.bad_rows} unreadable) by "
         f"{made.model_name} v{made.version} in {made.seconds:.1f} s",
         notes=made.to_label.lines(made.uris.get(TO_LABEL_CSV)) if made.to_label else [],
     )
@@ -190,15 +175,15 @@ def run_job(
         if job is None:
             raise LookupError(f"no job {job_id}")
         resume = job.status in (JobStatus.TRAINING, JobStatus.EVALUATING)
-        hp = Hyperparameters(**repo.hyperparameters(s, job_id))
+        spec = JobSpec.from_job(job, repo.hyperparameters(s, job_id))  # validated once
         if not repo.start_job(s, job_id, current_submission_id()):  # final, or cancelled
             return outcome_from_db(settings, job_id)
     with mlflow_pump.tracking(settings, job):  # MLflow, when on: off the training path
-        return _run_started(job, hp, settings, resume, say)
+        return _run_started(job, spec, settings, resume, say)
 
 
 def _run_started(
-    job: TrainingJob, hp: Hyperparameters, settings: Settings, resume: bool, say: Say
+    job: TrainingJob, spec: JobSpec, settings: Settings, resume: bool, say: Say
 ) -> JobOutcome:
     """A started job's steps to its final status, and its event said once."""
     store: Store | None = None
@@ -207,7 +192,9 @@ def _run_started(
             store = open_store(settings)
         except Exception as e:  # noqa: BLE001 - any store error fails the job, recorded
             raise StepFailed("store", one_line(e)) from e
-        outcome = _run_steps(job, hp, settings, store, resume, say)
+        sessions = session_factory(settings.db_url)
+        ctx = StepContext(job.id, settings, store, sessions, say, resume)
+        outcome = _run_steps(job, spec, ctx)
     except KeyboardInterrupt:
         raise  # stopped by its user or Ray: the cancel (or the reconciler) says how it ended
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then reported

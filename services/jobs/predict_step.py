@@ -34,13 +34,15 @@ import pyarrow as pa
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import ModelVersion, TrainingJob
+from services.db.models import ModelVersion
 from services.db.session import session_factory
 from services.errors import StepFailed, one_line
 from services.events import outbox
 from services.events.schemas import PredictionsReadyEvent
 from services.intake.model_ref import ModelRef, resolve
+from services.intake.spec import JobSpec
 from services.jobs.label_next_step import Candidates, ToLabel, write_to_label
+from services.jobs.steps.context import StepContext
 from services.statuses import JobStatus
 from services.store.artifacts import (
     MODEL_FILE,
@@ -52,7 +54,7 @@ from services.store.artifacts import (
     version_prefix,
 )
 from services.store.fetch import list_prefix, local_path, prefix_reader, put_file_at
-from services.store.storage import Store, StoreError
+from services.store.storage import StoreError
 from training.bulk_predict import (
     SCHEMA,
     BatchPredictor,
@@ -85,10 +87,10 @@ class Predictions:
     to_label: ToLabel | None = None  # with label_next: the picks
 
 
-def resolve_model(job: TrainingJob, settings: Settings) -> ModelVersion:
+def resolve_model(spec: JobSpec, settings: Settings) -> ModelVersion:
     """The version the job's ``model`` reference names; StepFailed("model") otherwise."""
     try:
-        ref = ModelRef.parse(str((job.request or {}).get("model") or ""))
+        ref = ModelRef.parse(str(spec.model or ""))
         with session_factory(settings.db_url)() as s:
             return resolve(s, ref)
     except (LookupError, ValueError) as e:
@@ -256,16 +258,16 @@ def write_outputs(
     return rows, bad
 
 
-def upload(store: Store, job: TrainingJob, folder: Path, settings: Settings) -> dict[str, str]:
+def upload(spec: JobSpec, ctx: StepContext, folder: Path) -> dict[str, str]:
     """The files made (the predictions; to_label.csv and .png when made) into the job's
     folder in the store, and into ``out_uri`` when the request names one; their URIs
     (``out_*`` for the copies)."""
-    out_uri = (job.request or {}).get("out_uri")
+    out_uri, store, settings = spec.out_uri, ctx.store, ctx.settings
     uris = {}
     names = (PREDICTIONS_PARQUET, PREDICTIONS_CSV, TO_LABEL_CSV, TO_LABEL_PNG)
     try:
         for name in (n for n in names if (folder / n).exists()):
-            uris[name] = store.put_file(predictions_prefix(job.id) + name, folder / name)
+            uris[name] = store.put_file(predictions_prefix(ctx.job_id) + name, folder / name)
             if out_uri:
                 uris[f"out_{name}"] = put_file_at(out_uri, name, folder / name, settings)
     except (StoreError, OSError) as e:
@@ -273,24 +275,24 @@ def upload(store: Store, job: TrainingJob, folder: Path, settings: Settings) -> 
     return uris
 
 
-def finish(settings: Settings, job: TrainingJob, made: Predictions) -> dict[str, Any] | None:
+def finish(spec: JobSpec, ctx: StepContext, made: Predictions) -> dict[str, Any] | None:
     """``success`` with the row count and the PredictionsReady event, in one transaction;
     None (and nothing changed) when the job was cancelled meanwhile."""
     out = made.uris.get(f"out_{PREDICTIONS_PARQUET}") or made.uris[PREDICTIONS_PARQUET]
     csv = made.uris.get(f"out_{PREDICTIONS_CSV}") or made.uris[PREDICTIONS_CSV]
-    with session_factory(settings.db_url)() as s:
+    with ctx.sessions() as s:
         if not repo.finish_job(
-            s, job.id, JobStatus.SUCCESS, commit=False, total_images=made.rows, error=None
+            s, ctx.job_id, JobStatus.SUCCESS, commit=False, total_images=made.rows, error=None
         ):
             s.rollback()
             return None
         body = outbox.stage(
             s,
-            settings,
+            ctx.settings,
             PredictionsReadyEvent(
                 event_id=uuid.uuid4().hex,
-                job_id=job.id,
-                batch_id=job.batch_id,
+                job_id=ctx.job_id,
+                batch_id=spec.batch_id,
                 model_name=made.model_name,
                 version=made.version,
                 rows=made.rows,
@@ -304,30 +306,31 @@ def finish(settings: Settings, job: TrainingJob, made: Predictions) -> dict[str,
     return body
 
 
-def _actors(job: TrainingJob, settings: Settings) -> int:
+def _actors(spec: JobSpec, settings: Settings) -> int:
     """How many actors at most: the job's workers, no more than the cluster's GPUs (or
     CPUs) can hold."""
     import ray
 
-    have = ray.cluster_resources().get("GPU" if job.use_gpu else "CPU", 1)
-    return max(1, min(job.num_workers or settings.workers, int(have)))
+    have = ray.cluster_resources().get("GPU" if spec.use_gpu else "CPU", 1)
+    return max(1, min(spec.workers(settings.workers), int(have)))
 
 
-def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Predictions:
+def predict(spec: JobSpec, ctx: StepContext) -> Predictions:
     """Every step of a predict job (see the module); StepFailed naming the failing one."""
     from services.jobs import steps
 
-    mv = resolve_model(job, settings)
-    listing, source = list_images(job.dataset_uri, settings)
+    settings, store, say = ctx.settings, ctx.store, ctx.say
+    mv = resolve_model(spec, settings)
+    listing, source = list_images(spec.dataset_uri, settings)
     try:
         package = store.get_bytes(version_prefix(mv.model_name, mv.version) + MODEL_FILE)
     except StoreError as e:
         raise StepFailed("model", f"model.pt of {mv.model_name} v{mv.version}: {e}") from None
-    steps.on_the_cluster(job, settings)  # Ray up, the store checked, GPUs decided
-    actors, k = _actors(job, settings), int((job.request or {}).get("top_k") or DEFAULT_TOP_K)
-    label_next = int((job.request or {}).get("label_next") or 0)
+    spec = steps.on_the_cluster(spec, ctx)  # Ray up, the store checked, GPUs decided
+    actors, k = _actors(spec, settings), spec.top_k or DEFAULT_TOP_K
+    label_next = spec.label_next
     candidates = Candidates(label_next) if label_next else None
-    where = "GPU" if job.use_gpu else "CPU"
+    where = "GPU" if spec.use_gpu else "CPU"
     say(
         f"predict: {len(listing)} images with {mv.model_name} v{mv.version}, "
         f"{actors} {where} actors at most"
@@ -338,7 +341,7 @@ def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Pre
         source,
         package,
         k=k,
-        use_gpu=bool(job.use_gpu),
+        use_gpu=bool(spec.use_gpu),
         actors=actors,
         model=(mv.model_name, mv.version),
         embed=candidates is not None,
@@ -354,13 +357,13 @@ def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Pre
             raise StepFailed("predict", one_line(e.__cause__ or e)) from e
         if candidates is not None:
             to_label = write_to_label(Path(tmp), candidates, k, (source, listing), say)
-        uris = upload(store, job, Path(tmp), settings)
+        uris = upload(spec, ctx, Path(tmp))
     seconds = time.perf_counter() - t0
     say(
         f"predict: {rows} rows ({bad} unreadable) in {seconds:.1f} s -> {uris[PREDICTIONS_PARQUET]}"
     )
     made = Predictions(mv.model_name, mv.version, rows, bad, uris, None, seconds, to_label)
-    event = finish(settings, job, made)
+    event = finish(spec, ctx, made)
     if event is None:  # cancelled meanwhile: it keeps nothing
-        store.delete_prefix(predictions_prefix(job.id))
+        store.delete_prefix(predictions_prefix(ctx.job_id))
     return Predictions(mv.model_name, mv.version, rows, bad, uris, event, seconds, to_label)

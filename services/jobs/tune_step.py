@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import TrainingJob, TuningRun
-from services.db.session import session_factory
+from services.db.models import TuningRun
 from services.errors import StepFailed, one_line
 from services.events import mlflow_outbox
+from services.intake.spec import JobSpec
 from services.jobs.ray_jobs import init_ray
+from services.jobs.steps.context import StepContext
 from services.statuses import TuningRunStatus
 from services.store.artifacts import TUNING
-from services.store.storage import Store
 from training.hyperparams import Hyperparameters
 from training.label_issues import OutOfFold
 
@@ -30,14 +30,11 @@ log = logging.getLogger("colecionador.tuning")
 
 
 def tune_step(
-    job: TrainingJob,
-    hp: Hyperparameters,
+    job: JobSpec,
+    ctx: StepContext,
     decoded: Any,
     split: Any,
     backbone_state: Any,
-    store: Store,
-    settings: Settings,
-    say: Callable[[str], None],
     shards: Any = None,
 ) -> tuple[Hyperparameters, dict[str, Any], OutOfFold | None]:
     """The search of a ``mode: tune`` job, every trial recorded as it ends and the best
@@ -47,22 +44,23 @@ def tune_step(
     never fails the job). A job resumed after its search ended reuses it (no out-of-fold
     probabilities: they are not kept); one whose driver died during it (its run still
     ``running``) restores that run from the store (Tune's ``Tuner.restore``) and trains
-    no ended trial again. ``shards``: a large data set's decoded shards, streamed."""
+    no ended trial again. ``shards``: a large data set's decoded shards, streamed.
+    ``job.tuning``: the search the edge validated (the driver read it back once)."""
     from tuning.search import run_search
 
-    sf = session_factory(settings.db_url)
-    spec, dims, search = _plan(job, hp)
+    sf, settings, say, hp = ctx.sessions, ctx.settings, ctx.say, job.hyperparameters
+    spec, dims, search = _plan(job)
     with sf() as s:
-        previous = repo.latest_tuning_run(s, job.id)
+        previous = repo.latest_tuning_run(s, ctx.job_id)
         if previous is not None and previous.status == "completed":
-            return hp, *_already_searched(s, job, previous, spec.strategy, say)
+            return hp, *_already_searched(s, ctx.job_id, previous, spec.strategy, say)
     resume_id = previous.id if previous is not None and previous.status == "running" else None
-    run_id = _open_run(sf, job, hp, spec, dims, search, resume_id, say)
-    search.storage_path, search.storage_filesystem = store.ray_storage(TUNING)
-    search.name = f"job-{job.id}-run-{run_id}"  # stable: attempt n+1 restores it
+    run_id = _open_run(sf, ctx.job_id, hp, spec, dims, search, resume_id, say)
+    search.storage_path, search.storage_filesystem = ctx.store.ray_storage(TUNING)
+    search.name = f"job-{ctx.job_id}-run-{run_id}"  # stable: attempt n+1 restores it
     n_configs = _count_configs(spec, dims)
     say(
-        f"job {job.id}: tuning run {run_id}: {spec.strategy} search, "
+        f"job {ctx.job_id}: tuning run {run_id}: {spec.strategy} search, "
         f"{n_configs} config(s) x {spec.k_folds} folds "
         f"of train + val ({len(split.train) + len(split.val)} images; the "
         f"{len(split.test)} test images held out), {spec.scheduler.upper()} on "
@@ -81,26 +79,28 @@ def tune_step(
             backbone_state=backbone_state,
             listener=_recorder(sf, run_id, spec.metric, n_configs, say),
             shards=shards,  # a large data set: every fold streams its shards
+            dims=dims,  # validated once, by _plan
         )
     except Exception as e:  # noqa: BLE001 - Tune's own errors; a failed trial is no error
         with sf() as s:
             repo.finish_tuning_run(s, run_id, TuningRunStatus.FAILED, error=one_line(e))
         raise StepFailed("tuning", one_line(e)) from e
-    return _settle(sf, settings, job, hp, run_id, spec, search, result, say)
+    return _settle(
+        sf, settings, (ctx.job_id, job.model_name), hp, run_id, spec, search, result, say
+    )
 
 
-def _plan(job: TrainingJob, hp: Hyperparameters) -> tuple[Any, dict[str, Any], Any]:
-    """The request's tuning spec, its validated space and the search's resources."""
-    from pydantic import ValidationError
-
+def _plan(job: JobSpec) -> tuple[Any, dict[str, Any], Any]:
+    """The job's tuning spec, its space validated on the job's hyperparameters (once here:
+    the edge checked it on the request's) and the search's resources."""
     from tuning.search import SearchRun
     from tuning.space import validate_space
-    from tuning.spec import TuningSpec
 
+    spec = job.tuning
+    assert spec is not None  # JobSpec.from_job: every tune job has one
     try:
-        spec = TuningSpec.model_validate((job.request or {}).get("tuning") or {})
-        dims = validate_space(spec.dimensions, hp)
-    except (ValidationError, ValueError, TypeError) as e:
+        dims = validate_space(spec.dimensions, job.hyperparameters)
+    except (ValueError, TypeError) as e:  # a ValidationError is a ValueError
         raise StepFailed("tuning", one_line(e)) from None
     search = SearchRun(cpus_per_trial=1.0, gpus_per_trial=1.0 if job.use_gpu else 0.0)
     return spec, dims, search
@@ -116,14 +116,14 @@ def _count_configs(spec: Any, dims: dict[str, Any]) -> int:
 
 
 def _already_searched(
-    s: Session, job: TrainingJob, run: TuningRun, strategy: str, say: Callable[[str], None]
+    s: Session, job_id: int, run: TuningRun, strategy: str, say: Callable[[str], None]
 ) -> tuple[dict[str, Any], OutOfFold]:
     """A job resumed after its search had ended: that search's summary, and no out-of-fold
     probabilities (they are not kept)."""
     from tuning import report as tuning_report
 
     say(
-        f"job {job.id}: search already done (run {run.id}); best config "
+        f"job {job_id}: search already done (run {run.id}); best config "
         f"{tuning_report.config_text(run.best_config or {})}"
     )
     trials = [_trial_dict(t) for t in repo.tuning_trials(s, run.id)]
@@ -137,7 +137,7 @@ def _already_searched(
 
 def _open_run(
     sf: Callable[[], Session],
-    job: TrainingJob,
+    job_id: int,
     hp: Hyperparameters,
     spec: Any,
     dims: dict[str, Any],
@@ -153,7 +153,7 @@ def _open_run(
         with sf() as s:
             recorded = len(repo.tuning_trials(s, resume_id))
         say(
-            f"job {job.id}: resuming tuning run {resume_id} (its driver died; {recorded} "
+            f"job {job_id}: resuming tuning run {resume_id} (its driver died; {recorded} "
             "trial(s) recorded are not trained again)"
         )
         return resume_id
@@ -161,7 +161,7 @@ def _open_run(
     with sf() as s:
         return repo.create_tuning_run(
             s,
-            job.id,
+            job_id,
             grid={k: to_json(d) for k, d in dims.items()},  # the run's grid: the space
             base_hyperparameters=hp.effective(),
             k_folds=spec.k_folds,
@@ -198,7 +198,7 @@ def _recorder(
 def _settle(
     sf: Callable[[], Session],
     settings: Settings,
-    job: TrainingJob,
+    job: tuple[int, str],
     hp: Hyperparameters,
     run_id: int,
     spec: Any,
@@ -207,7 +207,8 @@ def _settle(
     say: Callable[[str], None],
 ) -> tuple[Hyperparameters, dict[str, Any], OutOfFold | None]:
     """Every trial recorded and ranked, the run completed with the winner merged into the
-    job's hyperparameters (or failed, when no config produced an estimate)."""
+    job's hyperparameters (or failed, when no config produced an estimate). ``job``: its
+    id and model name."""
     from tuning import report as tuning_report
 
     ranked = tuning_report.rank(result.trials, spec.metric)
@@ -222,7 +223,7 @@ def _settle(
         repo.set_trial_ranks(s, run_id, {c.index: c.rank for c in ranked})
         if mlflow_outbox.enabled(settings):  # nested runs, committed with the run's end
             trials = [{**c.to_dict(), "history": by_index[c.index].history} for c in ranked]
-            mlflow_outbox.stage_trials(s, job.id, job.model_name, run_id, trials)
+            mlflow_outbox.stage_trials(s, *job, run_id, trials)
         if winner is None:
             first = next((c.error for c in ranked if c.error), "no trial reported a result")
             reason = f"no config produced an estimate ({len(ranked)} trial(s)); {first}"

@@ -16,12 +16,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.api import create_app
-from services.db import repo
 from services.db.session import session_factory
 from services.intake.records import create_job
 from services.intake.request import TrainingRequest
+from services.intake.spec import JobSpec
 from services.jobs import steps
 from services.jobs.driver import run_job
+from services.jobs.steps.context import StepContext
 from services.store.storage import open_store
 from tests.conftest import TINY, write_dataset
 from training.hyperparams import Hyperparameters
@@ -96,11 +97,10 @@ def test_label_check_calibration_and_drift(tmp_path, settings_for, ray_cluster):
     new = write_dataset(tmp_path / "v2", classes=4, per_class=[20, 6, 6, 8], size=16, seed=7)
     Image.open(root / leaked).save(new / "class_0" / "from_v1_test.png")
     job2, _ = create_job(settings, request(new))
-    hp2 = Hyperparameters(**{**TINY})
     said: list[str] = []
-    with session_factory(settings.db_url)() as s:
-        job2 = repo.get_job(s, job2.id)
-    data = steps.prepare_data(job2, hp2, settings, store, said.append)
+    spec = JobSpec.from_job(job2, TINY)
+    sessions = session_factory(settings.db_url)
+    data = steps.prepare_data(spec, StepContext(job2.id, settings, store, sessions, said.append))
     drift = data.health["drift"]
     assert drift["production_version"] == 1 and drift["new_classes"] == ["class_3"]
     assert drift["total_variation"] > 0.1 and drift["chi_square"]["p_value"] < 0.05

@@ -17,7 +17,9 @@ from services.db.models import Base, ModelVersion, TrainingJob, TuningRun, Tunin
 from services.db.session import alembic_config, get_engine, session_factory
 from services.intake.records import create_job
 from services.intake.request import parse_request
+from services.intake.spec import JobSpec
 from services.jobs.driver import run_job
+from services.jobs.steps.context import StepContext
 from services.store.storage import open_store
 from tests.conftest import TINY, fresh_database, write_dataset
 from training.hyperparams import Hyperparameters
@@ -181,12 +183,14 @@ def test_a_resumed_tune_job_reuses_its_finished_search(db_url, settings_for, mak
             best_config={"phase1_lr": GOOD[1]},
             job_hyperparameters=merged.effective(),
         )
-        hp = Hyperparameters(**repo.hyperparameters(s, job.id))
+        spec = JobSpec.from_job(job, repo.hyperparameters(s, job.id))
         trial = repo.tuning_trials(s, run.id)[0]
         assert trial.mean_val_loss is None and trial.epochs[0]["val_loss"] is None
+    hp = spec.hyperparameters
     assert hp.phase1_lr == GOOD[1]
     said: list[str] = []
-    out, summary, oof = tune_step(job, hp, None, None, None, None, settings, said.append)
+    ctx = StepContext(job.id, settings, None, session_factory(settings.db_url), said.append)
+    out, summary, oof = tune_step(spec, ctx, None, None, None)
     assert out is hp and summary["best_config"] == {"phase1_lr": GOOD[1]}
     assert oof is not None and oof.probs is None and "resumed after its search" in oof.missing
     assert "search already done" in said[0]

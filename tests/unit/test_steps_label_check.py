@@ -5,12 +5,13 @@ train + val images, the linear head runs and the report's source says why."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from services.intake.spec import JobSpec
 from services.jobs.steps import PreparedData, check_labels
+from services.jobs.steps.context import StepContext
 from services.store.storage import LocalStore
 from tests.conftest import TINY
 from training.data import DecodedDataset, Split
@@ -50,7 +51,9 @@ class Trained:
 def _check(tmp_path, data, oof):
     hp = Hyperparameters(**{**TINY, "image_size": 16, "label_check": True})
     trained, said, store = Trained(), [], LocalStore(tmp_path / "store")
-    out = check_labels(SimpleNamespace(id=7), trained, data, hp, None, store, said.append, oof)
+    spec = JobSpec(batch_id="b", dataset_uri="d", model_name="m", hyperparameters=hp)
+    ctx = StepContext(7, None, store, None, said.append)  # settings, sessions: unused
+    out = check_labels(spec, ctx, trained, data, None, oof)
     stored = json.loads(store.get_bytes("reports/job-7/label_issues.json"))
     assert stored == out.report
     return out.report, trained.calls, said

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import TrainingJob
-from services.db.session import session_factory
 from services.errors import StepFailed
+from services.intake.spec import JobSpec
 from services.jobs.ray_jobs import alive_nodes, init_ray
+from services.jobs.steps.context import StepContext
 
 
 def driver_uses(settings: Settings) -> tuple[str, ...]:
@@ -17,7 +17,7 @@ def driver_uses(settings: Settings) -> tuple[str, ...]:
     return ("store", "database", "broker") if settings.publish_events else ("store", "database")
 
 
-def on_the_cluster(job: TrainingJob, settings: Settings) -> None:
+def on_the_cluster(spec: JobSpec, ctx: StepContext) -> JobSpec:
     """Ray up (``init_ray``), then, once per run before anything trains (the driver calls
     it): StepFailed when the settings are one node's embedded defaults on a cluster of
     several nodes (Settings.embedded_on_cluster: a store, database or broker the other
@@ -26,14 +26,17 @@ def on_the_cluster(job: TrainingJob, settings: Settings) -> None:
     (``use_gpu`` true or false) or, None (the default), from the cluster: one GPU per worker
     when it has GPUs, so a queue, HTTP or ``ray job submit`` job on a cluster with GPU
     nodes uses them without a flag. The decision is recorded on the row (a resumed attempt
-    keeps it)."""
+    keeps it). Returns the spec with ``use_gpu`` decided."""
     import ray
 
+    settings = ctx.settings
     init_ray(settings)
     problem = settings.embedded_on_cluster(alive_nodes(), driver_uses(settings))
     if problem is not None:
         raise StepFailed("settings", problem)
-    if job.use_gpu is None:
-        job.use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        with session_factory(settings.db_url)() as s:
-            repo.set_use_gpu(s, job.id, job.use_gpu)
+    if spec.use_gpu is not None:
+        return spec
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0) >= 1)
+    with ctx.sessions() as s:
+        repo.set_use_gpu(s, ctx.job_id, use_gpu)
+    return spec.model_copy(update={"use_gpu": use_gpu})

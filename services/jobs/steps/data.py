@@ -13,9 +13,9 @@ import numpy as np
 
 from services.config import Settings
 from services.db import repo
-from services.db.models import TrainingJob
-from services.db.session import session_factory
 from services.errors import StepFailed, one_line
+from services.intake.spec import JobSpec
+from services.jobs.steps.context import StepContext
 from services.jobs.steps.report import Say, put_report
 from services.store.artifacts import (
     DATA_PROFILE_FILE,
@@ -154,15 +154,14 @@ def _refuse_unfit(decoded: DecodedDataset, report: dict[str, Any], hp: Hyperpara
         raise StepFailed("health", "; ".join(b.reason for b in blockers))
 
 
-def prepare_data(
-    job: TrainingJob, hp: Hyperparameters, settings: Settings, store: Store, say: Say
-) -> PreparedData:
+def prepare_data(spec: JobSpec, ctx: StepContext) -> PreparedData:
     """List (and copy a small S3 set into the cache), decode and split; the health report
     is written before any check can fail the job, so a job failed for its data says what
     is wrong with it. A large set (settings.stream_min_images) is decoded into shards by
     Ray tasks, reading an S3 set's objects from the bucket (services/store/fetch.py)."""
+    hp, settings, store, say = spec.hyperparameters, ctx.settings, ctx.store, ctx.say
     try:
-        index = dataset_index(job.dataset_uri, settings, hp.image_size)
+        index = dataset_index(spec.dataset_uri, settings, hp.image_size)
     except (FileNotFoundError, ValueError) as e:
         raise StepFailed("dataset", one_line(e)) from None
     except Exception as e:  # noqa: BLE001 - a store error of any kind
@@ -170,15 +169,15 @@ def prepare_data(
     shards: list[ShardSet] = []
     try:
         decoded, split, report = inspect_dataset(
-            index, hp, _decoder(job.id, hp, settings, store, say, shards)
+            index, hp, _decoder(ctx.job_id, hp, settings, store, say, shards)
         )
     except (ValueError, StoreError) as e:  # StoreError: the bucket could not be read
         raise StepFailed("dataset", one_line(e)) from None
-    shift = drift_from_production(job, decoded, settings, store, say)
+    shift = drift_from_production(spec.model_name, decoded, ctx)
     if shift is not None:
         report["drift"] = shift
         report["findings"] = report["findings"] + shift["findings"]
-    put_report(store, job.id, HEALTH_FILE, report)
+    put_report(store, ctx.job_id, HEALTH_FILE, report)
     for f in report["findings"]:
         say(f"health: {f['message']}")
     _refuse_unfit(decoded, report, hp)
@@ -186,7 +185,7 @@ def prepare_data(
     if decoded.bad:
         say(f"skipped {len(decoded.bad)} unreadable image(s)")
     say(
-        f"job {job.id}: {len(decoded)} images, {len(decoded.classes)} classes, "
+        f"job {ctx.job_id}: {len(decoded)} images, {len(decoded.classes)} classes, "
         f"split {split.sizes()}"
     )
     return PreparedData(
@@ -199,20 +198,20 @@ def prepare_data(
 
 
 def drift_from_production(
-    job: TrainingJob, decoded: DecodedDataset, settings: Settings, store: Store, say: Say
+    model_name: str, decoded: DecodedDataset, ctx: StepContext
 ) -> dict[str, Any] | None:
     """The health report's ``drift`` section: this batch against the data of the version
     of the same model in production (training/drift.py); None when there is none, or it
     has no data_profile.json (versions from before it was kept)."""
-    with session_factory(settings.db_url)() as s:
-        version = repo.version_for_alias(s, job.model_name, "production")
+    with ctx.sessions() as s:
+        version = repo.version_for_alias(s, model_name, "production")
     if version is None:
         return None
     try:
-        key = version_prefix(job.model_name, version) + DATA_PROFILE_FILE
-        previous = json.loads(store.get_bytes(key))
+        key = version_prefix(model_name, version) + DATA_PROFILE_FILE
+        previous = json.loads(ctx.store.get_bytes(key))
     except Exception as e:  # noqa: BLE001 - absent, or unreadable: no comparison
-        say(f"drift: no data profile of {job.model_name} v{version} ({one_line(e)})")
+        ctx.say(f"drift: no data profile of {model_name} v{version} ({one_line(e)})")
         return None
     counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
     try:
@@ -225,6 +224,6 @@ def drift_from_production(
             drift.image_hashes(decoded.images),
         )
     except (KeyError, TypeError, ValueError) as e:  # a profile of another shape
-        say(f"drift: cannot compare with {job.model_name} v{version}: {one_line(e)}")
+        ctx.say(f"drift: cannot compare with {model_name} v{version}: {one_line(e)}")
         return None
     return {"production_version": version, **out}

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.db.models import TrainingJob
 from services.errors import one_line
+from services.intake.spec import JobSpec
+from services.jobs.steps.context import StepContext
 from services.jobs.steps.data import PreparedData
-from services.jobs.steps.report import Say, put_report
+from services.jobs.steps.report import put_report
 from services.jobs.steps.train import TrainedModel
 from services.store.artifacts import (
     LABEL_ISSUES_FILE,
     LABEL_ISSUES_PNG,
 )
-from services.store.storage import Store
 from training.hyperparams import Hyperparameters
 from training.label_issues import OutOfFold
 from training.model import (
@@ -35,13 +35,11 @@ class LabelCheck:
 
 
 def check_labels(
-    job: TrainingJob,
+    spec: JobSpec,
+    ctx: StepContext,
     trained: TrainedModel,
     data: PreparedData,
-    hp: Hyperparameters,
     backbone_state: dict[str, torch.Tensor] | None,
-    store: Store,
-    say: Say,
     oof: OutOfFold | None = None,
 ) -> LabelCheck | None:
     """With ``label_check``: cleanlab's label issues among the train + val images, from
@@ -54,6 +52,7 @@ def check_labels(
     it named weights (it never saw these labels), else the trained model's. Written to
     reports/job-<id>/ at once; a check that cannot run says why in its report and never
     fails the job (the model is judged by its own gate)."""
+    hp, say = spec.hyperparameters, ctx.say
     if not hp.label_check:
         return None
     from training.label_issues import find_issues, label_issues_png
@@ -85,9 +84,9 @@ def check_labels(
             f"label check: {report['issues_found']} likely label issue(s) among "
             f"{report['images_checked']} train + val images ({by}, {report['seconds']} s)"
         )
-    put_report(store, job.id, LABEL_ISSUES_FILE, report)
+    put_report(ctx.store, ctx.job_id, LABEL_ISSUES_FILE, report)
     if png is not None:
-        put_report(store, job.id, LABEL_ISSUES_PNG, png)
+        put_report(ctx.store, ctx.job_id, LABEL_ISSUES_PNG, png)
     return LabelCheck(report, png)
 
 

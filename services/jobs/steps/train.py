@@ -10,17 +10,15 @@ from typing import Any
 
 import torch
 
-from services.config import Settings
-from services.db.models import TrainingJob
 from services.errors import StepFailed, one_line
 from services.events import mlflow_outbox
+from services.intake.spec import JobSpec
 from services.jobs.ray_jobs import init_ray
+from services.jobs.steps.context import StepContext
 from services.store.artifacts import (
     CHECKPOINTS,
     checkpoints_prefix,
 )
-from services.store.storage import Store
-from training.hyperparams import Hyperparameters
 from training.loop import TrainData
 from training.model import (
     load_model,
@@ -43,48 +41,48 @@ class TrainedModel:
 
 
 def train(
-    job: TrainingJob,
-    hp: Hyperparameters,
+    spec: JobSpec,
+    ctx: StepContext,
     train_data: TrainData,
     backbone_state: Any,
-    store: Store,
-    settings: Settings,
-    resume: bool,
     datasets: dict[str, Any] | None = None,
 ) -> TrainedModel:
     """Ray Train's TorchTrainer over both phases, a checkpoint every epoch in the store
-    (checkpoints/<job id>); with ``resume`` the run continues from its latest one.
-    ``datasets`` (PreparedData.train_datasets): the workers stream their batches."""
+    (checkpoints/<job id>); with ``ctx.resume`` the run continues from its latest one.
+    ``datasets`` (PreparedData.train_datasets): the workers stream their batches. Every
+    worker gets ``spec.hyperparameters`` as a value (validated once, by the driver)."""
     import ray
 
     from services.jobs.progress import EpochRecorder
     from training.trainer import build_trainer
 
+    settings, store, job_id, hp = ctx.settings, ctx.store, ctx.job_id, spec.hyperparameters
     init_ray(settings)
     storage_path, filesystem = store.ray_storage(CHECKPOINTS)
-    if not resume:  # a reused (storage_path, name) silently resumes an older run
-        store.delete_prefix(checkpoints_prefix(job.id))
-    config_hp = hp.effective()
+    if not ctx.resume:  # a reused (storage_path, name) silently resumes an older run
+        store.delete_prefix(checkpoints_prefix(job_id))
     config = {
-        "hyperparameters": config_hp,
+        "hyperparameters": hp,
         "data": ray.put(train_data),
         "backbone_state": ray.put(backbone_state) if backbone_state is not None else None,
     }
-    tracked = job.model_name if mlflow_outbox.enabled(settings) else None
+    tracked = spec.model_name if mlflow_outbox.enabled(settings) else None
     # the run's params: every effective value, as the trainer gets them (after the search
     # and the preflight's suggested lr)
-    mlflow_outbox.record(settings, mlflow_outbox.stage_params, job.id, job.model_name, config_hp)
+    mlflow_outbox.record(
+        settings, mlflow_outbox.stage_params, job_id, spec.model_name, hp.effective()
+    )
     trainer = build_trainer(
         config,
-        num_workers=job.num_workers or settings.workers,
-        use_gpu=bool(job.use_gpu),
+        num_workers=spec.workers(settings.workers),
+        use_gpu=bool(spec.use_gpu),
         storage_path=storage_path,
         storage_filesystem=filesystem,
-        name=str(job.id),
+        name=str(job_id),
         max_failures=settings.max_failures,
-        callbacks=[EpochRecorder(settings.db_url, job.id, tracked)],
+        callbacks=[EpochRecorder(settings.db_url, job_id, tracked)],
         datasets=datasets,
-        resources_per_worker=settings.resources_per_worker(bool(job.use_gpu)),
+        resources_per_worker=settings.resources_per_worker(bool(spec.use_gpu)),
     )
     t0 = time.perf_counter()
     try:

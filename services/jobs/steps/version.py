@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.db.models import TrainingJob
+from services.intake.spec import JobSpec
 from services.jobs.steps.data import PreparedData
 from services.jobs.steps.evaluate import Evaluation
 from services.jobs.steps.labels import LabelCheck
@@ -33,8 +33,8 @@ from training.plots import confusion_matrix_png, curves_png, reliability_png
 
 
 def version_files(
-    job: TrainingJob,
-    hp: Hyperparameters,
+    spec: JobSpec,
+    job_id: int,
     data: PreparedData,
     trained: TrainedModel,
     evaluation: Evaluation,
@@ -44,20 +44,20 @@ def version_files(
     labels: LabelCheck | None = None,
 ) -> dict[str, bytes]:
     """The files of the version folder (services/store/artifacts.py names them)."""
-    m = evaluation.metrics
+    hp, model_name, m = spec.hyperparameters, spec.model_name, evaluation.metrics
     files = {
         MODEL_FILE: evaluation.package or trained.package,
         METRICS_FILE: _json(_metrics(hp, data, trained, evaluation, history)),
-        CURVES_PNG: curves_png(history, f"job {job.id}: {job.model_name}"),
+        CURVES_PNG: curves_png(history, f"job {job_id}: {model_name}"),
         CONFUSION_PNG: confusion_matrix_png(
-            m["confusion_matrix"], data.decoded.classes, f"{job.model_name}: test split"
+            m["confusion_matrix"], data.decoded.classes, f"{model_name}: test split"
         ),
         HEALTH_FILE: _json(data.health),
         ERRORS_FILE: _json(evaluation.errors),
     }
     if evaluation.calibration is not None:
         files[RELIABILITY_FILE] = reliability_png(
-            evaluation.calibration, f"{job.model_name}: test split, 15 bins"
+            evaluation.calibration, f"{model_name}: test split, 15 bins"
         )
     if evaluation.onnx is not None and evaluation.onnx.model is not None:
         files[ONNX_FILE] = evaluation.onnx.model
