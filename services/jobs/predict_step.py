@@ -303,13 +303,15 @@ def finish(settings: Settings, job: TrainingJob, made: Predictions) -> dict[str,
     return body
 
 
-def _actors(job: TrainingJob, settings: Settings) -> int:
+def _actors(job: TrainingJob, settings: Settings, images: int) -> int:
     """How many actors at most: the job's workers, no more than the cluster's GPUs (or
-    CPUs) can hold."""
+    CPUs) can hold, nor than the listing has batches (an idle actor's start, the model
+    loaded, only takes CPU from the busy one's)."""
     import ray
 
     have = ray.cluster_resources().get("GPU" if job.use_gpu else "CPU", 1)
-    return max(1, min(job.num_workers or settings.workers, int(have)))
+    batches = -(-images // BATCH_SIZE)
+    return max(1, min(job.num_workers or settings.workers, int(have), batches))
 
 
 def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Predictions:
@@ -323,7 +325,10 @@ def predict(job: TrainingJob, settings: Settings, store: Store, say: Say) -> Pre
     except StoreError as e:
         raise StepFailed("model", f"model.pt of {mv.model_name} v{mv.version}: {e}") from None
     steps.on_the_cluster(job, settings)  # Ray up, the store checked, GPUs decided
-    actors, k = _actors(job, settings), int((job.request or {}).get("top_k") or DEFAULT_TOP_K)
+    actors, k = (
+        _actors(job, settings, len(listing)),
+        int((job.request or {}).get("top_k") or DEFAULT_TOP_K),
+    )
     label_next = int((job.request or {}).get("label_next") or 0)
     candidates = Candidates(label_next) if label_next else None
     where = "GPU" if job.use_gpu else "CPU"
