@@ -16,7 +16,6 @@ strings), so a file planted in the store's checkpoints/ cannot run code on a wor
 from __future__ import annotations
 
 import pickle
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,7 @@ RNG_FILE = "rng-{rank}.pt"  # every rank's own random state: exact resume on eac
 
 
 class Session:
-    """Where a run reports to and resumes from: Ray Train, Ray Tune or nothing.
-
-    ``report`` is given a checkpoint folder of its own; a session that stores it in the
-    background (``stores_later``) removes it once stored, else it is removed on return."""
-
-    stores_later = False
+    """Where a run reports to and resumes from: Ray Train, Ray Tune or nothing."""
 
     def worker(self) -> WorkerInfo:
         return WorkerInfo()
@@ -51,10 +45,6 @@ class Session:
 
 
 class RayTrainSession(Session):
-    # uploaded by Ray in the background while the next epoch trains, the folder removed
-    # once stored; reports stay in order and the run's end waits for the last upload
-    stores_later = True
-
     def __init__(self) -> None:
         # Ray 2.60 names this logger by __file__, so LoggingConfig(log_level) misses its
         # per-report INFO line ("Reporting training result ..."); quiet it here.
@@ -84,13 +74,7 @@ class RayTrainSession(Session):
         import ray.train
 
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(
-            metrics,
-            checkpoint=ckpt,
-            checkpoint_dir_name=name if ckpt else None,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-            delete_local_checkpoint_after_upload=ckpt is not None,
-        )
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
 
 
 class UnsafeCheckpoint(ValueError):
@@ -147,14 +131,9 @@ def run_to_end(run: TwoPhaseRun, session: Session) -> dict[str, Any]:
             print(f"resumed after epoch {run.epoch} (phase {run.phase})", flush=True)
 
     def report(metrics: dict[str, Any], name: str, final: bool = False) -> None:
-        d, handed = tempfile.mkdtemp(prefix="colecionador-checkpoint-"), False
-        try:
+        with tempfile.TemporaryDirectory() as d:
             write_checkpoint(run, Path(d), final)
             session.report(metrics, d, name)
-            handed = session.stores_later
-        finally:
-            if not handed:
-                shutil.rmtree(d, ignore_errors=True)
 
     while not run.done:
         logs = run.run_epoch()
