@@ -12,7 +12,6 @@ from torch import nn
 from training.augment import eval_transform
 from training.export import TOLERANCE
 from training.hyperparams import Hyperparameters
-from training.metrics import classification_metrics
 
 if TYPE_CHECKING:
     from training.shards import ShardImages
@@ -59,6 +58,10 @@ def evaluate(
     classes: list[str],
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
+    # imported here: sklearn costs each predict actor (which only needs predict_probs)
+    # seconds of its start
+    from training.metrics import classification_metrics
+
     return classification_metrics(labels, predict_probs(model, images, device=device), classes)
 
 

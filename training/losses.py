@@ -10,7 +10,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from training.hyperparams import Hyperparameters
@@ -38,6 +37,10 @@ class FocalLoss(nn.Module):
 
 def balanced_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
+    # imported here: sklearn (and the scipy and pandas it brings) costs every Ray Train
+    # worker seconds of its start, for a figure only class_weights="balanced" needs
+    from sklearn.utils.class_weight import compute_class_weight
+
     present = np.unique(labels)
     w = np.ones(num_classes)
     w[present] = compute_class_weight("balanced", classes=present, y=labels)

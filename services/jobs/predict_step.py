@@ -306,13 +306,15 @@ def finish(spec: JobSpec, ctx: StepContext, made: Predictions) -> dict[str, Any]
     return body
 
 
-def _actors(spec: JobSpec, settings: Settings) -> int:
+def _actors(spec: JobSpec, settings: Settings, images: int) -> int:
     """How many actors at most: the job's workers, no more than the cluster's GPUs (or
-    CPUs) can hold."""
+    CPUs) can hold, nor than the listing has batches (an idle actor's start, the model
+    loaded, only takes CPU from the busy one's)."""
     import ray
 
     have = ray.cluster_resources().get("GPU" if spec.use_gpu else "CPU", 1)
-    return max(1, min(spec.workers(settings.workers), int(have)))
+    batches = -(-images // BATCH_SIZE)
+    return max(1, min(spec.workers(settings.workers), int(have), batches))
 
 
 def predict(spec: JobSpec, ctx: StepContext) -> Predictions:
@@ -327,7 +329,7 @@ def predict(spec: JobSpec, ctx: StepContext) -> Predictions:
     except StoreError as e:
         raise StepFailed("model", f"model.pt of {mv.model_name} v{mv.version}: {e}") from None
     spec = steps.on_the_cluster(spec, ctx)  # Ray up, the store checked, GPUs decided
-    actors, k = _actors(spec, settings), spec.top_k or DEFAULT_TOP_K
+    actors, k = _actors(spec, settings, len(listing)), spec.top_k or DEFAULT_TOP_K
     label_next = spec.label_next
     candidates = Candidates(label_next) if label_next else None
     where = "GPU" if spec.use_gpu else "CPU"

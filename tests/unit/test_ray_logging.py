@@ -3,7 +3,7 @@
 import logging
 
 from services.config import Settings
-from services.jobs.ray_jobs import ray_logging
+from services.jobs.ray_jobs import local_env, ray_logging
 
 
 def test_local_ray_is_quiet_below_errors_and_watches_no_preemption():
@@ -21,3 +21,9 @@ def test_what_the_user_exported_wins():
 
 def test_a_cluster_logs_as_its_operator_set_it():
     assert ray_logging(Settings(ray_address="ray://head:10001"), {}) == (logging.WARNING, {})
+
+
+def test_a_local_train_controller_polls_its_workers_often_a_cluster_as_set():
+    assert local_env(Settings(ray_address=None), {}) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    assert local_env(Settings(ray_address=None), {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}) == {}
+    assert local_env(Settings(ray_address="ray://head:10001"), {}) == {}
