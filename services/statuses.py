@@ -1,5 +1,7 @@
 """The status words, one definition each, shared by the rows (services/db/models.py), the
-events (services/events/schemas.py) and the API (services/api/schemas.py).
+events (services/events/schemas.py) and the API (services/api/schemas.py); the gate's
+words are training's (training/verdicts.py) and a trial's are tuning's (tuning/report.py),
+re-exported here.
 
 StrEnums: each member *is* its string (``JobStatus.QUEUED == "queued"``), so a row, a JSON
 body and a metric label hold exactly the words they held before. Pure: no torch, no
@@ -8,6 +10,22 @@ database."""
 from __future__ import annotations
 
 from enum import StrEnum
+
+from training.verdicts import GateStatus
+from tuning.report import TrialStatus
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
+    "JOB_STATUSES",
+    "TUNING_RUN_STATUSES",
+    "TUNING_TRIAL_STATUSES",
+    "EventStatus",
+    "GateStatus",
+    "JobStatus",
+    "TrialStatus",
+    "TuningRunStatus",
+]
 
 
 class JobStatus(StrEnum):
@@ -26,14 +44,6 @@ FINAL_STATUSES = (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.TRAINING, JobStatus.EVALUATING)
 
 
-class GateStatus(StrEnum):
-    """The quality gate's verdict on a version (model_versions.status); training's
-    ``GateResult.status`` says the same two words."""
-
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
 class EventStatus(StrEnum):
     """How a job ended, as its ModelEvaluation event says: the gate's verdict, or the
     job's end when no version was made."""
@@ -49,14 +59,6 @@ class TuningRunStatus(StrEnum):
 
     RUNNING = "running"
     COMPLETED = "completed"
-    FAILED = "failed"
-
-
-class TrialStatus(StrEnum):
-    """A tuning trial's status (tuning_trials.status); tuning/ says the same words."""
-
-    COMPLETED = "completed"
-    STOPPED_EARLY = "stopped_early"
     FAILED = "failed"
 
 

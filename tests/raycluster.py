@@ -144,11 +144,16 @@ class LocalRayCluster:
 
     def kill(self) -> None:
         """The whole cluster lost at once (a head machine gone): every process of it
-        killed with SIGKILL, nothing shut down cleanly; then its folder removed. Every
-        process is every descendant of ``ray start``, wherever its session: a Ray job's
-        driver runs in a session of its own (job_supervisor.py), and one left alive would
-        outlive its cluster as no driver on a lost machine does. The tree is stopped
-        (SIGSTOP) until no new process appears, then killed, so none forks away."""
+        killed with SIGKILL, nothing shut down cleanly; then its folder removed."""
+        self._kill_tree()
+        self._discard()
+
+    def _kill_tree(self) -> None:
+        """SIGKILL to every process of this cluster: every descendant of ``ray start``,
+        wherever its session (a Ray job's driver runs in a session of its own,
+        job_supervisor.py, and one left alive would outlive its cluster as no driver on a
+        lost machine does). The tree is stopped (SIGSTOP) until no new process appears,
+        then killed, so none forks away."""
         tree: set[int] = set()
         while True:
             grown = _descendants(self.proc.pid) - tree
@@ -160,7 +165,15 @@ class LocalRayCluster:
         _signal(self.proc.pid, signal.SIGKILL)
         for pid in tree:
             _signal(pid, signal.SIGKILL)
-        self.stop(timeout=10)
+        try:  # anything of this cluster still in its process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def _discard(self) -> None:
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
     def kill_head(self) -> None:
         """The head node lost (its pod or machine gone): the GCS, the raylet, the
@@ -185,17 +198,17 @@ class LocalRayCluster:
         self._launch(startup_timeout)
         return time.monotonic() - t0
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """This cluster ended: SIGTERM to ``ray start --block``, which shuts its processes
+        down; whatever still runs after ``timeout`` s is killed, the whole tree. Ray's own
+        shutdown waits up to 30 s for a process that ignores SIGTERM (measured: 32 s for
+        the session's cluster after one job, 4 s for an idle one), and a test cluster holds
+        nothing that needs the wait."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        try:  # anything of this cluster still in its process group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.log.close()
-        shutil.rmtree(self.temp, ignore_errors=True)
+                pass
+        self._kill_tree()
+        self._discard()

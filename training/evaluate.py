@@ -12,6 +12,7 @@ from torch import nn
 from training.augment import eval_transform
 from training.export import TOLERANCE
 from training.hyperparams import Hyperparameters
+from training.verdicts import GateStatus
 
 if TYPE_CHECKING:
     from training.shards import ShardImages
@@ -83,8 +84,8 @@ class GateResult:
         return all(r.passed for r in self.rules)
 
     @property
-    def status(self) -> str:
-        return "approved" if self.approved else "rejected"
+    def status(self) -> GateStatus:
+        return GateStatus.APPROVED if self.approved else GateStatus.REJECTED
 
     def passed(self) -> dict[str, bool]:
         return {r.metric: r.passed for r in self.rules}

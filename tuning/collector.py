@@ -10,6 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tuning.report import TrialStatus
+
+RUNNING = "running"  # a trial not yet ended (only in this collector, never stored)
+
 if TYPE_CHECKING:
     from ray import tune
 
@@ -21,7 +25,7 @@ class TrialOutcome:
     index: int
     trial_id: str
     config: dict[str, Any]
-    status: str = "running"  # completed | stopped_early | failed
+    status: str = RUNNING  # then a TrialStatus
     history: list[dict[str, Any]] = field(default_factory=list)  # one report per epoch
     max_epochs: int | None = None
     error: str | None = None
@@ -163,7 +167,7 @@ class CollectorMethods:
     def set_state(self, state: dict[str, Any]) -> None:  # a restored run
         self.trials = {k: TrialOutcome.from_dict(d) for k, d in state["trials"].items()}
         for t in self.trials.values():
-            if t.status == "running":  # Tune starts it again, from its first epoch
+            if t.status == RUNNING:  # Tune starts it again, from its first epoch
                 t.history, t.oof_checkpoint = [], None
 
     def _get(self, trials: list[Any], trial: Any) -> TrialOutcome:
@@ -204,17 +208,17 @@ class CollectorMethods:
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         t = self._get(trials, trial)
-        if t.status != "running":
+        if t.status != RUNNING:
             return
         last = t.history[-1] if t.history else {}
-        t.status = "completed" if last.get("trial_done") else "stopped_early"
+        t.status = TrialStatus.COMPLETED if last.get("trial_done") else TrialStatus.STOPPED_EARLY
         self.ended.append(t)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         t = self._get(trials, trial)
-        if t.status != "running":
+        if t.status != RUNNING:
             return
-        t.status, t.error = "failed", error_line(trial)
+        t.status, t.error = TrialStatus.FAILED, error_line(trial)
         self.ended.append(t)
 
     def _tell(self, ended: list[TrialOutcome]) -> None:

@@ -16,9 +16,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
-STATUS_ORDER = {"completed": 0, "stopped_early": 1, "failed": 2}
+
+class TrialStatus(StrEnum):
+    """How a trial ended (tuning_trials.status, re-exported by services/statuses.py)."""
+
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"  # ASHA stopped it at a rung
+    FAILED = "failed"
+
+
+STATUS_ORDER: dict[str, int] = {
+    TrialStatus.COMPLETED: 0,
+    TrialStatus.STOPPED_EARLY: 1,
+    TrialStatus.FAILED: 2,
+}
 MODES = {"val_loss": "min", "val_accuracy": "max"}
 
 
@@ -126,7 +140,7 @@ def rank(trials: Iterable[Any], metric: str = "val_loss") -> list[ConfigSummary]
 def best(ranked: list[ConfigSummary], metric: str = "val_loss") -> ConfigSummary | None:
     """The winner: the first ranked config that did not fail and has an estimate."""
     for c in ranked:
-        if c.status != "failed" and c.mean(metric) is not None:
+        if c.status != TrialStatus.FAILED and c.mean(metric) is not None:
             return c
     return None
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from services.config import Settings
 from services.errors import one_line
+from services.statuses import TrialStatus
 
 RUN_KEY = "colecionador.run_key"
 VERSION_TAG = "colecionador.version"
@@ -180,7 +181,9 @@ class Writer:
                 tags["colecionador.rank"] = t["rank"]
             tags["colecionador.tuning_run"] = body["tuning_run"]
             self._log(run_id, metrics=points, params=t["config"], tags=tags)
-            status = {"completed": "FINISHED", "stopped_early": "KILLED"}.get(t["status"])
+            status = {TrialStatus.COMPLETED: "FINISHED", TrialStatus.STOPPED_EARLY: "KILLED"}.get(
+                t["status"]
+            )
             self.client.set_terminated(run_id, status or "FAILED", end_time=at)
 
     def _end(self, model_name: str, body: dict[str, Any]) -> None:

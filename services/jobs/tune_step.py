@@ -52,9 +52,10 @@ def tune_step(
     spec, dims, search = _plan(job)
     with sf() as s:
         previous = repo.latest_tuning_run(s, ctx.job_id)
-        if previous is not None and previous.status == "completed":
+        if previous is not None and previous.status == TuningRunStatus.COMPLETED:
             return hp, *_already_searched(s, ctx.job_id, previous, spec.strategy, say)
-    resume_id = previous.id if previous is not None and previous.status == "running" else None
+    running = previous is not None and previous.status == TuningRunStatus.RUNNING
+    resume_id = previous.id if previous is not None and running else None
     run_id = _open_run(sf, ctx.job_id, hp, spec, dims, search, resume_id, say)
     search.storage_path, search.storage_filesystem = ctx.store.ray_storage(TUNING)
     search.name = f"job-{ctx.job_id}-run-{run_id}"  # stable: attempt n+1 restores it
@@ -233,7 +234,7 @@ def _settle(
         repo.finish_tuning_run(
             s,
             run_id,
-            "completed",
+            TuningRunStatus.COMPLETED,
             best_trial_index=winner.index,
             best_config=winner.config,
             job_hyperparameters=merged.effective(),

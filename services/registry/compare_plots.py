@@ -12,9 +12,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from services.registry.compare import Epoch, TuningOut
-from tuning.report import config_text
+from tuning.report import TrialStatus, config_text
 
-STATUS_COLOURS = {"completed": "tab:blue", "stopped_early": "tab:orange", "failed": "tab:red"}
+STATUS_COLOURS: dict[str, str] = {
+    TrialStatus.COMPLETED: "tab:blue",
+    TrialStatus.STOPPED_EARLY: "tab:orange",
+    TrialStatus.FAILED: "tab:red",
+}
 MAX_STRIP = 40  # configs drawn in a strip; the rest are counted in its title
 LABEL_CHARS = 48
 
