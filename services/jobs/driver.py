@@ -71,9 +71,8 @@ def _run_steps(job: TrainingJob, spec: JobSpec, ctx: StepContext) -> JobOutcome:
         history = repo.epoch_rows(s, ctx.job_id)
     evaluation = steps.evaluate(trained, data, judged_by(pre.hp, settings), oof)
     labels = steps.check_labels(spec, ctx, trained, data, backbone_state, oof)
-    files = steps.version_files(
-        spec, ctx.job_id, data, trained, evaluation, history, pre.report, tuning, labels
-    )
+    results = steps.JobResults(trained, evaluation, history, pre.report, tuning, labels)
+    files = steps.version_files(spec, ctx.job_id, data, results)
     return _commit(job, ctx, files, evaluation, trained, data.fingerprint)
 
 

@@ -6,7 +6,7 @@
     train -> TrainedModel             Ray Train's TorchTrainer over the two phases
     evaluate -> Evaluation            calibration, test-set metrics, error report, model.onnx,
                                       the gate
-    version_files -> dict             what models/<name>/v<N>/ will hold
+    version_files -> dict             what models/<name>/v<N>/ will hold (of JobResults)
 
 A step that fails raises ``StepFailed(step, reason)``; the driver (services/jobs/driver.py)
 records it. Nothing here decides a job's final status."""
@@ -23,11 +23,12 @@ from services.jobs.steps.labels import LabelCheck, check_labels
 from services.jobs.steps.preflight import PREFLIGHT_IMAGES, Preflight, run_preflight
 from services.jobs.steps.report import Say, put_report
 from services.jobs.steps.train import TrainedModel, train
-from services.jobs.steps.version import version_files
+from services.jobs.steps.version import JobResults, version_files
 from services.jobs.steps.weights import load_weights
 
 __all__ = [
     "Evaluation",
+    "JobResults",
     "LabelCheck",
     "PARITY_IMAGES",
     "PREFLIGHT_IMAGES",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from services.intake.spec import JobSpec
@@ -32,18 +33,24 @@ from training.hyperparams import Hyperparameters
 from training.plots import confusion_matrix_png, curves_png, reliability_png
 
 
+@dataclass(frozen=True)
+class JobResults:
+    """What a job's steps made, as the version folder records it."""
+
+    trained: TrainedModel
+    evaluation: Evaluation
+    history: list[dict[str, Any]]  # the epoch rows
+    preflight: dict[str, Any] | None = None  # the preflight's report
+    tuning: dict[str, Any] | None = None  # tuning.json, for a tune job
+    labels: LabelCheck | None = None
+
+
 def version_files(
-    spec: JobSpec,
-    job_id: int,
-    data: PreparedData,
-    trained: TrainedModel,
-    evaluation: Evaluation,
-    history: list[dict[str, Any]],
-    preflight: dict[str, Any] | None = None,
-    tuning: dict[str, Any] | None = None,
-    labels: LabelCheck | None = None,
+    spec: JobSpec, job_id: int, data: PreparedData, results: JobResults
 ) -> dict[str, bytes]:
     """The files of the version folder (services/store/artifacts.py names them)."""
+    trained, evaluation, history = results.trained, results.evaluation, results.history
+    preflight, tuning, labels = results.preflight, results.tuning, results.labels
     hp, model_name, m = spec.hyperparameters, spec.model_name, evaluation.metrics
     files = {
         MODEL_FILE: evaluation.package or trained.package,
