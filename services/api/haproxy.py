@@ -104,14 +104,19 @@ def choose(requested: Literal["auto", "haproxy", "proxy"]) -> Ingress:
 
 def running() -> Ingress | None:
     """Which ingress the connected cluster's Serve runs (the class of its proxy actors),
-    or None when Ray's state API cannot tell (no dashboard) or Serve has no proxy."""
+    or None when Ray's state API cannot tell (no dashboard) or Serve has no proxy. The
+    state API is given 30 s: on a busy 2-core head it took more than 10 once. The
+    connected cluster is named: left to find one, Ray's state API gives up on a machine
+    that runs two (a user's own next to this one)."""
     try:
+        import ray
         from ray.util.state import list_actors
 
+        address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
         for cls, ingress in (("HAProxyManager", "haproxy"), ("ProxyActor", "proxy")):
             alive: list[tuple[str, str, str | bool | int | float]]
             alive = [("class_name", "=", cls), ("state", "=", "ALIVE")]
-            if list_actors(filters=alive, limit=1, timeout=10):
+            if list_actors(address=address, filters=alive, limit=1, timeout=30):
                 return ingress  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 - the state API needs the dashboard
         return None
