@@ -24,15 +24,18 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# the unit tests on both cores with coverage's report and its floor ([tool.coverage.report]
+# fail_under, what CI checks), then the integration tests (one Ray cluster: one process)
 test: lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 -n 2 --cov --cov-report=term tests/unit
+	$(BIN)/python -m pytest -q -ra --durations=15 tests/integration
 
 # the suite with pytest-cov's report, failing under [tool.coverage.report] fail_under
 coverage: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --cov --cov-report=term
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n 2 tests/unit
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests/integration
