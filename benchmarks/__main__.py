@@ -17,3 +17,4 @@ if __name__ == "__main__":
     __import__("benchmarks.data_scale", fromlist=["main"]).main([])
     __import__("benchmarks.model_quality", fromlist=["main"]).main([])
     __import__("benchmarks.label_next", fromlist=["main"]).main([])
+    __import__("benchmarks.demo", fromlist=["main"]).main([])
