@@ -22,14 +22,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.config import Settings
+from services.store.artifacts import METRICS_FILE, version_prefix
+from services.store.storage import open_store
+
 GOAL_S, GOAL_ACCURACY = 150.0, 0.98
 POOL = re.compile(r"the pool: (\d+) of (\d+) predicted right")
 
 
 def _metrics(home: Path, model: str) -> dict[str, Any]:
-    metrics: dict[str, Any] = json.loads(
-        (home / "store" / "models" / model / "v1" / "metrics.json").read_text()
-    )
+    """Version 1's metrics.json of ``model`` in the store the demo used: the one of
+    ``home`` (the demo ran with no COLECIONADOR_ variable but the home)."""
+    store = open_store(Settings(home=home, store_url=None))
+    metrics: dict[str, Any] = json.loads(store.get_bytes(version_prefix(model, 1) + METRICS_FILE))
     return metrics
 
 

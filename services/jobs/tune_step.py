@@ -54,8 +54,7 @@ def tune_step(
         previous = repo.latest_tuning_run(s, ctx.job_id)
         if previous is not None and previous.status == TuningRunStatus.COMPLETED:
             return hp, *_already_searched(s, ctx.job_id, previous, spec.strategy, say)
-    running = previous is not None and previous.status == TuningRunStatus.RUNNING
-    resume_id = previous.id if previous is not None and running else None
+    resume_id = previous.id if previous and previous.status == TuningRunStatus.RUNNING else None
     run_id = _open_run(sf, ctx.job_id, hp, spec, dims, search, resume_id, say)
     search.storage_path, search.storage_filesystem = ctx.store.ray_storage(TUNING)
     search.name = f"job-{ctx.job_id}-run-{run_id}"  # stable: attempt n+1 restores it

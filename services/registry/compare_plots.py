@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from services.registry.compare import Epoch, TuningOut
-from tuning.report import TrialStatus, config_text
+from services.statuses import TrialStatus
+from tuning.report import config_text
 
 STATUS_COLOURS: dict[str, str] = {
     TrialStatus.COMPLETED: "tab:blue",
